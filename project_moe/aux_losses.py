@@ -1,0 +1,91 @@
+"""Auxiliary routing losses, as pure functions of the router's outputs.
+
+Legend: N samples, E experts, M assignments (sample, expert) pairs.
+
+Every function returns an *unweighted* scalar; the training loop multiplies each by
+its own coefficient (``--balance-coef``, ``--cv-coef``, ``--z-coef``, ``--entropy-coef``,
+``--kl-uniform-coef``). Values are chosen so that they are easy to read in logs:
+the Switch loss is 1 for perfectly uniform routing and E for full collapse.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+_EPS = 1e-9
+
+
+def switch_balance_loss(probs: Tensor, expert_index: Tensor) -> Tensor:
+    """Switch Transformer load-balancing loss (Fedus et al. 2021, eq. 4-6).
+
+        L = E * sum_i f_i * P_i
+
+    f_i: fraction of the M assignments dispatched to expert i (not differentiable);
+    P_i: mean router probability of expert i over the N samples (differentiable).
+    For top-k routing every selected (sample, expert) pair is one assignment, so that
+    L = 1 for uniform routing and L = E when every sample goes to one expert.
+
+    probs: (N, E) router softmax; expert_index: (M,) expert of each assignment.
+    """
+    num_experts = probs.shape[1]
+    counts = torch.bincount(expert_index, minlength=num_experts).to(probs.dtype)  # (E,)
+    fraction = counts / counts.sum().clamp_min(1.0)                                 # f_i
+    mean_prob = probs.mean(dim=0)                                                  # P_i
+    return num_experts * (fraction * mean_prob).sum()
+
+
+def cv_squared(values: Tensor) -> Tensor:
+    """Squared coefficient of variation var(x) / mean(x)^2 (population variance).
+
+    Shazeer et al. 2017 (sec. 4) use it on per-expert importance and load; it is 0 when
+    all experts receive the same amount and grows with the imbalance.
+    """
+    mean = values.mean()
+    return values.var(unbiased=False) / (mean * mean + _EPS)
+
+
+def importance_load_loss(weights: Tensor, load: Tensor) -> Tensor:
+    """Shazeer et al. 2017: L = CV(Importance)^2 + CV(Load)^2.
+
+    Importance_i = sum over the batch of the gate values of expert i (eq. 6);
+    Load_i = number of samples routed to expert i, or its smooth estimate
+    sum_x P(x, i) for noisy top-k gating (eq. 8-10), which is what makes it
+    differentiable. weights: (N, E) combine weights; load: (E,).
+    """
+    importance = weights.sum(dim=0)  # (E,)
+    return cv_squared(importance) + cv_squared(load)
+
+
+def router_z_loss(logits: Tensor) -> Tensor:
+    """ST-MoE router z-loss (Zoph et al. 2022, eq. 5): mean_x (logsumexp_i logits(x)_i)^2.
+
+    Penalises large router logits, which keeps the float32 softmax well conditioned.
+    """
+    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+
+
+def entropy(probs: Tensor, dim: int = -1) -> Tensor:
+    """Shannon entropy (nats) along ``dim``; 0 log 0 is taken as 0."""
+    return -(probs * torch.log(probs.clamp_min(_EPS))).sum(dim=dim)
+
+
+def gate_entropy_loss(probs: Tensor) -> Tensor:
+    """Mean per-sample entropy of the gate distribution, mean_x H(g(x)).
+
+    A positive coefficient minimises it (sharper, more decisive gates);
+    a negative one maximises it (smoother gates, more experts share each sample).
+    """
+    return entropy(probs).mean()
+
+
+def kl_to_uniform_loss(probs: Tensor) -> Tensor:
+    """KL(p_bar || U) = log E - H(p_bar), with p_bar the batch-mean gate distribution.
+
+    Zero exactly when the experts are used equally on average over the batch, whatever
+    each sample does, so it balances load without flattening per-sample gates. The
+    argument order matters: KL(U || p_bar) would blow up on an unused expert.
+    """
+    mean_prob = probs.mean(dim=0)  # (E,)
+    return math.log(probs.shape[1]) - entropy(mean_prob)

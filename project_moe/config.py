@@ -1,0 +1,162 @@
+"""The one configuration object of a run, its command line, and its validation.
+
+Every field of :class:`Config` is a ``--flag`` (underscores become dashes); its help text,
+choices and type come from the field itself, so the CLI and ``config.json`` cannot drift.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from moe_model import COMBINE_CHOICES, DENSE_MATCH_CHOICES, EXPERT_TYPES, TRUNK_CHOICES, ModelSpec
+from routers import GATING_CHOICES, HARD_GRAD_CHOICES
+
+MODEL_CHOICES = ("moe", "dense")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+SCHEDULE_CHOICES = ("cosine", "constant")
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one line naming the flag and what is allowed."""
+
+
+def _opt(default, help: str, choices=None, type=None):
+    return field(default=default, metadata={"help": help, "choices": choices, "type": type})
+
+
+@dataclass
+class Config:
+    # data
+    dataset: str = _opt("mnist", "mnist | fashion-mnist | cifar10 | folder:PATH (PATH/train and PATH/test "
+                                 "ImageFolder trees)")
+    data_dir: str | None = _opt(None, "dataset root (default: $MOE_DATA_DIR, else data/ at the repo root)", type=str)
+    val_fraction: float = _opt(0.1, "fraction of the training set held out for validation (model selection)")
+    image_size: int | None = _opt(None, "resize folder: images to SIZE x SIZE (needed when sizes differ)", type=int)
+    # model
+    model: str = _opt("moe", "moe, or the dense baseline of matched size", MODEL_CHOICES)
+    experts: int = _opt(8, "number of experts E")
+    gating: str = _opt("hard", "router", GATING_CHOICES)
+    top_k: int = _opt(2, "experts per sample k for topk / noisy-topk / gumbel; expert-choice uses it in "
+                         "its capacity C = capacity_factor * N * k / E")
+    capacity_factor: float = _opt(1.0, "expert-choice capacity factor")
+    hard_grad: str = _opt("switch", "gradient of hard (top-1) routing: scale by the gate probability "
+                                    "(switch) or straight-through one-hot (ste)", HARD_GRAD_CHOICES)
+    tau: float = _opt(1.0, "Gumbel-softmax temperature")
+    combine: str = _opt("logits", "mix expert logits (Shazeer/Switch) or class probabilities (Jacobs 1991)",
+                        COMBINE_CHOICES)
+    expert_type: str = _opt("mlp", "expert network", EXPERT_TYPES)
+    expert_hidden: int = _opt(64, "hidden width of each expert (MLP layers, or the CNN's head)")
+    expert_depth: int = _opt(1, "hidden layers per MLP expert")
+    expert_channels: int = _opt(16, "channels of the first conv layer of a CNN expert")
+    trunk: str = _opt("none", "shared feature extractor in front of router and experts", TRUNK_CHOICES)
+    trunk_channels: int = _opt(32, "channels of the first conv layer of the CNN trunk")
+    dropout: float = _opt(0.0, "dropout after each hidden layer of the experts")
+    dense_match: str = _opt("params", "--model dense: match the MoE's total parameters or its active "
+                                      "parameters per sample", DENSE_MATCH_CHOICES)
+    # auxiliary losses (0 = off)
+    balance_coef: float = _opt(0.01, "Switch load-balancing loss E * sum_i f_i P_i")
+    cv_coef: float = _opt(0.0, "Shazeer importance + load CV^2 loss")
+    z_coef: float = _opt(0.0, "ST-MoE router z-loss")
+    entropy_coef: float = _opt(0.0, "per-sample gate entropy (positive sharpens, negative smooths)")
+    kl_uniform_coef: float = _opt(0.0, "KL(batch-mean gate || uniform)")
+    # optimisation
+    epochs: int = _opt(5, "training epochs")
+    batch_size: int = _opt(128, "training batch size (also the evaluation batch for expert-choice)")
+    lr: float = _opt(1e-3, "AdamW learning rate")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    lr_schedule: str = _opt("cosine", "learning-rate schedule over all steps", SCHEDULE_CHOICES)
+    seed: int = _opt(0, "seed of initialisation, validation split, batch order, augmentation and noise")
+    device: str = _opt("auto", "auto picks cuda when available", DEVICE_CHOICES)
+    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)", type=int)
+    # output
+    out: str = _opt("runs", "directory that holds run directories")
+    run_name: str | None = _opt(None, "run directory name (default: built from the main flags and the seed)",
+                                type=str)
+    log_every: int = _opt(100, "write training-batch routing rows to experts.csv every N steps (0 = off)")
+    train_eval_size: int = _opt(5000, "training samples re-evaluated each epoch for per-expert statistics")
+    resume: bool = _opt(False, "continue the run in --out/--run-name from its last checkpoint")
+    overwrite: bool = _opt(False, "delete an existing run directory of the same name first")
+
+    def model_spec(self) -> ModelSpec:
+        names = {f.name for f in dataclasses.fields(ModelSpec)}
+        return ModelSpec(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+    def default_run_name(self) -> str:
+        dataset = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(self.dataset.removeprefix("folder:")).name
+                         if self.dataset.startswith("folder:") else self.dataset)
+        if self.model == "dense":
+            body = f"dense-{self.dense_match}-e{self.experts}-{self.gating}"
+        else:
+            k = "" if self.gating in ("soft", "hard") else f"-k{self.top_k}"
+            body = f"moe-{self.gating}{k}-e{self.experts}"
+        return f"{dataset}-{body}-{self.expert_type}-s{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / (self.run_name or self.default_run_name())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train one Mixture-of-Experts model (or its dense baseline) and log its routing.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true", help=meta["help"])
+            continue
+        kind = meta["type"] or type(f.default)
+        parser.add_argument(flag, type=kind, default=f.default, choices=meta["choices"], help=meta["help"],
+                            metavar=None if meta["choices"] else f.name.upper())
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    return Config(**vars(build_parser().parse_args(argv)))
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible settings before anything is created; raises ConfigError."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(cfg.experts >= 1, f"--experts must be >= 1 (got {cfg.experts})")
+    token_k = cfg.gating in ("topk", "noisy-topk", "gumbel")
+    need(cfg.top_k >= 1, f"--top-k must be >= 1 (got {cfg.top_k})")
+    need(not token_k or cfg.top_k <= cfg.experts,
+         f"--top-k must be between 1 and --experts={cfg.experts} for --gating {cfg.gating} (got {cfg.top_k})")
+    need(cfg.capacity_factor > 0, f"--capacity-factor must be > 0 (got {cfg.capacity_factor})")
+    need(cfg.tau > 0, f"--tau must be > 0 (got {cfg.tau})")
+    for name in ("epochs", "batch_size", "expert_hidden", "expert_depth", "expert_channels", "trunk_channels"):
+        value = getattr(cfg, name)
+        need(value >= 1, f"--{name.replace('_', '-')} must be a positive integer (got {value})")
+    need(cfg.lr > 0, f"--lr must be > 0 (got {cfg.lr})")
+    need(cfg.weight_decay >= 0, f"--weight-decay must be >= 0 (got {cfg.weight_decay})")
+    need(0 <= cfg.val_fraction < 1, f"--val-fraction must be in [0, 1) (got {cfg.val_fraction})")
+    need(0 <= cfg.dropout < 1, f"--dropout must be in [0, 1) (got {cfg.dropout})")
+    need(cfg.log_every >= 0, f"--log-every must be >= 0 (got {cfg.log_every})")
+    need(cfg.train_eval_size >= 0, f"--train-eval-size must be >= 0 (got {cfg.train_eval_size})")
+    need(cfg.image_size is None or cfg.image_size >= 1, f"--image-size must be >= 1 (got {cfg.image_size})")
+    need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1 (got {cfg.threads})")
+    need(not (cfg.trunk == "cnn" and cfg.expert_type == "cnn"),
+         "--trunk cnn feeds features, not images, to the experts: use --expert-type mlp with it")
+    need(not (cfg.resume and cfg.overwrite), "--resume and --overwrite exclude each other: choose one")
+    if cfg.run_name is not None:
+        need(re.fullmatch(r"[A-Za-z0-9_.=+-]+", cfg.run_name) is not None and cfg.run_name not in (".", ".."),
+             f"--run-name may hold only letters, digits and _ . = + - (got {cfg.run_name!r})")
+    _check_writable(Path(cfg.out))
+
+
+def _check_writable(out: Path) -> None:
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} is not writable (no write permission on {existing}); "
+                          "choose a directory you can write to")

@@ -1,0 +1,124 @@
+"""Evaluation of a classifier on a split, with the per-expert and per-class routing tables.
+
+Legend: N samples, E experts, K classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import stats
+from moe_model import MoEClassifier, classifier_logits
+
+
+@dataclass
+class SplitResult:
+    loss: float
+    acc: float
+    n: int
+    expert_rows: list[dict] = field(default_factory=list)    # one per expert (MoE only)
+    routing_rows: list[dict] = field(default_factory=list)   # one per (expert, class) (MoE only)
+    load_cv: float = float("nan")
+    gate_entropy: float = float("nan")
+    class_expert: dict[str, Tensor] | None = None             # (E, K) tables
+
+
+@torch.no_grad()
+def evaluate(model, batches, num_classes: int, detailed: bool = True) -> SplitResult:
+    """Loss and accuracy over ``batches`` (an iterable of (x, y)); for an MoE with
+    ``detailed``, also every expert's own loss on all samples and on its routed ones."""
+    was_training = model.training
+    model.eval()
+    is_moe = isinstance(model, MoEClassifier)
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    count = 0
+    totals: dict[str, Tensor] = {}
+    for x, y in batches:
+        if is_moe and detailed:
+            features = model.expert_input(x)
+            output = model.moe(features)
+            _accumulate(totals, _moe_batch_sums(model, features, output, y, num_classes))
+        else:
+            output = model(x)
+        logits = classifier_logits(output)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
+        count += y.shape[0]
+    model.train(was_training)
+    result = SplitResult(loss=(loss_sum / max(count, 1)).item(), acc=(correct / max(count, 1)).item(), n=count)
+    if totals:
+        _fill_routing(result, totals, count)
+    return result
+
+
+def _moe_batch_sums(model: MoEClassifier, features: Tensor, output, y: Tensor, num_classes: int) -> dict[str, Tensor]:
+    weights = output.routing.weights                                          # (N, E)
+    all_logits = model.moe.experts.forward_all(features)                      # (E, N, K)
+    every = torch.ones_like(weights, dtype=torch.bool)
+    on_all = stats.per_expert_sums(all_logits, y, every)
+    on_routed = stats.per_expert_sums(all_logits, y, stats.routed_mask(weights))
+    tables = stats.class_expert_matrix(weights, y, num_classes)
+    return {
+        "routed": on_routed["n"], "gate": weights.sum(dim=0),
+        "loss_routed": on_routed["loss"], "correct_routed": on_routed["correct"],
+        "loss_all": on_all["loss"], "correct_all": on_all["correct"],
+        "entropy_sum": stats.mean_gate_entropy(weights) * y.shape[0],
+        **{f"table_{name}": table for name, table in tables.items()},
+    }
+
+
+def _accumulate(totals: dict[str, Tensor], batch: dict[str, Tensor]) -> None:
+    for name, value in batch.items():
+        totals[name] = totals[name] + value if name in totals else value.clone()
+
+
+def _fill_routing(result: SplitResult, totals: dict[str, Tensor], count: int) -> None:
+    t = {name: value.double().cpu() for name, value in totals.items()}
+    num_experts = t["routed"].shape[0]
+    for e in range(num_experts):
+        routed = t["routed"][e].item()
+        result.expert_rows.append({
+            "expert": e, "n_samples": count, "n_routed": int(routed),
+            "frac_routed": routed / count, "mean_gate": t["gate"][e].item() / count,
+            "loss_routed": t["loss_routed"][e].item() / routed if routed else float("nan"),
+            "acc_routed": t["correct_routed"][e].item() / routed if routed else float("nan"),
+            "loss_all": t["loss_all"][e].item() / count, "acc_all": t["correct_all"][e].item() / count,
+        })
+    tables = {name.removeprefix("table_"): t[name] for name in t if name.startswith("table_")}
+    num_classes = tables["count"].shape[1]
+    for e in range(num_experts):
+        for c in range(num_classes):
+            result.routing_rows.append({"expert": e, "class": c, "count": int(tables["count"][e, c].item()),
+                                        "gate_mass": tables["gate_mass"][e, c].item(),
+                                        "top1": int(tables["top1"][e, c].item())})
+    result.load_cv = stats.load_cv(t["routed"]).item()
+    result.gate_entropy = t["entropy_sum"].item() / count
+    result.class_expert = tables
+
+
+def train_batch_expert_rows(output, y: Tensor, num_experts: int) -> list[dict]:
+    """Per-expert rows for one training batch, from the assignments already computed
+    (no extra forward pass, hence no loss over all samples)."""
+    with torch.no_grad():
+        n = y.shape[0]
+        target = y[output.sample_index]                                        # (M,)
+        loss = F.cross_entropy(output.expert_logits.float(), target, reduction="none")
+        correct = (output.expert_logits.argmax(dim=1) == target).double()
+        routed = torch.bincount(output.expert_index, minlength=num_experts).double()
+        loss_sum = torch.zeros(num_experts, dtype=torch.float64, device=y.device).index_add_(
+            0, output.expert_index, loss.double())
+        correct_sum = torch.zeros_like(loss_sum).index_add_(0, output.expert_index, correct)
+        gate = output.routing.weights.sum(dim=0).double()
+        packed = torch.stack([routed, loss_sum, correct_sum, gate]).cpu()     # (4, E): one transfer
+    rows = []
+    for e in range(num_experts):
+        r, l, c, g = packed[:, e].tolist()
+        rows.append({"expert": e, "n_samples": n, "n_routed": int(r), "frac_routed": r / n, "mean_gate": g / n,
+                     "loss_routed": l / r if r else float("nan"), "acc_routed": c / r if r else float("nan"),
+                     "loss_all": float("nan"), "acc_all": float("nan")})
+    return rows

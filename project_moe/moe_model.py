@@ -1,0 +1,346 @@
+"""Mixture-of-Experts classifiers and their dense baseline.
+
+Legend: N samples, E experts, M assignments (sample, expert) pairs, D router input
+features, K classes (the output width of every expert).
+
+    y(x) = sum_i w_i(x) E_i(x)
+
+with w the combine weights of a router (routers.py). Sparse routers evaluate each expert
+only on the samples sent to it: assignments are sorted by expert once, every expert runs
+on its own contiguous slice, and the weighted outputs are added back with ``index_add_``.
+No (N, E, ...) intermediate is built unless the router is dense (``soft``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from routers import Routing, build_router, experts_per_sample
+
+EXPERT_TYPES = ("mlp", "cnn")
+TRUNK_CHOICES = ("none", "cnn")
+COMBINE_CHOICES = ("logits", "probs")
+DENSE_MATCH_CHOICES = ("params", "active")
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+def mlp(in_features: int, hidden: int, out_features: int, depth: int = 1, dropout: float = 0.0) -> nn.Sequential:
+    """``depth`` hidden ReLU layers of width ``hidden``, dropout after each."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = hidden
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 conv blocks (channels c, 2c, max-pool after each), a 4x4 adaptive average
+    pool, then an MLP head. Works for 28x28x1 and 32x32x3 inputs alike."""
+
+    def __init__(self, in_channels: int, channels: int, hidden: int, out_features: int, dropout: float = 0.0):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4),
+        )
+        self.head = mlp(2 * channels * 16, hidden, out_features, depth=1, dropout=dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).flatten(1))  # (N, 2c*16) -> (N, K)
+
+
+class CNNTrunk(nn.Module):
+    """Shared feature extractor: three conv-BN-ReLU blocks with max-pool, pooled to 2x2,
+    giving (N, 4 * channels * 4) features that both the router and the experts read."""
+
+    def __init__(self, in_channels: int, channels: int = 32):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        width = in_channels
+        for out in (channels, 2 * channels, 4 * channels):
+            blocks += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                       nn.ReLU(), nn.MaxPool2d(2)]
+            width = out
+        blocks.append(nn.AdaptiveAvgPool2d(2))
+        self.net = nn.Sequential(*blocks)
+        self.out_features = 4 * channels * 4
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).flatten(1)  # (N, 4c, 2, 2) -> (N, 16c)
+
+
+class ExpertBank(nn.Module):
+    """E independent experts with two ways to run them: all on everything, or grouped."""
+
+    def __init__(self, experts: list[nn.Module], out_features: int):
+        super().__init__()
+        self.experts = nn.ModuleList(experts)
+        self.out_features = out_features
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    def forward_all(self, x: Tensor) -> Tensor:
+        """(N, ...) -> (E, N, K): every expert on every sample (dense routing)."""
+        return torch.stack([expert(x) for expert in self.experts])
+
+    def forward_grouped(self, x_sorted: Tensor, counts: list[int]) -> Tensor:
+        """x_sorted (M, ...) holds counts[0] samples for expert 0, then counts[1] for
+        expert 1, ...; returns (M, K) in the same order. Empty experts are not called."""
+        chunks = x_sorted.split(counts)
+        outputs = [self.experts[e](chunk) for e, chunk in enumerate(chunks) if counts[e] > 0]
+        if not outputs:
+            return x_sorted.new_zeros(0, self.out_features)
+        return torch.cat(outputs)
+
+
+# ----------------------------------------------------------------------------- the MoE layer
+
+@dataclass
+class MoEOutput:
+    """Result of one MoE forward pass.
+
+    logits: (N, K) combined output.
+    routing: the router's record.
+    sample_index, expert_index: (M,) the assignments in the order they were computed
+        (sorted by expert); expert_logits: (M, K) each expert's own output for them.
+    """
+
+    logits: Tensor
+    routing: Routing
+    sample_index: Tensor
+    expert_index: Tensor
+    expert_logits: Tensor
+
+
+class MoE(nn.Module):
+    """A router and a bank of experts. ``combine="logits"`` mixes expert outputs,
+    y = sum_i w_i E_i(x) (Shazeer 2017, Switch 2021); ``combine="probs"`` mixes expert
+    class distributions, p(y|x) = sum_i w_i softmax(E_i(x)) (Jacobs et al. 1991), and
+    returns log p as logits."""
+
+    def __init__(self, router: nn.Module, experts: ExpertBank, combine: str = "logits"):
+        super().__init__()
+        self.router = router
+        self.experts = experts
+        self.combine = combine
+
+    def forward(self, x: Tensor, router_input: Tensor | None = None) -> MoEOutput:
+        routing = self.router(x.flatten(1) if router_input is None else router_input)
+        if routing.is_dense:
+            return self._dense(x, routing)
+        return self._sparse(x, routing)
+
+    def _dense(self, x: Tensor, routing: Routing) -> MoEOutput:
+        expert_out = self.experts.forward_all(x)                               # (E, N, K)
+        num_experts, num_samples, num_classes = expert_out.shape
+        weights = routing.weights.to(expert_out.dtype)                          # (N, E)
+        if self.combine == "probs":
+            mixed = torch.einsum("ne,enk->nk", weights, expert_out.softmax(dim=-1))
+            logits = torch.log(mixed.clamp_min(1e-12))
+        else:
+            logits = torch.einsum("ne,enk->nk", weights, expert_out)            # (N, K)
+        device = x.device
+        sample_index = torch.arange(num_samples, device=device).repeat(num_experts)          # (E*N,)
+        expert_index = torch.arange(num_experts, device=device).repeat_interleave(num_samples)
+        return MoEOutput(logits, routing, sample_index, expert_index,
+                         expert_out.reshape(num_experts * num_samples, num_classes))
+
+    def _sparse(self, x: Tensor, routing: Routing) -> MoEOutput:
+        order = torch.argsort(routing.expert_index, stable=True)               # (M,)
+        sample_index = routing.sample_index[order]                             # (M,)
+        expert_index = routing.expert_index[order]
+        # One host sync for the slice sizes; everything else stays on the device.
+        counts = torch.bincount(expert_index, minlength=len(self.experts)).tolist()
+        expert_out = self.experts.forward_grouped(x[sample_index], counts)    # (M, K)
+        gate = routing.gate[order].to(expert_out.dtype).unsqueeze(1)           # (M, 1)
+        contribution = expert_out.softmax(dim=-1) if self.combine == "probs" else expert_out
+        mixed = expert_out.new_zeros(x.shape[0], expert_out.shape[1])          # (N, K)
+        mixed = mixed.index_add(0, sample_index, contribution * gate)
+        logits = torch.log(mixed.clamp_min(1e-12)) if self.combine == "probs" else mixed
+        return MoEOutput(logits, routing, sample_index, expert_index, expert_out)
+
+
+# ----------------------------------------------------------------------------- classifiers
+
+@dataclass
+class ModelSpec:
+    """Everything that decides the architecture (a subset of the run config)."""
+
+    model: str = "moe"               # moe | dense
+    experts: int = 8
+    gating: str = "hard"
+    top_k: int = 2
+    capacity_factor: float = 1.0
+    hard_grad: str = "switch"
+    tau: float = 1.0
+    expert_type: str = "mlp"
+    expert_hidden: int = 64
+    expert_depth: int = 1
+    expert_channels: int = 16
+    trunk: str = "none"
+    trunk_channels: int = 32
+    dropout: float = 0.0
+    combine: str = "logits"
+    dense_match: str = "params"
+
+
+class MoEClassifier(nn.Module):
+    """[optional shared trunk] -> MoE over experts that each predict class logits."""
+
+    def __init__(self, spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        self.spec = spec
+        self.trunk = build_trunk(spec, in_shape)
+        expert_in = self.trunk.out_features if self.trunk is not None else math.prod(in_shape)
+        experts = [build_expert(spec, in_shape, num_classes, spec.expert_hidden) for _ in range(spec.experts)]
+        router = build_router(spec.gating, expert_in, spec.experts, top_k=spec.top_k,
+                              capacity_factor=spec.capacity_factor, hard_grad=spec.hard_grad, tau=spec.tau)
+        self.moe = MoE(router, ExpertBank(experts, num_classes), combine=spec.combine)
+
+    def expert_input(self, x: Tensor) -> Tensor:
+        """What the experts read: trunk features (N, F), flat pixels (N, C*H*W), or images."""
+        if self.trunk is not None:
+            return self.trunk(x)
+        return x.flatten(1) if self.spec.expert_type == "mlp" else x
+
+    def forward(self, x: Tensor) -> MoEOutput:
+        return self.moe(self.expert_input(x))
+
+
+class DenseClassifier(nn.Module):
+    """The baseline: [same trunk] -> one expert-shaped network of width ``hidden``."""
+
+    def __init__(self, spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int, hidden: int,
+                 channels: int | None = None):
+        super().__init__()
+        self.spec = spec
+        self.hidden = hidden
+        self.trunk = build_trunk(spec, in_shape)
+        self.net = build_expert(spec, in_shape, num_classes, hidden, channels)
+
+    expert_input = MoEClassifier.expert_input
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.expert_input(x))
+
+
+def build_trunk(spec: ModelSpec, in_shape) -> CNNTrunk | None:
+    return CNNTrunk(in_shape[0], spec.trunk_channels) if spec.trunk == "cnn" else None
+
+
+def build_expert(spec: ModelSpec, in_shape, num_classes: int, hidden: int, channels: int | None = None) -> nn.Module:
+    if spec.trunk == "cnn":
+        return mlp(16 * spec.trunk_channels, hidden, num_classes, spec.expert_depth, spec.dropout)
+    if spec.expert_type == "cnn":
+        return SmallCNN(in_shape[0], channels or spec.expert_channels, hidden, num_classes, spec.dropout)
+    return mlp(math.prod(in_shape), hidden, num_classes, spec.expert_depth, spec.dropout)
+
+
+def count_params(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def moe_param_counts(model: MoEClassifier) -> dict[str, float]:
+    """Total parameters, and parameters touched by one sample on average (active)."""
+    spec = model.spec
+    per_expert = count_params(model.moe.experts.experts[0])
+    shared = count_params(model.trunk) + count_params(model.moe.router)
+    used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
+    return {"total": count_params(model), "active": shared + used * per_expert}
+
+
+def build_dense_matched(spec: ModelSpec, in_shape, num_classes: int, target_params: float) -> DenseClassifier:
+    """Dense baseline whose parameter count is closest to ``target_params``.
+
+    The width of the hidden layer is found by bisection (parameters grow monotonically
+    with it); for CNN experts the channel count is first scaled by sqrt(target / expert
+    size), so the dense network grows in depth-wise capacity too, not only in its head.
+    """
+    channels = None
+    if spec.expert_type == "cnn" and spec.trunk == "none":
+        expert_params = count_params(build_expert(spec, in_shape, num_classes, spec.expert_hidden))
+        channels = max(1, round(spec.expert_channels * math.sqrt(max(1.0, target_params / expert_params))))
+
+    def size(width: int) -> int:
+        return count_params(DenseClassifier(spec, in_shape, num_classes, width, channels))
+
+    low, high = 1, 2
+    while size(high) < target_params:
+        high *= 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if size(mid) < target_params else (low, mid)
+    best = min((low, high), key=lambda w: abs(size(w) - target_params))
+    return DenseClassifier(spec, in_shape, num_classes, best, channels)
+
+
+def build_model(spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    moe = MoEClassifier(spec, in_shape, num_classes)
+    if spec.model == "moe":
+        return moe
+    counts = moe_param_counts(moe)
+    target = counts["total"] if spec.dense_match == "params" else counts["active"]
+    return build_dense_matched(spec, in_shape, num_classes, target)
+
+
+# ----------------------------------------------------------------------------- accounting
+
+def forward_flops(module: nn.Module, example: Tensor) -> int:
+    """Floating point operations of one forward pass (matmuls and convolutions)."""
+    counter = FlopCounterMode(display=False)
+    was_training = module.training
+    module.eval()
+    with torch.no_grad(), counter:
+        module(example)
+    module.train(was_training)
+    return counter.get_total_flops()
+
+
+def model_cost(model: nn.Module, in_shape: tuple[int, int, int]) -> dict[str, float]:
+    """Total / active parameters and forward FLOPs per sample, for MoE or dense alike.
+
+    For an MoE the FLOPs are trunk + router + (average experts per sample) x one expert,
+    i.e. what the sparse dispatch really computes, not what a dense emulation would.
+    """
+    device = next(model.parameters()).device
+    example = torch.zeros(1, *in_shape, device=device)
+    if isinstance(model, DenseClassifier):
+        params = count_params(model)
+        return {"params_total": params, "params_active": params, "flops_per_sample": forward_flops(model, example)}
+    spec = model.spec
+    features = example
+    trunk_flops = 0
+    if model.trunk is not None:
+        trunk_flops = forward_flops(model.trunk, example)
+        with torch.no_grad():
+            features = model.trunk.eval()(example)
+        model.trunk.train()
+    elif spec.expert_type == "mlp":
+        features = example.flatten(1)
+    router_flops = forward_flops(model.moe.router.proj, features.flatten(1))
+    expert_flops = forward_flops(model.moe.experts.experts[0], features)
+    used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
+    counts = moe_param_counts(model)
+    return {"params_total": counts["total"], "params_active": counts["active"],
+            "flops_per_sample": trunk_flops + router_flops + used * expert_flops}
+
+
+def classifier_logits(output) -> Tensor:
+    """Logits of either model kind (the MoE returns a record, the dense net a tensor)."""
+    return output.logits if isinstance(output, MoEOutput) else output
+
+
+def cross_entropy(output, target: Tensor) -> Tensor:
+    return F.cross_entropy(classifier_logits(output), target)

@@ -1,0 +1,293 @@
+"""Routers (gating networks): map a batch to a distribution over experts and a dispatch plan.
+
+Legend: N samples in the batch, D router input features, E experts, k experts per sample,
+C samples per expert (expert-choice capacity), M assignments = (sample, expert) pairs.
+
+Every router returns one :class:`Routing` record. Token-choice routers (``hard``,
+``topk``, ``noisy-topk``, ``gumbel``) pick k experts per sample and their combine weights
+sum to 1 per sample. ``expert-choice`` lets each expert pick C samples of the batch, so a
+sample may get 0..E experts and its routing depends on the rest of the batch. ``soft``
+evaluates every expert on every sample (``sample_index is None``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import aux_losses
+
+GATING_CHOICES = ("soft", "hard", "topk", "noisy-topk", "gumbel", "expert-choice")
+HARD_GRAD_CHOICES = ("switch", "ste")
+
+
+@dataclass
+class Routing:
+    """What a router decided for one batch.
+
+    logits:  (N, E) float32 router logits (before any training noise).
+    probs:   (N, E) softmax of ``logits``.
+    weights: (N, E) combine weights; zero on experts a sample is not sent to.
+    sample_index, expert_index, gate: (M,) one entry per assignment, with
+        gate[m] == weights[sample_index[m], expert_index[m]]. ``None`` for dense routing.
+    load:    (E,) per-expert load fed to the CV^2 loss: counts, or a smooth estimate.
+    aux:     unweighted auxiliary losses by name (see aux_losses.py).
+    """
+
+    logits: Tensor
+    probs: Tensor
+    weights: Tensor
+    sample_index: Tensor | None
+    expert_index: Tensor | None
+    gate: Tensor | None
+    load: Tensor | None = None
+    aux: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def is_dense(self) -> bool:
+        return self.sample_index is None
+
+    def assignment_counts(self) -> Tensor:
+        """(E,) number of samples each expert processes in this batch."""
+        num_experts = self.weights.shape[1]
+        if self.is_dense:
+            return torch.full((num_experts,), self.weights.shape[0], device=self.weights.device)
+        return torch.bincount(self.expert_index, minlength=num_experts)
+
+
+class Router(nn.Module):
+    """Linear gate g(x) = softmax(x W_g); subclasses decide which experts run."""
+
+    def __init__(self, in_features: int, num_experts: int):
+        super().__init__()
+        self.num_experts = num_experts
+        self.proj = nn.Linear(in_features, num_experts, bias=False)
+
+    def router_logits(self, x: Tensor) -> Tensor:
+        # float32 softmax even under autocast: small logit differences decide the routing.
+        return F.linear(x.float(), self.proj.weight.float())  # (N, E)
+
+    def forward(self, x: Tensor) -> Routing:
+        raise NotImplementedError
+
+    def _record(self, logits, probs, weights, sample_index=None, expert_index=None,
+                gate=None, load=None) -> Routing:
+        """Assemble the record and every auxiliary loss (all cheap, O(N E))."""
+        if sample_index is None:
+            # Dense routing sends everything everywhere; for the Switch loss the
+            # dispatch fraction f_i is taken from each sample's top-1 expert.
+            balance_index = probs.argmax(dim=1)
+            load = weights.sum(dim=0) if load is None else load
+        else:
+            balance_index = expert_index
+            if load is None:
+                load = torch.bincount(expert_index, minlength=self.num_experts).to(probs.dtype)
+        aux = {
+            "balance": aux_losses.switch_balance_loss(probs, balance_index),
+            "cv": aux_losses.importance_load_loss(weights, load),
+            "z": aux_losses.router_z_loss(logits),
+            "entropy": aux_losses.gate_entropy_loss(probs),
+            "kl_uniform": aux_losses.kl_to_uniform_loss(probs),
+        }
+        return Routing(logits, probs, weights, sample_index, expert_index, gate, load, aux)
+
+
+def token_choice_assignments(top_index: Tensor, top_gate: Tensor, num_experts: int):
+    """Flatten a (N, k) choice into assignments and a dense (N, E) weight matrix.
+
+    Returns weights (N, E), sample_index (N*k,), expert_index (N*k,), gate (N*k,).
+    """
+    num_samples, k = top_index.shape
+    sample_index = torch.arange(num_samples, device=top_index.device).repeat_interleave(k)  # (N*k,)
+    expert_index = top_index.reshape(-1)                                                   # (N*k,)
+    gate = top_gate.reshape(-1)                                                            # (N*k,)
+    weights = top_gate.new_zeros(num_samples, num_experts).scatter(1, top_index, top_gate)  # (N, E)
+    return weights, sample_index, expert_index, gate
+
+
+class SoftRouter(Router):
+    """Jacobs et al. 1991: every expert runs, y = sum_i g_i(x) E_i(x)."""
+
+    def forward(self, x: Tensor) -> Routing:
+        logits = self.router_logits(x)
+        probs = logits.softmax(dim=-1)
+        return self._record(logits, probs, probs)
+
+
+class TopKRouter(Router):
+    """Top-k token choice with the k selected probabilities renormalised to sum to 1
+    (as in Mixtral / GShard top-2). Gradient reaches the router through the weights."""
+
+    def __init__(self, in_features: int, num_experts: int, k: int = 2):
+        super().__init__(in_features, num_experts)
+        self.k = k
+
+    def select(self, logits: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
+        top_prob, top_index = probs.topk(self.k, dim=-1)              # (N, k)
+        return top_index, top_prob / top_prob.sum(dim=-1, keepdim=True)
+
+    def forward(self, x: Tensor) -> Routing:
+        logits = self.router_logits(x)
+        probs = logits.softmax(dim=-1)
+        top_index, top_gate = self.select(logits, probs)
+        weights, sample_index, expert_index, gate = token_choice_assignments(
+            top_index, top_gate, self.num_experts)
+        return self._record(logits, probs, weights, sample_index, expert_index, gate)
+
+
+class HardRouter(TopKRouter):
+    """Top-1 (Switch Transformer, Fedus et al. 2021).
+
+    ``grad="switch"``: the chosen expert's output is scaled by its probability p_i(x),
+    so the router learns through that scale (forward weight p_i, not 1).
+    ``grad="ste"``: straight-through one-hot, forward weight exactly 1, backward as if
+    the weight were p_i(x).
+    """
+
+    def __init__(self, in_features: int, num_experts: int, grad: str = "switch"):
+        super().__init__(in_features, num_experts, k=1)
+        self.grad = grad
+
+    def select(self, logits: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
+        top_prob, top_index = probs.max(dim=-1, keepdim=True)         # (N, 1)
+        if self.grad == "ste":
+            top_prob = top_prob - top_prob.detach() + 1.0
+        return top_index, top_prob
+
+
+class NoisyTopKRouter(Router):
+    """Noisy top-k gating (Shazeer et al. 2017, eq. 3-5, 8-10).
+
+        H(x)_i = (x W_g)_i + eps * softplus((x W_noise)_i),  eps ~ N(0, 1) (training only)
+        G(x)   = softmax(KeepTopK(H(x), k))
+
+    The smooth load estimate P(x, i) = Phi(((x W_g)_i - kth_excluding(H(x), k, i)) / sigma_i)
+    is the probability that expert i would still be selected if only its own noise were
+    re-drawn; summed over the batch it is the differentiable "load" of the CV^2 loss.
+    """
+
+    def __init__(self, in_features: int, num_experts: int, k: int = 2, min_noise: float = 1e-2):
+        super().__init__(in_features, num_experts)
+        self.k = k
+        self.min_noise = min_noise
+        self.noise_proj = nn.Linear(in_features, num_experts, bias=False)
+        nn.init.zeros_(self.noise_proj.weight)  # start with unit-scale softplus(0) noise
+
+    def forward(self, x: Tensor) -> Routing:
+        clean = self.router_logits(x)                                            # (N, E)
+        load = None
+        noisy = clean
+        if self.training:
+            noise_std = F.softplus(F.linear(x.float(), self.noise_proj.weight.float())) + self.min_noise
+            noisy = clean + torch.randn_like(clean) * noise_std
+        top_logit, top_index = noisy.topk(min(self.k + 1, self.num_experts), dim=-1)  # (N, k+1)
+        top_gate = top_logit[:, :self.k].softmax(dim=-1)                         # (N, k)
+        top_index = top_index[:, :self.k]
+        if self.training:
+            load = self._smooth_load(clean, noisy, noise_std, top_logit)
+        weights, sample_index, expert_index, gate = token_choice_assignments(
+            top_index, top_gate, self.num_experts)
+        return self._record(clean, clean.softmax(dim=-1), weights, sample_index,
+                            expert_index, gate, load=load)
+
+    def _smooth_load(self, clean: Tensor, noisy: Tensor, noise_std: Tensor, top_logit: Tensor) -> Tensor:
+        if self.k >= self.num_experts:
+            return torch.full((self.num_experts,), float(clean.shape[0]), device=clean.device)
+        # An expert inside the top k must beat the (k+1)-th value to stay; one outside must beat the k-th.
+        kth_if_in = top_logit[:, self.k:self.k + 1]                              # (N, 1)
+        kth_if_out = top_logit[:, self.k - 1:self.k]                             # (N, 1)
+        is_in = noisy >= kth_if_out                                              # (N, E)
+        threshold = torch.where(is_in, kth_if_in, kth_if_out)                    # (N, E)
+        normal = torch.distributions.Normal(0.0, 1.0)
+        prob_in = normal.cdf((clean - threshold) / noise_std)                    # (N, E)
+        return prob_in.sum(dim=0)                                                # (E,)
+
+
+class GumbelTopKRouter(Router):
+    """Straight-through Gumbel-softmax top-k (Jang et al. 2017; Gumbel-top-k sampling).
+
+    Training: y = softmax((logits + g) / tau), g ~ Gumbel(0, 1); the k largest y are
+    selected and the forward weight is the hard k-hot / k, while the gradient is that of y
+    (straight-through). Evaluation: no noise, top-k of the logits, weights 1/k.
+    """
+
+    def __init__(self, in_features: int, num_experts: int, k: int = 1, tau: float = 1.0):
+        super().__init__(in_features, num_experts)
+        self.k = k
+        self.tau = tau
+
+    def forward(self, x: Tensor) -> Routing:
+        logits = self.router_logits(x)
+        probs = logits.softmax(dim=-1)
+        if self.training:
+            gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-10, 1.0 - 1e-7)))
+            relaxed = ((logits + gumbel) / self.tau).softmax(dim=-1)            # (N, E)
+        else:
+            relaxed = probs
+        top_relaxed, top_index = relaxed.topk(self.k, dim=-1)                  # (N, k)
+        top_gate = top_relaxed - top_relaxed.detach() + 1.0 / self.k           # forward 1/k, grad of y
+        weights, sample_index, expert_index, gate = token_choice_assignments(
+            top_index, top_gate, self.num_experts)
+        return self._record(logits, probs, weights, sample_index, expert_index, gate)
+
+
+class ExpertChoiceRouter(Router):
+    """Expert-choice routing (Zhou et al. 2022).
+
+        S = softmax(x W_g) (N, E);  each expert e keeps the C samples with the largest S[:, e],
+        C = ceil(capacity_factor * N * k / E) (at most N); gate = S[n, e] for the kept pairs.
+
+    Every expert does exactly C samples of work (perfect load balance by construction), but a
+    sample may be picked by 0..E experts, so its output depends on the other samples of its
+    batch. A sample picked by no expert gets zero logits (a uniform prediction).
+    """
+
+    def __init__(self, in_features: int, num_experts: int, k: int = 2, capacity_factor: float = 1.0):
+        super().__init__(in_features, num_experts)
+        self.k = k
+        self.capacity_factor = capacity_factor
+
+    def capacity(self, num_samples: int) -> int:
+        return min(num_samples, math.ceil(self.capacity_factor * num_samples * self.k / self.num_experts))
+
+    def forward(self, x: Tensor) -> Routing:
+        logits = self.router_logits(x)
+        probs = logits.softmax(dim=-1)                                          # (N, E)
+        capacity = self.capacity(x.shape[0])
+        top_prob, top_sample = probs.topk(capacity, dim=0)                     # (C, E)
+        weights = torch.zeros_like(probs).scatter(0, top_sample, top_prob)     # (N, E)
+        sample_index = top_sample.t().reshape(-1)                              # (E*C,) expert-major
+        gate = top_prob.t().reshape(-1)                                        # (E*C,)
+        expert_index = torch.arange(self.num_experts, device=x.device).repeat_interleave(capacity)
+        return self._record(logits, probs, weights, sample_index, expert_index, gate)
+
+
+def build_router(gating: str, in_features: int, num_experts: int, *, top_k: int = 2,
+                 capacity_factor: float = 1.0, hard_grad: str = "switch", tau: float = 1.0) -> Router:
+    if gating == "soft":
+        return SoftRouter(in_features, num_experts)
+    if gating == "hard":
+        return HardRouter(in_features, num_experts, grad=hard_grad)
+    if gating == "topk":
+        return TopKRouter(in_features, num_experts, k=top_k)
+    if gating == "noisy-topk":
+        return NoisyTopKRouter(in_features, num_experts, k=top_k)
+    if gating == "gumbel":
+        return GumbelTopKRouter(in_features, num_experts, k=top_k, tau=tau)
+    if gating == "expert-choice":
+        return ExpertChoiceRouter(in_features, num_experts, k=top_k, capacity_factor=capacity_factor)
+    raise ValueError(f"unknown gating {gating!r}; choose one of {', '.join(GATING_CHOICES)}")
+
+
+def experts_per_sample(gating: str, num_experts: int, top_k: int, capacity_factor: float) -> float:
+    """Average number of experts that process one sample (what sets the active compute)."""
+    if gating == "soft":
+        return float(num_experts)
+    if gating == "hard":
+        return 1.0
+    if gating == "expert-choice":
+        return min(float(num_experts), capacity_factor * top_k)
+    return float(top_k)

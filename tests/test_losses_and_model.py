@@ -1,0 +1,100 @@
+"""Auxiliary losses against their formulas on hand-built examples; model sizes and costs."""
+import math
+
+import pytest
+import torch
+
+import aux_losses
+import stats
+from moe_model import ModelSpec, build_model, count_params, model_cost, moe_param_counts
+
+
+def test_switch_balance_loss_hand_example():
+    probs = torch.tensor([[0.7, 0.3], [0.4, 0.6]])
+    expert_index = torch.tensor([0, 0])                      # f = [1, 0], P = [0.55, 0.45]
+    assert aux_losses.switch_balance_loss(probs, expert_index).item() == pytest.approx(2 * 0.55)
+
+
+@pytest.mark.parametrize("num_experts", [2, 4, 8])
+def test_switch_balance_loss_is_one_when_uniform_and_e_when_collapsed(num_experts):
+    n = 4 * num_experts
+    uniform = torch.full((n, num_experts), 1.0 / num_experts)
+    spread = torch.arange(n) % num_experts
+    assert aux_losses.switch_balance_loss(uniform, spread).item() == pytest.approx(1.0)
+    collapsed = torch.zeros(n, num_experts)
+    collapsed[:, 0] = 1.0
+    one_expert = torch.zeros(n, dtype=torch.long)
+    assert aux_losses.switch_balance_loss(collapsed, one_expert).item() == pytest.approx(num_experts)
+
+
+def test_cv_squared_and_importance_load():
+    assert aux_losses.cv_squared(torch.tensor([1.0, 2.0, 3.0])).item() == pytest.approx((2 / 3) / 4)
+    weights = torch.tensor([[1.0, 0.0], [0.5, 0.5], [1.0, 0.0]])  # importance = [2.5, 0.5]
+    load = torch.tensor([3.0, 1.0])
+    expected = (1.0 / 1.5 ** 2) + (1.0 / 2.0 ** 2)               # var(2.5, .5)=1, var(3, 1)=1
+    assert aux_losses.importance_load_loss(weights, load).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_router_z_loss():
+    logits = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    lse = [math.log(2.0), math.log(math.e + math.e ** 2)]
+    assert aux_losses.router_z_loss(logits).item() == pytest.approx((lse[0] ** 2 + lse[1] ** 2) / 2)
+
+
+def test_entropy_losses():
+    e = 5
+    uniform = torch.full((3, e), 1.0 / e)
+    assert aux_losses.gate_entropy_loss(uniform).item() == pytest.approx(math.log(e))
+    assert aux_losses.kl_to_uniform_loss(uniform).item() == pytest.approx(0.0, abs=1e-6)
+    one_hot = torch.eye(e)[[0, 0, 0]]
+    assert aux_losses.gate_entropy_loss(one_hot).item() == pytest.approx(0.0, abs=1e-6)
+    assert aux_losses.kl_to_uniform_loss(one_hot).item() == pytest.approx(math.log(e), rel=1e-6)
+    # each sample certain, but the batch uses every expert equally: balanced, not smooth
+    assert aux_losses.kl_to_uniform_loss(torch.eye(e)).item() == pytest.approx(0.0, abs=1e-6)
+    p = torch.tensor([[0.2, 0.8]])
+    assert aux_losses.gate_entropy_loss(p).item() == pytest.approx(-(0.2 * math.log(0.2) + 0.8 * math.log(0.8)))
+
+
+def test_statistics():
+    weights = torch.tensor([[0.6, 0.4, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]])
+    labels = torch.tensor([0, 1, 1, 0])
+    assert stats.expert_counts(weights).tolist() == [2, 3, 1]
+    tables = stats.class_expert_matrix(weights, labels, 2)
+    assert tables["count"].tolist() == [[2, 0], [2, 1], [0, 1]]
+    assert tables["top1"].tolist() == [[2, 0], [0, 1], [0, 1]]
+    assert torch.allclose(tables["gate_mass"], torch.tensor([[1.1, 0.0], [0.9, 1.0], [0.0, 1.0]]))
+    # perfectly specialised routing carries all the label information, random routing none
+    assert stats.mutual_information(torch.eye(3) * 10).item() == pytest.approx(math.log(3))
+    assert stats.mutual_information(torch.ones(3, 3)).item() == pytest.approx(0.0, abs=1e-7)
+
+
+SHAPES = {"mnist": ((1, 28, 28), 10), "cifar": ((3, 32, 32), 10)}
+
+
+@pytest.mark.parametrize("spec_kwargs,shape", [
+    ({"gating": "hard"}, "mnist"),
+    ({"gating": "topk", "experts": 16, "expert_hidden": 32}, "mnist"),
+    ({"gating": "soft", "expert_type": "cnn"}, "mnist"),
+    ({"gating": "topk", "expert_type": "cnn"}, "cifar"),
+    ({"gating": "hard", "trunk": "cnn"}, "cifar"),
+])
+@pytest.mark.parametrize("match", ["params", "active"])
+def test_dense_baseline_matches_moe_size(spec_kwargs, shape, match):
+    in_shape, classes = SHAPES[shape]
+    moe = build_model(ModelSpec(**spec_kwargs), in_shape, classes)
+    dense = build_model(ModelSpec(model="dense", dense_match=match, **spec_kwargs), in_shape, classes)
+    target = moe_param_counts(moe)["total" if match == "params" else "active"]
+    assert abs(count_params(dense) - target) / target < 0.02
+    assert dense(torch.zeros(2, *in_shape)).shape == (2, classes)
+
+
+def test_flops_follow_active_experts():
+    in_shape = (1, 28, 28)
+    costs = {g: model_cost(build_model(ModelSpec(gating=g, top_k=2, experts=8), in_shape, 10), in_shape)
+             for g in ("hard", "topk", "soft")}
+    router = 2 * 784 * 8
+    expert = costs["hard"]["flops_per_sample"] - router
+    assert expert == 2 * (784 * 64 + 64 * 10)                   # one MLP expert, 2 FLOPs per MAC
+    assert costs["topk"]["flops_per_sample"] == router + 2 * expert
+    assert costs["soft"]["flops_per_sample"] == router + 8 * expert
+    assert costs["soft"]["params_active"] == costs["soft"]["params_total"]

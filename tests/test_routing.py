@@ -1,0 +1,172 @@
+"""Routers and sparse dispatch: invariants, and equality with a slow per-sample reference."""
+import math
+
+import pytest
+import torch
+
+from moe_model import ExpertBank, MoE, mlp
+from routers import GATING_CHOICES, ExpertChoiceRouter, build_router
+
+N, D, E, K = 37, 12, 6, 5
+TOKEN_CHOICE = ("hard", "topk", "noisy-topk", "gumbel")
+
+
+def make_moe(gating: str, k: int = 2, seed: int = 0, combine: str = "logits", **router_kwargs) -> MoE:
+    torch.manual_seed(seed)
+    router = build_router(gating, D, E, top_k=k, **router_kwargs)
+    experts = ExpertBank([mlp(D, 16, K, depth=1) for _ in range(E)], K)
+    return MoE(router, experts, combine=combine)
+
+
+def experts_used(gating: str, k: int) -> int:
+    return {"hard": 1, "soft": E}.get(gating, k)
+
+
+@pytest.mark.parametrize("gating", TOKEN_CHOICE + ("soft",))
+@pytest.mark.parametrize("training", [True, False])
+def test_token_choice_weights_are_distributions_over_k_experts(gating, training):
+    k = 3
+    router = build_router(gating, D, E, top_k=k).train(training)
+    routing = router(torch.randn(N, D))
+    assert routing.weights.shape == (N, E)
+    row_sum = routing.weights.sum(dim=1)
+    if gating == "hard":  # Switch scales the one chosen expert by its probability, not by 1
+        assert torch.allclose(row_sum, routing.probs.max(dim=1).values)
+    else:
+        assert torch.allclose(row_sum, torch.ones(N), atol=1e-6)
+    assert (routing.weights >= 0).all()
+    assert ((routing.weights != 0).sum(dim=1) == experts_used(gating, k)).all()
+    if not routing.is_dense:
+        assert torch.equal(routing.gate, routing.weights[routing.sample_index, routing.expert_index])
+
+
+@pytest.mark.parametrize("capacity_factor,k", [(1.0, 1), (1.0, 2), (2.0, 2), (0.5, 1)])
+def test_expert_choice_respects_capacity(capacity_factor, k):
+    router = ExpertChoiceRouter(D, E, k=k, capacity_factor=capacity_factor)
+    routing = router(torch.randn(N, D))
+    capacity = min(N, math.ceil(capacity_factor * N * k / E))
+    assert torch.equal(routing.assignment_counts(), torch.full((E,), capacity))
+    assert ((routing.weights != 0).sum(dim=0) == capacity).all()
+    # each expert keeps exactly the samples where its own score is highest
+    for e in range(E):
+        kept = routing.weights[:, e] != 0
+        assert routing.probs[kept, e].min() >= routing.probs[~kept, e].max()
+    assert torch.equal(routing.gate, routing.weights[routing.sample_index, routing.expert_index])
+
+
+def test_hard_gradient_modes():
+    x = torch.randn(N, D)
+    switch = build_router("hard", D, E, hard_grad="switch")
+    ste = build_router("hard", D, E, hard_grad="ste")
+    ste.load_state_dict(switch.state_dict())
+    r_switch, r_ste = switch(x), ste(x)
+    top_prob = r_switch.probs.max(dim=1).values
+    assert torch.allclose(r_switch.gate, top_prob)          # Switch: scaled by p
+    assert torch.allclose(r_ste.gate, torch.ones(N))         # STE: forward weight 1
+    g_switch = torch.autograd.grad(r_switch.gate.sum(), switch.proj.weight)[0]
+    g_ste = torch.autograd.grad(r_ste.gate.sum(), ste.proj.weight)[0]
+    assert torch.allclose(g_switch, g_ste)                   # same backward
+
+
+@pytest.mark.parametrize("gating", GATING_CHOICES)
+def test_gradient_reaches_every_router_parameter(gating):
+    moe = make_moe(gating).train()
+    out = moe(torch.randn(N, D))
+    loss = torch.nn.functional.cross_entropy(out.logits, torch.randint(0, K, (N,)))
+    if gating == "noisy-topk":  # its noise scale learns through the smooth load estimate
+        loss = loss + out.routing.aux["cv"]
+    loss.backward()
+    for name, param in moe.router.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_noise_only_in_training():
+    for gating in ("noisy-topk", "gumbel"):
+        moe = make_moe(gating)
+        x = torch.randn(N, D)
+        moe.eval()
+        assert torch.equal(moe(x).routing.weights, moe(x).routing.weights)
+        moe.train()
+        assert not torch.equal(moe(x).routing.weights, moe(x).routing.weights)
+
+
+def test_noisy_smooth_load_matches_monte_carlo_load():
+    """Averaged over noise draws, the smooth load sum_x P(x, i) must equal the expected
+    number of samples routed to expert i (P is that probability given the other noises)."""
+    torch.manual_seed(0)
+    router = build_router("noisy-topk", D, E, top_k=2).train()
+    x = torch.randn(N, D)
+    with torch.no_grad():
+        draws = [router(x) for _ in range(3000)]
+    smooth = torch.stack([r.load for r in draws]).mean(0)
+    actual = torch.stack([r.assignment_counts().float() for r in draws]).mean(0)
+    assert torch.allclose(smooth, actual, atol=0.35), (smooth, actual)
+    assert torch.allclose(smooth.sum(), torch.tensor(N * 2.0), rtol=0.02)
+
+
+def reference_forward(moe: MoE, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Slow reference: every sample on its own, every selected expert called separately."""
+    rows = []
+    for n in range(x.shape[0]):
+        terms = []
+        for e in range(weights.shape[1]):
+            if weights[n, e] != 0:
+                out = moe.experts.experts[e](x[n:n + 1])[0]
+                terms.append(weights[n, e] * (out.softmax(-1) if moe.combine == "probs" else out))
+        mixed = torch.stack(terms).sum(0) if terms else x.new_zeros(K)
+        rows.append(torch.log(mixed.clamp_min(1e-12)) if moe.combine == "probs" else mixed)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("gating", GATING_CHOICES)
+@pytest.mark.parametrize("combine", ["logits", "probs"])
+def test_dispatch_equals_per_sample_reference(gating, combine):
+    moe = make_moe(gating, combine=combine).train()
+    x = torch.randn(N, D, requires_grad=True)
+    target = torch.randint(0, K, (N,))
+    torch.manual_seed(1)
+    out = moe(x)
+    loss = torch.nn.functional.cross_entropy(out.logits, target)
+    fast_grads = torch.autograd.grad(loss, [x, *moe.parameters()], allow_unused=True)
+
+    torch.manual_seed(1)  # same router noise
+    weights = moe.router(x).weights
+    ref = reference_forward(moe, x, weights)
+    assert torch.allclose(out.logits, ref, atol=1e-5)
+    ref_loss = torch.nn.functional.cross_entropy(ref, target)
+    ref_grads = torch.autograd.grad(ref_loss, [x, *moe.parameters()], allow_unused=True)
+    for fast, slow in zip(fast_grads, ref_grads):
+        if fast is None or slow is None:
+            assert (fast is None or fast.abs().max() == 0) and (slow is None or slow.abs().max() == 0)
+        else:
+            assert torch.allclose(fast, slow, atol=1e-5)
+
+
+@pytest.mark.parametrize("gating,k", [("hard", 1), ("topk", 2), ("expert-choice", 2), ("soft", 2)])
+def test_unselected_experts_are_not_evaluated(gating, k):
+    moe = make_moe(gating, k=k).eval()
+    x = torch.rand(N, D)                        # positive inputs ...
+    with torch.no_grad():
+        moe.router.proj.weight[0] = -1.0        # ... so expert 0 always scores lowest
+    seen = [0] * E
+    for e, expert in enumerate(moe.experts.experts):
+        expert.register_forward_hook(lambda mod, inp, out, e=e: seen.__setitem__(e, seen[e] + inp[0].shape[0]))
+    out = moe(x)
+    counts = out.routing.assignment_counts().tolist()
+    assert seen == counts                       # each expert ran on exactly its own samples
+    if gating == "soft":
+        assert seen == [N] * E
+    elif gating == "expert-choice":
+        assert seen == [math.ceil(N * k / E)] * E
+    else:
+        assert seen[0] == 0                     # never selected, never computed
+        assert sum(seen) == N * k               # no wasted compute on unselected experts
+    assert out.expert_logits.shape[0] == sum(seen)
+
+
+def test_sample_picked_by_no_expert_gets_zero_logits():
+    moe = make_moe("expert-choice", k=1, capacity_factor=0.25).eval()
+    out = moe(torch.randn(N, D))
+    unpicked = out.routing.weights.sum(dim=1) == 0
+    assert unpicked.any()
+    assert torch.equal(out.logits[unpicked], torch.zeros(int(unpicked.sum()), K))
