@@ -48,7 +48,7 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".ppm", ".pgm", ".tif", ".tiff")
 FOLDER_CACHE_VERSION = 1  # bump when the cached tensor layout changes
-STATS_CHUNK = 4096  # images per chunk when computing mean/std, to bound float memory
+STATS_CHUNK = 4096  # images per chunk for mean/std and resizing, to bound temporary memory
 
 
 class DataError(ValueError):
@@ -343,8 +343,8 @@ def _list_images(split_dir: pathlib.Path, classes: list[str]) -> list[tuple[str,
 def _folder_cache_key(root: pathlib.Path, listing: dict, image_size: int | None) -> str:
     # Size and mtime of every file: any added, removed or rewritten image changes the key.
     h = hashlib.sha256(f"{FOLDER_CACHE_VERSION}\n{root}\n{image_size}\n".encode())
-    entries = sorted((os.path.relpath(path, root), st.st_size, st.st_mtime_ns)
-                     for split in listing.values() for path, _, st in split)
+    prefix = len(str(root)) + 1  # every path was built by joining onto root; slicing beats relpath
+    entries = sorted((path[prefix:], st.st_size, st.st_mtime_ns) for split in listing.values() for path, _, st in split)
     for rel, size, mtime in entries:
         h.update(f"{rel}\0{size}\0{mtime}\n".encode())
     return h.hexdigest()[:24]
@@ -387,7 +387,7 @@ def _decode_all(paths: list[str], image_size: int | None) -> torch.Tensor:
         # torchvision 0.29 deprecates its decoders with a warning on every call; they still work.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
         images = [_decode_sized(path, image_size) for path in paths]
-    channels = 3 if all(img.shape[0] == 1 for img in images) else 3
+    channels = 1 if all(img.shape[0] == 1 for img in images) else 3
     _check_same_size(images, paths)
     return torch.stack([img.expand(channels, -1, -1) for img in images])  # (N, C, H, W)
 
@@ -486,18 +486,19 @@ def split_train_val(split: Split, val_fraction: float, seed: int) -> tuple[Split
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] units of uint8 (N, C, H, W); float64 sums in chunks."""
+    """Per-channel mean and std in [0, 1] units of uint8 (N, C, H, W)."""
+    # Exact integer sums of x and x^2 (x <= 255), in chunks: no float copy of the whole split.
     c = images.shape[1]
-    total = torch.zeros(c, dtype=torch.float64)
-    total_sq = torch.zeros(c, dtype=torch.float64)
+    total = torch.zeros(c, dtype=torch.int64)
+    total_sq = torch.zeros(c, dtype=torch.int64)
     for chunk in images.split(STATS_CHUNK):
-        x = chunk.transpose(0, 1).reshape(c, -1).double() / 255  # (C, n*H*W)
-        total += x.sum(1)
-        total_sq += (x * x).sum(1)
+        x = chunk.to(torch.int32)
+        total += x.sum((0, 2, 3), dtype=torch.int64)
+        total_sq += (x * x).sum((0, 2, 3), dtype=torch.int64)
     count = images.numel() // c
-    mean = total / count
-    std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
-    return tuple(mean.tolist()), tuple(std.tolist())
+    mean = total.double() / count
+    var = total_sq.double() / count - mean * mean
+    return tuple((mean / 255).tolist()), tuple((var.clamp_min(0).sqrt() / 255).tolist())
 
 
 def _short(err: BaseException) -> str:

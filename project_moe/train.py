@@ -28,7 +28,7 @@ from tqdm import tqdm
 import data
 from config import Config, ConfigError, parse_args, validate
 from evaluation import SplitResult, evaluate, train_batch_expert_rows
-from moe_model import (DenseClassifier, MoEClassifier, build_dense_matched, build_model, classifier_logits,
+from moe_model import (MoEClassifier, build_dense_matched, build_model, classifier_logits,
                        model_cost, moe_param_counts)
 from run_files import CSVLog, read_json, save_checkpoint, write_json
 
@@ -126,6 +126,32 @@ def describe_cost(report: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- the run
+
+def aux_coefficients(cfg: Config, device: torch.device) -> torch.Tensor:
+    """(5,) loss coefficients in the order of AUX_NAMES."""
+    return torch.tensor([getattr(cfg, f"{name}_coef") for name in AUX_NAMES], device=device)
+
+
+def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: torch.Tensor):
+    """One optimisation step: cross-entropy plus the weighted auxiliary losses of an MoE.
+
+    Raises FloatingPointError, before touching the weights, if the loss is not finite.
+    Returns (model output, logits, cross-entropy).
+    """
+    output = model(x)
+    logits = classifier_logits(output)
+    ce = F.cross_entropy(logits, y)
+    loss = ce
+    if isinstance(model, MoEClassifier):
+        aux = torch.stack([output.routing.aux[name] for name in AUX_NAMES])  # (5,)
+        loss = ce + (coefs * aux).sum()
+    if not torch.isfinite(loss).item():
+        raise FloatingPointError(f"non-finite loss {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return output, logits, ce
+
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, dataset: data.Dataset, device: torch.device):
@@ -241,25 +267,16 @@ class Trainer:
     def train_epoch(self) -> None:
         cfg, model = self.cfg, self.model
         model.train()
-        coefs = torch.tensor([getattr(cfg, f"{name}_coef") for name in AUX_NAMES], device=self.device)
+        coefs = aux_coefficients(cfg, self.device)
         batches = self.train_loader.iter_epoch(self.epoch, start_step=self.step_in_epoch)
         bar = tqdm(batches, total=len(self.train_loader), initial=self.step_in_epoch, leave=False,
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=None, mininterval=1.0)
         tick = time.perf_counter()
         for x, y in bar:
-            output = model(x)
-            logits = classifier_logits(output)
-            ce = F.cross_entropy(logits, y)
-            loss = ce
-            if self.is_moe:
-                aux = torch.stack([output.routing.aux[name] for name in AUX_NAMES])  # (5,)
-                loss = ce + (coefs * aux).sum()
-            if not torch.isfinite(loss).item():
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {self.epoch + 1}, "
-                                         f"step {self.global_step + 1}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            try:
+                output, logits, ce = train_step(model, self.optimizer, x, y, coefs)
+            except FloatingPointError as error:
+                raise FloatingPointError(f"{error} at epoch {self.epoch + 1}, step {self.global_step + 1}") from None
             self.scheduler.step()
             self._accumulate(output, logits, ce, y)
             self.step_in_epoch += 1

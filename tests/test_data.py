@@ -540,6 +540,16 @@ def test_loader_augments_only_when_asked():
     assert not torch.allclose(augmented, plain, atol=1e-3)
 
 
+def test_augmentation_differs_between_batches_and_epochs():
+    # Identical images everywhere: any difference between batches comes from the augmentation draws.
+    image = torch.randint(1, 256, (1, 3, 8, 8), dtype=torch.uint8)
+    split = data.Split(image.expand(32, -1, -1, -1).clone(), torch.zeros(32, dtype=torch.int64))
+    loader = make_loader(split, shuffle=False, augment=True)
+    (a0, _), (a1, _) = loader.iter_epoch(0)
+    (b0, _), _ = loader.iter_epoch(1)
+    assert not torch.equal(a0, a1) and not torch.equal(a0, b0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_loader_on_cuda_matches_cpu():
     split = numbered_split(50, channels=3)

@@ -1,0 +1,265 @@
+"""Speed of the sparse MoE layer and of MoE training, as ratios to references timed in the same run.
+
+    python bench.py layer    # MoE layer vs (a) dense MLP of the same active FLOPs, (b) soft routing
+                             # over all experts, (c) a per-expert loop with boolean masks
+    python bench.py train    # samples/s of one MNIST training epoch, MoE vs dense baselines
+
+Machines are noisy, so absolute times mean little: candidates and references are interleaved
+in rounds, every ratio is a ratio of medians, and the spread of the per-round ratios is shown.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from moe_model import ExpertBank, MoE, mlp
+from routers import build_router
+
+DEFAULT_GRID = ("8:1", "8:2", "32:2")
+
+
+# ----------------------------------------------------------------------------- timing
+
+class Timer:
+    """Wall time on CPU; CUDA events on a GPU (kernels are asynchronous)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn) -> float:
+        """Milliseconds of one call of ``fn``."""
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end)
+        begin = time.perf_counter()
+        fn()
+        return (time.perf_counter() - begin) * 1e3
+
+
+def interleaved_times(candidates: dict[str, callable], timer: Timer, rounds: int, per_round: int,
+                      warmup: int) -> dict[str, list[list[float]]]:
+    """times[name][round] = per-call milliseconds, candidates run in turn within each round."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            times[name].append([timer(fn) for _ in range(per_round)])
+    return times
+
+
+def ratio_with_spread(times: dict, name: str, reference: str) -> tuple[float, float, float]:
+    """Median ratio over all calls, and min / max of the per-round median ratios."""
+    flat = lambda rounds: [t for r in rounds for t in r]  # noqa: E731
+    ratio = statistics.median(flat(times[name])) / statistics.median(flat(times[reference]))
+    per_round = [statistics.median(a) / statistics.median(b) for a, b in zip(times[name], times[reference])]
+    return ratio, min(per_round), max(per_round)
+
+
+# ----------------------------------------------------------------------------- the layer benchmark
+
+@dataclass
+class LayerConfig:
+    samples: int = 4096
+    d_model: int = 256
+    hidden: int = 512
+    experts: int = 8
+    k: int = 2
+
+
+class MaskedLoopMoE(nn.Module):
+    """The textbook implementation: for each expert, a boolean mask over the batch."""
+
+    def __init__(self, moe: MoE):
+        super().__init__()
+        self.moe = moe
+
+    def forward(self, x: Tensor) -> Tensor:
+        weights = self.moe.router(x).weights                                   # (N, E)
+        out = x.new_zeros(x.shape[0], x.shape[1])
+        for e, expert in enumerate(self.moe.experts.experts):
+            mask = weights[:, e] != 0                                          # (N,)
+            if mask.any():
+                out[mask] += weights[mask, e].unsqueeze(1) * expert(x[mask])
+        return out
+
+
+def build_layer_candidates(cfg: LayerConfig, device: torch.device) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    d, h, e, k = cfg.d_model, cfg.hidden, cfg.experts, cfg.k
+    experts = ExpertBank([mlp(d, h, d) for _ in range(e)], d)
+    gating = "hard" if k == 1 else "topk"
+    moe = MoE(build_router(gating, d, e, top_k=k), experts)
+    soft = MoE(build_router("soft", d, e), experts)
+    return {"dense_same_active": mlp(d, k * h, d).to(device), "moe": moe.to(device),
+            "soft_all_experts": soft.to(device), "masked_loop": MaskedLoopMoE(moe).to(device)}
+
+
+def layer_step(module: nn.Module, x: Tensor, train: bool):
+    def forward() -> Tensor:
+        out = module(x)
+        return out.logits if hasattr(out, "logits") else out
+
+    if not train:
+        def run():
+            with torch.no_grad():
+                forward()
+        return run
+
+    def run_train():
+        module.zero_grad(set_to_none=True)
+        forward().square().mean().backward()
+    return run_train
+
+
+def bench_layer(args) -> list[dict]:
+    device = resolve(args.device)
+    timer = Timer(device)
+    rows = []
+    for spec in args.config:
+        e, k = (int(v) for v in spec.split(":"))
+        cfg = LayerConfig(samples=args.samples, d_model=args.d_model, hidden=args.hidden, experts=e, k=k)
+        modules = build_layer_candidates(cfg, device)
+        x = torch.randn(cfg.samples, cfg.d_model, device=device)
+        for mode in ("fwd", "fwd+bwd"):
+            fns = {name: layer_step(m.train(mode != "fwd"), x, mode != "fwd") for name, m in modules.items()}
+            times = interleaved_times(fns, timer, args.rounds, args.per_round, args.warmup)
+            for name in fns:
+                flat = [t for r in times[name] for t in r]
+                row = {"E": e, "k": k, "mode": mode, "impl": name, "median_ms": statistics.median(flat),
+                       "calls": len(flat)}
+                for ref, label in (("dense_same_active", "vs_dense"), ("soft_all_experts", "vs_soft")):
+                    ratio, low, high = ratio_with_spread(times, name, ref)
+                    row.update({label: ratio, f"{label}_min": low, f"{label}_max": high})
+                rows.append(row)
+            print_layer_rows([r for r in rows if r["E"] == e and r["k"] == k and r["mode"] == mode])
+    return rows
+
+
+def print_layer_rows(rows: list[dict]) -> None:
+    first = rows[0]
+    print(f"\nE={first['E']} k={first['k']} {first['mode']}  ({first['calls']} timed calls each)")
+    print(f"  {'implementation':<20}{'median ms':>11}{'/ dense (a)':>14}{'  round spread':<18}{'/ soft (b)':>12}")
+    for r in rows:
+        print(f"  {r['impl']:<20}{r['median_ms']:>11.2f}{r['vs_dense']:>14.3f}  "
+              f"[{r['vs_dense_min']:.3f}, {r['vs_dense_max']:.3f}]  {r['vs_soft']:>10.3f}")
+
+
+# ----------------------------------------------------------------------------- the training benchmark
+
+def bench_train(args) -> list[dict]:
+    import data
+    from config import Config
+    from moe_model import build_model
+    from train import train_step, aux_coefficients
+
+    device = resolve(args.device)
+    dataset = data.load_dataset("mnist", data.resolve_data_dir(args.data_dir), seed=0)
+    variants = {
+        "dense_active": dict(model="dense", dense_match="active", gating="hard"),
+        "dense_params": dict(model="dense", dense_match="params", gating="hard"),
+        "moe_soft": dict(gating="soft"), "moe_hard": dict(gating="hard"),
+        "moe_topk2": dict(gating="topk", top_k=2), "moe_expert_choice": dict(gating="expert-choice", top_k=1),
+    }
+    seconds = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, overrides in variants.items():
+            cfg = Config(experts=8, **overrides)
+            torch.manual_seed(0)
+            model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+            loader = data.BatchLoader(dataset.train, cfg.batch_size, dataset.mean, dataset.std, shuffle=True,
+                                      augment=False, seed=0, device=device)
+            coefs = aux_coefficients(cfg, device)
+            batches = list(loader.iter_epoch(0))
+            begin = time.perf_counter()
+            for x, y in batches:
+                train_step(model, optimizer, x, y, coefs)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds[name].append(time.perf_counter() - begin)
+    samples = len(dataset.train.labels)
+    reference = statistics.median(seconds["dense_active"])
+    rows = []
+    print(f"\nOne MNIST training epoch ({samples} samples, batch 128, E=8), {args.rounds} interleaved rounds")
+    print(f"  {'model':<20}{'samples/s':>12}{'/ dense_active':>16}  round spread")
+    for name, values in seconds.items():
+        ratios = [seconds["dense_active"][i] / values[i] for i in range(len(values))]
+        row = {"model": name, "samples_per_s": samples / statistics.median(values),
+               "vs_dense_active": reference / statistics.median(values),
+               "vs_dense_active_min": min(ratios), "vs_dense_active_max": max(ratios)}
+        rows.append(row)
+        print(f"  {name:<20}{row['samples_per_s']:>12,.0f}{row['vs_dense_active']:>16.3f}  "
+              f"[{row['vs_dense_active_min']:.3f}, {row['vs_dense_active_max']:.3f}]")
+    return rows
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def resolve(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def machine_line(device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return (f"{time.strftime('%Y-%m-%d')}  {name}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
+            f"device {device}")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("layer", "train"))
+    parser.add_argument("--config", nargs="+", default=list(DEFAULT_GRID), metavar="E:K",
+                        help="layer: experts:k pairs to time")
+    parser.add_argument("--samples", type=int, default=4096, help="layer: batch size N")
+    parser.add_argument("--d-model", type=int, default=256, help="layer: input and output width")
+    parser.add_argument("--hidden", type=int, default=512, help="layer: hidden width of each expert")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--per-round", type=int, default=4, help="layer: timed calls per round and candidate")
+    parser.add_argument("--warmup", type=int, default=3, help="layer: untimed calls first")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--data-dir", default=None, help="train: dataset root, as for train.py")
+    parser.add_argument("--csv", type=Path, default=None, help="where to write the table (default: bench_<what>.csv)")
+    args = parser.parse_args(argv)
+    if args.what == "layer":
+        for spec in args.config:
+            parts = spec.split(":")
+            if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 1 <= int(parts[1]) <= int(parts[0]):
+                parser.error(f"--config {spec!r}: expected E:K with 1 <= K <= E, e.g. 8:2")
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    device = resolve(args.device)
+    print(machine_line(device))
+    rows = bench_layer(args) if args.what == "layer" else bench_train(args)
+    path = args.csv or Path(f"bench_{args.what}.csv")
+    write_csv(path, rows)
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
