@@ -14,6 +14,9 @@ import stats
 from moe_model import MoEClassifier, classifier_logits
 
 
+SAMPLES_COLUMNS = ["index", "class", "predicted", "top1_expert", "top1_weight", "experts_used"]
+
+
 @dataclass
 class SplitResult:
     loss: float
@@ -121,4 +124,26 @@ def train_batch_expert_rows(output, y: Tensor, num_experts: int) -> list[dict]:
         rows.append({"expert": e, "n_samples": n, "n_routed": int(r), "frac_routed": r / n, "mean_gate": g / n,
                      "loss_routed": l / r if r else float("nan"), "acc_routed": c / r if r else float("nan"),
                      "loss_all": float("nan"), "acc_all": float("nan")})
+    return rows
+
+
+@torch.no_grad()
+def sample_routing(model: MoEClassifier, batches, limit: int) -> list[dict]:
+    """Routing of the first ``limit`` samples of a split (in the evaluation batches, so that
+    batch-dependent routers see the same batches as in evaluation)."""
+    was_training = model.training
+    model.eval()
+    rows = []
+    for x, y in batches:
+        output = model(x)
+        weights = output.routing.weights                                       # (N, E)
+        top_weight, top_expert = weights.max(dim=1)
+        columns = torch.stack([y, output.logits.argmax(dim=1), top_expert, (weights != 0).sum(dim=1)]).cpu()
+        for (label, predicted, expert, used), weight in zip(columns.t().tolist(), top_weight.cpu().tolist()):
+            rows.append({"index": len(rows), "class": label, "predicted": predicted, "top1_expert": expert,
+                         "top1_weight": weight, "experts_used": used})
+            if len(rows) == limit:
+                model.train(was_training)
+                return rows
+    model.train(was_training)
     return rows

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import platform
 import random
 import shutil
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 import data
 from config import Config, ConfigError, parse_args, validate
-from evaluation import SplitResult, evaluate, train_batch_expert_rows
+from evaluation import SAMPLES_COLUMNS, SplitResult, evaluate, sample_routing, train_batch_expert_rows
 from moe_model import (MoEClassifier, build_dense_matched, build_model, classifier_logits,
                        model_cost, moe_param_counts)
 from run_files import CSVLog, read_json, save_checkpoint, write_json
@@ -39,6 +38,7 @@ METRICS_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss",
 EXPERTS_COLUMNS = ["epoch", "step", "split", "expert", "n_samples", "n_routed", "frac_routed", "mean_gate",
                    "loss_routed", "acc_routed", "loss_all", "acc_all"]
 ROUTING_COLUMNS = ["epoch", "step", "split", "expert", "class", "count", "gate_mass", "top1"]
+ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees
 # Settings that may change between a run and its resumption without changing its results.
 RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir", "out", "log_every"}
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
@@ -350,11 +350,13 @@ class Trainer:
 
     def finish(self) -> None:
         """Test once, with the weights that did best on validation."""
-        torch.save(self.model.state_dict(), self.run_dir / "model.pt.tmp")
-        os.replace(self.run_dir / "model.pt.tmp", self.run_dir / "model.pt")
+        save_checkpoint(self.run_dir / "model.pt", self.model.state_dict())
         best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=True)
         self.model.load_state_dict(best["model"])
         test = self._evaluate_split("test", self.best_epoch)
+        if self.is_moe:
+            rows = sample_routing(self.model, self.eval_loaders["test"].iter_epoch(0), ROUTED_SAMPLES)
+            CSVLog(self.run_dir / "test_samples.csv", SAMPLES_COLUMNS).write(rows)
         self.write_summary("completed", test=test)
         print(f"test loss {test.loss:.4f} acc {test.acc:.4f} (weights of epoch {self.best_epoch}, "
               f"best val acc {self.best_val_acc:.4f}); logs in {self.run_dir}")

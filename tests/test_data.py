@@ -346,6 +346,18 @@ def test_folder_cache_is_invalidated_by_a_changed_file(tmp_path, monkeypatch):
     assert torch.equal(d.test.images[-1], torch.full((3, 8, 8), 7, dtype=torch.uint8))
 
 
+def test_folder_corrupt_cache_is_rebuilt(tmp_path):
+    root = tmp_path / "f"
+    written = write_folder(root, {"a": 2})
+    data.load_dataset(f"folder:{root}", tmp_path, val_fraction=0.0)
+    (cache_file,) = (tmp_path / "cache").glob("folder-*.pt")
+    cache_file.write_bytes(b"half a file")
+    with pytest.warns(UserWarning, match="ignoring unreadable cache"):
+        d = data.load_dataset(f"folder:{root}", tmp_path, val_fraction=0.0)
+    assert torch.equal(d.test.images, as_nchw(written["test"]))
+    assert data.load_dataset(f"folder:{root}", tmp_path, val_fraction=0.0).source.endswith(f"cached in {cache_file})")
+
+
 def test_folder_unreadable_image_is_named(tmp_path):
     root = tmp_path / "f"
     write_folder(root, {"a": 2, "b": 2})
@@ -395,6 +407,12 @@ def test_folder_images_of_different_sizes_need_image_size(tmp_path):
     assert_one_line(err, "--image-size", "8x8", "12x12")
     d = data.load_dataset(f"folder:{root}", tmp_path, val_fraction=0.0, image_size=10)
     assert d.train.images.shape == (4, 3, 10, 10) and d.test.images.shape == (4, 3, 10, 10)
+
+
+def test_folder_that_does_not_exist(tmp_path):
+    with pytest.raises(data.DataError) as err:
+        data.check_dataset_spec(f"folder:{tmp_path / 'nowhere'}")
+    assert_one_line(err, str(tmp_path / "nowhere"), "does not exist")
 
 
 @pytest.mark.parametrize("name", ["imagenet", "MNIST", "folder:", "cifar"])

@@ -1,0 +1,94 @@
+"""Read the run directories of a results folder into pandas DataFrames.
+
+Layout: <results>/runs/<grid>/<run-name>/{config.json, summary.json, metrics.csv, experts.csv,
+routing.csv, test_samples.csv}. Every frame gets the columns grid, dataset, label, seed and
+run, so that runs can be grouped by configuration (label) across seeds.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+import stats
+import torch
+
+
+def dataset_tag(dataset: str) -> str:
+    """A short name: the folder copy of CIFAR-10 is reported as such, not as CIFAR-10."""
+    return "cifar10-jpeg" if "cifar10-jpeg" in dataset else dataset
+
+
+def completed_runs(results: Path) -> list[Path]:
+    dirs = []
+    for summary in sorted(Path(results).glob("runs/*/*/summary.json")):
+        if json.loads(summary.read_text()).get("status") == "completed":
+            dirs.append(summary.parent)
+    return dirs
+
+
+def run_identity(run_dir: Path) -> dict:
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    tag = dataset_tag(config["dataset"])
+    label = run_dir.name.removeprefix(tag + "-").rsplit("-s", 1)[0]
+    return {"grid": run_dir.parent.name, "dataset": tag, "label": label, "seed": config["seed"], "run": run_dir.name}
+
+
+def run_table(results: Path) -> pd.DataFrame:
+    """One row per completed run: identity, final numbers, parameters and cost."""
+    rows = []
+    for run_dir in completed_runs(results):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        config = json.loads((run_dir / "config.json").read_text())["config"]
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        rows.append({**run_identity(run_dir), "model": config["model"], "gating": config["gating"],
+                     "experts": config["experts"], "epochs": config["epochs"],
+                     "test_acc": summary["test_acc"], "test_loss": summary["test_loss"],
+                     "best_val_acc": summary["best_val_acc"], "params_total": summary["params_total"],
+                     "params_active": summary["params_active"], "flops_per_sample": summary["flops_per_sample"],
+                     "samples_per_s": metrics["samples_per_s"].median(),
+                     "final_val_load_cv": metrics["val_load_cv"].iloc[-1],
+                     "specialisation": test_specialisation(run_dir)})
+    return pd.DataFrame(rows)
+
+
+def read_all(results: Path, filename: str) -> pd.DataFrame:
+    """One CSV log of every completed run, stacked, with the identity columns in front."""
+    frames = []
+    for run_dir in completed_runs(results):
+        path = run_dir / filename
+        if path.exists() and path.stat().st_size:
+            frame = pd.read_csv(path)
+            for key, value in reversed(run_identity(run_dir).items()):
+                frame.insert(0, key, value)
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def test_specialisation(run_dir: Path) -> float:
+    """I(expert; class) / H(class) on the test split, from the top-1 routing table (NaN for dense)."""
+    path = run_dir / "routing.csv"
+    if not path.exists() or path.stat().st_size == 0:
+        return float("nan")
+    routing = pd.read_csv(path)
+    test = routing[routing.split == "test"]
+    if test.empty:
+        return float("nan")
+    table = torch.tensor(test.pivot_table(index="expert", columns="class", values="top1", aggfunc="sum")
+                         .fillna(0).to_numpy(), dtype=torch.float64)
+    class_p = table.sum(dim=0) / table.sum()
+    class_entropy = stats.entropy(class_p).item()
+    return stats.mutual_information(table).item() / class_entropy if class_entropy > 0 else float("nan")
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (ddof=1) and number of seeds per (grid, dataset, label)."""
+    numbers = ["test_acc", "test_loss", "best_val_acc", "samples_per_s", "final_val_load_cv", "specialisation"]
+    constant = ["model", "gating", "experts", "epochs", "params_total", "params_active", "flops_per_sample"]
+    grouped = runs.groupby(["grid", "dataset", "label"], sort=False)
+    table = grouped[numbers].agg(["mean", "std"])
+    table.columns = [f"{a}_{b}" for a, b in table.columns]
+    table.insert(0, "seeds", grouped["seed"].nunique())
+    table[constant] = grouped[constant].first()
+    return table.reset_index()

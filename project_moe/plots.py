@@ -1,0 +1,226 @@
+"""Figures of the study. Every function takes DataFrames (see logs.py) and returns a Figure;
+the notebook and the report both call them, so a figure is drawn by one piece of code only."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the notebook and the report render to files
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+GATING_ORDER = ["soft", "hard", "top2", "noisy-top2", "gumbel-top1", "expert-choice"]
+plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "font.size": 9, "axes.titlesize": 10,
+                     "axes.spines.top": False, "axes.spines.right": False})
+
+
+def _ordered(labels, order):
+    return [x for x in order if x in set(labels)] + sorted(set(labels) - set(order))
+
+
+def _final_rows(frame: pd.DataFrame, split: str) -> pd.DataFrame:
+    rows = frame[frame.split == split]
+    last = rows.groupby("run")["epoch"].transform("max")
+    return rows[rows.epoch == last]
+
+
+def expert_usage(experts: pd.DataFrame, grid: str = "gating", dataset: str = "mnist") -> plt.Figure:
+    """Distribution over experts (and seeds) of the routed fraction and of the mean gate weight,
+    one box per router, on the validation split at the last epoch."""
+    rows = _final_rows(experts[(experts.grid == grid) & (experts.dataset == dataset)], "val")
+    labels = _ordered(rows.label, GATING_ORDER)
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.8), sharey=False)
+    for ax, column, title in ((axes[0], "frac_routed", "fraction of samples routed to an expert"),
+                              (axes[1], "mean_gate", "mean gate weight of an expert")):
+        data = [rows.loc[rows.label == label, column].to_numpy() for label in labels]
+        ax.boxplot(data, labels=labels, showfliers=True)
+        for i, values in enumerate(data, 1):
+            ax.scatter(np.full(len(values), i) + np.random.default_rng(i).uniform(-0.15, 0.15, len(values)),
+                       values, s=6, alpha=0.5, color="tab:blue")
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=35)
+    axes[0].axhline(0, color="grey", lw=0.5)
+    fig.suptitle(f"Expert activation per router ({dataset}, validation, all seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def per_expert_loss_curves(experts: pd.DataFrame, run: str) -> plt.Figure:
+    """Each expert's own validation loss over training: on the samples routed to it (solid)
+    and on all samples (dashed, what it would do outside its specialty)."""
+    rows = experts[(experts.run == run) & (experts.split == "val")]
+    fig, ax = plt.subplots(figsize=(5.2, 3.0))
+    colors = plt.cm.tab10(np.linspace(0, 1, 10))
+    for e, group in rows.groupby("expert"):
+        ax.plot(group.epoch, group.loss_routed, "-o", ms=3, color=colors[e % 10], label=f"E{e}")
+        ax.plot(group.epoch, group.loss_all, "--", color=colors[e % 10], alpha=0.5)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy (val)")
+    ax.set_title(f"Per-expert loss: routed samples (solid) vs all (dashed)\n{run}")
+    ax.legend(ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def class_expert_heatmap(routing: pd.DataFrame, run: str, class_names=None) -> plt.Figure:
+    """Test samples of each class routed to each expert: counts, and P(expert | class)."""
+    rows = routing[(routing.run == run) & (routing.split == "test")]
+    counts = rows.pivot_table(index="expert", columns="class", values="top1", aggfunc="sum").fillna(0)
+    share = counts / counts.sum(axis=0)
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2))
+    for ax, table, title, fmt in ((axes[0], counts, "test samples (top-1 expert)", "{:.0f}"),
+                                  (axes[1], share, "P(expert | class)", "{:.2f}")):
+        image = ax.imshow(table.to_numpy(), cmap="viridis", aspect="auto")
+        ax.set_xticks(range(table.shape[1]), [class_names[c] if class_names else c for c in table.columns],
+                      rotation=45 if class_names else 0, fontsize=7)
+        ax.set_yticks(range(table.shape[0]), [f"E{e}" for e in table.index])
+        ax.set_xlabel("class")
+        ax.set_title(title)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        if table.size <= 160:
+            for (i, j), value in np.ndenumerate(table.to_numpy()):
+                ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=5.5,
+                        color="white" if value < table.to_numpy().max() * 0.6 else "black")
+    fig.suptitle(f"Expert x class routing — {run}")
+    fig.tight_layout()
+    return fig
+
+
+def balance_over_time(metrics: pd.DataFrame, grid: str = "gating", dataset: str = "mnist") -> plt.Figure:
+    """Load CV and gate entropy on validation per epoch, mean +- std over seeds, per router."""
+    rows = metrics[(metrics.grid == grid) & (metrics.dataset == dataset)]
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.8))
+    for label in _ordered(rows.label, GATING_ORDER):
+        group = rows[rows.label == label].groupby("epoch")
+        for ax, column in zip(axes, ("val_load_cv", "val_gate_entropy")):
+            mean, std = group[column].mean(), group[column].std()
+            ax.plot(mean.index, mean, "-o", ms=3, label=label)
+            ax.fill_between(mean.index, mean - std, mean + std, alpha=0.15)
+    axes[0].set_ylabel("load CV (0 = balanced)")
+    axes[1].set_ylabel("gate entropy (nats)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    axes[1].legend(fontsize=7, frameon=False)
+    fig.suptitle(f"Load balance over training ({dataset}, validation)")
+    fig.tight_layout()
+    return fig
+
+
+def _errorbars(ax, table: pd.DataFrame, x, label: str, column: str = "test_acc"):
+    ax.errorbar(x, table[f"{column}_mean"] * 100, yerr=table[f"{column}_std"].fillna(0) * 100, fmt="-o",
+                ms=4, capsize=3, label=label)
+
+
+def accuracy_vs_experts(summary: pd.DataFrame) -> plt.Figure:
+    """Test accuracy against E at a fixed total budget and at a fixed expert size."""
+    rows = summary[summary.grid == "experts"]
+    fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    for prefix, label in (("budget", "fixed total budget (E x hidden = 512)"),
+                          ("per-expert", "fixed expert size (hidden 64)")):
+        table = rows[rows.label.str.startswith(prefix)].sort_values("experts")
+        _errorbars(ax, table, table.experts, label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("number of experts E (top-1 routing)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy vs number of experts (MNIST, mean ± std)")
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _bars(ax, table: pd.DataFrame, labels, column: str, scale: float = 1.0):
+    table = table.set_index("label").loc[labels]
+    ax.bar(range(len(labels)), table[f"{column}_mean"] * scale, yerr=table[f"{column}_std"].fillna(0) * scale,
+           capsize=3, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
+
+
+def gating_comparison(summary: pd.DataFrame) -> plt.Figure:
+    """Test accuracy and throughput of every router, per dataset (mean ± std over seeds)."""
+    rows = summary[summary.grid == "gating"]
+    datasets = list(dict.fromkeys(rows.dataset))
+    fig, axes = plt.subplots(1, len(datasets) + 1, figsize=(3.0 * (len(datasets) + 1), 3.0))
+    for ax, dataset in zip(axes, datasets):
+        table = rows[rows.dataset == dataset]
+        labels = _ordered(table.label, GATING_ORDER)
+        _bars(ax, table, labels, "test_acc", 100)
+        low = (table.test_acc_mean.min() - 3 * table.test_acc_std.fillna(0).max()) * 100
+        ax.set_ylim(max(0, low - 1), 100)
+        ax.set_title(f"{dataset}: test accuracy (%)")
+    table = rows[rows.dataset == datasets[0]]
+    _bars(axes[-1], table, _ordered(table.label, GATING_ORDER), "samples_per_s")
+    axes[-1].set_title(f"{datasets[0]}: training samples/s")
+    fig.tight_layout()
+    return fig
+
+
+def regularisation_effect(summary: pd.DataFrame) -> plt.Figure:
+    """Accuracy and final load imbalance for each regulariser (hard routing, MNIST)."""
+    rows = summary[summary.grid == "regularisation"]
+    labels = list(rows.label)
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.9))
+    _bars(axes[0], rows, labels, "test_acc", 100)
+    axes[0].set_ylim((rows.test_acc_mean.min() - 0.02) * 100, 100)
+    axes[0].set_title("test accuracy (%)")
+    _bars(axes[1], rows, labels, "final_val_load_cv")
+    axes[1].set_title("load CV at the end (0 = balanced)")
+    fig.suptitle("Regularisation of a top-1 MoE (MNIST, mean ± std over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def specialisation(summary: pd.DataFrame, grid: str = "gating") -> plt.Figure:
+    """I(expert; class) / H(class) of the test routing (top-1 expert), per router and dataset."""
+    rows = summary[summary.grid == grid]
+    fig, ax = plt.subplots(figsize=(5.0, 2.9))
+    datasets = list(dict.fromkeys(rows.dataset))
+    width = 0.8 / max(len(datasets), 1)
+    labels = _ordered(rows.label, GATING_ORDER)
+    for i, dataset in enumerate(datasets):
+        table = rows[rows.dataset == dataset].set_index("label").reindex(labels)
+        ax.bar(np.arange(len(labels)) + i * width, table.specialisation_mean, width,
+               yerr=table.specialisation_std.fillna(0), capsize=2, label=dataset)
+    ax.set_xticks(np.arange(len(labels)) + width * (len(datasets) - 1) / 2, labels, rotation=35, ha="right")
+    ax.set_ylabel("I(expert; class) / H(class)")
+    ax.set_title("Routing specialisation (test, top-1 expert)")
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def routed_images(samples: pd.DataFrame, images: np.ndarray, per_expert: int = 10) -> plt.Figure:
+    """Test images grouped by their top-1 expert: what does each expert see?
+
+    samples: rows of one run's test_samples.csv; images: (N, H, W) or (N, H, W, C) uint8 in the
+    order of the test split (row ``index`` of samples is the image index).
+    """
+    experts = sorted(samples.top1_expert.unique())
+    fig, axes = plt.subplots(len(experts), per_expert, figsize=(per_expert * 0.55, len(experts) * 0.6))
+    axes = np.atleast_2d(axes)
+    for row, expert in zip(axes, experts):
+        chosen = samples[samples.top1_expert == expert].head(per_expert)
+        for ax in row:
+            ax.axis("off")
+        for ax, index in zip(row, chosen["index"]):
+            ax.imshow(images[index], cmap="gray" if images.ndim == 3 else None)
+        row[0].text(-0.3, 0.5, f"E{expert}", transform=row[0].transAxes, ha="right", va="center", fontsize=8)
+    fig.suptitle("Test images by top-1 expert", fontsize=9)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0.06)
+    return fig
+
+
+def moe_vs_dense(summary: pd.DataFrame, grids=("moe_vs_dense", "cifar_trunk")) -> plt.Figure:
+    """Test accuracy of MoE and both dense baselines, per dataset."""
+    rows = summary[summary.grid.isin(grids)]
+    datasets = list(dict.fromkeys(rows.dataset))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.0 * len(datasets), 2.9), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        table = rows[rows.dataset == dataset]
+        labels = list(table.label)
+        _bars(ax, table, labels, "test_acc", 100)
+        ax.set_ylim((table.test_acc_mean.min() - 0.03) * 100, min(100, (table.test_acc_mean.max() + 0.01) * 100))
+        ax.set_title(f"{dataset}: test accuracy (%)")
+    fig.tight_layout()
+    return fig

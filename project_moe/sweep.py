@@ -1,0 +1,233 @@
+"""The experiment suite: named grids of train.py runs over several seeds, and their aggregation.
+
+    python sweep.py --quick                 # reduced grid, a few minutes on 2 CPU cores
+    python sweep.py --data-dir DIR          # the full grid (DIR holds MNIST/, FashionMNIST/, cifar10-jpeg/)
+    python sweep.py --grid gating experts   # some grids only
+    python sweep.py --aggregate             # results/summary.csv from the runs in results/
+
+Each run is a separate ``train.py`` process writing to results/runs/<grid>/<run-name>/. A run
+whose summary says "completed" is skipped, an interrupted one is resumed, and a failing one
+is recorded and the sweep goes on; the sweep exits non-zero at the end if any run failed.
+Weights (*.pt) are deleted once a run completes: results/ keeps only the compact logs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import logs
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_RESULTS = HERE / "results"
+SEEDS = (0, 1, 2)
+
+
+@dataclass
+class RunSpec:
+    grid: str          # which study the run belongs to
+    label: str         # the configuration, shared by its seeds
+    flags: dict        # train.py flags (without dashes), values as strings or numbers
+    seed: int = 0
+    dataset: str = "mnist"
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset_tag}-{self.label}-s{self.seed}"
+
+    @property
+    def dataset_tag(self) -> str:
+        return "cifar10-jpeg" if "cifar10-jpeg" in self.dataset else self.dataset
+
+    def argv(self, data_dir: str | None) -> list[str]:
+        dataset = self.dataset.format(data_dir=data_dir or "data")
+        args = ["--dataset", dataset, "--seed", str(self.seed)]
+        for key, value in self.flags.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        return args
+
+
+# ----------------------------------------------------------------------------- the grids
+
+MNIST_MOE = dict(experts=8, gating="hard", expert_hidden=64, balance_coef=0.1)
+CIFAR = "folder:{data_dir}/cifar10-jpeg"
+CIFAR_HEAD = dict(trunk="cnn", trunk_channels=16, experts=8, expert_hidden=64, balance_coef=0.1, epochs=5)
+
+
+def grid_moe_vs_dense(epochs: int, datasets=("mnist", "fashion-mnist")) -> list[RunSpec]:
+    runs = []
+    for dataset in datasets:
+        base = dict(MNIST_MOE, epochs=epochs)
+        runs += [RunSpec("moe_vs_dense", "moe-hard", base, dataset=dataset),
+                 RunSpec("moe_vs_dense", "moe-top2", dict(base, gating="topk", top_k=2), dataset=dataset),
+                 RunSpec("moe_vs_dense", "dense-params", dict(base, model="dense", dense_match="params"),
+                         dataset=dataset),
+                 RunSpec("moe_vs_dense", "dense-active", dict(base, model="dense", dense_match="active"),
+                         dataset=dataset)]
+    return runs
+
+
+def grid_cifar(epochs: int) -> list[RunSpec]:
+    base = dict(CIFAR_HEAD, epochs=epochs)
+    return [RunSpec("cifar_trunk", "moe-hard", base, dataset=CIFAR),
+            RunSpec("cifar_trunk", "moe-top2", dict(base, gating="topk", top_k=2), dataset=CIFAR),
+            RunSpec("cifar_trunk", "dense-params", dict(base, model="dense", dense_match="params"), dataset=CIFAR),
+            RunSpec("cifar_trunk", "dense-active", dict(base, model="dense", dense_match="active"), dataset=CIFAR)]
+
+
+def grid_experts(epochs: int, counts=(1, 2, 4, 8, 16)) -> list[RunSpec]:
+    """E at a fixed total budget (E x hidden = 512) and at a fixed expert size (hidden 64)."""
+    runs = []
+    for e in counts:
+        base = dict(MNIST_MOE, experts=e, epochs=epochs)
+        runs.append(RunSpec("experts", f"budget-e{e}", dict(base, expert_hidden=512 // e)))
+        runs.append(RunSpec("experts", f"per-expert-e{e}", dict(base, expert_hidden=64)))
+    return runs
+
+
+def grid_gating(epochs: int, datasets=("mnist", "fashion-mnist")) -> list[RunSpec]:
+    routers = {"soft": {}, "hard": {}, "top2": dict(gating="topk", top_k=2),
+               "noisy-top2": dict(gating="noisy-topk", top_k=2), "gumbel-top1": dict(gating="gumbel", top_k=1),
+               "expert-choice": dict(gating="expert-choice", top_k=1)}
+    runs = []
+    for dataset in datasets:
+        for label, flags in routers.items():
+            runs.append(RunSpec("gating", label, {**MNIST_MOE, "gating": label, "epochs": epochs, **flags},
+                                dataset=dataset))
+    return runs
+
+
+def grid_regularisation(epochs: int) -> list[RunSpec]:
+    none = dict(MNIST_MOE, balance_coef=0.0, epochs=epochs)
+    variants = {"none": {}, "dropout": dict(dropout=0.3), "entropy+": dict(entropy_coef=0.05),
+                "entropy-": dict(entropy_coef=-0.05), "balance": dict(balance_coef=0.1),
+                "cv": dict(cv_coef=0.1), "z-loss": dict(z_coef=1e-3), "kl-uniform": dict(kl_uniform_coef=0.1)}
+    return [RunSpec("regularisation", label, dict(none, **flags)) for label, flags in variants.items()]
+
+
+def full_grid() -> list[RunSpec]:
+    return (grid_moe_vs_dense(5) + grid_cifar(5) + grid_experts(5) + grid_gating(5) + grid_regularisation(5))
+
+
+def quick_grid() -> list[RunSpec]:
+    keep = {"moe-hard", "dense-params", "dense-active", "soft", "hard", "top2", "expert-choice", "budget-e1",
+            "budget-e4", "none", "balance"}
+    runs = (grid_moe_vs_dense(1, datasets=("mnist",)) + grid_gating(1, datasets=("mnist",))
+            + grid_experts(1, counts=(1, 4)) + grid_regularisation(1))
+    return [r for r in runs if r.label in keep]
+
+
+GRIDS = ("moe_vs_dense", "cifar_trunk", "experts", "gating", "regularisation")
+
+
+def with_seeds(runs: list[RunSpec], seeds) -> list[RunSpec]:
+    return [RunSpec(r.grid, r.label, r.flags, seed, r.dataset) for r in runs for seed in seeds]
+
+
+# ----------------------------------------------------------------------------- running
+
+@dataclass
+class Outcome:
+    run: RunSpec
+    status: str          # done | skipped | failed
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def run_status(run_dir: Path) -> str | None:
+    summary = run_dir / "summary.json"
+    if not summary.exists():
+        return None
+    try:
+        return json.loads(summary.read_text()).get("status")
+    except json.JSONDecodeError:
+        return None
+
+
+def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, threads: int | None) -> Outcome:
+    out = results / "runs" / run.grid
+    run_dir = out / run.name
+    status = run_status(run_dir)
+    if status == "completed":
+        return Outcome(run, "skipped")
+    argv = [sys.executable, str(HERE / "train.py"), *run.argv(data_dir), "--out", str(out), "--run-name", run.name,
+            "--device", device]
+    if data_dir:
+        argv += ["--data-dir", data_dir]
+    if threads:
+        argv += ["--threads", str(threads)]
+    if (run_dir / "checkpoint.pt").exists():
+        argv.append("--resume")
+    elif run_dir.exists():
+        argv.append("--overwrite")   # a run that died before its first checkpoint: nothing to keep
+    begin = time.perf_counter()
+    log_path = out / f"{run.name}.log"
+    out.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log:
+        code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, cwd=HERE).returncode
+    seconds = time.perf_counter() - begin
+    if code != 0:
+        tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        return Outcome(run, "failed", seconds, f"exit {code}: {tail[0]}")
+    for weights in run_dir.glob("*.pt"):
+        weights.unlink()
+    log_path.unlink()
+    return Outcome(run, "done", seconds)
+
+
+def run_all(runs: list[RunSpec], results: Path, data_dir, device, threads) -> list[Outcome]:
+    outcomes = []
+    begin = time.perf_counter()
+    for i, run in enumerate(runs, 1):
+        outcome = execute(run, results, data_dir, device, threads)
+        outcomes.append(outcome)
+        print(f"[{i:>3}/{len(runs)}] {outcome.status:<7} {run.grid:<15} {run.name:<45} "
+              f"{outcome.seconds:7.1f}s  {outcome.detail}", flush=True)
+    failed = [o for o in outcomes if o.status == "failed"]
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished "
+          f"({sum(o.status == 'skipped' for o in outcomes)} already done) in {time.perf_counter() - begin:.0f}s")
+    if failed:
+        print("failed runs:\n" + "\n".join(f"  {o.run.grid}/{o.run.name}: {o.detail}" for o in failed))
+    return outcomes
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="reduced grid: 1 epoch, fewer configurations")
+    parser.add_argument("--grid", nargs="+", choices=GRIDS, help="run only these grids (default: all)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help=f"seeds per configuration (default: {len(SEEDS)}, with --quick 2)")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results directory")
+    parser.add_argument("--data-dir", default=None, help="dataset root passed to train.py")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
+    parser.add_argument("--aggregate", action="store_true", help="only write results/summary.csv")
+    parser.add_argument("--list", action="store_true", help="print the runs and exit")
+    args = parser.parse_args(argv)
+    seeds = args.seeds if args.seeds is not None else (2 if args.quick else len(SEEDS))
+    if seeds < 1:
+        parser.error(f"--seeds must be >= 1 (got {seeds})")
+    if not args.aggregate:
+        runs = quick_grid() if args.quick else full_grid()
+        if args.grid:
+            runs = [r for r in runs if r.grid in args.grid]
+        runs = with_seeds(runs, range(seeds))
+        if args.list:
+            print("\n".join(f"{r.grid}/{r.name}: {' '.join(r.argv(args.data_dir))}" for r in runs))
+            return 0
+        outcomes = run_all(runs, args.results, args.data_dir, args.device, args.threads)
+    else:
+        outcomes = []
+    table = logs.aggregate(logs.run_table(args.results))
+    args.results.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.results / "summary.csv", index=False)
+    print(f"wrote {args.results / 'summary.csv'} ({len(table)} configurations)")
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

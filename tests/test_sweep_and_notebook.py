@@ -1,0 +1,103 @@
+"""The sweep runner (skip, resume, failures, aggregation) and the notebook on a tiny results folder."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import logs
+import sweep
+import train
+from synthetic import write_mnist_layout
+
+NOTEBOOK = train.REPO_ROOT / "project_moe" / "experiments.ipynb"
+
+
+@pytest.fixture
+def tiny_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))
+    write_mnist_layout(tmp_path / "data", n_train=300, n_test=100)
+    return tmp_path / "data"
+
+
+def tiny(run: sweep.RunSpec) -> sweep.RunSpec:
+    flags = dict(run.flags, epochs=1, batch_size=50, expert_hidden=8, train_eval_size=50, threads=1)
+    return sweep.RunSpec(run.grid, run.label, flags, run.seed, run.dataset)
+
+
+def test_sweep_skips_finished_runs_records_failures_and_aggregates(tmp_path, tiny_data, monkeypatch, capsys):
+    good = [tiny(r) for r in sweep.grid_regularisation(1) if r.label in ("none", "balance")]
+    bad = sweep.RunSpec("regularisation", "broken", dict(good[0].flags, top_k=0, gating="topk"))
+    monkeypatch.setattr(sweep, "quick_grid", lambda: good + [bad])
+    args = ["--quick", "--seeds", "2", "--results", str(tmp_path / "results"), "--data-dir", str(tiny_data)]
+    assert sweep.main(args) == 1                                   # a failure is reported at the end...
+    out = capsys.readouterr().out
+    assert "failed runs:" in out and "broken" in out and "--top-k" in out
+    results = tmp_path / "results"
+    runs = logs.run_table(results)
+    assert len(runs) == 4                                          # ...after every other run finished
+    assert not list(results.glob("runs/*/*/*.pt"))                 # no weights kept
+    summary = pd.read_csv(results / "summary.csv")
+    assert set(summary.label) == {"none", "balance"} and (summary.seeds == 2).all()
+    none = runs[runs.label == "none"].test_acc
+    row = summary[summary.label == "none"].iloc[0]
+    assert row.test_acc_mean == pytest.approx(none.mean()) and row.test_acc_std == pytest.approx(none.std())
+
+    monkeypatch.setattr(sweep, "quick_grid", lambda: good)
+    before = {p: p.stat().st_mtime_ns for p in results.glob("runs/*/*/metrics.csv")}
+    assert sweep.main(args) == 0
+    assert "4 of 4 runs finished (4 already done)" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in results.glob("runs/*/*/metrics.csv")} == before
+
+
+def test_sweep_resumes_an_interrupted_run(tmp_path, tiny_data):
+    run = tiny(sweep.grid_regularisation(1)[0])
+    run = sweep.RunSpec(run.grid, run.label, dict(run.flags, epochs=2), 0, run.dataset)
+    out = tmp_path / "results" / "runs" / run.grid
+    argv = [*run.argv(str(tiny_data)), "--data-dir", str(tiny_data), "--out", str(out), "--run-name", run.name,
+            "--epochs", "1"]
+    assert train.main(argv) == 0                                  # as if stopped after epoch 1 of 2
+    config_path = out / run.name / "config.json"
+    config = json.loads(config_path.read_text())
+    config["config"]["epochs"] = 2
+    config_path.write_text(json.dumps(config))
+    summary = json.loads((out / run.name / "summary.json").read_text())
+    (out / run.name / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    outcome = sweep.execute(run, tmp_path / "results", str(tiny_data), "cpu", 1)
+    assert outcome.status == "done", outcome.detail
+    metrics = pd.read_csv(out / run.name / "metrics.csv")
+    assert list(metrics.epoch) == [1, 2]
+
+
+def fixture_results(root, data_dir):
+    """A tiny but complete results folder: every grid the notebook draws, two seeds each."""
+    wanted = {"moe_vs_dense": {"moe-hard", "dense-params"}, "gating": {"soft", "hard", "top2"},
+              "experts": {"budget-e1", "budget-e2", "per-expert-e1", "per-expert-e2"},
+              "regularisation": {"none", "balance"}}
+    grid = (sweep.grid_moe_vs_dense(1, datasets=("mnist",)) + sweep.grid_gating(1, datasets=("mnist",))
+            + sweep.grid_experts(1, counts=(1, 2)) + sweep.grid_regularisation(1))
+    for run in sweep.with_seeds([tiny(r) for r in grid if r.label in wanted.get(r.grid, ())], (0, 1)):
+        out = root / "runs" / run.grid
+        assert train.main([*run.argv(str(data_dir)), "--data-dir", str(data_dir), "--out", str(out),
+                           "--run-name", run.name]) == 0
+    logs.aggregate(logs.run_table(root)).to_csv(root / "summary.csv", index=False)
+
+
+@pytest.mark.skipif(shutil.which("jupyter") is None, reason="jupyter is not installed")
+def test_notebook_runs_headless_on_a_tiny_results_folder(tmp_path, tiny_data):
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    fixture_results(results, tiny_data)
+    executed = tmp_path / "executed.ipynb"
+    env = {**os.environ, "MOE_RESULTS": str(results), "MOE_FIGURES": str(figures),
+           "MOE_DATA_DIR": str(tiny_data), "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                           "--output", str(executed), str(NOTEBOOK)], cwd=NOTEBOOK.parent, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = {p.stem for p in figures.glob("*.png")}
+    assert names >= {"moe_vs_dense", "gating_comparison", "expert_usage", "balance_over_time", "specialisation",
+                     "accuracy_vs_experts", "regularisation", "per_expert_loss", "class_expert_heatmap",
+                     "routed_images"}
