@@ -49,16 +49,16 @@ class Config:
     combine: str = _opt("logits", "mix expert logits (Shazeer/Switch) or class probabilities (Jacobs 1991)",
                         COMBINE_CHOICES)
     expert_type: str = _opt("mlp", "expert network", EXPERT_TYPES)
-    expert_hidden: int = _opt(64, "hidden width of each expert (MLP layers, or the CNN's head)")
+    expert_hidden: int = _opt(128, "hidden width of each expert (MLP layers, or the CNN's head)")
     expert_depth: int = _opt(1, "hidden layers per MLP expert")
-    expert_channels: int = _opt(16, "channels of the first conv layer of a CNN expert")
+    expert_channels: int = _opt(32, "channels of the first conv layer of a CNN expert")
     trunk: str = _opt("none", "shared feature extractor in front of router and experts", TRUNK_CHOICES)
     trunk_channels: int = _opt(32, "channels of the first conv layer of the CNN trunk")
     dropout: float = _opt(0.0, "dropout after each hidden layer of the experts")
     dense_match: str = _opt("params", "--model dense: match the MoE's total parameters or its active "
                                       "parameters per sample", DENSE_MATCH_CHOICES)
     # auxiliary losses (0 = off)
-    balance_coef: float = _opt(0.01, "Switch load-balancing loss E * sum_i f_i P_i")
+    balance_coef: float = _opt(0.1, "Switch load-balancing loss E * sum_i f_i P_i")
     cv_coef: float = _opt(0.0, "Shazeer importance + load CV^2 loss")
     z_coef: float = _opt(0.0, "ST-MoE router z-loss")
     entropy_coef: float = _opt(0.0, "per-sample gate entropy (positive sharpens, negative smooths)")
@@ -66,7 +66,7 @@ class Config:
     # optimisation
     epochs: int = _opt(5, "training epochs")
     batch_size: int = _opt(128, "training batch size (also the evaluation batch for expert-choice)")
-    lr: float = _opt(1e-3, "AdamW learning rate")
+    lr: float = _opt(2e-3, "AdamW learning rate")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     lr_schedule: str = _opt("cosine", "learning-rate schedule over all steps", SCHEDULE_CHOICES)
     seed: int = _opt(0, "seed of initialisation, validation split, batch order, augmentation and noise")

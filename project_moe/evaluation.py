@@ -120,9 +120,11 @@ def train_batch_expert_rows(output, y: Tensor, num_experts: int) -> list[dict]:
         packed = torch.stack([routed, loss_sum, correct_sum, gate]).cpu()     # (4, E): one transfer
     rows = []
     for e in range(num_experts):
-        r, l, c, g = packed[:, e].tolist()
-        rows.append({"expert": e, "n_samples": n, "n_routed": int(r), "frac_routed": r / n, "mean_gate": g / n,
-                     "loss_routed": l / r if r else float("nan"), "acc_routed": c / r if r else float("nan"),
+        routed_n, loss_total, correct_total, gate_total = packed[:, e].tolist()
+        rows.append({"expert": e, "n_samples": n, "n_routed": int(routed_n), "frac_routed": routed_n / n,
+                     "mean_gate": gate_total / n,
+                     "loss_routed": loss_total / routed_n if routed_n else float("nan"),
+                     "acc_routed": correct_total / routed_n if routed_n else float("nan"),
                      "loss_all": float("nan"), "acc_all": float("nan")})
     return rows
 

@@ -186,9 +186,9 @@ class ModelSpec:
     hard_grad: str = "switch"
     tau: float = 1.0
     expert_type: str = "mlp"
-    expert_hidden: int = 64
+    expert_hidden: int = 128
     expert_depth: int = 1
-    expert_channels: int = 16
+    expert_channels: int = 32
     trunk: str = "none"
     trunk_channels: int = 32
     dropout: float = 0.0
@@ -265,13 +265,14 @@ def build_dense_matched(spec: ModelSpec, in_shape, num_classes: int, target_para
     """Dense baseline whose parameter count is closest to ``target_params``.
 
     The width of the hidden layer is found by bisection (parameters grow monotonically
-    with it); for CNN experts the channel count is first scaled by sqrt(target / expert
-    size), so the dense network grows in depth-wise capacity too, not only in its head.
+    with it). For CNN experts the channel count is first scaled by the fourth root of
+    (target / expert size): the convolutions grow too, not only the head, while their
+    FLOPs grow only with the square root of the size ratio.
     """
     channels = None
     if spec.expert_type == "cnn" and spec.trunk == "none":
         expert_params = count_params(build_expert(spec, in_shape, num_classes, spec.expert_hidden))
-        channels = max(1, round(spec.expert_channels * math.sqrt(max(1.0, target_params / expert_params))))
+        channels = max(1, round(spec.expert_channels * max(1.0, target_params / expert_params) ** 0.25))
 
     def size(width: int) -> int:
         return count_params(DenseClassifier(spec, in_shape, num_classes, width, channels))

@@ -2,13 +2,9 @@
 the notebook and the report both call them, so a figure is drawn by one piece of code only."""
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: the notebook and the report render to files
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
 GATING_ORDER = ["soft", "hard", "top2", "noisy-top2", "gumbel-top1", "expert-choice"]
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "font.size": 9, "axes.titlesize": 10,
@@ -34,7 +30,8 @@ def expert_usage(experts: pd.DataFrame, grid: str = "gating", dataset: str = "mn
     for ax, column, title in ((axes[0], "frac_routed", "fraction of samples routed to an expert"),
                               (axes[1], "mean_gate", "mean gate weight of an expert")):
         data = [rows.loc[rows.label == label, column].to_numpy() for label in labels]
-        ax.boxplot(data, labels=labels, showfliers=True)
+        ax.boxplot(data, showfliers=True)
+        ax.set_xticks(range(1, len(labels) + 1), labels)
         for i, values in enumerate(data, 1):
             ax.scatter(np.full(len(values), i) + np.random.default_rng(i).uniform(-0.15, 0.15, len(values)),
                        values, s=6, alpha=0.5, color="tab:blue")
@@ -67,8 +64,8 @@ def per_expert_loss_curves(experts: pd.DataFrame, run: str) -> plt.Figure:
 def class_expert_heatmap(routing: pd.DataFrame, run: str, class_names=None) -> plt.Figure:
     """Test samples of each class routed to each expert: counts, and P(expert | class)."""
     rows = routing[(routing.run == run) & (routing.split == "test")]
-    counts = rows.pivot_table(index="expert", columns="class", values="top1", aggfunc="sum").fillna(0)
-    share = counts / counts.sum(axis=0)
+    counts = rows.pivot_table(index="expert", columns="class", values="top1", aggfunc="sum").fillna(0).astype(float)
+    share = counts / counts.sum(axis=0).replace(0, np.nan)   # classes absent from the split stay blank
     fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2))
     for ax, table, title, fmt in ((axes[0], counts, "test samples (top-1 expert)", "{:.0f}"),
                                   (axes[1], share, "P(expert | class)", "{:.2f}")):

@@ -34,7 +34,7 @@ class Routing:
     sample_index, expert_index, gate: (M,) one entry per assignment, with
         gate[m] == weights[sample_index[m], expert_index[m]]. ``None`` for dense routing.
     load:    (E,) per-expert load fed to the CV^2 loss: counts, or a smooth estimate.
-    aux:     unweighted auxiliary losses by name (see aux_losses.py).
+    aux:     unweighted auxiliary losses by name (see aux_losses.py); empty in eval mode.
     """
 
     logits: Tensor
@@ -85,6 +85,8 @@ class Router(nn.Module):
             balance_index = expert_index
             if load is None:
                 load = torch.bincount(expert_index, minlength=self.num_experts).to(probs.dtype)
+        if not self.training:  # the losses only matter for optimisation; skip their ~20 small ops
+            return Routing(logits, probs, weights, sample_index, expert_index, gate, load, {})
         aux = {
             "balance": aux_losses.switch_balance_loss(probs, balance_index),
             "cv": aux_losses.importance_load_loss(weights, load),

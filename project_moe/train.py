@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 import platform
 import random
 import shutil
@@ -88,6 +89,10 @@ def prepare_run_dir(cfg: Config) -> Path:
             raise ConfigError(f"--resume: no checkpoint at {run_dir / 'checkpoint.pt'}; "
                               "check --out and --run-name, or start a new run without --resume")
         check_same_config(cfg, read_json(run_dir / "config.json")["config"])
+        summary = run_dir / "summary.json"
+        if summary.exists() and read_json(summary).get("status") == "completed":
+            raise ConfigError(f"--resume: {run_dir} already completed (see its summary.json); "
+                              "pass --overwrite to train it again, or choose another --run-name")
     elif run_dir.exists() and not cfg.overwrite:
         raise ConfigError(f"run directory {run_dir} already exists: pass --resume to continue it, "
                           "--overwrite to replace it, or choose another --run-name")
@@ -231,8 +236,14 @@ class Trainer:
                 "experts": CSVLog(self.run_dir / "experts.csv", EXPERTS_COLUMNS),
                 "routing": CSVLog(self.run_dir / "routing.csv", ROUTING_COLUMNS)}
         if resume:
-            state = torch.load(self.run_dir / "checkpoint.pt", map_location=self.device, weights_only=True)
-            self.load_state(state)
+            path = self.run_dir / "checkpoint.pt"
+            try:
+                self.load_state(torch.load(path, map_location=self.device, weights_only=True))
+            except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as error:
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                print(f"error: --resume: {path} does not fit this run ({first_line}); "
+                      "resume with the settings it was trained with, or start a new --run-name", file=sys.stderr)
+                return EXIT_BAD_INPUT
             for log in logs.values():
                 log.keep_through_step(self.global_step)
             print(f"resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.global_step}")

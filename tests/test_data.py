@@ -14,6 +14,7 @@ import torchvision
 from PIL import Image
 
 import data
+from synthetic import idx_bytes
 
 
 @pytest.fixture(autouse=True)
@@ -52,10 +53,6 @@ def assert_one_line(err: pytest.ExceptionInfo, *fragments: str):
 # ----------------------------------------------------------------------------------------------
 # IDX fixtures
 
-def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
-    magic = magic if magic is not None else 0x00000800 | array.ndim
-    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return magic.to_bytes(4, "big") + dims + array.astype(np.uint8).tobytes()
 
 
 def make_idx_arrays(n_train=30, n_test=10, seed=0) -> dict[str, np.ndarray]:

@@ -90,7 +90,8 @@ def test_dense_baseline_matches_moe_size(spec_kwargs, shape, match):
 
 def test_flops_follow_active_experts():
     in_shape = (1, 28, 28)
-    costs = {g: model_cost(build_model(ModelSpec(gating=g, top_k=2, experts=8), in_shape, 10), in_shape)
+    costs = {g: model_cost(build_model(ModelSpec(gating=g, top_k=2, experts=8, expert_hidden=64), in_shape, 10),
+                          in_shape)
              for g in ("hard", "topk", "soft")}
     router = 2 * 784 * 8
     expert = costs["hard"]["flops_per_sample"] - router

@@ -16,13 +16,6 @@ REPO = train.REPO_ROOT
 TIME_COLUMNS = ["samples_per_s", "epoch_time_s", "wall_time_s"]
 
 
-@pytest.fixture
-def tiny_data(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))
-    write_mnist_layout(tmp_path / "data")
-    return tmp_path / "data"
-
-
 def base_args(tmp_path, data_dir, name="run"):
     return ["--data-dir", str(data_dir), "--out", str(tmp_path / "runs"), "--run-name", name, "--epochs", "2",
             "--batch-size", "32", "--experts", "4", "--expert-hidden", "16", "--train-eval-size", "50",
@@ -177,3 +170,29 @@ def _wait_for_step(path, step, proc, timeout=120.0):
                 return
         time.sleep(0.02)
     raise TimeoutError(f"no step {step} in {path}")
+
+
+def test_resume_from_a_checkpoint_of_another_model_is_refused(tmp_path, tiny_data, capsys):
+    assert train.main(base_args(tmp_path, tiny_data) + ["--epochs", "1", "--run-name", "four"]) == 0
+    assert train.main(base_args(tmp_path, tiny_data) + ["--epochs", "1", "--run-name", "six", "--experts", "6"]) == 0
+    runs = tmp_path / "runs"
+    (runs / "four" / "checkpoint.pt").write_bytes((runs / "six" / "checkpoint.pt").read_bytes())
+    summary = runs / "four" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "interrupted"}))
+    before = (runs / "four" / "metrics.csv").read_bytes()
+    capsys.readouterr()
+    assert train.main(base_args(tmp_path, tiny_data) + ["--epochs", "1", "--run-name", "four", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this run" in err and "\n" not in err.strip()
+    assert (runs / "four" / "metrics.csv").read_bytes() == before
+
+
+def test_resuming_a_completed_run_changes_nothing(tmp_path, tiny_data, capsys):
+    args = base_args(tmp_path, tiny_data) + ["--epochs", "1"]
+    assert train.main(args) == 0
+    run_dir = tmp_path / "runs" / "run"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    capsys.readouterr()
+    assert train.main(args + ["--resume"]) == 2
+    assert "already completed" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before

@@ -7,17 +7,9 @@ import pandas as pd
 import pytest
 
 import train
-from synthetic import write_mnist_layout
 
 REPO = train.REPO_ROOT
 TIME_COLUMNS = ["samples_per_s", "epoch_time_s", "wall_time_s"]
-
-
-@pytest.fixture
-def tiny_data(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))
-    write_mnist_layout(tmp_path / "data")
-    return tmp_path / "data"
 
 
 def run(tmp_path, data_dir, *extra, name="run"):
