@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import statistics
 import sys
@@ -58,6 +59,9 @@ def interleaved_times(candidates: dict[str, callable], timer: Timer, rounds: int
     times = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
+            # One untimed call first: the previous candidate (soft routing allocates hundreds of MB)
+            # leaves the allocator cold, and the first call would time page faults, not compute.
+            fn()
             times[name].append([timer(fn) for _ in range(per_round)])
     return times
 
@@ -147,7 +151,21 @@ def bench_layer(args) -> list[dict]:
                     row.update({label: ratio, f"{label}_min": low, f"{label}_max": high})
                 rows.append(row)
             print_layer_rows([r for r in rows if r["E"] == e and r["k"] == k and r["mode"] == mode])
+    print_headline(rows)
     return rows
+
+
+def print_headline(rows: list[dict]) -> None:
+    """The ratios that say whether sparse routing pays: MoE / dense-same-active, soft / MoE."""
+    print("\nheadline (ratio of medians, [min, max] over rounds)")
+    for r in rows:
+        if r["impl"] == "moe":
+            print(f"  top-{r['k']} of {r['E']:<3} {r['mode']:<8} MoE / dense same active  {r['vs_dense']:.3f}  "
+                  f"[{r['vs_dense_min']:.3f}, {r['vs_dense_max']:.3f}]")
+    for r in rows:
+        if r["impl"] == "moe" and r["mode"] == "fwd+bwd":
+            print(f"  soft over {r['E']:<3} / top-{r['k']} of {r['E']:<3} fwd+bwd  {1 / r['vs_soft']:.2f}  "
+                  f"[{1 / r['vs_soft_max']:.2f}, {1 / r['vs_soft_min']:.2f}]")
 
 
 def print_layer_rows(rows: list[dict]) -> None:
@@ -165,7 +183,7 @@ def bench_train(args) -> list[dict]:
     import data
     from config import Config
     from moe_model import build_model
-    from train import train_step, aux_coefficients
+    from train import aux_coefficients, make_optimizer, train_step
 
     device = resolve(args.device)
     dataset = data.load_dataset("mnist", data.resolve_data_dir(args.data_dir), seed=0)
@@ -173,15 +191,15 @@ def bench_train(args) -> list[dict]:
         "dense_active": dict(model="dense", dense_match="active", gating="hard"),
         "dense_params": dict(model="dense", dense_match="params", gating="hard"),
         "moe_soft": dict(gating="soft"), "moe_hard": dict(gating="hard"),
-        "moe_topk2": dict(gating="topk", top_k=2), "moe_expert_choice": dict(gating="expert-choice", top_k=1),
+        "moe_top2": dict(gating="topk", top_k=2), "moe_expert_choice": dict(gating="expert-choice", top_k=1),
     }
     seconds = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, overrides in variants.items():
-            cfg = Config(experts=8, **overrides)
+            cfg = Config(experts=8, batch_size=args.batch_size, **overrides)
             torch.manual_seed(0)
             model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+            optimizer = make_optimizer(model, cfg)
             loader = data.BatchLoader(dataset.train, cfg.batch_size, dataset.mean, dataset.std, shuffle=True,
                                       augment=False, seed=0, device=device)
             coefs = aux_coefficients(cfg, device)
@@ -195,7 +213,8 @@ def bench_train(args) -> list[dict]:
     samples = len(dataset.train.labels)
     reference = statistics.median(seconds["dense_active"])
     rows = []
-    print(f"\nOne MNIST training epoch ({samples} samples, batch 128, E=8), {args.rounds} interleaved rounds")
+    print(f"\nOne MNIST training epoch ({samples} samples, batch {args.batch_size}, E=8, MLP experts of hidden "
+          f"{Config().expert_hidden}), {args.rounds} interleaved rounds")
     print(f"  {'model':<20}{'samples/s':>12}{'/ dense_active':>16}  round spread")
     for name, values in seconds.items():
         ratios = [seconds["dense_active"][i] / values[i] for i in range(len(values))]
@@ -216,8 +235,18 @@ def resolve(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_line(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {os.cpu_count()} cores"
     return (f"{time.strftime('%Y-%m-%d')}  {name}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
             f"device {device}")
 
@@ -244,6 +273,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--data-dir", default=None, help="train: dataset root, as for train.py")
+    parser.add_argument("--batch-size", type=int, default=128, help="train: batch size")
     parser.add_argument("--csv", type=Path, default=None, help="where to write the table (default: bench_<what>.csv)")
     args = parser.parse_args(argv)
     if args.what == "layer":

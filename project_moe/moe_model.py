@@ -95,14 +95,13 @@ class ExpertBank(nn.Module):
         """(N, ...) -> (E, N, K): every expert on every sample (dense routing)."""
         return torch.stack([expert(x) for expert in self.experts])
 
-    def forward_grouped(self, x_sorted: Tensor, counts: list[int]) -> Tensor:
+    def forward_grouped(self, x_sorted: Tensor, counts: list[int]):
         """x_sorted (M, ...) holds counts[0] samples for expert 0, then counts[1] for
-        expert 1, ...; returns (M, K) in the same order. Empty experts are not called."""
-        chunks = x_sorted.split(counts)
-        outputs = [self.experts[e](chunk) for e, chunk in enumerate(chunks) if counts[e] > 0]
-        if not outputs:
-            return x_sorted.new_zeros(0, self.out_features)
-        return torch.cat(outputs)
+        expert 1, ...; yields (expert, (counts[e], K) output) in that order, skipping
+        experts that received nothing: they are never called."""
+        for e, chunk in enumerate(x_sorted.split(counts)):
+            if counts[e] > 0:
+                yield e, self.experts[e](chunk)
 
 
 # ----------------------------------------------------------------------------- the MoE layer
@@ -114,14 +113,21 @@ class MoEOutput:
     logits: (N, K) combined output.
     routing: the router's record.
     sample_index, expert_index: (M,) the assignments in the order they were computed
-        (sorted by expert); expert_logits: (M, K) each expert's own output for them.
+        (sorted by expert); expert_logits: (M, K) each expert's own output for them,
+        concatenated only when asked for (logging), from ``expert_chunks``.
     """
 
     logits: Tensor
     routing: Routing
     sample_index: Tensor
     expert_index: Tensor
-    expert_logits: Tensor
+    expert_chunks: list[Tensor]
+
+    @property
+    def expert_logits(self) -> Tensor:
+        if not self.expert_chunks:
+            return self.logits.new_zeros(0, self.logits.shape[1])
+        return torch.cat(self.expert_chunks) if len(self.expert_chunks) > 1 else self.expert_chunks[0]
 
 
 class MoE(nn.Module):
@@ -155,21 +161,31 @@ class MoE(nn.Module):
         sample_index = torch.arange(num_samples, device=device).repeat(num_experts)          # (E*N,)
         expert_index = torch.arange(num_experts, device=device).repeat_interleave(num_samples)
         return MoEOutput(logits, routing, sample_index, expert_index,
-                         expert_out.reshape(num_experts * num_samples, num_classes))
+                         [expert_out.reshape(num_experts * num_samples, num_classes)])
 
     def _sparse(self, x: Tensor, routing: Routing) -> MoEOutput:
         order = torch.argsort(routing.expert_index, stable=True)               # (M,)
         sample_index = routing.sample_index[order]                             # (M,)
         expert_index = routing.expert_index[order]
+        gate = routing.gate[order]                                             # (M,)
         # One host sync for the slice sizes; everything else stays on the device.
         counts = torch.bincount(expert_index, minlength=len(self.experts)).tolist()
-        expert_out = self.experts.forward_grouped(x[sample_index], counts)    # (M, K)
-        gate = routing.gate[order].to(expert_out.dtype).unsqueeze(1)           # (M, 1)
-        contribution = expert_out.softmax(dim=-1) if self.combine == "probs" else expert_out
-        mixed = expert_out.new_zeros(x.shape[0], expert_out.shape[1])          # (N, K)
-        mixed = mixed.index_add(0, sample_index, contribution * gate)
+        x_sorted = x.index_select(0, sample_index)                             # (M, ...)
+        sample_slices, gate_slices = sample_index.split(counts), gate.split(counts)
+        mixed = None
+        chunks = []
+        # Each expert's weighted output goes straight into its rows of the result: no
+        # (M, K) concatenation on the hot path.
+        for e, out in self.experts.forward_grouped(x_sorted, counts):          # out: (counts[e], K)
+            contribution = out.softmax(dim=-1) if self.combine == "probs" else out
+            if mixed is None:
+                mixed = out.new_zeros(x.shape[0], out.shape[1])                # (N, K)
+            mixed.index_add_(0, sample_slices[e], contribution * gate_slices[e].to(out.dtype).unsqueeze(1))
+            chunks.append(out)
+        if mixed is None:
+            mixed = x.new_zeros(x.shape[0], self.experts.out_features)
         logits = torch.log(mixed.clamp_min(1e-12)) if self.combine == "probs" else mixed
-        return MoEOutput(logits, routing, sample_index, expert_index, expert_out)
+        return MoEOutput(logits, routing, sample_index, expert_index, chunks)
 
 
 # ----------------------------------------------------------------------------- classifiers

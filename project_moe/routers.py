@@ -103,7 +103,8 @@ def token_choice_assignments(top_index: Tensor, top_gate: Tensor, num_experts: i
     Returns weights (N, E), sample_index (N*k,), expert_index (N*k,), gate (N*k,).
     """
     num_samples, k = top_index.shape
-    sample_index = torch.arange(num_samples, device=top_index.device).repeat_interleave(k)  # (N*k,)
+    sample_index = torch.arange(num_samples, device=top_index.device).unsqueeze(1).expand(num_samples, k)
+    sample_index = sample_index.reshape(-1)                                                # (N*k,)
     expert_index = top_index.reshape(-1)                                                   # (N*k,)
     gate = top_gate.reshape(-1)                                                            # (N*k,)
     weights = top_gate.new_zeros(num_samples, num_experts).scatter(1, top_index, top_gate)  # (N, E)

@@ -109,8 +109,18 @@ def grid_regularisation(epochs: int) -> list[RunSpec]:
     return [RunSpec("regularisation", label, dict(none, **flags)) for label, flags in variants.items()]
 
 
+def grid_cnn_experts(epochs: int) -> list[RunSpec]:
+    """Top-1 MoE of small CNN experts on MNIST pixels, against the parameter-matched dense CNN."""
+    base = dict(experts=8, gating="hard", expert_type="cnn", expert_channels=32, expert_hidden=128,
+                balance_coef=0.1, epochs=epochs)
+    return [RunSpec("cnn_experts", "moe-hard-cnn", base),
+            RunSpec("cnn_experts", "dense-params-cnn", dict(base, model="dense", dense_match="params"))]
+
+
 def full_grid() -> list[RunSpec]:
-    return (grid_moe_vs_dense(5) + grid_cifar(5) + grid_experts(5) + grid_gating(5) + grid_regularisation(5))
+    # cheapest first, so that an interrupted sweep has the most configurations complete
+    return (grid_moe_vs_dense(5) + grid_gating(5) + grid_regularisation(5) + grid_experts(5) + grid_cifar(5)
+            + grid_cnn_experts(5))
 
 
 def quick_grid() -> list[RunSpec]:
@@ -121,7 +131,7 @@ def quick_grid() -> list[RunSpec]:
     return [r for r in runs if r.label in keep]
 
 
-GRIDS = ("moe_vs_dense", "cifar_trunk", "experts", "gating", "regularisation")
+GRIDS = ("moe_vs_dense", "gating", "regularisation", "experts", "cifar_trunk", "cnn_experts")
 
 
 def with_seeds(runs: list[RunSpec], seeds) -> list[RunSpec]:

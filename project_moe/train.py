@@ -137,6 +137,15 @@ def aux_coefficients(cfg: Config, device: torch.device) -> torch.Tensor:
     return torch.tensor([getattr(cfg, f"{name}_coef") for name in AUX_NAMES], device=device)
 
 
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel when this build has it: an MoE carries E experts' worth of
+    parameters, and on small batches their update, not the forward pass, dominates a step."""
+    try:
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: torch.Tensor):
     """One optimisation step: cross-entropy plus the weighted auxiliary losses of an MoE.
 
@@ -164,7 +173,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
         self.is_moe = isinstance(self.model, MoEClassifier)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(self.model, cfg)
         self.train_loader = data.BatchLoader(dataset.train, cfg.batch_size, dataset.mean, dataset.std,
                                              shuffle=True, augment=dataset.augment, seed=cfg.seed, device=device)
         self.total_steps = cfg.epochs * len(self.train_loader)
