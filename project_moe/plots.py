@@ -6,9 +6,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-GATING_ORDER = ["soft", "hard", "top2", "noisy-top2", "gumbel-top1", "expert-choice"]
+DATASET_ORDER = ["mnist", "fashion-mnist", "cifar10-jpeg"]
+GATING_ORDER = ["soft", "hard", "top2", "noisy-top2", "gumbel-top1", "expert-choice", "expert-choice-2"]
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "font.size": 9, "axes.titlesize": 10,
                      "axes.spines.top": False, "axes.spines.right": False})
+
+
+def _no_runs(what: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(4, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"no completed runs for {what} in these results", ha="center", va="center")
+    return fig
 
 
 def _ordered(labels, order):
@@ -26,9 +34,9 @@ def expert_usage(experts: pd.DataFrame, grid: str = "gating", dataset: str = "mn
     one box per router, on the validation split at the last epoch."""
     rows = _final_rows(experts[(experts.grid == grid) & (experts.dataset == dataset)], "val")
     labels = _ordered(rows.label, GATING_ORDER)
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.8), sharey=False)
-    for ax, column, title in ((axes[0], "frac_routed", "fraction of samples routed to an expert"),
-                              (axes[1], "mean_gate", "mean gate weight of an expert")):
+    fig, axes = plt.subplots(1, 2, figsize=(5.2, 2.9), sharey=False)
+    for ax, column, title in ((axes[0], "frac_routed", "fraction routed"),
+                              (axes[1], "mean_gate", "mean gate weight")):
         data = [rows.loc[rows.label == label, column].to_numpy() for label in labels]
         ax.boxplot(data, showfliers=True)
         ax.set_xticks(range(1, len(labels) + 1), labels)
@@ -38,7 +46,7 @@ def expert_usage(experts: pd.DataFrame, grid: str = "gating", dataset: str = "mn
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=35)
     axes[0].axhline(0, color="grey", lw=0.5)
-    fig.suptitle(f"Expert activation per router ({dataset}, validation, all seeds)")
+    fig.suptitle(f"Expert activation per router ({dataset})")
     fig.tight_layout()
     return fig
 
@@ -88,7 +96,7 @@ def class_expert_heatmap(routing: pd.DataFrame, run: str, class_names=None) -> p
 def balance_over_time(metrics: pd.DataFrame, grid: str = "gating", dataset: str = "mnist") -> plt.Figure:
     """Load CV and gate entropy on validation per epoch, mean +- std over seeds, per router."""
     rows = metrics[(metrics.grid == grid) & (metrics.dataset == dataset)]
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.8))
+    fig, axes = plt.subplots(1, 2, figsize=(5.2, 2.9))
     for label in _ordered(rows.label, GATING_ORDER):
         group = rows[rows.label == label].groupby("epoch")
         for ax, column in zip(axes, ("val_load_cv", "val_gate_entropy")):
@@ -100,7 +108,7 @@ def balance_over_time(metrics: pd.DataFrame, grid: str = "gating", dataset: str 
     for ax in axes:
         ax.set_xlabel("epoch")
     axes[1].legend(fontsize=7, frameon=False)
-    fig.suptitle(f"Load balance over training ({dataset}, validation)")
+    fig.suptitle(f"Load balance over training ({dataset})")
     fig.tight_layout()
     return fig
 
@@ -113,6 +121,8 @@ def _errorbars(ax, table: pd.DataFrame, x, label: str, column: str = "test_acc")
 def accuracy_vs_experts(summary: pd.DataFrame) -> plt.Figure:
     """Test accuracy against E at a fixed total budget and at a fixed expert size."""
     rows = summary[summary.grid == "experts"]
+    if rows.empty:
+        return _no_runs("accuracy vs experts")
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
     for prefix, label in (("budget", "fixed total budget (E x hidden = 512)"),
                           ("per-expert", "fixed expert size (hidden 64)")):
@@ -127,6 +137,13 @@ def accuracy_vs_experts(summary: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def _accuracy_ylim(ax, table: pd.DataFrame) -> None:
+    """Zoom on the bars' range: differences of a fraction of a point must stay visible."""
+    spread = table.test_acc_std.fillna(0).max() * 100
+    low, high = table.test_acc_mean.min() * 100, table.test_acc_mean.max() * 100
+    ax.set_ylim(max(0.0, low - 2 * spread - 1.0), min(100.0, high + 2 * spread + 0.5))
+
+
 def _bars(ax, table: pd.DataFrame, labels, column: str, scale: float = 1.0):
     table = table.set_index("label").loc[labels]
     ax.bar(range(len(labels)), table[f"{column}_mean"] * scale, yerr=table[f"{column}_std"].fillna(0) * scale,
@@ -137,14 +154,15 @@ def _bars(ax, table: pd.DataFrame, labels, column: str, scale: float = 1.0):
 def gating_comparison(summary: pd.DataFrame) -> plt.Figure:
     """Test accuracy and throughput of every router, per dataset (mean ± std over seeds)."""
     rows = summary[summary.grid == "gating"]
-    datasets = list(dict.fromkeys(rows.dataset))
+    if rows.empty:
+        return _no_runs("gating comparison")
+    datasets = _ordered(rows.dataset, DATASET_ORDER)
     fig, axes = plt.subplots(1, len(datasets) + 1, figsize=(3.0 * (len(datasets) + 1), 3.0))
     for ax, dataset in zip(axes, datasets):
         table = rows[rows.dataset == dataset]
         labels = _ordered(table.label, GATING_ORDER)
         _bars(ax, table, labels, "test_acc", 100)
-        low = (table.test_acc_mean.min() - 3 * table.test_acc_std.fillna(0).max()) * 100
-        ax.set_ylim(max(0, low - 1), 100)
+        _accuracy_ylim(ax, table)
         ax.set_title(f"{dataset}: test accuracy (%)")
     table = rows[rows.dataset == datasets[0]]
     _bars(axes[-1], table, _ordered(table.label, GATING_ORDER), "samples_per_s")
@@ -156,10 +174,12 @@ def gating_comparison(summary: pd.DataFrame) -> plt.Figure:
 def regularisation_effect(summary: pd.DataFrame) -> plt.Figure:
     """Accuracy and final load imbalance for each regulariser (hard routing, MNIST)."""
     rows = summary[summary.grid == "regularisation"]
+    if rows.empty:
+        return _no_runs("regularisation effect")
     labels = list(rows.label)
     fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.9))
     _bars(axes[0], rows, labels, "test_acc", 100)
-    axes[0].set_ylim((rows.test_acc_mean.min() - 0.02) * 100, 100)
+    _accuracy_ylim(axes[0], rows)
     axes[0].set_title("test accuracy (%)")
     _bars(axes[1], rows, labels, "final_val_load_cv")
     axes[1].set_title("load CV at the end (0 = balanced)")
@@ -171,8 +191,10 @@ def regularisation_effect(summary: pd.DataFrame) -> plt.Figure:
 def specialisation(summary: pd.DataFrame, grid: str = "gating") -> plt.Figure:
     """I(expert; class) / H(class) of the test routing (top-1 expert), per router and dataset."""
     rows = summary[summary.grid == grid]
+    if rows.empty:
+        return _no_runs("specialisation")
     fig, ax = plt.subplots(figsize=(5.0, 2.9))
-    datasets = list(dict.fromkeys(rows.dataset))
+    datasets = _ordered(rows.dataset, DATASET_ORDER)
     width = 0.8 / max(len(datasets), 1)
     labels = _ordered(rows.label, GATING_ORDER)
     for i, dataset in enumerate(datasets):
@@ -211,13 +233,15 @@ def routed_images(samples: pd.DataFrame, images: np.ndarray, per_expert: int = 1
 def moe_vs_dense(summary: pd.DataFrame, grids=("moe_vs_dense", "cifar_trunk")) -> plt.Figure:
     """Test accuracy of MoE and both dense baselines, per dataset."""
     rows = summary[summary.grid.isin(grids)]
-    datasets = list(dict.fromkeys(rows.dataset))
+    if rows.empty:
+        return _no_runs("moe vs dense")
+    datasets = _ordered(rows.dataset, DATASET_ORDER)
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.0 * len(datasets), 2.9), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         table = rows[rows.dataset == dataset]
         labels = list(table.label)
         _bars(ax, table, labels, "test_acc", 100)
-        ax.set_ylim((table.test_acc_mean.min() - 0.03) * 100, min(100, (table.test_acc_mean.max() + 0.01) * 100))
+        _accuracy_ylim(ax, table)
         ax.set_title(f"{dataset}: test accuracy (%)")
     fig.tight_layout()
     return fig

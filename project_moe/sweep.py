@@ -92,7 +92,8 @@ def grid_experts(epochs: int, counts=(1, 2, 4, 8, 16)) -> list[RunSpec]:
 def grid_gating(epochs: int, datasets=("mnist", "fashion-mnist")) -> list[RunSpec]:
     routers = {"soft": {}, "hard": {}, "top2": dict(gating="topk", top_k=2),
                "noisy-top2": dict(gating="noisy-topk", top_k=2), "gumbel-top1": dict(gating="gumbel", top_k=1),
-               "expert-choice": dict(gating="expert-choice", top_k=1)}
+               "expert-choice": dict(gating="expert-choice", top_k=1),
+               "expert-choice-2": dict(gating="expert-choice", top_k=2)}
     runs = []
     for dataset in datasets:
         for label, flags in routers.items():
@@ -161,8 +162,9 @@ def run_status(run_dir: Path) -> str | None:
 def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, threads: int | None) -> Outcome:
     out = results / "runs" / run.grid
     run_dir = out / run.name
-    status = run_status(run_dir)
-    if status == "completed":
+    log_path = out / f"{run.name}.log"
+    if run_status(run_dir) == "completed":
+        _drop_weights_and_log(run_dir, log_path)   # left behind if the sweep itself was killed
         return Outcome(run, "skipped")
     argv = [sys.executable, str(HERE / "train.py"), *run.argv(data_dir), "--out", str(out), "--run-name", run.name,
             "--device", device]
@@ -175,7 +177,6 @@ def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, thre
     elif run_dir.exists():
         argv.append("--overwrite")   # a run that died before its first checkpoint: nothing to keep
     begin = time.perf_counter()
-    log_path = out / f"{run.name}.log"
     out.mkdir(parents=True, exist_ok=True)
     with log_path.open("a") as log:
         code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, cwd=HERE).returncode
@@ -183,10 +184,15 @@ def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, thre
     if code != 0:
         tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
         return Outcome(run, "failed", seconds, f"exit {code}: {tail[0]}")
+    _drop_weights_and_log(run_dir, log_path)
+    return Outcome(run, "done", seconds)
+
+
+def _drop_weights_and_log(run_dir: Path, log_path: Path) -> None:
+    """results/ keeps the compact logs of a finished run, not its weights or console output."""
     for weights in run_dir.glob("*.pt"):
         weights.unlink()
-    log_path.unlink()
-    return Outcome(run, "done", seconds)
+    log_path.unlink(missing_ok=True)
 
 
 def run_all(runs: list[RunSpec], results: Path, data_dir, device, threads) -> list[Outcome]:

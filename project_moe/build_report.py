@@ -1,0 +1,222 @@
+"""Rebuild report.pdf from the committed results: figures, tables, numbers, then LaTeX.
+
+    python build_report.py            # figures + tables + report.pdf (needs pdflatex)
+    python build_report.py --no-pdf   # only regenerate figures and tables
+
+Every number of the report comes from results/ through this script: tables are written to
+report/tables/*.tex, numbers used in the text to report/tables/numbers.tex (``\\res{grid}{dataset}
+{label}`` is "mean \\pm std" of the test accuracy in %), figures to report/figures/*.pdf.
+pdflatex comes from TeX Live (Debian: texlive-latex-base texlive-latex-recommended
+texlive-fonts-recommended).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd  # noqa: E402
+
+import logs  # noqa: E402
+import plots  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPORT = HERE / "report"
+RESULTS = HERE / "results"
+
+
+def pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
+    std_text = "--" if pd.isna(std) else f"{scale * std:.{digits}f}"
+    return f"{scale * mean:.{digits}f} $\\pm$ {std_text}"
+
+
+def thousands(value: float) -> str:
+    return f"{value:,.0f}".replace(",", "\\,")
+
+
+def escape(text: str) -> str:
+    return str(text).replace("_", "\\_").replace("%", "\\%").replace("#", "\\#")
+
+
+def tabular(header: list[str], rows: list[list[str]], align: str) -> str:
+    lines = [f"\\begin{{tabular}}{{{align}}}", "\\toprule", " & ".join(header) + " \\\\", "\\midrule"]
+    lines += [" & ".join(row) + " \\\\" for row in rows]
+    lines += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def table_moe_vs_dense(summary: pd.DataFrame) -> str:
+    rows = summary[summary.grid.isin(["moe_vs_dense", "cifar_trunk", "cnn_experts"])]
+    grid_rank = {"moe_vs_dense": 0, "cifar_trunk": 1, "cnn_experts": 2}
+    dataset_rank = {d: i for i, d in enumerate(plots.DATASET_ORDER)}
+    rows = rows.assign(_g=rows.grid.map(grid_rank), _d=rows.dataset.map(dataset_rank))
+    rows = rows.sort_values(["_g", "_d"], kind="stable")
+    body = [[escape(r.dataset), escape(r.label), pm(r.test_acc_mean, r.test_acc_std), str(r.seeds),
+             thousands(r.params_total), thousands(r.params_active), thousands(r.flops_per_sample)]
+            for r in rows.itertuples()]
+    return tabular(["dataset", "model", "test acc. (\\%)", "seeds", "params", "active", "FLOPs/sample"],
+                   body, "llrrrrr")
+
+
+def table_gating(summary: pd.DataFrame) -> str:
+    rows = summary[summary.grid == "gating"]
+    datasets = plots._ordered(rows.dataset, plots.DATASET_ORDER)
+    labels = plots._ordered(rows.label, plots.GATING_ORDER)
+    body = []
+    for label in labels:
+        cells = [escape(label)]
+        for dataset in datasets:
+            match = rows[(rows.dataset == dataset) & (rows.label == label)]
+            cells.append(pm(match.test_acc_mean.iloc[0], match.test_acc_std.iloc[0]) if len(match) else "--")
+        reference = rows[(rows.dataset == datasets[0]) & (rows.label == label)]
+        if len(reference):
+            first = reference.iloc[0]
+            cells += [f"{first.specialisation_mean:.2f}", f"{first.final_val_load_cv_mean:.2f}",
+                      thousands(first.samples_per_s_mean), str(first.seeds)]
+        else:
+            cells += ["--"] * 4
+        body.append(cells)
+    header = ["router", *[f"{escape(d)} (\\%)" for d in datasets],
+              f"I/H ({escape(datasets[0])})", "load CV", "samples/s", "seeds"]
+    return tabular(header, body, "l" + "r" * (len(header) - 1))
+
+
+def table_simple(summary: pd.DataFrame, grid: str) -> str:
+    rows = summary[summary.grid == grid]
+    body = [[escape(r.label), pm(r.test_acc_mean, r.test_acc_std), f"{r.final_val_load_cv_mean:.2f}",
+             f"{r.specialisation_mean:.2f}", thousands(r.params_total), str(r.seeds)] for r in rows.itertuples()]
+    return tabular(["configuration", "test acc. (\\%)", "load CV", "I/H", "params", "seeds"], body, "lrrrrr")
+
+
+def table_bench(bench: pd.DataFrame) -> str:
+    body = []
+    for (e, k, mode), group in bench.groupby(["E", "k", "mode"], sort=False):
+        ratios = group.set_index("impl")
+        moe, loop, soft = ratios.loc["moe"], ratios.loc["masked_loop"], ratios.loc["soft_all_experts"]
+        body.append([f"{k} of {e}", mode, f"{moe.vs_dense:.2f} [{moe.vs_dense_min:.2f}, {moe.vs_dense_max:.2f}]",
+                     f"{loop.vs_dense:.2f}", f"{soft.vs_dense:.1f}", f"{1 / moe.vs_soft:.1f}"])
+    return tabular(["top-$k$ of $E$", "pass", "MoE / dense (a)", "mask loop / (a)", "soft / (a)", "soft / MoE"],
+                   body, "llrrrr")
+
+
+def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | None,
+            train_bench: dict[int, pd.DataFrame]) -> str:
+    """LaTeX macros for the numbers quoted in the text: \\res (test accuracy, %, mean ± std),
+    \\spec (I(expert; class) / H(class)), \\loadcv (final validation load CV), per
+    {grid}{dataset}{label}; \\unpicked{label}: % of test samples no expert took (expert choice)."""
+    lines = []
+    for macro in ("res", "spec", "loadcv", "unpicked"):
+        args = "[1]" if macro == "unpicked" else "[3]"
+        body = "#1" if macro == "unpicked" else "#1:#2:#3"
+        lines.append(f"\\newcommand{{\\{macro}}}{args}{{\\csname {macro}:{body}\\endcsname}}")
+    for r in summary.itertuples():
+        key = f"{r.grid}:{r.dataset}:{r.label}"
+        values = {"res": pm(r.test_acc_mean, r.test_acc_std),
+                  "spec": pm(r.specialisation_mean, r.specialisation_std, scale=1.0),
+                  "loadcv": pm(r.final_val_load_cv_mean, r.final_val_load_cv_std, scale=1.0)}
+        for macro, value in values.items():
+            lines.append(f"\\expandafter\\def\\csname {macro}:{key}\\endcsname{{{value}}}")
+    for label, share in unpicked.items():
+        lines.append(f"\\expandafter\\def\\csname unpicked:{label}\\endcsname{{{100 * share:.1f}}}")
+    if bench is not None:
+        lines.append("\\newcommand{\\bench}[3]{\\csname bench:#1:#2:#3\\endcsname}")
+        lines.append("\\newcommand{\\benchsoft}[2]{\\csname benchsoft:#1:#2\\endcsname}")
+        for r in bench[bench.impl == "moe"].itertuples():
+            lines.append(f"\\expandafter\\def\\csname bench:{r.E}:{r.k}:{r.mode}\\endcsname{{{r.vs_dense:.2f}}}")
+            if r.mode == "fwd+bwd":
+                lines.append(f"\\expandafter\\def\\csname benchsoft:{r.E}:{r.k}\\endcsname{{{1 / r.vs_soft:.1f}}}")
+    lines.append("\\newcommand{\\trainratio}[2]{\\csname train:#1:#2\\endcsname}")
+    for batch, table in train_bench.items():
+        for r in table.itertuples():
+            lines.append(f"\\expandafter\\def\\csname train:{batch}:{r.model}\\endcsname{{{r.vs_dense_active:.2f}}}")
+    runs = int(summary.seeds.sum())
+    lines.append(f"\\newcommand{{\\numruns}}{{{runs}}}")
+    lines.append(f"\\newcommand{{\\numconfigs}}{{{len(summary)}}}")
+    return "\n".join(lines) + "\n"
+
+
+def unpicked_share(samples: pd.DataFrame) -> pd.Series:
+    """Share of the logged test samples that no expert processed, per gating-grid label (MNIST)."""
+    rows = samples[(samples.grid == "gating") & (samples.dataset == "mnist")]
+    return (rows.experts_used == 0).groupby(rows.label).mean()
+
+
+def load_train_bench(results: Path) -> dict[int, pd.DataFrame]:
+    """bench_train_b<batch>.csv files: samples/s ratios of training epochs, per batch size."""
+    return {int(p.stem.rsplit("_b", 1)[1]): pd.read_csv(p)
+            for p in sorted((results / "bench").glob("bench_train_b*.csv"))}
+
+
+def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.DataFrame,
+                 train_bench: dict[int, pd.DataFrame]) -> dict[str, str]:
+    tables = {"moe_vs_dense": table_moe_vs_dense(summary), "gating": table_gating(summary),
+              "experts": table_simple(summary, "experts"), "regularisation": table_simple(summary, "regularisation"),
+              "numbers": numbers(summary, unpicked_share(samples), bench, train_bench)}
+    if bench is not None:
+        tables["bench"] = table_bench(bench)
+    return tables
+
+
+def build_figures(results: Path, summary: pd.DataFrame, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    metrics, experts = logs.read_all(results, "metrics.csv"), logs.read_all(results, "experts.csv")
+    routing, runs = logs.read_all(results, "routing.csv"), logs.run_table(results)
+    hard = runs[(runs.grid == "gating") & (runs.label == "hard") & (runs.dataset == "mnist")].sort_values("seed")
+    figures = {"moe_vs_dense": plots.moe_vs_dense(summary, ("moe_vs_dense", "cifar_trunk", "cnn_experts")),
+               "gating_comparison": plots.gating_comparison(summary),
+               "expert_usage": plots.expert_usage(experts), "balance_over_time": plots.balance_over_time(metrics),
+               "accuracy_vs_experts": plots.accuracy_vs_experts(summary),
+               "regularisation": plots.regularisation_effect(summary),
+               "class_expert_heatmap": plots.class_expert_heatmap(routing, hard.run.iloc[0]),
+               "per_expert_loss": plots.per_expert_loss_curves(experts, hard.run.iloc[0])}
+    for name, figure in figures.items():
+        figure.savefig(out / f"{name}.pdf", bbox_inches="tight")
+        plots.plt.close(figure)
+
+
+def load_summary(results: Path) -> pd.DataFrame:
+    """The aggregation of the logs; it must equal the committed summary.csv."""
+    summary = logs.aggregate(logs.run_table(results))
+    committed = pd.read_csv(results / "summary.csv")
+    pd.testing.assert_frame_equal(summary.reset_index(drop=True), committed, check_dtype=False, atol=1e-12)
+    return committed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--no-pdf", action="store_true", help="only figures and tables")
+    args = parser.parse_args(argv)
+    summary = load_summary(args.results)
+    bench_path = args.results / "bench" / "bench_layer.csv"
+    bench = pd.read_csv(bench_path) if bench_path.exists() else None
+    (REPORT / "tables").mkdir(parents=True, exist_ok=True)
+    samples = logs.read_all(args.results, "test_samples.csv")
+    for name, text in build_tables(summary, bench, samples, load_train_bench(args.results)).items():
+        (REPORT / "tables" / f"{name}.tex").write_text(text)
+    build_figures(args.results, summary, REPORT / "figures")
+    if args.no_pdf:
+        return 0
+    if shutil.which("pdflatex") is None:
+        print("error: pdflatex not found; install TeX Live (Debian: apt-get install texlive-latex-base "
+              "texlive-latex-recommended texlive-fonts-recommended) or run with --no-pdf", file=sys.stderr)
+        return 2
+    for _ in range(2):  # twice, for references
+        proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"], cwd=REPORT,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stdout[-3000:], file=sys.stderr)
+            return 1
+    shutil.copyfile(REPORT / "report.pdf", HERE / "report.pdf")
+    print(f"wrote {HERE / 'report.pdf'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The report is generated from the committed results: its tables equal what the aggregation
+of results/ gives today, and the PDF has 4 to 6 pages."""
+import pandas as pd
+import pytest
+from pypdf import PdfReader
+
+import build_report
+
+RESULTS = build_report.RESULTS
+pytestmark = pytest.mark.skipif(not (RESULTS / "summary.csv").exists(), reason="no committed results")
+
+
+def test_summary_csv_is_the_aggregation_of_the_run_logs():
+    summary = build_report.load_summary(RESULTS)   # raises if summary.csv and the logs disagree
+    assert (summary.seeds >= 3).all(), summary[summary.seeds < 3][["grid", "dataset", "label", "seeds"]]
+
+
+def test_report_tables_equal_the_results():
+    summary = build_report.load_summary(RESULTS)
+    bench_path = RESULTS / "bench" / "bench_layer.csv"
+    bench = pd.read_csv(bench_path) if bench_path.exists() else None
+    samples = build_report.logs.read_all(RESULTS, "test_samples.csv")
+    train_bench = build_report.load_train_bench(RESULTS)
+    for name, text in build_report.build_tables(summary, bench, samples, train_bench).items():
+        committed = (build_report.REPORT / "tables" / f"{name}.tex").read_text()
+        assert committed == text, f"report/tables/{name}.tex is stale: run python build_report.py"
+
+
+def test_report_pdf_has_four_to_six_pages():
+    pdf = build_report.HERE / "report.pdf"
+    assert pdf.exists()
+    assert 4 <= len(PdfReader(pdf).pages) <= 6
