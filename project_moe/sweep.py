@@ -41,7 +41,7 @@ class RunSpec:
 
     @property
     def dataset_tag(self) -> str:
-        return "cifar10-jpeg" if "cifar10-jpeg" in self.dataset else self.dataset
+        return logs.dataset_tag(self.dataset)
 
     def argv(self, data_dir: str | None) -> list[str]:
         dataset = self.dataset.format(data_dir=data_dir or "data")

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import stats
 from config import Config, ConfigError, parse_args, validate
 from evaluation import SAMPLES_COLUMNS, SplitResult, evaluate, sample_routing, train_batch_expert_rows
 from moe_model import (MoEClassifier, build_dense_matched, build_model, classifier_logits,
@@ -339,7 +340,7 @@ class Trainer:
             self._evaluate_split("train", epoch)
         count = max(a["count"], 1)
         aux = (a["aux"] / count).tolist() if self.is_moe else [float("nan")] * len(AUX_NAMES)
-        train_load_cv = _cv(a["routed"]) if self.is_moe else float("nan")
+        train_load_cv = stats.load_cv(a["routed"]).item() if self.is_moe else float("nan")
         row = {"epoch": epoch, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
                "train_loss": (a["loss"] / count).item(), "train_acc": (a["correct"] / count).item(),
                "val_loss": val.loss, "val_acc": val.acc,
@@ -392,11 +393,6 @@ class Trainer:
 
 def _head(split: data.Split, size: int) -> data.Split:
     return data.Split(split.images[:size], split.labels[:size])
-
-
-def _cv(counts: torch.Tensor) -> float:
-    counts = counts.double()
-    return (counts.std(unbiased=False) / counts.mean().clamp_min(1e-12)).item()
 
 
 def _numpy_state():

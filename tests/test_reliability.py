@@ -69,15 +69,24 @@ def test_unwritable_out_is_rejected(tmp_path, tiny_data, capsys):
     assert blocker.read_text() == "not a directory"
 
 
-def test_existing_run_is_never_overwritten_without_flag(tmp_path, tiny_data, capsys):
-    args = base_args(tmp_path, tiny_data) + ["--epochs", "1"]
+def finished_run(tmp_path, data_dir, capsys):
+    """A completed one-epoch run: its arguments, its directory and the bytes of every file."""
+    args = base_args(tmp_path, data_dir) + ["--epochs", "1"]
     assert train.main(args) == 0
     run_dir = tmp_path / "runs" / "run"
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
     capsys.readouterr()
+    return args, run_dir, snapshot(run_dir)
+
+
+def snapshot(run_dir):
+    return {p.name: p.read_bytes() for p in run_dir.iterdir()}
+
+
+def test_existing_run_is_never_overwritten_without_flag(tmp_path, tiny_data, capsys):
+    args, run_dir, before = finished_run(tmp_path, tiny_data, capsys)
     assert train.main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert snapshot(run_dir) == before
     assert train.main(args + ["--overwrite", "--seed", "3"]) == 0
     assert json.loads((run_dir / "config.json").read_text())["config"]["seed"] == 3
 
@@ -188,11 +197,7 @@ def test_resume_from_a_checkpoint_of_another_model_is_refused(tmp_path, tiny_dat
 
 
 def test_resuming_a_completed_run_changes_nothing(tmp_path, tiny_data, capsys):
-    args = base_args(tmp_path, tiny_data) + ["--epochs", "1"]
-    assert train.main(args) == 0
-    run_dir = tmp_path / "runs" / "run"
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
-    capsys.readouterr()
+    args, run_dir, before = finished_run(tmp_path, tiny_data, capsys)
     assert train.main(args + ["--resume"]) == 2
     assert "already completed" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert snapshot(run_dir) == before
