@@ -4,7 +4,7 @@ Legend: N samples, E experts, M assignments (sample, expert) pairs.
 
 Every function returns an *unweighted* scalar; the training loop multiplies each by
 its own coefficient (``--balance-coef``, ``--cv-coef``, ``--z-coef``, ``--entropy-coef``,
-``--kl-uniform-coef``). Values are chosen so that they are easy to read in logs:
+``--kl-uniform-coef``, ``--centroid-coef``). Values are chosen so that they are easy to read in logs:
 the Switch loss is 1 for perfectly uniform routing and E for full collapse.
 """
 from __future__ import annotations
@@ -37,13 +37,14 @@ def switch_balance_loss(probs: Tensor, expert_index: Tensor) -> Tensor:
 
 
 def cv_squared(values: Tensor) -> Tensor:
-    """Squared coefficient of variation var(x) / mean(x)^2 (population variance).
+    """Squared coefficient of variation var(x) / mean(x)^2 (population variance) along the
+    last dimension: (..., E) -> (...).
 
     Shazeer et al. 2017 (sec. 4) use it on per-expert importance and load; it is 0 when
     all experts receive the same amount and grows with the imbalance.
     """
-    mean = values.mean()
-    return values.var(unbiased=False) / (mean * mean + _EPS)
+    mean = values.mean(dim=-1)
+    return values.var(dim=-1, unbiased=False) / (mean * mean + _EPS)
 
 
 def importance_load_loss(weights: Tensor, load: Tensor) -> Tensor:
@@ -89,3 +90,20 @@ def kl_to_uniform_loss(probs: Tensor) -> Tensor:
     """
     mean_prob = probs.mean(dim=0)  # (E,)
     return math.log(probs.shape[1]) - entropy(mean_prob)
+
+
+def centroid_overlap_loss(centroids: Tensor) -> Tensor:
+    """Mean squared cosine similarity over distinct pairs of the C centroid vectors (C, dim).
+
+    Zero when the centroids are orthogonal; minimising it spreads the centroids of a cosine
+    router over the sphere, so that two experts (or two centroids of one expert) do not
+    claim the same region. Squared, so that opposite directions are not rewarded over
+    orthogonal ones.
+    """
+    unit = torch.nn.functional.normalize(centroids, dim=-1)
+    gram = unit @ unit.t()                                                     # (C, C)
+    count = centroids.shape[0]
+    if count < 2:
+        return gram.new_zeros(())
+    off_diagonal = gram.square().sum() - gram.diagonal().square().sum()
+    return off_diagonal / (count * (count - 1))

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moe_model import COMBINE_CHOICES, DENSE_MATCH_CHOICES, EXPERT_TYPES, TRUNK_CHOICES, ModelSpec
-from routers import GATING_CHOICES, HARD_GRAD_CHOICES
+from moe_model import ARCH_CHOICES, COMBINE_CHOICES, DENSE_MATCH_CHOICES, EXPERT_TYPES, TRUNK_CHOICES, ModelSpec
+from routers import GATING_CHOICES, HARD_GRAD_CHOICES, SCORE_CHOICES
 
 MODEL_CHOICES = ("moe", "dense")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -38,6 +38,9 @@ class Config:
     image_size: int | None = _opt(None, "resize folder: images to SIZE x SIZE (needed when sizes differ)", type=int)
     # model
     model: str = _opt("moe", "moe, or the dense baseline of matched size", MODEL_CHOICES)
+    arch: str = _opt("mixture", "mixture: the classifier is a mixture of expert classifiers (after an optional "
+                                "trunk); vit: a small Vision Transformer whose every --moe-every-th MLP block is "
+                                "an MoE layer routing patch tokens", ARCH_CHOICES)
     experts: int = _opt(8, "number of experts E")
     gating: str = _opt("hard", "router", GATING_CHOICES)
     top_k: int = _opt(2, "experts per sample k for topk / noisy-topk / gumbel; expert-choice uses it in "
@@ -46,6 +49,11 @@ class Config:
     hard_grad: str = _opt("switch", "gradient of hard (top-1) routing: scale by the gate probability "
                                     "(switch) or straight-through one-hot (ste)", HARD_GRAD_CHOICES)
     tau: float = _opt(1.0, "Gumbel-softmax temperature")
+    router_score: str = _opt("linear", "expert scores of the router: x W (linear) or cosine similarity of a "
+                                       "projection of x to learnable expert centroids over a learned "
+                                       "temperature (cosine, X-MoE)", SCORE_CHOICES)
+    router_dim: int = _opt(16, "cosine router: dimension of the projection and the centroids")
+    router_centroids: int = _opt(1, "cosine router: centroids per expert (score = the nearest one)")
     combine: str = _opt("logits", "mix expert logits (Shazeer/Switch) or class probabilities (Jacobs 1991)",
                         COMBINE_CHOICES)
     expert_type: str = _opt("mlp", "expert network", EXPERT_TYPES)
@@ -55,6 +63,11 @@ class Config:
     trunk: str = _opt("none", "shared feature extractor in front of router and experts", TRUNK_CHOICES)
     trunk_channels: int = _opt(32, "channels of the first conv layer of the CNN trunk")
     dropout: float = _opt(0.0, "dropout after each hidden layer of the experts")
+    vit_patch: int = _opt(4, "vit: patch size in pixels (must divide the image size)")
+    vit_dim: int = _opt(96, "vit: token width d")
+    vit_depth: int = _opt(4, "vit: transformer blocks")
+    vit_heads: int = _opt(3, "vit: attention heads (must divide --vit-dim)")
+    moe_every: int = _opt(2, "vit: every N-th block (N, 2N, ...) has an MoE layer instead of its MLP")
     dense_match: str = _opt("params", "--model dense: match the MoE's total parameters or its active "
                                       "parameters per sample", DENSE_MATCH_CHOICES)
     # auxiliary losses (0 = off)
@@ -63,6 +76,7 @@ class Config:
     z_coef: float = _opt(0.0, "ST-MoE router z-loss")
     entropy_coef: float = _opt(0.0, "per-sample gate entropy (positive sharpens, negative smooths)")
     kl_uniform_coef: float = _opt(0.0, "KL(batch-mean gate || uniform)")
+    centroid_coef: float = _opt(0.0, "cosine router: mean squared cosine between centroids (pushes them apart)")
     # optimisation
     epochs: int = _opt(5, "training epochs")
     batch_size: int = _opt(128, "training batch size (also the evaluation batch for expert-choice)")
@@ -93,7 +107,10 @@ class Config:
         else:
             k = "" if self.gating in ("soft", "hard") else f"-k{self.top_k}"
             body = f"moe-{self.gating}{k}-e{self.experts}"
-        return f"{dataset}-{body}-{self.expert_type}-s{self.seed}"
+            if self.router_score == "cosine":
+                body += f"-cos{self.router_centroids}"
+        kind = "vit" if self.arch == "vit" else self.expert_type
+        return f"{dataset}-{body}-{kind}-s{self.seed}"
 
     @property
     def run_dir(self) -> Path:
@@ -133,7 +150,8 @@ def validate(cfg: Config) -> None:
          f"--top-k must be between 1 and --experts={cfg.experts} for --gating {cfg.gating} (got {cfg.top_k})")
     need(cfg.capacity_factor > 0, f"--capacity-factor must be > 0 (got {cfg.capacity_factor})")
     need(cfg.tau > 0, f"--tau must be > 0 (got {cfg.tau})")
-    for name in ("epochs", "batch_size", "expert_hidden", "expert_depth", "expert_channels", "trunk_channels"):
+    for name in ("epochs", "batch_size", "expert_hidden", "expert_depth", "expert_channels", "trunk_channels",
+                 "router_dim", "router_centroids", "vit_patch", "vit_dim", "vit_depth", "vit_heads", "moe_every"):
         value = getattr(cfg, name)
         need(value >= 1, f"--{name.replace('_', '-')} must be a positive integer (got {value})")
     need(cfg.lr > 0, f"--lr must be > 0 (got {cfg.lr})")
@@ -144,8 +162,21 @@ def validate(cfg: Config) -> None:
     need(cfg.train_eval_size >= 0, f"--train-eval-size must be >= 0 (got {cfg.train_eval_size})")
     need(cfg.image_size is None or cfg.image_size >= 1, f"--image-size must be >= 1 (got {cfg.image_size})")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1 (got {cfg.threads})")
+    need(cfg.arch != "vit" or (cfg.trunk == "none" and cfg.expert_type == "mlp"),
+         "--arch vit has its own patch embedding and MLP experts: drop --trunk and --expert-type")
+    need(cfg.arch != "vit" or cfg.vit_dim % cfg.vit_heads == 0,
+         f"--vit-dim {cfg.vit_dim} must be a multiple of --vit-heads {cfg.vit_heads}")
+    need(cfg.arch != "vit" or cfg.model == "dense" or cfg.moe_every <= cfg.vit_depth,
+         f"--moe-every {cfg.moe_every} > --vit-depth {cfg.vit_depth} leaves no MoE block; lower --moe-every")
+    need(cfg.arch != "vit" or cfg.combine == "logits",
+         "--combine probs mixes class distributions; a ViT's MoE layers mix token features: use --combine logits")
     need(not (cfg.trunk == "cnn" and cfg.expert_type == "cnn"),
          "--trunk cnn feeds features, not images, to the experts: use --expert-type mlp with it")
+    need(cfg.router_score == "cosine" or cfg.router_centroids == 1,
+         f"--router-centroids {cfg.router_centroids} needs --router-score cosine (a linear router has one "
+         "weight vector per expert)")
+    need(cfg.router_score == "cosine" or cfg.centroid_coef == 0,
+         "--centroid-coef acts on the centroids of --router-score cosine; set both, or drop --centroid-coef")
     need(not (cfg.resume and cfg.overwrite), "--resume and --overwrite exclude each other: choose one")
     if cfg.run_name is not None:
         need(re.fullmatch(r"[A-Za-z0-9_.=+-]+", cfg.run_name) is not None and cfg.run_name not in (".", ".."),

@@ -12,9 +12,13 @@ from torch import Tensor
 
 import stats
 from moe_model import MoEClassifier, classifier_logits
+from vit_model import ViTClassifier
 
 
 SAMPLES_COLUMNS = ["index", "class", "predicted", "top1_expert", "top1_weight", "experts_used"]
+LAYER_COLUMNS = ["layer", "expert", "n_tokens", "n_routed", "frac_routed", "mean_gate"]
+PATCH_COLUMNS = ["index", "class", "predicted", "layer", "patch", "row", "col", "top1_expert", "top1_weight",
+                 "experts_used"]
 
 
 @dataclass
@@ -27,6 +31,7 @@ class SplitResult:
     load_cv: float = float("nan")
     gate_entropy: float = float("nan")
     class_expert: dict[str, Tensor] | None = None             # (E, K) tables
+    layer_rows: list[dict] = field(default_factory=list)     # one per (MoE block, expert) (ViT only)
 
 
 @torch.no_grad()
@@ -36,6 +41,7 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True) -> SplitRe
     was_training = model.training
     model.eval()
     is_moe = isinstance(model, MoEClassifier)
+    routes_tokens = isinstance(model, ViTClassifier) and bool(model.moe_blocks)
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
@@ -48,15 +54,40 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True) -> SplitRe
             _accumulate(totals, _moe_batch_sums(model, features, output, y, num_classes))
         else:
             output = model(x)
+            if routes_tokens and detailed:
+                _accumulate(totals, _token_batch_sums(output))
         logits = classifier_logits(output)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(dim=1) == y).sum()
         count += y.shape[0]
     model.train(was_training)
     result = SplitResult(loss=(loss_sum / max(count, 1)).item(), acc=(correct / max(count, 1)).item(), n=count)
-    if totals:
+    if totals and routes_tokens:
+        _fill_layers(result, totals, model.moe_blocks)
+    elif totals:
         _fill_routing(result, totals, count)
     return result
+
+
+def _token_batch_sums(output) -> dict[str, Tensor]:
+    """Per MoE block: tokens routed to each expert, gate mass, and summed gate entropy."""
+    weights = torch.stack([r.weights for r in output.routings])              # (L, N, E)
+    return {"tokens": torch.tensor(float(weights.shape[1]), device=weights.device),
+            "routed": stats.routed_mask(weights).sum(dim=1).double(),         # (L, E)
+            "gate": weights.sum(dim=1).double(),                              # (L, E)
+            "entropy_sum": torch.stack([stats.mean_gate_entropy(w) for w in weights]).double() * weights.shape[1]}
+
+
+def _fill_layers(result: SplitResult, totals: dict[str, Tensor], blocks: list[int]) -> None:
+    t = {name: value.double().cpu() for name, value in totals.items()}
+    tokens = t["tokens"].item()
+    for layer, block in enumerate(blocks):
+        for e in range(t["routed"].shape[1]):
+            routed = t["routed"][layer, e].item()
+            result.layer_rows.append({"layer": block, "expert": e, "n_tokens": int(tokens), "n_routed": int(routed),
+                                      "frac_routed": routed / tokens, "mean_gate": t["gate"][layer, e].item() / tokens})
+    result.load_cv = stats.load_cv(t["routed"]).mean().item()
+    result.gate_entropy = (t["entropy_sum"] / tokens).mean().item()
 
 
 def _moe_batch_sums(model: MoEClassifier, features: Tensor, output, y: Tensor, num_classes: int) -> dict[str, Tensor]:
@@ -147,5 +178,34 @@ def sample_routing(model: MoEClassifier, batches, limit: int) -> list[dict]:
             if len(rows) == limit:
                 model.train(was_training)
                 return rows
+    model.train(was_training)
+    return rows
+
+
+@torch.no_grad()
+def patch_routing(model: ViTClassifier, batches, limit: int) -> list[dict]:
+    """Top-1 expert of every patch of the first ``limit`` images (at most one evaluation
+    batch, routed as in evaluation), in every MoE block. Image ``index`` is the index in
+    the split, so the pixels are ``split.images[index]``."""
+    was_training = model.training
+    model.eval()
+    x, y = next(iter(batches))
+    output = model(x)
+    take = min(limit, x.shape[0])
+    predicted = output.logits.argmax(dim=1)[:take].tolist()
+    labels = y[:take].tolist()
+    columns = model.grid[1]
+    rows = []
+    for layer, routing in zip(model.moe_blocks, output.routings):
+        weights = routing.weights.view(x.shape[0], output.tokens, -1)[:take]  # (B, T, E)
+        top_weight, top_expert = weights.max(dim=-1)                          # (B, T)
+        used = (weights != 0).sum(dim=-1)                                     # (B, T)
+        table = torch.stack([top_expert, used]).cpu()                         # (2, B, T)
+        for image in range(take):
+            for patch, ((expert, count), weight) in enumerate(zip(table[:, image].t().tolist(),
+                                                                  top_weight[image].tolist())):
+                rows.append({"index": image, "class": labels[image], "predicted": predicted[image],
+                             "layer": layer, "patch": patch, "row": patch // columns, "col": patch % columns,
+                             "top1_expert": expert, "top1_weight": weight, "experts_used": count})
     model.train(was_training)
     return rows

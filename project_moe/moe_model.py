@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from routers import Routing, build_router, experts_per_sample
 
+ARCH_CHOICES = ("mixture", "vit")
 EXPERT_TYPES = ("mlp", "cnn")
 TRUNK_CHOICES = ("none", "cnn")
 COMBINE_CHOICES = ("logits", "probs")
@@ -124,6 +125,15 @@ class MoEOutput:
     expert_chunks: list[Tensor]
 
     @property
+    def aux(self) -> dict[str, Tensor]:
+        """The router's unweighted auxiliary losses (empty in eval mode)."""
+        return self.routing.aux
+
+    def assignment_counts(self) -> Tensor:
+        """(E,) samples each expert processed."""
+        return self.routing.assignment_counts()
+
+    @property
     def expert_logits(self) -> Tensor:
         if not self.expert_chunks:
             return self.logits.new_zeros(0, self.logits.shape[1])
@@ -195,12 +205,16 @@ class ModelSpec:
     """Everything that decides the architecture (a subset of the run config)."""
 
     model: str = "moe"               # moe | dense
+    arch: str = "mixture"            # mixture of expert classifiers | vit (MoE blocks routing tokens)
     experts: int = 8
     gating: str = "hard"
     top_k: int = 2
     capacity_factor: float = 1.0
     hard_grad: str = "switch"
     tau: float = 1.0
+    router_score: str = "linear"
+    router_dim: int = 16
+    router_centroids: int = 1
     expert_type: str = "mlp"
     expert_hidden: int = 128
     expert_depth: int = 1
@@ -210,6 +224,11 @@ class ModelSpec:
     dropout: float = 0.0
     combine: str = "logits"
     dense_match: str = "params"
+    vit_patch: int = 4
+    vit_dim: int = 96
+    vit_depth: int = 4
+    vit_heads: int = 3
+    moe_every: int = 2
 
 
 class MoEClassifier(nn.Module):
@@ -222,7 +241,8 @@ class MoEClassifier(nn.Module):
         expert_in = self.trunk.out_features if self.trunk is not None else math.prod(in_shape)
         experts = [build_expert(spec, in_shape, num_classes, spec.expert_hidden) for _ in range(spec.experts)]
         router = build_router(spec.gating, expert_in, spec.experts, top_k=spec.top_k,
-                              capacity_factor=spec.capacity_factor, hard_grad=spec.hard_grad, tau=spec.tau)
+                              capacity_factor=spec.capacity_factor, hard_grad=spec.hard_grad, tau=spec.tau,
+                              score=spec.router_score, score_dim=spec.router_dim, centroids=spec.router_centroids)
         self.moe = MoE(router, ExpertBank(experts, num_classes), combine=spec.combine)
 
     def expert_input(self, x: Tensor) -> Tensor:
@@ -304,6 +324,9 @@ def build_dense_matched(spec: ModelSpec, in_shape, num_classes: int, target_para
 
 
 def build_model(spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    if spec.arch == "vit":
+        from vit_model import ViTClassifier  # it builds on this module
+        return ViTClassifier(spec, in_shape, num_classes)
     moe = MoEClassifier(spec, in_shape, num_classes)
     if spec.model == "moe":
         return moe
@@ -355,8 +378,8 @@ def model_cost(model: nn.Module, in_shape: tuple[int, int, int]) -> dict[str, fl
 
 
 def classifier_logits(output) -> Tensor:
-    """Logits of either model kind (the MoE returns a record, the dense net a tensor)."""
-    return output.logits if isinstance(output, MoEOutput) else output
+    """Logits of any model kind (MoE models return a record, dense nets a tensor)."""
+    return output if isinstance(output, Tensor) else output.logits
 
 
 def cross_entropy(output, target: Tensor) -> Tensor:

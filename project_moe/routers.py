@@ -22,6 +22,7 @@ import aux_losses
 
 GATING_CHOICES = ("soft", "hard", "topk", "noisy-topk", "gumbel", "expert-choice")
 HARD_GRAD_CHOICES = ("switch", "ste")
+SCORE_CHOICES = ("linear", "cosine")
 
 
 @dataclass
@@ -59,16 +60,43 @@ class Routing:
 
 
 class Router(nn.Module):
-    """Linear gate g(x) = softmax(x W_g); subclasses decide which experts run."""
+    """Gate g(x) = softmax(s(x)) over expert scores s(x); subclasses decide which experts run.
 
-    def __init__(self, in_features: int, num_experts: int):
+    ``score="linear"``: s(x) = x W_g (Shazeer 2017, Switch). ``score="cosine"`` (X-MoE, Chi
+    et al. 2022): s_e(x) = max_j cos(P x, c_ej) / t, with P a projection to ``score_dim``
+    dimensions, c_e1..c_em the ``centroids`` learnable embeddings of expert e and a learnable
+    temperature t; scores stay in [-1/t, 1/t] whatever the scale of x, and several
+    centroids let one expert own several regions of the input space.
+    """
+
+    def __init__(self, in_features: int, num_experts: int, score: str = "linear", score_dim: int = 16,
+                 centroids: int = 1):
         super().__init__()
         self.num_experts = num_experts
-        self.proj = nn.Linear(in_features, num_experts, bias=False)
+        self.score = score
+        if score == "linear":
+            self.proj = nn.Linear(in_features, num_experts, bias=False)
+        else:
+            self.proj = nn.Linear(in_features, score_dim, bias=False)
+            self.centroids = nn.Parameter(torch.randn(num_experts, centroids, score_dim) / math.sqrt(score_dim))
+            # t starts at 0.07 (as in X-MoE) and is kept >= 0.01 so the softmax cannot saturate.
+            self.log_inv_temperature = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def router_logits(self, x: Tensor) -> Tensor:
         # float32 softmax even under autocast: small logit differences decide the routing.
-        return F.linear(x.float(), self.proj.weight.float())  # (N, E)
+        projected = F.linear(x.float(), self.proj.weight.float())              # (N, E) or (N, dim)
+        if self.score == "linear":
+            return projected
+        tokens = F.normalize(projected, dim=-1)                                  # (N, dim)
+        centroids = F.normalize(self.centroids.float(), dim=-1)                  # (E, m, dim)
+        similarity = torch.einsum("nd,emd->nem", tokens, centroids)              # (N, E, m)
+        return similarity.amax(dim=-1) * self.log_inv_temperature.clamp(max=math.log(100.0)).exp()
+
+    def centroid_overlap(self) -> Tensor:
+        """Mean squared cosine between distinct centroids (0 for a linear router)."""
+        if self.score == "linear":
+            return self.proj.weight.new_zeros(())
+        return aux_losses.centroid_overlap_loss(self.centroids.flatten(0, 1))
 
     def forward(self, x: Tensor) -> Routing:
         raise NotImplementedError
@@ -93,6 +121,7 @@ class Router(nn.Module):
             "z": aux_losses.router_z_loss(logits),
             "entropy": aux_losses.gate_entropy_loss(probs),
             "kl_uniform": aux_losses.kl_to_uniform_loss(probs),
+            "centroid": self.centroid_overlap(),
         }
         return Routing(logits, probs, weights, sample_index, expert_index, gate, load, aux)
 
@@ -124,8 +153,8 @@ class TopKRouter(Router):
     """Top-k token choice with the k selected probabilities renormalised to sum to 1
     (as in Mixtral / GShard top-2). Gradient reaches the router through the weights."""
 
-    def __init__(self, in_features: int, num_experts: int, k: int = 2):
-        super().__init__(in_features, num_experts)
+    def __init__(self, in_features: int, num_experts: int, k: int = 2, **score):
+        super().__init__(in_features, num_experts, **score)
         self.k = k
 
     def select(self, logits: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
@@ -150,8 +179,8 @@ class HardRouter(TopKRouter):
     the weight were p_i(x).
     """
 
-    def __init__(self, in_features: int, num_experts: int, grad: str = "switch"):
-        super().__init__(in_features, num_experts, k=1)
+    def __init__(self, in_features: int, num_experts: int, grad: str = "switch", **score):
+        super().__init__(in_features, num_experts, k=1, **score)
         self.grad = grad
 
     def select(self, logits: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
@@ -172,8 +201,8 @@ class NoisyTopKRouter(Router):
     re-drawn; summed over the batch it is the differentiable "load" of the CV^2 loss.
     """
 
-    def __init__(self, in_features: int, num_experts: int, k: int = 2, min_noise: float = 1e-2):
-        super().__init__(in_features, num_experts)
+    def __init__(self, in_features: int, num_experts: int, k: int = 2, min_noise: float = 1e-2, **score):
+        super().__init__(in_features, num_experts, **score)
         self.k = k
         self.min_noise = min_noise
         self.noise_proj = nn.Linear(in_features, num_experts, bias=False)
@@ -217,8 +246,8 @@ class GumbelTopKRouter(Router):
     (straight-through). Evaluation: no noise, top-k of the logits, weights 1/k.
     """
 
-    def __init__(self, in_features: int, num_experts: int, k: int = 1, tau: float = 1.0):
-        super().__init__(in_features, num_experts)
+    def __init__(self, in_features: int, num_experts: int, k: int = 1, tau: float = 1.0, **score):
+        super().__init__(in_features, num_experts, **score)
         self.k = k
         self.tau = tau
 
@@ -248,8 +277,8 @@ class ExpertChoiceRouter(Router):
     batch. A sample picked by no expert gets zero logits (a uniform prediction).
     """
 
-    def __init__(self, in_features: int, num_experts: int, k: int = 2, capacity_factor: float = 1.0):
-        super().__init__(in_features, num_experts)
+    def __init__(self, in_features: int, num_experts: int, k: int = 2, capacity_factor: float = 1.0, **score):
+        super().__init__(in_features, num_experts, **score)
         self.k = k
         self.capacity_factor = capacity_factor
 
@@ -269,19 +298,21 @@ class ExpertChoiceRouter(Router):
 
 
 def build_router(gating: str, in_features: int, num_experts: int, *, top_k: int = 2,
-                 capacity_factor: float = 1.0, hard_grad: str = "switch", tau: float = 1.0) -> Router:
+                 capacity_factor: float = 1.0, hard_grad: str = "switch", tau: float = 1.0,
+                 score: str = "linear", score_dim: int = 16, centroids: int = 1) -> Router:
+    scoring = dict(score=score, score_dim=score_dim, centroids=centroids)
     if gating == "soft":
-        return SoftRouter(in_features, num_experts)
+        return SoftRouter(in_features, num_experts, **scoring)
     if gating == "hard":
-        return HardRouter(in_features, num_experts, grad=hard_grad)
+        return HardRouter(in_features, num_experts, grad=hard_grad, **scoring)
     if gating == "topk":
-        return TopKRouter(in_features, num_experts, k=top_k)
+        return TopKRouter(in_features, num_experts, k=top_k, **scoring)
     if gating == "noisy-topk":
-        return NoisyTopKRouter(in_features, num_experts, k=top_k)
+        return NoisyTopKRouter(in_features, num_experts, k=top_k, **scoring)
     if gating == "gumbel":
-        return GumbelTopKRouter(in_features, num_experts, k=top_k, tau=tau)
+        return GumbelTopKRouter(in_features, num_experts, k=top_k, tau=tau, **scoring)
     if gating == "expert-choice":
-        return ExpertChoiceRouter(in_features, num_experts, k=top_k, capacity_factor=capacity_factor)
+        return ExpertChoiceRouter(in_features, num_experts, k=top_k, capacity_factor=capacity_factor, **scoring)
     raise ValueError(f"unknown gating {gating!r}; choose one of {', '.join(GATING_CHOICES)}")
 
 

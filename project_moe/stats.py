@@ -31,7 +31,8 @@ def expert_counts(weights: Tensor) -> Tensor:
 
 
 def load_cv(counts: Tensor) -> Tensor:
-    """Coefficient of variation of per-expert load: 0 = perfectly balanced."""
+    """Coefficient of variation of per-expert load along the last dim, (..., E) -> (...):
+    0 = perfectly balanced."""
     return cv_squared(counts.float()).sqrt()
 
 

@@ -118,10 +118,47 @@ def grid_cnn_experts(epochs: int) -> list[RunSpec]:
             RunSpec("cnn_experts", "dense-params-cnn", dict(base, model="dense", dense_match="params"))]
 
 
+def grid_cosine(epochs: int) -> list[RunSpec]:
+    """Linear against cosine router scores (X-MoE), with one or four centroids per expert."""
+    scores = {"linear": {}, "cosine": dict(router_score="cosine"),
+              "cosine-4c": dict(router_score="cosine", router_centroids=4, centroid_coef=0.1)}
+    routers = {"hard": {}, "top2": dict(gating="topk", top_k=2)}
+    return [RunSpec("cosine", f"{router}-{score}", dict(MNIST_MOE, epochs=epochs, **router_flags, **score_flags))
+            for router, router_flags in routers.items() for score, score_flags in scores.items()]
+
+
+FASHION = "fashion-mnist"
+VIT = dict(arch="vit", vit_dim=96, vit_depth=4, vit_heads=3, moe_every=2, experts=8, expert_hidden=192,
+           gating="topk", top_k=2, balance_coef=0.05, lr=1e-3)
+
+
+def grid_vit(epochs: int) -> list[RunSpec]:
+    """A 4-block ViT with MoE in blocks 2 and 4 (tokens routed) against the same ViT with dense
+    MLPs of the MoE's active width; 4x4 patch grids (7-pixel patches on 28x28, 8 on 32x32)."""
+    runs = []
+    for dataset, patch in ((FASHION, 7), (CIFAR, 8)):
+        base = dict(VIT, vit_patch=patch, epochs=epochs)
+        runs += [RunSpec("vit", "vit-moe-top2", base, dataset=dataset),
+                 RunSpec("vit", "vit-dense-active", dict(base, model="dense", dense_match="active"), dataset=dataset)]
+    runs.append(RunSpec("vit", "vit-moe-expert-choice", dict(VIT, vit_patch=7, epochs=epochs, gating="expert-choice"),
+                        dataset=FASHION))
+    return runs
+
+
+def grid_sharpness(epochs: int) -> list[RunSpec]:
+    """Dense, soft and top-k models whose weights are kept for ``analysis.py sharpness``."""
+    base = dict(MNIST_MOE, epochs=epochs)
+    return [RunSpec("sharpness", "dense-params", dict(base, model="dense", dense_match="params")),
+            RunSpec("sharpness", "dense-active", dict(base, model="dense", dense_match="active")),
+            RunSpec("sharpness", "soft", dict(base, gating="soft")),
+            RunSpec("sharpness", "top2", dict(base, gating="topk", top_k=2)),
+            RunSpec("sharpness", "hard", base)]
+
+
 def full_grid() -> list[RunSpec]:
     # cheapest first, so that an interrupted sweep has the most configurations complete
     return (grid_moe_vs_dense(5) + grid_gating(5) + grid_regularisation(5) + grid_experts(5) + grid_cifar(5)
-            + grid_cnn_experts(5))
+            + grid_cnn_experts(5) + grid_cosine(5) + grid_sharpness(5) + grid_vit(3))
 
 
 def quick_grid() -> list[RunSpec]:
@@ -132,7 +169,9 @@ def quick_grid() -> list[RunSpec]:
     return [r for r in runs if r.label in keep]
 
 
-GRIDS = ("moe_vs_dense", "gating", "regularisation", "experts", "cifar_trunk", "cnn_experts")
+GRIDS = ("moe_vs_dense", "gating", "regularisation", "experts", "cifar_trunk", "cnn_experts", "cosine", "sharpness",
+         "vit")
+KEEP_WEIGHTS = {"sharpness"}   # grids whose model.pt stays (ignored by git) for analysis.py
 
 
 def with_seeds(runs: list[RunSpec], seeds) -> list[RunSpec]:
@@ -163,8 +202,9 @@ def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, thre
     out = results / "runs" / run.grid
     run_dir = out / run.name
     log_path = out / f"{run.name}.log"
+    keep = run.grid in KEEP_WEIGHTS
     if run_status(run_dir) == "completed":
-        _drop_weights_and_log(run_dir, log_path)   # left behind if the sweep itself was killed
+        _drop_weights_and_log(run_dir, log_path, keep)   # left behind if the sweep itself was killed
         return Outcome(run, "skipped")
     argv = [sys.executable, str(HERE / "train.py"), *run.argv(data_dir), "--out", str(out), "--run-name", run.name,
             "--device", device]
@@ -184,14 +224,16 @@ def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, thre
     if code != 0:
         tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
         return Outcome(run, "failed", seconds, f"exit {code}: {tail[0]}")
-    _drop_weights_and_log(run_dir, log_path)
+    _drop_weights_and_log(run_dir, log_path, keep)
     return Outcome(run, "done", seconds)
 
 
-def _drop_weights_and_log(run_dir: Path, log_path: Path) -> None:
-    """results/ keeps the compact logs of a finished run, not its weights or console output."""
+def _drop_weights_and_log(run_dir: Path, log_path: Path, keep_model: bool = False) -> None:
+    """results/ keeps the compact logs of a finished run, not its weights (but model.pt where
+    ``keep_model``) or console output."""
     for weights in run_dir.glob("*.pt"):
-        weights.unlink()
+        if not (keep_model and weights.name == "model.pt"):
+            weights.unlink()
     log_path.unlink(missing_ok=True)
 
 

@@ -28,12 +28,14 @@ from tqdm import tqdm
 import data
 import stats
 from config import Config, ConfigError, parse_args, validate
-from evaluation import SAMPLES_COLUMNS, SplitResult, evaluate, sample_routing, train_batch_expert_rows
+from evaluation import (LAYER_COLUMNS, PATCH_COLUMNS, SAMPLES_COLUMNS, SplitResult, evaluate, patch_routing,
+                        sample_routing, train_batch_expert_rows)
 from moe_model import (MoEClassifier, build_dense_matched, build_model, classifier_logits,
                        model_cost, moe_param_counts)
-from run_files import CSVLog, read_json, save_checkpoint, write_json
+from run_files import CSVLog, atomic_write_bytes, read_json, save_checkpoint, write_json
+from vit_model import ViTClassifier, check_vit_fits, vit_cost
 
-AUX_NAMES = ("balance", "cv", "z", "entropy", "kl_uniform")
+AUX_NAMES = ("balance", "cv", "z", "entropy", "kl_uniform", "centroid")
 METRICS_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
                    *[f"aux_{name}" for name in AUX_NAMES], "train_load_cv", "val_load_cv",
                    "val_gate_entropy", "samples_per_s", "epoch_time_s", "wall_time_s"]
@@ -41,6 +43,7 @@ EXPERTS_COLUMNS = ["epoch", "step", "split", "expert", "n_samples", "n_routed", 
                    "loss_routed", "acc_routed", "loss_all", "acc_all"]
 ROUTING_COLUMNS = ["epoch", "step", "split", "expert", "class", "count", "gate_mass", "top1"]
 ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees
+ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
 # Settings that may change between a run and its resumption without changing its results.
 RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir", "out", "log_every"}
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
@@ -113,6 +116,13 @@ def check_same_config(cfg: Config, saved: dict) -> None:
 def cost_report(model, cfg: Config, in_shape, num_classes: int) -> dict:
     """Parameters and FLOPs of this model and of the models it is compared with."""
     spec = cfg.model_spec()
+    if spec.arch == "vit":
+        variants = {"moe": dataclasses.replace(spec, model="moe"),
+                    "dense_params": dataclasses.replace(spec, model="dense", dense_match="params"),
+                    "dense_active": dataclasses.replace(spec, model="dense", dense_match="active")}
+        return {"this": vit_cost(model, in_shape),
+                **{name: vit_cost(build_model(variant, in_shape, num_classes), in_shape)
+                   for name, variant in variants.items()}}
     moe = model if isinstance(model, MoEClassifier) else MoEClassifier(dataclasses.replace(spec, model="moe"),
                                                                       in_shape, num_classes)
     counts = moe_param_counts(moe)
@@ -134,7 +144,7 @@ def describe_cost(report: dict) -> str:
 # ----------------------------------------------------------------------------- the run
 
 def aux_coefficients(cfg: Config, device: torch.device) -> torch.Tensor:
-    """(5,) loss coefficients in the order of AUX_NAMES."""
+    """(len(AUX_NAMES),) loss coefficients in that order."""
     return torch.tensor([getattr(cfg, f"{name}_coef") for name in AUX_NAMES], device=device)
 
 
@@ -157,9 +167,9 @@ def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: torch.
     logits = classifier_logits(output)
     ce = F.cross_entropy(logits, y)
     loss = ce
-    if isinstance(model, MoEClassifier):
-        aux = torch.stack([output.routing.aux[name] for name in AUX_NAMES])  # (5,)
-        loss = ce + (coefs * aux).sum()
+    aux = getattr(output, "aux", None)
+    if aux:
+        loss = ce + (coefs * torch.stack([aux[name] for name in AUX_NAMES])).sum()  # aux: (len(AUX_NAMES),)
     if not torch.isfinite(loss).item():
         raise FloatingPointError(f"non-finite loss {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
@@ -174,6 +184,9 @@ class Trainer:
         seed_everything(cfg.seed)
         self.model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
         self.is_moe = isinstance(self.model, MoEClassifier)
+        # Models with routers: the MoE classifier, or a ViT with MoE blocks (routing tokens).
+        self.moe_blocks = self.model.moe_blocks if isinstance(self.model, ViTClassifier) else []
+        self.routes = self.is_moe or bool(self.moe_blocks)
         self.optimizer = make_optimizer(self.model, cfg)
         self.train_loader = data.BatchLoader(dataset.train, cfg.batch_size, dataset.mean, dataset.std,
                                              shuffle=True, augment=dataset.augment, seed=cfg.seed, device=device)
@@ -202,8 +215,9 @@ class Trainer:
 
     def _fresh_accumulators(self) -> dict:
         zero = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=self.device)  # noqa: E731
+        routed_shape = (len(self.moe_blocks), self.cfg.experts) if self.moe_blocks else (self.cfg.experts,)
         return {"loss": zero(()), "correct": zero(()), "count": 0, "aux": zero(len(AUX_NAMES)),
-                "routed": zero(self.cfg.experts), "train_seconds": 0.0}
+                "routed": zero(*routed_shape), "train_seconds": 0.0}
 
     # ---- checkpointing
 
@@ -245,6 +259,8 @@ class Trainer:
         logs = {"metrics": CSVLog(self.run_dir / "metrics.csv", METRICS_COLUMNS),
                 "experts": CSVLog(self.run_dir / "experts.csv", EXPERTS_COLUMNS),
                 "routing": CSVLog(self.run_dir / "routing.csv", ROUTING_COLUMNS)}
+        if self.moe_blocks:
+            logs["layers"] = CSVLog(self.run_dir / "layers.csv", ["epoch", "step", "split", *LAYER_COLUMNS])
         if resume:
             path = self.run_dir / "checkpoint.pt"
             try:
@@ -321,14 +337,14 @@ class Trainer:
             a["loss"] += ce.detach().double() * n
             a["correct"] += (logits.argmax(dim=1) == y).sum()
             a["count"] += n
-            if self.is_moe:
-                a["aux"] += torch.stack([output.routing.aux[name].detach() for name in AUX_NAMES]).double() * n
-                a["routed"] += output.routing.assignment_counts().double()
+            if self.routes:
+                a["aux"] += torch.stack([output.aux[name].detach() for name in AUX_NAMES]).double() * n
+                a["routed"] += output.assignment_counts().double()
 
     def _postfix(self) -> dict:
         a = self.accum
         post = {"loss": f"{(a['loss'] / a['count']).item():.4f}", "acc": f"{(a['correct'] / a['count']).item():.4f}"}
-        if self.is_moe:
+        if self.routes:
             post["balance"] = f"{(a['aux'][0] / a['count']).item():.3f}"
         return post
 
@@ -339,8 +355,9 @@ class Trainer:
         if self.is_moe and cfg.train_eval_size > 0:
             self._evaluate_split("train", epoch)
         count = max(a["count"], 1)
-        aux = (a["aux"] / count).tolist() if self.is_moe else [float("nan")] * len(AUX_NAMES)
-        train_load_cv = stats.load_cv(a["routed"]).item() if self.is_moe else float("nan")
+        aux = (a["aux"] / count).tolist() if self.routes else [float("nan")] * len(AUX_NAMES)
+        # A ViT's load CV is the mean over its MoE blocks of each block's CV.
+        train_load_cv = stats.load_cv(a["routed"]).mean().item() if self.routes else float("nan")
         row = {"epoch": epoch, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
                "train_loss": (a["loss"] / count).item(), "train_acc": (a["correct"] / count).item(),
                "val_loss": val.loss, "val_acc": val.acc,
@@ -354,7 +371,7 @@ class Trainer:
             save_checkpoint(self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": epoch})
         print(f"epoch {epoch:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
               f"val loss {val.loss:.4f} acc {val.acc:.4f}"
-              + (f"  balance {aux[0]:.3f} load-cv {val.load_cv:.3f}" if self.is_moe else "")
+              + (f"  balance {aux[0]:.3f} load-cv {val.load_cv:.3f}" if self.routes else "")
               + f"  {row['samples_per_s']:,.0f} samples/s")
         self.epoch, self.step_in_epoch = epoch, 0
         self.accum = self._fresh_accumulators()
@@ -367,6 +384,8 @@ class Trainer:
         self.logs["experts"].write([{**common, **row} for row in result.expert_rows])
         if split != "train":
             self.logs["routing"].write([{**common, **row} for row in result.routing_rows])
+        if self.moe_blocks:
+            self.logs["layers"].write([{**common, **row} for row in result.layer_rows])
         return result
 
     def finish(self) -> None:
@@ -378,6 +397,11 @@ class Trainer:
         if self.is_moe:
             rows = sample_routing(self.model, self.eval_loaders["test"].iter_epoch(0), ROUTED_SAMPLES)
             CSVLog(self.run_dir / "test_samples.csv", SAMPLES_COLUMNS).write(rows)
+        if self.moe_blocks:
+            rows = patch_routing(self.model, self.eval_loaders["test"].iter_epoch(0), ROUTED_PATCH_IMAGES)
+            CSVLog(self.run_dir / "test_patches.csv", PATCH_COLUMNS).write(rows)
+            images = self.dataset.test.images[:ROUTED_PATCH_IMAGES].cpu().numpy()          # (n, C, H, W) uint8
+            atomic_write_bytes(self.run_dir / "test_patch_images.npy", lambda handle: np.save(handle, images))
         self.write_summary("completed", test=test)
         print(f"test loss {test.loss:.4f} acc {test.acc:.4f} (weights of epoch {self.best_epoch}, "
               f"best val acc {self.best_val_acc:.4f}); logs in {self.run_dir}")
@@ -426,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(cfg.threads)
         dataset = data.load_dataset(cfg.dataset, data.resolve_data_dir(cfg.data_dir), val_fraction=cfg.val_fraction,
                                     seed=cfg.seed, image_size=cfg.image_size)
+        if cfg.arch == "vit":
+            try:
+                check_vit_fits(cfg.model_spec(), dataset.in_shape)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
     except (ConfigError, data.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

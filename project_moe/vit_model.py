@@ -1,0 +1,170 @@
+"""A small Vision Transformer whose MLP blocks can be MoE layers that route patch tokens.
+
+Legend: B images, T patch tokens per image, d width, N = B*T tokens, E experts, K classes,
+L MoE blocks.
+
+Images are cut into p x p patches (a strided convolution), a learned position embedding is
+added, and pre-norm blocks follow: x + Attention(LN(x)), then x + MLP(LN(x)). With
+``--model moe`` every ``moe_every``-th block (blocks moe_every, 2*moe_every, ...) replaces
+its MLP by an MoE layer over E expert MLPs d -> expert_hidden -> d (V-MoE, Riquelme et al.
+2021). The router sees one token at a time, so each patch of an image may go to a different
+expert; every router of routers.py works unchanged on the (N, d) token matrix, and
+expert-choice lets each expert pick its C tokens among all N tokens of the batch. The
+classifier is LN -> mean over tokens -> linear head.
+
+Plain MLP blocks have the MoE layer's active width, expert_hidden * (experts per token). The
+dense ViT (``--model dense``) replaces each MoE layer by one MLP of that width (``--dense-match
+active``: the same active compute) or of width expert_hidden * E (``--dense-match params``:
+the same parameters).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moe_model import ExpertBank, MoE, ModelSpec, count_params, forward_flops, mlp
+from routers import Routing, build_router, experts_per_sample
+
+
+def check_vit_fits(spec: ModelSpec, in_shape: tuple[int, int, int]) -> None:
+    """Raise ValueError (one line, naming the flags) when the images cannot be cut into patches."""
+    _, height, width = in_shape
+    if height % spec.vit_patch or width % spec.vit_patch:
+        raise ValueError(f"--vit-patch {spec.vit_patch} does not divide the {height}x{width} images; "
+                         f"choose a divisor of {math.gcd(height, width)}")
+    if spec.vit_dim % spec.vit_heads:
+        raise ValueError(f"--vit-dim {spec.vit_dim} is not a multiple of --vit-heads {spec.vit_heads}")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the T tokens of each image."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).view(batch, tokens, 3, self.heads, dim // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)                                   # each (B, h, T, d/h)
+        mixed = F.scaled_dot_product_attention(q, k, v)                        # (B, h, T, d/h)
+        return self.out(mixed.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; ``ffn`` is an MLP or an MoE layer over tokens."""
+
+    def __init__(self, dim: int, heads: int, ffn: nn.Module):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attention = Attention(dim, heads)
+        self.ffn = ffn
+
+    @property
+    def is_moe(self) -> bool:
+        return isinstance(self.ffn, MoE)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Routing | None]:
+        x = x + self.attention(self.norm1(x))                                  # (B, T, d)
+        h = self.norm2(x)
+        if not self.is_moe:
+            return x + self.ffn(h), None
+        batch, tokens, dim = h.shape
+        out = self.ffn(h.reshape(batch * tokens, dim))                         # tokens routed one by one
+        return x + out.logits.view(batch, tokens, dim), out.routing
+
+
+@dataclass
+class ViTOutput:
+    """logits: (B, K); routings: one token-level Routing (N = B*T rows) per MoE block, in
+    block order; tokens: T, patches per image (token n of the batch is patch n % T of
+    image n // T)."""
+
+    logits: Tensor
+    routings: list[Routing]
+    tokens: int
+
+    @property
+    def aux(self) -> dict[str, Tensor]:
+        """Each auxiliary loss averaged over the MoE blocks (empty for a dense ViT or in eval)."""
+        if not self.routings or not self.routings[0].aux:
+            return {}
+        return {name: torch.stack([r.aux[name] for r in self.routings]).mean() for name in self.routings[0].aux}
+
+    def assignment_counts(self) -> Tensor:
+        """(L, E) tokens each expert of each MoE block processed."""
+        return torch.stack([r.assignment_counts() for r in self.routings])
+
+
+class ViTClassifier(nn.Module):
+    def __init__(self, spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        check_vit_fits(spec, in_shape)
+        self.spec = spec
+        channels, height, width = in_shape
+        dim, patch = spec.vit_dim, spec.vit_patch
+        self.grid = (height // patch, width // patch)
+        self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
+        self.position = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, spec.vit_heads, self._ffn(block)) for block in range(spec.vit_depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def _ffn(self, block: int) -> nn.Module:
+        spec, dim = self.spec, self.spec.vit_dim
+        moe_slot = (block + 1) % spec.moe_every == 0
+        if spec.model == "moe" and moe_slot:
+            experts = ExpertBank([mlp(dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout)
+                                  for _ in range(spec.experts)], dim)
+            router = build_router(spec.gating, dim, spec.experts, top_k=spec.top_k,
+                                  capacity_factor=spec.capacity_factor, hard_grad=spec.hard_grad, tau=spec.tau,
+                                  score=spec.router_score, score_dim=spec.router_dim,
+                                  centroids=spec.router_centroids)
+            return MoE(router, experts, combine="logits")
+        return mlp(dim, self.mlp_width(spec, moe_slot), dim, spec.expert_depth, spec.dropout)
+
+    @staticmethod
+    def mlp_width(spec: ModelSpec, moe_slot: bool) -> int:
+        """Hidden width of a plain MLP block. Every plain block has the MoE layer's active width
+        (expert_hidden x experts per token), so that MoE and dense ViT differ only in the MoE
+        slots; there the dense ViT's MLP has that same width (``--dense-match active``) or
+        expert_hidden x E, the MoE layer's parameters (``--dense-match params``)."""
+        if moe_slot and spec.model == "dense" and spec.dense_match == "params":
+            return spec.expert_hidden * spec.experts
+        used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
+        return max(1, round(spec.expert_hidden * used))
+
+    @property
+    def moe_blocks(self) -> list[int]:
+        return [i for i, block in enumerate(self.blocks) if block.is_moe]
+
+    def forward(self, images: Tensor) -> ViTOutput:
+        x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.position  # (B, T, d)
+        routings = []
+        for block in self.blocks:
+            x, routing = block(x)
+            if routing is not None:
+                routings.append(routing)
+        logits = self.head(self.norm(x).mean(dim=1))                           # (B, K)
+        return ViTOutput(logits, routings, x.shape[1])
+
+
+def vit_cost(model: ViTClassifier, in_shape: tuple[int, int, int]) -> dict[str, float]:
+    """Total / active parameters and forward FLOPs per image (FLOPs as executed: the sparse
+    dispatch computes only the selected experts)."""
+    spec = model.spec
+    total = count_params(model)
+    inactive = 0.0
+    for index in model.moe_blocks:
+        experts = model.blocks[index].ffn.experts
+        used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
+        inactive += (len(experts) - used) * count_params(experts.experts[0])
+    example = torch.zeros(2, *in_shape, device=next(model.parameters()).device)
+    return {"params_total": total, "params_active": total - inactive,
+            "flops_per_sample": forward_flops(model, example) / example.shape[0]}
