@@ -1,0 +1,136 @@
+"""Token-level MoE in the ViT, the cosine router, and the ViT end to end through train.py."""
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import aux_losses
+import train
+from config import Config
+from moe_model import build_model
+from routers import GATING_CHOICES, build_router
+from vit_model import ViTClassifier, vit_cost
+
+SHAPE = (1, 28, 28)
+
+
+def vit(**flags) -> ViTClassifier:
+    torch.manual_seed(0)
+    cfg = Config(arch="vit", vit_patch=7, vit_dim=24, vit_heads=2, vit_depth=4, experts=4, expert_hidden=16,
+                 **flags)
+    return build_model(cfg.model_spec(), SHAPE, 10)
+
+
+@pytest.mark.parametrize("gating", GATING_CHOICES)
+def test_moe_block_routes_each_token_like_a_per_token_reference(gating):
+    model = vit(gating=gating, top_k=2).eval()
+    block = model.blocks[1]
+    assert block.is_moe and model.moe_blocks == [1, 3]
+    x = torch.randn(3, 16, 24)                                                  # (B, T, d)
+    out, routing = block(x)
+    assert routing.weights.shape == (3 * 16, 4)                                # one row per token
+    # Slow reference: y_n = x_n + attention + sum_e w[n, e] * E_e(h_n), token by token.
+    after_attention = x + block.attention(block.norm1(x))
+    h = block.norm2(after_attention).reshape(48, 24)
+    experts = block.ffn.experts.experts
+    expected = torch.stack([sum(routing.weights[n, e] * experts[e](h[n]) for e in range(4)) for n in range(48)])
+    assert torch.allclose(out, after_attention + expected.view(3, 16, 24), atol=1e-5)
+
+
+def test_expert_choice_picks_tokens_across_the_batch():
+    model = vit(gating="expert-choice", top_k=2).eval()
+    output = model(torch.randn(5, *SHAPE))
+    tokens = 5 * 16
+    for routing in output.routings:
+        capacity = math.ceil(tokens * 2 / 4)
+        assert routing.assignment_counts().tolist() == [capacity] * 4          # every expert: C tokens
+    assert output.assignment_counts().shape == (2, 4)                          # (L, E)
+
+
+def test_vit_aux_losses_average_the_moe_blocks_and_vanish_in_eval():
+    model = vit(gating="topk", top_k=2).train()
+    output = model(torch.randn(4, *SHAPE))
+    expected = torch.stack([r.aux["balance"] for r in output.routings]).mean()
+    assert torch.allclose(output.aux["balance"], expected)
+    assert set(output.aux) == set(train.AUX_NAMES)
+    assert model.eval()(torch.randn(4, *SHAPE)).aux == {}
+    assert vit(model="dense")(torch.randn(2, *SHAPE)).routings == []
+
+
+def test_dense_vits_match_active_flops_and_total_params():
+    moe = vit(gating="topk", top_k=2)
+    spec = moe.spec
+    active = build_model(dataclasses.replace(spec, model="dense", dense_match="active"), SHAPE, 10)
+    params = build_model(dataclasses.replace(spec, model="dense", dense_match="params"), SHAPE, 10)
+    moe_cost, active_cost, params_cost = (vit_cost(m, SHAPE) for m in (moe, active, params))
+    assert active_cost["flops_per_sample"] == pytest.approx(moe_cost["flops_per_sample"], rel=0.02)
+    assert params_cost["params_total"] == pytest.approx(moe_cost["params_total"], rel=0.02)
+    assert active_cost["params_total"] == pytest.approx(moe_cost["params_active"], rel=0.02)
+
+
+def test_cosine_scores_ignore_input_scale_and_use_the_nearest_centroid():
+    torch.manual_seed(0)
+    router = build_router("topk", 12, 5, top_k=2, score="cosine", score_dim=6, centroids=3)
+    x = torch.randn(7, 12)
+    logits = router.router_logits(x)
+    assert torch.allclose(logits, router.router_logits(10 * x), atol=1e-5)     # cosine: scale-free
+    inv_t = router.log_inv_temperature.exp()
+    assert logits.abs().max() <= inv_t + 1e-5                                  # |cos| <= 1
+    with torch.no_grad():
+        tokens = torch.nn.functional.normalize(router.proj(x), dim=-1)
+        centroids = torch.nn.functional.normalize(router.centroids, dim=-1)
+    slow = torch.tensor([[max(float(tokens[n] @ centroids[e, j]) for j in range(3)) for e in range(5)]
+                         for n in range(7)])
+    assert torch.allclose(logits, slow * inv_t, atol=1e-5)
+    routing = router.train()(x)
+    loss = routing.weights.square().sum() + routing.aux["centroid"]
+    loss.backward()
+    assert router.centroids.grad.abs().sum() > 0 and router.log_inv_temperature.grad is not None
+
+
+def test_centroid_overlap_loss_is_zero_for_orthogonal_and_one_for_equal_centroids():
+    assert aux_losses.centroid_overlap_loss(torch.eye(4)).item() == pytest.approx(0.0)
+    assert aux_losses.centroid_overlap_loss(torch.ones(3, 5)).item() == pytest.approx(1.0)
+    linear = build_router("hard", 12, 5)
+    assert linear.centroid_overlap().item() == 0.0
+
+
+def run(tmp_path, data_dir, *extra, name="vit"):
+    argv = ["--data-dir", str(data_dir), "--out", str(tmp_path / "runs"), "--run-name", name, "--arch", "vit",
+            "--vit-patch", "7", "--vit-dim", "24", "--vit-heads", "2", "--vit-depth", "2", "--experts", "4",
+            "--expert-hidden", "16", "--epochs", "2", "--batch-size", "32", "--threads", "1", *extra]
+    return train.main(argv), tmp_path / "runs" / name
+
+
+def test_vit_run_logs_routing_per_block_and_per_patch(tmp_path, tiny_data):
+    code, run_dir = run(tmp_path, tiny_data, "--gating", "topk", "--router-score", "cosine")
+    assert code == 0
+    layers = pd.read_csv(run_dir / "layers.csv")
+    val = layers[(layers.split == "val") & (layers.epoch == 2)]
+    assert sorted(val.expert) == [0, 1, 2, 3] and set(val.layer) == {1}
+    assert val.frac_routed.sum() == pytest.approx(2.0)                         # top-2 per token
+    assert val.mean_gate.sum() == pytest.approx(1.0)
+    patches = pd.read_csv(run_dir / "test_patches.csv")
+    images = np.load(run_dir / "test_patch_images.npy")
+    assert images.dtype == np.uint8 and images.shape[1:] == SHAPE
+    assert len(patches) == len(images) * 16 and set(patches.patch) == set(range(16))
+    assert patches.experts_used.eq(2).all() and patches.top1_expert.between(0, 3).all()
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert metrics.aux_balance.notna().all() and metrics.val_load_cv.notna().all()
+    assert metrics.train_loss.iloc[-1] < metrics.train_loss.iloc[0]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (("--vit-patch", "5"), "--vit-patch 5"),
+    (("--vit-heads", "5"), "--vit-heads"),
+    (("--router-centroids", "3"), "--router-centroids"),
+    (("--centroid-coef", "0.1"), "--centroid-coef"),
+])
+def test_vit_and_cosine_bad_flags_give_one_line_errors(tmp_path, tiny_data, capsys, extra, needle):
+    code, run_dir = run(tmp_path, tiny_data, *extra)
+    err = capsys.readouterr().err.strip()
+    assert code == train.EXIT_BAD_INPUT and not run_dir.exists()
+    assert err.startswith("error: ") and needle in err and "\n" not in err
