@@ -245,3 +245,26 @@ def moe_vs_dense(summary: pd.DataFrame, grids=("moe_vs_dense", "cifar_trunk")) -
         ax.set_title(f"{dataset}: test accuracy (%)")
     fig.tight_layout()
     return fig
+
+
+def sharpness_curves(curves: pd.DataFrame, ax=None) -> plt.Figure:
+    """Loss along the top Hessian eigenvector, L(theta + t v), one colour per run, train solid and
+    test dashed (rows of analysis.py's sharpness_curves.csv). Draws on ``ax`` when given."""
+    if curves.empty and ax is None:
+        return _no_runs("sharpness curves")
+    fig, ax = plt.subplots(figsize=(4.6, 3.0)) if ax is None else (ax.figure, ax)
+    colors = plt.cm.tab10(np.linspace(0, 1, 10))
+    styles = {"train": "-", "test": "--"}
+    several_grids = curves.grid.nunique() > 1   # run names repeat across grids
+    for i, ((grid, run), rows) in enumerate(curves.groupby(["grid", "run"], sort=False)):
+        name = f"{grid}/{run}" if several_grids else run
+        for split, group in rows.groupby("split", sort=False):
+            group = group.sort_values("t")
+            ax.plot(group.t, group.loss, styles.get(split, ":"), color=colors[i % 10], label=f"{name} ({split})")
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlabel("t (step along the unit top eigenvector)")
+    ax.set_ylabel("cross-entropy")
+    ax.set_title("Loss along the sharpest direction")
+    ax.legend(fontsize=6, frameon=False)
+    fig.tight_layout()
+    return fig
