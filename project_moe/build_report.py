@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import logs  # noqa: E402
@@ -29,6 +30,7 @@ import plots  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REPORT = HERE / "report"
 RESULTS = HERE / "results"
+REPORT_PATCH_RUN = "fashion-mnist-vit-moe-top2-s0"   # the ViT whose patch routing the report shows
 
 
 def pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
@@ -94,6 +96,28 @@ def table_simple(summary: pd.DataFrame, grid: str) -> str:
     return tabular(["configuration", "test acc. (\\%)", "load CV", "I/H", "params", "seeds"], body, "lrrrrr")
 
 
+def table_extensions(summary: pd.DataFrame) -> str:
+    """ViT with MoE blocks against the dense ViT, and linear against cosine router scores."""
+    body = []
+    for r in summary[summary.grid == "vit"].itertuples():
+        body.append([escape(r.dataset), escape(r.label), pm(r.test_acc_mean, r.test_acc_std),
+                     f"{r.final_val_load_cv_mean:.2f}" if not pd.isna(r.final_val_load_cv_mean) else "--",
+                     thousands(r.params_total), thousands(r.flops_per_sample), str(r.seeds)])
+    for r in summary[summary.grid == "cosine"].itertuples():
+        body.append([escape(r.dataset), escape(r.label), pm(r.test_acc_mean, r.test_acc_std),
+                     f"{r.final_val_load_cv_mean:.2f}", thousands(r.params_total), thousands(r.flops_per_sample),
+                     str(r.seeds)])
+    return tabular(["dataset", "model", "test acc. (\\%)", "load CV", "params", "FLOPs/sample", "seeds"],
+                   body, "llrrrrr")
+
+
+def table_sharpness(by_label: pd.DataFrame) -> str:
+    body = [[escape(r.label), r.split, pm(r.top_eigenvalue_mean, r.top_eigenvalue_std, 1.0),
+             pm(r.trace_mean, r.trace_std, 1.0, 1), pm(r.loss_mean, r.loss_std, 1.0, 3), str(r.seeds)]
+            for r in by_label.itertuples()]
+    return tabular(["model", "split", "$\\lambda_{\\max}$", "tr$(H)$", "loss", "seeds"], body, "llrrrr")
+
+
 def table_bench(bench: pd.DataFrame) -> str:
     body = []
     for (e, k, mode), group in bench.groupby(["E", "k", "mode"], sort=False):
@@ -106,7 +130,7 @@ def table_bench(bench: pd.DataFrame) -> str:
 
 
 def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | None,
-            train_bench: dict[int, pd.DataFrame]) -> str:
+            train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None = None) -> str:
     """LaTeX macros for the numbers quoted in the text: \\res (test accuracy, %, mean ± std),
     \\spec (I(expert; class) / H(class)), \\loadcv (final validation load CV), per
     {grid}{dataset}{label}; \\unpicked{label}: % of test samples no expert took (expert choice)."""
@@ -135,6 +159,9 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     for batch, table in train_bench.items():
         for r in table.itertuples():
             lines.append(f"\\expandafter\\def\\csname train:{batch}:{r.model}\\endcsname{{{r.vs_dense_active:.2f}}}")
+    lines.append("\\newcommand{\\topeig}[2]{\\csname topeig:#1:#2\\endcsname}")
+    for r in (sharpness.itertuples() if sharpness is not None else []):
+        lines.append(f"\\expandafter\\def\\csname topeig:{r.label}:{r.split}\\endcsname{{{r.top_eigenvalue_mean:.2f}}}")
     runs = int(summary.seeds.sum())
     lines.append(f"\\newcommand{{\\numruns}}{{{runs}}}")
     lines.append(f"\\newcommand{{\\numconfigs}}{{{len(summary)}}}")
@@ -154,13 +181,21 @@ def load_train_bench(results: Path) -> dict[int, pd.DataFrame]:
 
 
 def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.DataFrame,
-                 train_bench: dict[int, pd.DataFrame]) -> dict[str, str]:
+                 train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None) -> dict[str, str]:
     tables = {"moe_vs_dense": table_moe_vs_dense(summary), "gating": table_gating(summary),
               "experts": table_simple(summary, "experts"), "regularisation": table_simple(summary, "regularisation"),
-              "numbers": numbers(summary, unpicked_share(samples), bench, train_bench)}
+              "extensions": table_extensions(summary),
+              "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness)}
     if bench is not None:
         tables["bench"] = table_bench(bench)
+    if sharpness is not None:
+        tables["sharpness"] = table_sharpness(sharpness)
     return tables
+
+
+def load_sharpness(results: Path) -> pd.DataFrame | None:
+    path = results / "sharpness" / "sharpness.csv"
+    return logs.sharpness_by_label(pd.read_csv(path), results) if path.exists() else None
 
 
 def build_figures(results: Path, summary: pd.DataFrame, out: Path) -> None:
@@ -175,6 +210,12 @@ def build_figures(results: Path, summary: pd.DataFrame, out: Path) -> None:
                "regularisation": plots.regularisation_effect(summary),
                "class_expert_heatmap": plots.class_expert_heatmap(routing, hard.run.iloc[0]),
                "per_expert_loss": plots.per_expert_loss_curves(experts, hard.run.iloc[0])}
+    patches = logs.read_all(results, "test_patches.csv")
+    if not patches.empty:
+        run = REPORT_PATCH_RUN if REPORT_PATCH_RUN in set(patches.run) else sorted(patches.run)[0]
+        run_dir = next(results.glob(f"runs/*/{run}"))
+        figures["patch_routing"] = plots.patch_routing(patches, np.load(run_dir / "test_patch_images.npy"), run,
+                                                       n_images=3)
     for name, figure in figures.items():
         figure.savefig(out / f"{name}.pdf", bbox_inches="tight")
         plots.plt.close(figure)
@@ -198,7 +239,8 @@ def main(argv=None) -> int:
     bench = pd.read_csv(bench_path) if bench_path.exists() else None
     (REPORT / "tables").mkdir(parents=True, exist_ok=True)
     samples = logs.read_all(args.results, "test_samples.csv")
-    for name, text in build_tables(summary, bench, samples, load_train_bench(args.results)).items():
+    sharpness = load_sharpness(args.results)
+    for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness).items():
         (REPORT / "tables" / f"{name}.tex").write_text(text)
     build_figures(args.results, summary, REPORT / "figures")
     if args.no_pdf:

@@ -232,17 +232,20 @@ def routed_images(samples: pd.DataFrame, images: np.ndarray, per_expert: int = 1
 
 def moe_vs_dense(summary: pd.DataFrame, grids=("moe_vs_dense", "cifar_trunk")) -> plt.Figure:
     """Test accuracy of MoE and both dense baselines, per dataset."""
-    rows = summary[summary.grid.isin(grids)]
+    return _accuracy_panels(summary[summary.grid.isin(grids)], "test accuracy (%)")
+
+
+def _accuracy_panels(rows: pd.DataFrame, title: str) -> plt.Figure:
+    """One bar panel per dataset: test accuracy (mean ± std over seeds) of each label."""
     if rows.empty:
-        return _no_runs("moe vs dense")
+        return _no_runs(title)
     datasets = _ordered(rows.dataset, DATASET_ORDER)
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.0 * len(datasets), 2.9), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         table = rows[rows.dataset == dataset]
-        labels = list(table.label)
-        _bars(ax, table, labels, "test_acc", 100)
+        _bars(ax, table, list(table.label), "test_acc", 100)
         _accuracy_ylim(ax, table)
-        ax.set_title(f"{dataset}: test accuracy (%)")
+        ax.set_title(f"{dataset}: {title}", **({"fontsize": 8} if len(title) > 20 else {}))
     fig.tight_layout()
     return fig
 
@@ -268,3 +271,52 @@ def sharpness_curves(curves: pd.DataFrame, ax=None) -> plt.Figure:
     ax.legend(fontsize=6, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def patch_routing(patches: pd.DataFrame, images: np.ndarray, run: str, n_images: int = 4) -> plt.Figure:
+    """Which expert each patch of a test image goes to, per MoE block of a ViT: the image, then
+    one panel per block with every patch tinted by its top-1 expert (number in the patch).
+
+    patches: test_patches.csv rows (of ``run`` among others); images: that run's
+    test_patch_images.npy, (N, C, H, W) uint8, row ``index`` of patches is image ``index``.
+    """
+    rows = patches[patches.run == run]
+    if rows.empty:
+        return _no_runs(f"patch routing of {run}")
+    layers = sorted(rows.layer.unique())
+    shown = sorted(rows["index"].unique())[:n_images]
+    experts = int(rows.top1_expert.max()) + 1
+    colors = plt.cm.tab10(np.arange(max(experts, 1)) % 10)
+    grid_rows, grid_cols = int(rows.row.max()) + 1, int(rows.col.max()) + 1
+    fig, axes = plt.subplots(len(shown), 1 + len(layers), figsize=(1.25 * (1 + len(layers)), 1.3 * len(shown)),
+                             squeeze=False)
+    for image_axes, index in zip(axes, shown):
+        picture = np.moveaxis(images[index], 0, -1)                            # (H, W, C)
+        picture = picture[..., 0] if picture.shape[-1] == 1 else picture
+        cmap = "gray" if picture.ndim == 2 else None
+        label = rows[rows["index"] == index].iloc[0]
+        image_axes[0].imshow(picture, cmap=cmap)
+        image_axes[0].set_title(f"class {label['class']}", fontsize=7)
+        for ax, layer in zip(image_axes[1:], layers):
+            cells = rows[(rows["index"] == index) & (rows.layer == layer)]
+            expert_map = np.zeros((grid_rows, grid_cols), dtype=int)
+            expert_map[cells.row.to_numpy(), cells.col.to_numpy()] = cells.top1_expert.to_numpy()
+            height, width = picture.shape[:2]
+            ax.imshow(picture, cmap=cmap, alpha=0.55)
+            ax.imshow(colors[expert_map][..., :3], alpha=0.45, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+                      interpolation="nearest")
+            for r, c, e in zip(cells.row, cells.col, cells.top1_expert):
+                ax.text((c + 0.5) * width / grid_cols - 0.5, (r + 0.5) * height / grid_rows - 0.5, str(e),
+                        ha="center", va="center", fontsize=6, color="black")
+            ax.set_title(f"block {layer + 1}", fontsize=7)
+        for ax in image_axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"Top-1 expert of every patch ({run})", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def grid_accuracy(summary: pd.DataFrame, grid: str, title: str) -> plt.Figure:
+    """Test accuracy (mean ± std over seeds) of every configuration of one grid, per dataset."""
+    return _accuracy_panels(summary[summary.grid == grid], title)
