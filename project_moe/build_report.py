@@ -130,7 +130,8 @@ def table_bench(bench: pd.DataFrame) -> str:
 
 
 def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | None,
-            train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None = None) -> str:
+            train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None = None,
+            coherence: pd.DataFrame | None = None) -> str:
     """LaTeX macros for the numbers quoted in the text: \\res (test accuracy, %, mean ± std),
     \\spec (I(expert; class) / H(class)), \\loadcv (final validation load CV), per
     {grid}{dataset}{label}; \\unpicked{label}: % of test samples no expert took (expert choice)."""
@@ -162,6 +163,10 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     lines.append("\\newcommand{\\topeig}[2]{\\csname topeig:#1:#2\\endcsname}")
     for r in (sharpness.itertuples() if sharpness is not None else []):
         lines.append(f"\\expandafter\\def\\csname topeig:{r.label}:{r.split}\\endcsname{{{r.top_eigenvalue_mean:.2f}}}")
+    lines.append("\\newcommand{\\coherence}[3]{\\csname coherence:#1:#2:#3\\endcsname}")
+    for r in (coherence.itertuples() if coherence is not None else []):
+        key = f"{r.dataset}:{r.label}:{r.layer + 1}"   # blocks numbered from 1 in the text
+        lines.append(f"\\expandafter\\def\\csname coherence:{key}\\endcsname{{{100 * r.share_mean:.0f}}}")
     runs = int(summary.seeds.sum())
     lines.append(f"\\newcommand{{\\numruns}}{{{runs}}}")
     lines.append(f"\\newcommand{{\\numconfigs}}{{{len(summary)}}}")
@@ -181,11 +186,13 @@ def load_train_bench(results: Path) -> dict[int, pd.DataFrame]:
 
 
 def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.DataFrame,
-                 train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None) -> dict[str, str]:
+                 train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None,
+                 patches: pd.DataFrame) -> dict[str, str]:
     tables = {"moe_vs_dense": table_moe_vs_dense(summary), "gating": table_gating(summary),
               "experts": table_simple(summary, "experts"), "regularisation": table_simple(summary, "regularisation"),
               "extensions": table_extensions(summary),
-              "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness)}
+              "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
+                                 logs.patch_coherence(patches) if not patches.empty else None)}
     if bench is not None:
         tables["bench"] = table_bench(bench)
     if sharpness is not None:
@@ -240,7 +247,9 @@ def main(argv=None) -> int:
     (REPORT / "tables").mkdir(parents=True, exist_ok=True)
     samples = logs.read_all(args.results, "test_samples.csv")
     sharpness = load_sharpness(args.results)
-    for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness).items():
+    patches = logs.read_all(args.results, "test_patches.csv")
+    for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
+                                   patches).items():
         (REPORT / "tables" / f"{name}.tex").write_text(text)
     build_figures(args.results, summary, REPORT / "figures")
     if args.no_pdf:

@@ -102,3 +102,18 @@ def sharpness_by_label(sharpness: pd.DataFrame, results: Path) -> pd.DataFrame:
     out.columns = [f"{a}_{b}" for a, b in out.columns]
     out["seeds"] = table["seed"].nunique()
     return out.reset_index()
+
+
+def patch_coherence(patches: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, label, layer): mean and std over seeds of the mean share of an image's
+    patches that go to its most frequent expert (see stats.majority_share), from the
+    test_patches.csv rows of several runs."""
+    rows = []
+    for (dataset, label, seed, layer), group in patches.groupby(["dataset", "label", "seed", "layer"]):
+        table = group.pivot(index="index", columns="patch", values="top1_expert")   # (images, T)
+        ids = torch.tensor(table.to_numpy(), dtype=torch.long)
+        share = stats.majority_share(ids, int(patches.top1_expert.max()) + 1).mean().item()
+        rows.append({"dataset": dataset, "label": label, "seed": seed, "layer": layer, "share": share})
+    frame = pd.DataFrame(rows)
+    out = frame.groupby(["dataset", "label", "layer"])["share"].agg(["mean", "std"]).reset_index()
+    return out.rename(columns={"mean": "share_mean", "std": "share_std"})

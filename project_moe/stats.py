@@ -79,3 +79,11 @@ def mutual_information(joint_counts: Tensor) -> Tensor:
     outer = joint.sum(dim=1, keepdim=True) * joint.sum(dim=0, keepdim=True)    # (E, K)
     ratio = torch.where(joint > 0, joint / outer.clamp_min(1e-12), torch.ones_like(joint))
     return (joint * torch.log(ratio)).sum()
+
+
+def majority_share(expert_ids: Tensor, num_experts: int) -> Tensor:
+    """(B, T) top-1 expert of each of T patches of B images -> (B,) share of each image's
+    patches that go to its most frequent expert: 1/T.. when patches are spread, 1 when the
+    whole image goes to one expert."""
+    counts = F.one_hot(expert_ids, num_experts).sum(dim=1)                     # (B, E)
+    return counts.max(dim=1).values.float() / expert_ids.shape[1]

@@ -25,7 +25,8 @@ def test_report_tables_equal_the_results():
     samples = build_report.logs.read_all(RESULTS, "test_samples.csv")
     train_bench = build_report.load_train_bench(RESULTS)
     sharpness = build_report.load_sharpness(RESULTS)
-    for name, text in build_report.build_tables(summary, bench, samples, train_bench, sharpness).items():
+    patches = build_report.logs.read_all(RESULTS, "test_patches.csv")
+    for name, text in build_report.build_tables(summary, bench, samples, train_bench, sharpness, patches).items():
         committed = (build_report.REPORT / "tables" / f"{name}.tex").read_text()
         assert committed == text, f"report/tables/{name}.tex is stale: run python build_report.py"
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import aux_losses
+import stats
 import train
 from config import Config
 from moe_model import build_model
@@ -134,3 +135,8 @@ def test_vit_and_cosine_bad_flags_give_one_line_errors(tmp_path, tiny_data, caps
     err = capsys.readouterr().err.strip()
     assert code == train.EXIT_BAD_INPUT and not run_dir.exists()
     assert err.startswith("error: ") and needle in err and "\n" not in err
+
+
+def test_majority_share_of_patches():
+    ids = torch.tensor([[2, 2, 2, 2], [0, 1, 2, 3], [1, 1, 0, 3]])             # (B=3 images, T=4 patches)
+    assert stats.majority_share(ids, 4).tolist() == [1.0, 0.25, 0.5]
