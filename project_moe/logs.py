@@ -96,7 +96,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
 
 def sharpness_by_label(sharpness: pd.DataFrame, results: Path) -> pd.DataFrame:
     """Mean and std over seeds of the sharpness estimates, per (label, split)."""
-    labels = [logs.run_identity(results / "runs" / g / r)["label"] for g, r in zip(sharpness.grid, sharpness.run)]
+    labels = [run_identity(results / "runs" / g / r)["label"] for g, r in zip(sharpness.grid, sharpness.run)]
     table = sharpness.assign(label=labels).groupby(["label", "split"], sort=False)
     out = table[["top_eigenvalue", "trace", "loss"]].agg(["mean", "std"])
     out.columns = [f"{a}_{b}" for a, b in out.columns]

@@ -8,6 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
+import analysis
 import logs
 import sweep
 import train
@@ -73,16 +74,27 @@ def test_sweep_resumes_an_interrupted_run(tmp_path, tiny_data):
 
 
 def fixture_results(root, data_dir):
-    """A tiny but complete results folder: every grid the notebook draws, two seeds each."""
+    """A tiny but complete results folder: every grid the notebook draws, two seeds each, and the
+    sharpness analysis of two runs."""
     wanted = {"moe_vs_dense": {"moe-hard", "dense-params"}, "gating": {"soft", "hard", "top2"},
               "experts": {"budget-e1", "budget-e2", "per-expert-e1", "per-expert-e2"},
-              "regularisation": {"none", "balance"}}
+              "regularisation": {"none", "balance"}, "cosine": {"hard-linear", "hard-cosine"},
+              "sharpness": {"dense-active", "hard"}}
     grid = (sweep.grid_moe_vs_dense(1, datasets=("mnist",)) + sweep.grid_gating(1, datasets=("mnist",))
-            + sweep.grid_experts(1, counts=(1, 2)) + sweep.grid_regularisation(1))
-    for run in sweep.with_seeds([tiny(r) for r in grid if r.label in wanted.get(r.grid, ())], (0, 1)):
+            + sweep.grid_experts(1, counts=(1, 2)) + sweep.grid_regularisation(1) + sweep.grid_cosine(1)
+            + sweep.grid_sharpness(1))
+    runs = [tiny(r) for r in grid if r.label in wanted.get(r.grid, ())]
+    vit = dict(sweep.VIT, vit_patch=7, vit_dim=16, vit_heads=2, vit_depth=2)
+    runs += [tiny(sweep.RunSpec("vit", "vit-moe-top2", vit)),
+             tiny(sweep.RunSpec("vit", "vit-dense-active", dict(vit, model="dense", dense_match="active")))]
+    for run in sweep.with_seeds(runs, (0, 1)):
         out = root / "runs" / run.grid
         assert train.main([*run.argv(str(data_dir)), "--data-dir", str(data_dir), "--out", str(out),
                            "--run-name", run.name]) == 0
+    sharp = sorted(str(d) for d in (root / "runs" / "sharpness").iterdir() if d.is_dir())[:2]
+    assert analysis.main(["sharpness", *sharp, "--data-dir", str(data_dir), "--samples", "50", "--iters", "5",
+                          "--probes", "2", "--points", "5", "--threads", "1", "--out",
+                          str(root / "sharpness")]) == 0
     logs.aggregate(logs.run_table(root)).to_csv(root / "summary.csv", index=False)
 
 
@@ -100,4 +112,5 @@ def test_notebook_runs_headless_on_a_tiny_results_folder(tmp_path, tiny_data):
     names = {p.stem for p in figures.glob("*.png")}
     assert names >= {"moe_vs_dense", "gating_comparison", "expert_usage", "balance_over_time", "specialisation",
                      "accuracy_vs_experts", "regularisation", "per_expert_loss", "class_expert_heatmap",
-                     "routed_images"}
+                     "routed_images", "vit_accuracy", "cosine_router", "sharpness_curves",
+                     "patch_routing_mnist-vit-moe-top2-s0"}
