@@ -1,6 +1,7 @@
 """Token-level MoE in the ViT, the cosine router, and the ViT end to end through train.py."""
 import dataclasses
 import math
+import signal
 
 import numpy as np
 import pandas as pd
@@ -140,3 +141,27 @@ def test_vit_and_cosine_bad_flags_give_one_line_errors(tmp_path, tiny_data, caps
 def test_majority_share_of_patches():
     ids = torch.tensor([[2, 2, 2, 2], [0, 1, 2, 3], [1, 1, 0, 3]])             # (B=3 images, T=4 patches)
     assert stats.majority_share(ids, 4).tolist() == [1.0, 0.25, 0.5]
+
+
+def test_interrupted_vit_run_resumes_to_identical_logs(tmp_path, tiny_data, monkeypatch):
+    """A ViT with expert-choice token routing stopped mid-epoch continues to the same logs."""
+    extra = ("--gating", "expert-choice", "--batch-size", "16")
+    assert run(tmp_path, tiny_data, *extra, name="reference")[0] == 0
+    accumulate = train.Trainer._accumulate
+
+    def stop_at_step_20(self, *args):
+        accumulate(self, *args)
+        if self.global_step == 20:          # as if SIGTERM arrived during step 20 (of epoch 1)
+            self.stop_signal = signal.SIGTERM
+
+    monkeypatch.setattr(train.Trainer, "_accumulate", stop_at_step_20)
+    code, cut = run(tmp_path, tiny_data, *extra, name="cut")
+    assert code == 128 + signal.SIGTERM
+    monkeypatch.setattr(train.Trainer, "_accumulate", accumulate)
+    assert run(tmp_path, tiny_data, *extra, "--resume", name="cut")[0] == 0
+    reference = tmp_path / "runs" / "reference"
+    for name in ("metrics.csv", "layers.csv", "test_patches.csv"):
+        a, b = pd.read_csv(reference / name), pd.read_csv(cut / name)
+        times = ["samples_per_s", "epoch_time_s", "wall_time_s"]
+        pd.testing.assert_frame_equal(a.drop(columns=times, errors="ignore"), b.drop(columns=times, errors="ignore"),
+                                      check_exact=True)
