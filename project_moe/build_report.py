@@ -131,7 +131,7 @@ def table_bench(bench: pd.DataFrame) -> str:
 
 def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | None,
             train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None = None,
-            coherence: pd.DataFrame | None = None) -> str:
+            coherence: pd.DataFrame | None = None, bench_repeat: pd.DataFrame | None = None) -> str:
     """LaTeX macros for the numbers quoted in the text: \\res (test accuracy, %, mean ± std),
     \\spec (I(expert; class) / H(class)), \\loadcv (final validation load CV), per
     {grid}{dataset}{label}; \\unpicked{label}: % of test samples no expert took (expert choice)."""
@@ -156,6 +156,9 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
             lines.append(f"\\expandafter\\def\\csname bench:{r.E}:{r.k}:{r.mode}\\endcsname{{{r.vs_dense:.2f}}}")
             if r.mode == "fwd+bwd":
                 lines.append(f"\\expandafter\\def\\csname benchsoft:{r.E}:{r.k}\\endcsname{{{1 / r.vs_soft:.1f}}}")
+    lines.append("\\newcommand{\\benchrepeat}[3]{\\csname benchrepeat:#1:#2:#3\\endcsname}")
+    for r in (bench_repeat[bench_repeat.impl == "moe"].itertuples() if bench_repeat is not None else []):
+        lines.append(f"\\expandafter\\def\\csname benchrepeat:{r.E}:{r.k}:{r.mode}\\endcsname{{{r.vs_dense:.2f}}}")
     lines.append("\\newcommand{\\trainratio}[2]{\\csname train:#1:#2\\endcsname}")
     for batch, table in train_bench.items():
         for r in table.itertuples():
@@ -187,17 +190,24 @@ def load_train_bench(results: Path) -> dict[int, pd.DataFrame]:
 
 def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.DataFrame,
                  train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None,
-                 patches: pd.DataFrame) -> dict[str, str]:
+                 patches: pd.DataFrame, bench_repeat: pd.DataFrame | None = None) -> dict[str, str]:
     tables = {"moe_vs_dense": table_moe_vs_dense(summary), "gating": table_gating(summary),
               "experts": table_simple(summary, "experts"), "regularisation": table_simple(summary, "regularisation"),
               "extensions": table_extensions(summary),
               "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
-                                 logs.patch_coherence(patches) if not patches.empty else None)}
+                                 logs.patch_coherence(patches) if not patches.empty else None,
+                                 bench_repeat)}
     if bench is not None:
         tables["bench"] = table_bench(bench)
     if sharpness is not None:
         tables["sharpness"] = table_sharpness(sharpness)
     return tables
+
+
+def load_bench(results: Path, name: str) -> pd.DataFrame | None:
+    """A layer-benchmark table of results/bench/, or None when it was not run."""
+    path = results / "bench" / name
+    return pd.read_csv(path) if path.exists() else None
 
 
 def load_sharpness(results: Path) -> pd.DataFrame | None:
@@ -242,14 +252,13 @@ def main(argv=None) -> int:
     parser.add_argument("--no-pdf", action="store_true", help="only figures and tables")
     args = parser.parse_args(argv)
     summary = load_summary(args.results)
-    bench_path = args.results / "bench" / "bench_layer.csv"
-    bench = pd.read_csv(bench_path) if bench_path.exists() else None
+    bench, bench_repeat = (load_bench(args.results, name) for name in ("bench_layer.csv", "bench_layer_repeat.csv"))
     (REPORT / "tables").mkdir(parents=True, exist_ok=True)
     samples = logs.read_all(args.results, "test_samples.csv")
     sharpness = load_sharpness(args.results)
     patches = logs.read_all(args.results, "test_patches.csv")
     for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
-                                   patches).items():
+                                   patches, bench_repeat).items():
         (REPORT / "tables" / f"{name}.tex").write_text(text)
     build_figures(args.results, summary, REPORT / "figures")
     if args.no_pdf:

@@ -20,13 +20,14 @@ def test_summary_csv_is_the_aggregation_of_the_run_logs():
 
 def test_report_tables_equal_the_results():
     summary = build_report.load_summary(RESULTS)
-    bench_path = RESULTS / "bench" / "bench_layer.csv"
-    bench = pd.read_csv(bench_path) if bench_path.exists() else None
+    bench = build_report.load_bench(RESULTS, "bench_layer.csv")
+    bench_repeat = build_report.load_bench(RESULTS, "bench_layer_repeat.csv")
     samples = build_report.logs.read_all(RESULTS, "test_samples.csv")
     train_bench = build_report.load_train_bench(RESULTS)
     sharpness = build_report.load_sharpness(RESULTS)
     patches = build_report.logs.read_all(RESULTS, "test_patches.csv")
-    for name, text in build_report.build_tables(summary, bench, samples, train_bench, sharpness, patches).items():
+    for name, text in build_report.build_tables(summary, bench, samples, train_bench, sharpness, patches,
+                                                bench_repeat).items():
         committed = (build_report.REPORT / "tables" / f"{name}.tex").read_text()
         assert committed == text, f"report/tables/{name}.tex is stale: run python build_report.py"
 
