@@ -171,7 +171,7 @@ def sample_routing(model: MoEClassifier, batches, limit: int) -> list[dict]:
         output = model(x)
         weights = output.routing.weights                                       # (N, E)
         top_weight, top_expert = weights.max(dim=1)
-        columns = torch.stack([y, output.logits.argmax(dim=1), top_expert, (weights != 0).sum(dim=1)]).cpu()
+        columns = torch.stack([y, output.logits.argmax(dim=1), top_expert, stats.routed_mask(weights).sum(dim=1)]).cpu()
         for (label, predicted, expert, used), weight in zip(columns.t().tolist(), top_weight.cpu().tolist()):
             rows.append({"index": len(rows), "class": label, "predicted": predicted, "top1_expert": expert,
                          "top1_weight": weight, "experts_used": used})
@@ -199,7 +199,7 @@ def patch_routing(model: ViTClassifier, batches, limit: int) -> list[dict]:
     for layer, routing in zip(model.moe_blocks, output.routings):
         weights = routing.weights.view(x.shape[0], output.tokens, -1)[:take]  # (B, T, E)
         top_weight, top_expert = weights.max(dim=-1)                          # (B, T)
-        used = (weights != 0).sum(dim=-1)                                     # (B, T)
+        used = stats.routed_mask(weights).sum(dim=-1)                         # (B, T)
         table = torch.stack([top_expert, used]).cpu()                         # (2, B, T)
         for image in range(take):
             for patch, ((expert, count), weight) in enumerate(zip(table[:, image].t().tolist(),

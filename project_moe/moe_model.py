@@ -231,6 +231,13 @@ class ModelSpec:
     moe_every: int = 2
 
 
+def spec_router(spec: ModelSpec, in_features: int) -> nn.Module:
+    """The router the spec asks for, reading ``in_features``-wide inputs."""
+    return build_router(spec.gating, in_features, spec.experts, top_k=spec.top_k,
+                        capacity_factor=spec.capacity_factor, hard_grad=spec.hard_grad, tau=spec.tau,
+                        score=spec.router_score, score_dim=spec.router_dim, centroids=spec.router_centroids)
+
+
 class MoEClassifier(nn.Module):
     """[optional shared trunk] -> MoE over experts that each predict class logits."""
 
@@ -240,10 +247,7 @@ class MoEClassifier(nn.Module):
         self.trunk = build_trunk(spec, in_shape)
         expert_in = self.trunk.out_features if self.trunk is not None else math.prod(in_shape)
         experts = [build_expert(spec, in_shape, num_classes, spec.expert_hidden) for _ in range(spec.experts)]
-        router = build_router(spec.gating, expert_in, spec.experts, top_k=spec.top_k,
-                              capacity_factor=spec.capacity_factor, hard_grad=spec.hard_grad, tau=spec.tau,
-                              score=spec.router_score, score_dim=spec.router_dim, centroids=spec.router_centroids)
-        self.moe = MoE(router, ExpertBank(experts, num_classes), combine=spec.combine)
+        self.moe = MoE(spec_router(spec, expert_in), ExpertBank(experts, num_classes), combine=spec.combine)
 
     def expert_input(self, x: Tensor) -> Tensor:
         """What the experts read: trunk features (N, F), flat pixels (N, C*H*W), or images."""

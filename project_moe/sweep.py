@@ -140,8 +140,8 @@ def grid_vit(epochs: int) -> list[RunSpec]:
         base = dict(VIT, vit_patch=patch, epochs=epochs)
         runs += [RunSpec("vit", "vit-moe-top2", base, dataset=dataset),
                  RunSpec("vit", "vit-dense-active", dict(base, model="dense", dense_match="active"), dataset=dataset)]
-    runs.append(RunSpec("vit", "vit-moe-expert-choice", dict(VIT, vit_patch=7, epochs=epochs, gating="expert-choice"),
-                        dataset=FASHION))
+        if dataset == FASHION:
+            runs.append(RunSpec("vit", "vit-moe-expert-choice", dict(base, gating="expert-choice"), dataset=dataset))
     return runs
 
 

@@ -26,18 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moe_model import ExpertBank, MoE, ModelSpec, count_params, forward_flops, mlp
-from routers import Routing, build_router, experts_per_sample
+from moe_model import ExpertBank, MoE, ModelSpec, count_params, forward_flops, mlp, spec_router
+from routers import Routing, experts_per_sample
 
 
 def check_vit_fits(spec: ModelSpec, in_shape: tuple[int, int, int]) -> None:
-    """Raise ValueError (one line, naming the flags) when the images cannot be cut into patches."""
+    """Raise ValueError (one line, naming the flag) when the images cannot be cut into patches.
+    The settings that do not depend on the data are checked by config.validate."""
     _, height, width = in_shape
     if height % spec.vit_patch or width % spec.vit_patch:
         raise ValueError(f"--vit-patch {spec.vit_patch} does not divide the {height}x{width} images; "
                          f"choose a divisor of {math.gcd(height, width)}")
-    if spec.vit_dim % spec.vit_heads:
-        raise ValueError(f"--vit-dim {spec.vit_dim} is not a multiple of --vit-heads {spec.vit_heads}")
 
 
 class Attention(nn.Module):
@@ -122,11 +121,7 @@ class ViTClassifier(nn.Module):
         if spec.model == "moe" and moe_slot:
             experts = ExpertBank([mlp(dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout)
                                   for _ in range(spec.experts)], dim)
-            router = build_router(spec.gating, dim, spec.experts, top_k=spec.top_k,
-                                  capacity_factor=spec.capacity_factor, hard_grad=spec.hard_grad, tau=spec.tau,
-                                  score=spec.router_score, score_dim=spec.router_dim,
-                                  centroids=spec.router_centroids)
-            return MoE(router, experts, combine="logits")
+            return MoE(spec_router(spec, dim), experts, combine="logits")
         return mlp(dim, self.mlp_width(spec, moe_slot), dim, spec.expert_depth, spec.dropout)
 
     @staticmethod
