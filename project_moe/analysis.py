@@ -55,6 +55,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import data
 from config import Config, ConfigError
+from experts import use_reference_experts
 from moe_model import build_model, classifier_logits, count_params
 from run_files import atomic_write_bytes
 from train import EXIT_BAD_INPUT, resolve_device
@@ -184,7 +185,11 @@ Batches = list[tuple[Tensor, Tensor]]   # (x (B, C, H, W), y (B,)) on the device
 
 
 def summed_loss(model: nn.Module, x: Tensor, y: Tensor) -> Callable[[Params], Tensor]:
-    """theta -> sum of the cross-entropy over one batch; buffers (BatchNorm) stay the model's."""
+    """theta -> sum of the cross-entropy over one batch; buffers (BatchNorm) stay the model's.
+    Switches ``model``'s MLP expert banks to plain autograd ops: the fused kernel's
+    hand-written backward has no forward-mode or second derivative for torch.func."""
+    use_reference_experts(model)
+
     def loss(params: Params) -> Tensor:
         return F.cross_entropy(classifier_logits(functional_call(model, params, (x,))), y, reduction="sum")
     return loss

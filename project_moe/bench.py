@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from moe_model import ExpertBank, MoE, mlp
+from experts import MLPExperts, mlp
+from moe_model import MoE
 from routers import build_router
 
 DEFAULT_GRID = ("8:1", "8:2", "32:2")
@@ -90,12 +91,13 @@ class MaskedLoopMoE(nn.Module):
 
     def __init__(self, moe: MoE):
         super().__init__()
-        self.moe = moe
+        self.router = moe.router
+        self.experts = nn.ModuleList(moe.experts.expert_module(e) for e in range(len(moe.experts)))
 
     def forward(self, x: Tensor) -> Tensor:
-        weights = self.moe.router(x).weights                                   # (N, E)
+        weights = self.router(x).weights                                       # (N, E)
         out = x.new_zeros(x.shape[0], x.shape[1])
-        for e, expert in enumerate(self.moe.experts.experts):
+        for e, expert in enumerate(self.experts):
             mask = weights[:, e] != 0                                          # (N,)
             if mask.any():
                 out[mask] += weights[mask, e].unsqueeze(1) * expert(x[mask])
@@ -105,7 +107,7 @@ class MaskedLoopMoE(nn.Module):
 def build_layer_candidates(cfg: LayerConfig, device: torch.device) -> dict[str, nn.Module]:
     torch.manual_seed(0)
     d, h, e, k = cfg.d_model, cfg.hidden, cfg.experts, cfg.k
-    experts = ExpertBank([mlp(d, h, d) for _ in range(e)], d)
+    experts = MLPExperts(e, d, h, d)
     gating = "hard" if k == 1 else "topk"
     moe = MoE(build_router(gating, d, e, top_k=k), experts)
     soft = MoE(build_router("soft", d, e), experts)

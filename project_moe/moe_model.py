@@ -7,7 +7,8 @@ features, K classes (the output width of every expert).
 
 with w the combine weights of a router (routers.py). Sparse routers evaluate each expert
 only on the samples sent to it: assignments are sorted by expert once, every expert runs
-on its own contiguous slice, and the weighted outputs are added back with ``index_add_``.
+on its own contiguous slice (experts.py), and the weighted outputs are added back with
+one ``index_add_``.
 No (N, E, ...) intermediate is built unless the router is dense (``soft``).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from experts import MLPExperts, ModuleExperts, mlp
 from routers import Routing, build_router, experts_per_sample
 
 ARCH_CHOICES = ("mixture", "vit")
@@ -30,19 +32,6 @@ DENSE_MATCH_CHOICES = ("params", "active")
 
 
 # ----------------------------------------------------------------------------- building blocks
-
-def mlp(in_features: int, hidden: int, out_features: int, depth: int = 1, dropout: float = 0.0) -> nn.Sequential:
-    """``depth`` hidden ReLU layers of width ``hidden``, dropout after each."""
-    layers: list[nn.Module] = []
-    width = in_features
-    for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.ReLU()]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        width = hidden
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers)
-
 
 class SmallCNN(nn.Module):
     """Two 3x3 conv blocks (channels c, 2c, max-pool after each), a 4x4 adaptive average
@@ -81,30 +70,6 @@ class CNNTrunk(nn.Module):
         return self.net(x).flatten(1)  # (N, 4c, 2, 2) -> (N, 16c)
 
 
-class ExpertBank(nn.Module):
-    """E independent experts with two ways to run them: all on everything, or grouped."""
-
-    def __init__(self, experts: list[nn.Module], out_features: int):
-        super().__init__()
-        self.experts = nn.ModuleList(experts)
-        self.out_features = out_features
-
-    def __len__(self) -> int:
-        return len(self.experts)
-
-    def forward_all(self, x: Tensor) -> Tensor:
-        """(N, ...) -> (E, N, K): every expert on every sample (dense routing)."""
-        return torch.stack([expert(x) for expert in self.experts])
-
-    def forward_grouped(self, x_sorted: Tensor, counts: list[int]):
-        """x_sorted (M, ...) holds counts[0] samples for expert 0, then counts[1] for
-        expert 1, ...; yields (expert, (counts[e], K) output) in that order, skipping
-        experts that received nothing: they are never called."""
-        for e, chunk in enumerate(x_sorted.split(counts)):
-            if counts[e] > 0:
-                yield e, self.experts[e](chunk)
-
-
 # ----------------------------------------------------------------------------- the MoE layer
 
 @dataclass
@@ -114,15 +79,14 @@ class MoEOutput:
     logits: (N, K) combined output.
     routing: the router's record.
     sample_index, expert_index: (M,) the assignments in the order they were computed
-        (sorted by expert); expert_logits: (M, K) each expert's own output for them,
-        concatenated only when asked for (logging), from ``expert_chunks``.
+        (sorted by expert); expert_logits: (M, K) each expert's own output for them.
     """
 
     logits: Tensor
     routing: Routing
     sample_index: Tensor
     expert_index: Tensor
-    expert_chunks: list[Tensor]
+    expert_logits: Tensor
 
     @property
     def aux(self) -> dict[str, Tensor]:
@@ -133,12 +97,6 @@ class MoEOutput:
         """(E,) samples each expert processed."""
         return self.routing.assignment_counts()
 
-    @property
-    def expert_logits(self) -> Tensor:
-        if not self.expert_chunks:
-            return self.logits.new_zeros(0, self.logits.shape[1])
-        return torch.cat(self.expert_chunks) if len(self.expert_chunks) > 1 else self.expert_chunks[0]
-
 
 class MoE(nn.Module):
     """A router and a bank of experts. ``combine="logits"`` mixes expert outputs,
@@ -146,7 +104,7 @@ class MoE(nn.Module):
     class distributions, p(y|x) = sum_i w_i softmax(E_i(x)) (Jacobs et al. 1991), and
     returns log p as logits."""
 
-    def __init__(self, router: nn.Module, experts: ExpertBank, combine: str = "logits"):
+    def __init__(self, router: nn.Module, experts: MLPExperts | ModuleExperts, combine: str = "logits"):
         super().__init__()
         self.router = router
         self.experts = experts
@@ -171,7 +129,7 @@ class MoE(nn.Module):
         sample_index = torch.arange(num_samples, device=device).repeat(num_experts)          # (E*N,)
         expert_index = torch.arange(num_experts, device=device).repeat_interleave(num_samples)
         return MoEOutput(logits, routing, sample_index, expert_index,
-                         [expert_out.reshape(num_experts * num_samples, num_classes)])
+                         expert_out.reshape(num_experts * num_samples, num_classes))
 
     def _sparse(self, x: Tensor, routing: Routing) -> MoEOutput:
         order = torch.argsort(routing.expert_index, stable=True)               # (M,)
@@ -181,21 +139,12 @@ class MoE(nn.Module):
         # One host sync for the slice sizes; everything else stays on the device.
         counts = torch.bincount(expert_index, minlength=len(self.experts)).tolist()
         x_sorted = x.index_select(0, sample_index)                             # (M, ...)
-        sample_slices, gate_slices = sample_index.split(counts), gate.split(counts)
-        mixed = None
-        chunks = []
-        # Each expert's weighted output goes straight into its rows of the result: no
-        # (M, K) concatenation on the hot path.
-        for e, out in self.experts.forward_grouped(x_sorted, counts):          # out: (counts[e], K)
-            contribution = out.softmax(dim=-1) if self.combine == "probs" else out
-            if mixed is None:
-                mixed = out.new_zeros(x.shape[0], out.shape[1])                # (N, K)
-            mixed.index_add_(0, sample_slices[e], contribution * gate_slices[e].to(out.dtype).unsqueeze(1))
-            chunks.append(out)
-        if mixed is None:
-            mixed = x.new_zeros(x.shape[0], self.experts.out_features)
+        out = self.experts.forward_sorted(x_sorted, counts, expert_index)      # (M, K)
+        contribution = out.softmax(dim=-1) if self.combine == "probs" else out
+        mixed = out.new_zeros(x.shape[0], out.shape[1]).index_add_(             # (N, K)
+            0, sample_index, contribution * gate.to(out.dtype).unsqueeze(1))
         logits = torch.log(mixed.clamp_min(1e-12)) if self.combine == "probs" else mixed
-        return MoEOutput(logits, routing, sample_index, expert_index, chunks)
+        return MoEOutput(logits, routing, sample_index, expert_index, out)
 
 
 # ----------------------------------------------------------------------------- classifiers
@@ -246,8 +195,8 @@ class MoEClassifier(nn.Module):
         self.spec = spec
         self.trunk = build_trunk(spec, in_shape)
         expert_in = self.trunk.out_features if self.trunk is not None else math.prod(in_shape)
-        experts = [build_expert(spec, in_shape, num_classes, spec.expert_hidden) for _ in range(spec.experts)]
-        self.moe = MoE(spec_router(spec, expert_in), ExpertBank(experts, num_classes), combine=spec.combine)
+        experts = build_experts(spec, in_shape, num_classes)   # before the router: the seed's draws, in order
+        self.moe = MoE(spec_router(spec, expert_in), experts, combine=spec.combine)
 
     def expert_input(self, x: Tensor) -> Tensor:
         """What the experts read: trunk features (N, F), flat pixels (N, C*H*W), or images."""
@@ -280,6 +229,15 @@ def build_trunk(spec: ModelSpec, in_shape) -> CNNTrunk | None:
     return CNNTrunk(in_shape[0], spec.trunk_channels) if spec.trunk == "cnn" else None
 
 
+def build_experts(spec: ModelSpec, in_shape, num_classes: int) -> MLPExperts | ModuleExperts:
+    """The expert bank: stacked MLPs (flat pixels or trunk features), or E small CNNs."""
+    if spec.trunk == "none" and spec.expert_type == "cnn":
+        return ModuleExperts([build_expert(spec, in_shape, num_classes, spec.expert_hidden)
+                              for _ in range(spec.experts)], num_classes)
+    in_features = 16 * spec.trunk_channels if spec.trunk == "cnn" else math.prod(in_shape)
+    return MLPExperts(spec.experts, in_features, spec.expert_hidden, num_classes, spec.expert_depth, spec.dropout)
+
+
 def build_expert(spec: ModelSpec, in_shape, num_classes: int, hidden: int, channels: int | None = None) -> nn.Module:
     if spec.trunk == "cnn":
         return mlp(16 * spec.trunk_channels, hidden, num_classes, spec.expert_depth, spec.dropout)
@@ -295,7 +253,7 @@ def count_params(module: nn.Module | None) -> int:
 def moe_param_counts(model: MoEClassifier) -> dict[str, float]:
     """Total parameters, and parameters touched by one sample on average (active)."""
     spec = model.spec
-    per_expert = count_params(model.moe.experts.experts[0])
+    per_expert = model.moe.experts.params_per_expert()
     shared = count_params(model.trunk) + count_params(model.moe.router)
     used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
     return {"total": count_params(model), "active": shared + used * per_expert}
@@ -374,7 +332,7 @@ def model_cost(model: nn.Module, in_shape: tuple[int, int, int]) -> dict[str, fl
     elif spec.expert_type == "mlp":
         features = example.flatten(1)
     router_flops = forward_flops(model.moe.router.proj, features.flatten(1))
-    expert_flops = forward_flops(model.moe.experts.experts[0], features)
+    expert_flops = forward_flops(model.moe.experts.expert_module(0), features)
     used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
     counts = moe_param_counts(model)
     return {"params_total": counts["total"], "params_active": counts["active"],

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moe_model import ExpertBank, MoE, ModelSpec, count_params, forward_flops, mlp, spec_router
+from experts import MLPExperts, mlp
+from moe_model import MoE, ModelSpec, count_params, forward_flops, spec_router
 from routers import Routing, experts_per_sample
 
 
@@ -119,8 +120,7 @@ class ViTClassifier(nn.Module):
         spec, dim = self.spec, self.spec.vit_dim
         moe_slot = (block + 1) % spec.moe_every == 0
         if spec.model == "moe" and moe_slot:
-            experts = ExpertBank([mlp(dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout)
-                                  for _ in range(spec.experts)], dim)
+            experts = MLPExperts(spec.experts, dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout)
             return MoE(spec_router(spec, dim), experts, combine="logits")
         return mlp(dim, self.mlp_width(spec, moe_slot), dim, spec.expert_depth, spec.dropout)
 
@@ -159,7 +159,7 @@ def vit_cost(model: ViTClassifier, in_shape: tuple[int, int, int]) -> dict[str, 
     for index in model.moe_blocks:
         experts = model.blocks[index].ffn.experts
         used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
-        inactive += (len(experts) - used) * count_params(experts.experts[0])
+        inactive += (len(experts) - used) * experts.params_per_expert()
     example = torch.zeros(2, *in_shape, device=next(model.parameters()).device)
     return {"params_total": total, "params_active": total - inactive,
             "flops_per_sample": forward_flops(model, example) / example.shape[0]}

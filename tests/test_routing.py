@@ -4,17 +4,22 @@ import math
 import pytest
 import torch
 
-from moe_model import ExpertBank, MoE, mlp
+from experts import MLPExperts, ModuleExperts
+from moe_model import MoE, mlp
 from routers import GATING_CHOICES, ExpertChoiceRouter, build_router
 
 N, D, E, K = 37, 12, 6, 5
 TOKEN_CHOICE = ("hard", "topk", "noisy-topk", "gumbel")
 
 
-def make_moe(gating: str, k: int = 2, seed: int = 0, combine: str = "logits", **router_kwargs) -> MoE:
+def make_moe(gating: str, k: int = 2, seed: int = 0, combine: str = "logits", bank: str = "stacked",
+             **router_kwargs) -> MoE:
     torch.manual_seed(seed)
     router = build_router(gating, D, E, top_k=k, **router_kwargs)
-    experts = ExpertBank([mlp(D, 16, K, depth=1) for _ in range(E)], K)
+    if bank == "stacked":
+        experts = MLPExperts(E, D, 16, K, depth=1)
+    else:
+        experts = ModuleExperts([mlp(D, 16, K, depth=1) for _ in range(E)], K)
     return MoE(router, experts, combine=combine)
 
 
@@ -111,7 +116,7 @@ def reference_forward(moe: MoE, x: torch.Tensor, weights: torch.Tensor) -> torch
         terms = []
         for e in range(weights.shape[1]):
             if weights[n, e] != 0:
-                out = moe.experts.experts[e](x[n:n + 1])[0]
+                out = moe.experts.expert_forward(e, x[n:n + 1])[0]
                 terms.append(weights[n, e] * (out.softmax(-1) if moe.combine == "probs" else out))
         mixed = torch.stack(terms).sum(0) if terms else x.new_zeros(K)
         rows.append(torch.log(mixed.clamp_min(1e-12)) if moe.combine == "probs" else mixed)
@@ -120,8 +125,9 @@ def reference_forward(moe: MoE, x: torch.Tensor, weights: torch.Tensor) -> torch
 
 @pytest.mark.parametrize("gating", GATING_CHOICES)
 @pytest.mark.parametrize("combine", ["logits", "probs"])
-def test_dispatch_equals_per_sample_reference(gating, combine):
-    moe = make_moe(gating, combine=combine).train()
+@pytest.mark.parametrize("bank", ["stacked", "modules"])
+def test_dispatch_equals_per_sample_reference(gating, combine, bank):
+    moe = make_moe(gating, combine=combine, bank=bank).train()
     x = torch.randn(N, D, requires_grad=True)
     target = torch.randint(0, K, (N,))
     torch.manual_seed(1)
@@ -144,7 +150,7 @@ def test_dispatch_equals_per_sample_reference(gating, combine):
 
 @pytest.mark.parametrize("gating,k", [("hard", 1), ("topk", 2), ("expert-choice", 2), ("soft", 2)])
 def test_unselected_experts_are_not_evaluated(gating, k):
-    moe = make_moe(gating, k=k).eval()
+    moe = make_moe(gating, k=k, bank="modules").eval()
     x = torch.rand(N, D)                        # positive inputs ...
     with torch.no_grad():
         moe.router.proj.weight[0] = -1.0        # ... so expert 0 always scores lowest
