@@ -229,7 +229,7 @@ def bench_train(args) -> list[dict]:
             optimizer = make_optimizer(model, cfg)
             loader = data.BatchLoader(dataset.train, cfg.batch_size, dataset.mean, dataset.std, shuffle=True,
                                       augment=False, seed=0, device=device)
-            coefs = aux_coefficients(cfg, device)
+            coefs = aux_coefficients(cfg)
             batches = list(loader.iter_epoch(0))
             faults_before = minor_page_faults()
             begin = time.perf_counter()
@@ -254,6 +254,56 @@ def bench_train(args) -> list[dict]:
         rows.append(row)
         print(f"  {name:<20}{row['samples_per_s']:>12,.0f}{row['vs_dense_active']:>16.3f}  "
               f"[{row['vs_dense_active_min']:.3f}, {row['vs_dense_active_max']:.3f}]  {row['faults_per_step']:>11,.0f}")
+    rows += bare_matmul_rows(dataset, args, device)
+    return rows
+
+
+def step_matmuls(x: Tensor, w1: Tensor, w2: Tensor, grad_out: Tensor) -> None:
+    """The matrix products of one training step of a one-hidden-layer MLP on rows x (n, D):
+    forward, both weight gradients, and the gradient into the hidden layer."""
+    hidden = x @ w1                                                          # (n, H)
+    hidden @ w2                                                              # (n, K)
+    hidden.t() @ grad_out                                                    # (H, K)
+    grad_hidden = grad_out @ w2.t()                                          # (n, H)
+    x.t() @ grad_hidden                                                      # (D, H)
+
+
+def bare_matmul_rows(dataset, args, device: torch.device) -> list[dict]:
+    """The same ratio for the bare matrix products of a training step, without autograd,
+    router, dispatch or optimiser: the dense network's on the whole batch against the hard
+    MoE's, each of the E experts on batch / E rows (balanced routing) with its own weights.
+    It bounds what any implementation built on per-expert matmuls can reach on this machine."""
+    from config import Config
+    from moe_model import build_model
+
+    cfg = Config(experts=8, model="dense", dense_match="active", gating="hard")
+    dense = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes)
+    d_in, classes, experts, batch = dense.net[0].in_features, dataset.num_classes, cfg.experts, args.batch_size
+    rows_per_expert = batch // experts
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, generator=g).to(device)  # noqa: E731
+    dense_w = (rand(d_in, dense.net[0].out_features), rand(dense.net[0].out_features, classes))
+    expert_w = [(rand(d_in, cfg.expert_hidden), rand(cfg.expert_hidden, classes)) for _ in range(experts)]
+    x, grad_out = rand(batch, d_in), rand(batch, classes)
+    x_parts, grad_parts = x[:rows_per_expert * experts].split(rows_per_expert), grad_out.split(rows_per_expert)
+
+    def moe_step():
+        for (w1, w2), part, grad_part in zip(expert_w, x_parts, grad_parts):
+            step_matmuls(part, w1, w2, grad_part)
+
+    fns = {"dense_active": lambda: step_matmuls(x, *dense_w, grad_out), "moe_hard": moe_step}
+    times = interleaved_times(fns, Timer(device), args.rounds, per_round=50, warmup=20)
+    ratio, low, high = ratio_with_spread(times, "dense_active", "moe_hard")
+    print(f"\nBare matmuls of one training step (no autograd, router or optimiser), batch {batch}: the hard MoE's "
+          f"{experts} experts on {rows_per_expert} rows each / dense_active on {batch} rows: {ratio:.3f} "
+          f"[{low:.3f}, {high:.3f}] (samples/s ratio)")
+    rows = []
+    for name in fns:
+        median_ms = statistics.median([t for r in times[name] for t in r])
+        rows.append({"model": f"bare_matmuls_{name}", "samples_per_s": batch / median_ms * 1e3,
+                     "vs_dense_active": 1.0 if name == "dense_active" else ratio,
+                     "vs_dense_active_min": 1.0 if name == "dense_active" else low,
+                     "vs_dense_active_max": 1.0 if name == "dense_active" else high, "faults_per_step": float("nan")})
     return rows
 
 

@@ -6,7 +6,7 @@ rows for expert e), D input features, H hidden width, K outputs.
 
 Both banks answer the same calls:
     forward_all(x)                             (N, ...) -> (E, N, K)
-    forward_sorted(x_sorted, counts, expert_index)  (M, ...) -> (M, K)
+    forward_sorted(x_sorted, counts)            (M, ...) -> (M, K)
     expert_forward(e, x)                       one expert, plain autograd (the reference)
     params_per_expert()
 
@@ -64,7 +64,7 @@ class ModuleExperts(nn.Module):
         """(N, ...) -> (E, N, K)."""
         return torch.stack([expert(x) for expert in self.experts])
 
-    def forward_sorted(self, x_sorted: Tensor, counts: list[int], expert_index: Tensor) -> Tensor:
+    def forward_sorted(self, x_sorted: Tensor, counts: list[int]) -> Tensor:
         """(M, ...) rows grouped by expert -> (M, K); experts with no rows are never called."""
         outputs = [self.experts[e](x_sorted[rows]) for e, rows in expert_slices(counts)]
         if not outputs:
@@ -157,16 +157,16 @@ class MLPExperts(nn.Module):
                 linear.bias.copy_(bias[e])
         return module.to(self.weights[0].device)
 
-    def forward_sorted(self, x_sorted: Tensor, counts: list[int], expert_index: Tensor) -> Tensor:
+    def forward_sorted(self, x_sorted: Tensor, counts: list[int]) -> Tensor:
         """(M, D) rows grouped by expert -> (M, K); experts with no rows cost nothing."""
         x_sorted = x_sorted.flatten(1)
         bounds = expert_slices(counts)
         masks = self._dropout_masks(x_sorted.shape[0])
         params = (*self.weights, *self.biases)
         if not torch.is_grad_enabled():
-            return grouped_mlp_forward(x_sorted, bounds, masks, params)[-1]
+            return grouped_mlp_forward(x_sorted, bounds, masks, params)[0]
         if self.fused:
-            return GroupedMLP.apply(x_sorted, expert_index, bounds, masks, *params)
+            return GroupedMLP.apply(x_sorted, bounds, masks, *params)
         outputs = [self.expert_forward(e, x_sorted[rows], [m[rows] for m in masks]) for e, rows in bounds]
         if not outputs:
             return x_sorted.new_zeros(0, self.out_features)
@@ -181,73 +181,68 @@ def use_reference_experts(model: nn.Module) -> None:
 
 
 def grouped_mlp_forward(x: Tensor, bounds: list[tuple[int, slice]], masks: list[Tensor],
-                        params: tuple[Tensor, ...]) -> list[Tensor]:
-    """Layer inputs [x, h_1, ..., h_L] and the output, each (M, width): every expert's rows
-    written in place into one buffer per layer (no autograd)."""
+                        params: tuple[Tensor, ...]) -> tuple[Tensor, list[list[Tensor]]]:
+    """Output (M, K), and for each expert with rows, its hidden activations [h_1, ..., h_L]
+    (no autograd). Experts run one after the other through all their layers, so each
+    expert's activations are still in cache when its next layer reads them; writing
+    whole-batch activation buffers layer by layer was measured slower on large batches."""
     depth = len(params) // 2
     weights, biases = params[:depth], params[depth:]
-    activations = [x]
-    for layer, (weight, bias) in enumerate(zip(weights, biases)):
-        out = x.new_empty(x.shape[0], weight.shape[2])                          # (M, out_l)
-        inputs = activations[-1]
-        for e, rows in bounds:
-            torch.addmm(bias[e], inputs[rows], weight[e], out=out[rows])
-        if layer < depth - 1:
-            out.relu_()
+    out = x.new_empty(x.shape[0], weights[-1].shape[2])                        # (M, K)
+    hidden_per_expert = []
+    for e, rows in bounds:
+        h, hidden = x[rows], []
+        for layer in range(depth - 1):
+            h = torch.addmm(biases[layer][e], h, weights[layer][e]).relu_()   # (rows, H)
             if masks:
-                out.mul_(masks[layer])
-        activations.append(out)
-    return activations
+                h.mul_(masks[layer][rows])
+            hidden.append(h)
+        torch.addmm(biases[-1][e], h, weights[-1][e], out=out[rows])
+        hidden_per_expert.append(hidden)
+    return out, hidden_per_expert
 
 
 class GroupedMLP(torch.autograd.Function):
     """All experts of an MLP bank on their rows, as one autograd node.
 
-    forward(x (M, D), expert_index (M,), bounds, masks, *weights, *biases) -> (M, K).
-    backward, per layer l with input a_l and output gradient g (both (M, .)):
-        dW_l[e] = a_l[rows_e]^T g[rows_e]   (written into one (E, in, out) buffer)
-        db_l    = segment sums of g over each expert's rows (one index_add_)
-        g       = (g[rows_e] W_l[e]^T) * relu'(a_l) * dropout mask
+    forward(x (M, D), bounds, masks, *weights, *biases) -> (M, K).
+    backward, for each expert e with rows r_e, layer by layer from the top, with a_l the
+    layer's input and g its output gradient on those rows:
+        dW_l[e] = a_l^T g   (written into the (E, in, out) gradient buffer)
+        db_l[e] = sum of g over the rows
+        g       = (g W_l[e]^T) * relu'(a_l) * dropout mask
     Experts with no rows get zero gradients.
     """
 
     @staticmethod
-    def forward(ctx, x, expert_index, bounds, masks, *params):
-        activations = grouped_mlp_forward(x, bounds, masks, params)
-        depth = len(params) // 2
-        ctx.bounds, ctx.depth, ctx.masks = bounds, depth, len(masks)
-        ctx.save_for_backward(expert_index, *activations[:-1], *params[:depth], *masks)
-        return activations[-1]
+    def forward(ctx, x, bounds, masks, *params):
+        out, hidden_per_expert = grouped_mlp_forward(x, bounds, masks, params)
+        ctx.bounds, ctx.depth, ctx.num_masks = bounds, len(params) // 2, len(masks)
+        hidden = [h for per_expert in hidden_per_expert for h in per_expert]
+        ctx.save_for_backward(x, *params[:ctx.depth], *masks, *hidden)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved = ctx.saved_tensors
         depth, bounds = ctx.depth, ctx.bounds
-        expert_index = saved[0]
-        activations = saved[1:1 + depth]
-        weights = saved[1 + depth:1 + 2 * depth]
-        masks = saved[1 + 2 * depth:]
-        num_experts = weights[0].shape[0]
-        some_idle = len(bounds) < num_experts
-        grad = grad_out.contiguous()
-        weight_grads, bias_grads = [None] * depth, [None] * depth
-        for layer in reversed(range(depth)):
-            inputs, weight = activations[layer], weights[layer]
-            weight_grad = torch.zeros_like(weight) if some_idle else torch.empty_like(weight)
-            for e, rows in bounds:
-                torch.mm(inputs[rows].t(), grad[rows], out=weight_grad[e])      # (in, out)
-            weight_grads[layer] = weight_grad
-            bias_grads[layer] = grad.new_zeros(num_experts, grad.shape[1]).index_add_(0, expert_index, grad)
-            if layer == 0 and not ctx.needs_input_grad[0]:
-                grad = None
-                break
-            grad_in = grad.new_empty(grad.shape[0], weight.shape[1])            # (M, in)
-            for e, rows in bounds:
-                torch.mm(grad[rows], weight[e].t(), out=grad_in[rows])
-            if layer > 0:
-                # a_l = relu(z) * mask: the gradient passes where a_l > 0, scaled by the mask.
-                grad_in.mul_(inputs > 0)
-                if masks:
-                    grad_in.mul_(masks[layer - 1])
-            grad = grad_in
-        return (grad, None, None, None, *weight_grads, *bias_grads)
+        x, *saved = ctx.saved_tensors
+        weights, masks, hidden = saved[:depth], saved[depth:depth + ctx.num_masks], saved[depth + ctx.num_masks:]
+        some_idle = len(bounds) < weights[0].shape[0]
+        weight_grads = [torch.zeros_like(w) if some_idle else torch.empty_like(w) for w in weights]
+        bias_grads = [grad_out.new_zeros(w.shape[0], w.shape[2]) for w in weights]
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_out = grad_out.contiguous()
+        for i, (e, rows) in enumerate(bounds):
+            inputs = [x[rows], *hidden[i * (depth - 1):(i + 1) * (depth - 1)]]
+            grad = grad_out[rows]                                               # (rows, out_L)
+            for layer in reversed(range(depth)):
+                torch.mm(inputs[layer].t(), grad, out=weight_grads[layer][e])  # (in, out)
+                torch.sum(grad, dim=0, out=bias_grads[layer][e])
+                if layer > 0:
+                    # a_l = relu(z) * mask: the gradient passes where a_l > 0, scaled by the mask.
+                    grad = (grad @ weights[layer][e].t()).mul_(inputs[layer] > 0)
+                    if masks:
+                        grad.mul_(masks[layer - 1][rows])
+                elif grad_x is not None:
+                    torch.mm(grad, weights[0][e].t(), out=grad_x[rows])
+        return (grad_x, None, None, *weight_grads, *bias_grads)

@@ -139,7 +139,7 @@ class MoE(nn.Module):
         # One host sync for the slice sizes; everything else stays on the device.
         counts = torch.bincount(expert_index, minlength=len(self.experts)).tolist()
         x_sorted = x.index_select(0, sample_index)                             # (M, ...)
-        out = self.experts.forward_sorted(x_sorted, counts, expert_index)      # (M, K)
+        out = self.experts.forward_sorted(x_sorted, counts)                    # (M, K)
         contribution = out.softmax(dim=-1) if self.combine == "probs" else out
         mixed = out.new_zeros(x.shape[0], out.shape[1]).index_add_(             # (N, K)
             0, sample_index, contribution * gate.to(out.dtype).unsqueeze(1))

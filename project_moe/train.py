@@ -143,9 +143,12 @@ def describe_cost(report: dict) -> str:
 
 # ----------------------------------------------------------------------------- the run
 
-def aux_coefficients(cfg: Config, device: torch.device) -> torch.Tensor:
-    """(len(AUX_NAMES),) loss coefficients in that order."""
-    return torch.tensor([getattr(cfg, f"{name}_coef") for name in AUX_NAMES], device=device)
+def aux_coefficients(cfg: Config) -> dict[str, float]:
+    """The auxiliary losses that enter the training loss, with their non-zero coefficients.
+    The others are still computed and logged, but stay out of the loss, so the backward
+    pass never visits them."""
+    coefs = {name: getattr(cfg, f"{name}_coef") for name in AUX_NAMES}
+    return {name: coef for name, coef in coefs.items() if coef != 0}
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -157,7 +160,7 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: torch.Tensor):
+def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[str, float]):
     """One optimisation step: cross-entropy plus the weighted auxiliary losses of an MoE.
 
     Raises FloatingPointError, before touching the weights, if the loss is not finite.
@@ -169,7 +172,8 @@ def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: torch.
     loss = ce
     aux = getattr(output, "aux", None)
     if aux:
-        loss = ce + (coefs * torch.stack([aux[name] for name in AUX_NAMES])).sum()  # aux: (len(AUX_NAMES),)
+        for name, coef in coefs.items():
+            loss = loss + coef * aux[name]
     if not torch.isfinite(loss).item():
         raise FloatingPointError(f"non-finite loss {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
@@ -304,7 +308,7 @@ class Trainer:
     def train_epoch(self) -> None:
         cfg, model = self.cfg, self.model
         model.train()
-        coefs = aux_coefficients(cfg, self.device)
+        coefs = aux_coefficients(cfg)
         batches = self.train_loader.iter_epoch(self.epoch, start_step=self.step_in_epoch)
         bar = tqdm(batches, total=len(self.train_loader), initial=self.step_in_epoch, leave=False,
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=None, mininterval=1.0)
