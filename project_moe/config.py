@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moe_model import ARCH_CHOICES, COMBINE_CHOICES, DENSE_MATCH_CHOICES, EXPERT_TYPES, TRUNK_CHOICES, ModelSpec
+from experts import DISPATCH_CHOICES
 from routers import GATING_CHOICES, HARD_GRAD_CHOICES, SCORE_CHOICES
 
 MODEL_CHOICES = ("moe", "dense")
@@ -63,6 +64,10 @@ class Config:
     trunk: str = _opt("none", "shared feature extractor in front of router and experts", TRUNK_CHOICES)
     trunk_channels: int = _opt(32, "channels of the first conv layer of the CNN trunk")
     dropout: float = _opt(0.0, "dropout after each hidden layer of the experts")
+    expert_dispatch: str = _opt("auto", "how MLP experts run their samples: one matmul per expert (grouped), one "
+                                        "batched matmul over rows padded to the busiest expert's count "
+                                        "(padded), or padded while experts get few rows (auto); the same "
+                                        "results up to float rounding", DISPATCH_CHOICES)
     vit_patch: int = _opt(4, "vit: patch size in pixels (must divide the image size)")
     vit_dim: int = _opt(96, "vit: token width d")
     vit_depth: int = _opt(4, "vit: transformer blocks")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from experts import MLPExperts, ModuleExperts, mlp
+from experts import MLPExperts, ModuleExperts, dispatch_as, mlp
 from routers import Routing, build_router, experts_per_sample
 
 ARCH_CHOICES = ("mixture", "vit")
@@ -171,6 +171,7 @@ class ModelSpec:
     trunk: str = "none"
     trunk_channels: int = 32
     dropout: float = 0.0
+    expert_dispatch: str = "auto"    # auto | grouped | padded (experts.py)
     combine: str = "logits"
     dense_match: str = "params"
     vit_patch: int = 4
@@ -235,7 +236,8 @@ def build_experts(spec: ModelSpec, in_shape, num_classes: int) -> MLPExperts | M
         return ModuleExperts([build_expert(spec, in_shape, num_classes, spec.expert_hidden)
                               for _ in range(spec.experts)], num_classes)
     in_features = 16 * spec.trunk_channels if spec.trunk == "cnn" else math.prod(in_shape)
-    return MLPExperts(spec.experts, in_features, spec.expert_hidden, num_classes, spec.expert_depth, spec.dropout)
+    return MLPExperts(spec.experts, in_features, spec.expert_hidden, num_classes, spec.expert_depth, spec.dropout,
+                      spec.expert_dispatch)
 
 
 def build_expert(spec: ModelSpec, in_shape, num_classes: int, hidden: int, channels: int | None = None) -> nn.Module:
@@ -300,11 +302,12 @@ def build_model(spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: in
 # ----------------------------------------------------------------------------- accounting
 
 def forward_flops(module: nn.Module, example: Tensor) -> int:
-    """Floating point operations of one forward pass (matmuls and convolutions)."""
+    """Floating point operations of one forward pass (matmuls and convolutions), of the routed
+    rows only: not of the padding rows that the padded expert dispatch may add."""
     counter = FlopCounterMode(display=False)
     was_training = module.training
     module.eval()
-    with torch.no_grad(), counter:
+    with torch.no_grad(), dispatch_as(module, "grouped"), counter:
         module(example)
     module.train(was_training)
     return counter.get_total_flops()

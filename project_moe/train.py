@@ -45,7 +45,7 @@ ROUTING_COLUMNS = ["epoch", "step", "split", "expert", "class", "count", "gate_m
 ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees
 ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
 # Settings that may change between a run and its resumption without changing its results.
-RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir", "out", "log_every"}
+RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir", "out", "log_every", "expert_dispatch"}
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

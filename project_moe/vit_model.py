@@ -120,7 +120,8 @@ class ViTClassifier(nn.Module):
         spec, dim = self.spec, self.spec.vit_dim
         moe_slot = (block + 1) % spec.moe_every == 0
         if spec.model == "moe" and moe_slot:
-            experts = MLPExperts(spec.experts, dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout)
+            experts = MLPExperts(spec.experts, dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout,
+                                 spec.expert_dispatch)
             return MoE(spec_router(spec, dim), experts, combine="logits")
         return mlp(dim, self.mlp_width(spec, moe_slot), dim, spec.expert_depth, spec.dropout)
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from experts import GroupedMLP, MLPExperts, ModuleExperts, expert_slices, mlp
+from experts import (PADDED_MAX_GROWTH, PADDED_MAX_MEAN_ROWS, GroupedMLP, MLPExperts, ModuleExperts, choose_dispatch,
+                     expert_slices, mlp, padded_positions)
 
 E, D, H, K = 5, 7, 6, 4
 
@@ -35,16 +36,18 @@ def test_stacked_bank_is_initialised_like_separate_mlps():
 @pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize("counts", [[3, 1, 4, 2, 5], [0, 6, 0, 0, 3], [0, 0, 0, 0, 0]])
 @pytest.mark.parametrize("input_grad", [True, False])
-def test_fused_bank_equals_plain_autograd(depth, counts, input_grad):
-    """Output, weight, bias and input gradients of the fused node equal those of plain
-    autograd run expert by expert; idle experts get exactly zero gradients."""
+@pytest.mark.parametrize("dispatch", ["grouped", "padded"])
+def test_fast_dispatch_equals_plain_autograd(depth, counts, input_grad, dispatch):
+    """Output, weight, bias and input gradients of the fused node (grouped) and of the padded
+    batched matmuls equal those of plain autograd run expert by expert; idle experts get
+    exactly zero gradients."""
     experts = bank(depth)
     x = sorted_batch(counts)
     x.requires_grad_(input_grad)
     upstream = torch.randn(sum(counts), K, dtype=torch.float64)
     results = []
-    for fused in (True, False):
-        experts.fused = fused
+    for fast in (True, False):
+        experts.dispatch, experts.fused = (dispatch, True) if fast else ("grouped", False)
         out = experts.forward_sorted(x, counts)
         inputs = [x, *experts.parameters()] if input_grad else list(experts.parameters())
         grads = torch.autograd.grad((out * upstream).sum(), inputs, allow_unused=True) if out.numel() else None
@@ -75,15 +78,17 @@ def test_fused_bank_passes_gradcheck_with_dropout():
     assert torch.autograd.gradcheck(lambda x, *p: GroupedMLP.apply(x, bounds, masks, *p), (x, *params))
 
 
-def test_dropout_masks_the_hidden_units_in_training_only():
+@pytest.mark.parametrize("dispatch", ["grouped", "padded"])
+def test_dropout_masks_the_hidden_units_in_training_only(dispatch):
     experts = bank(dropout=0.5)
-    counts = [4, 4, 4, 4, 4]
+    experts.dispatch = dispatch
+    counts = [4, 2, 0, 4, 4]
     x = sorted_batch(counts)
     torch.manual_seed(0)
     train_out = experts.train().forward_sorted(x, counts)
     torch.manual_seed(0)
     masks = experts._dropout_masks(x.shape[0])
-    experts.fused = False
+    experts.dispatch, experts.fused = "grouped", False
     torch.manual_seed(0)
     assert torch.allclose(train_out, experts.forward_sorted(x, counts), atol=1e-12)
     rows = [experts.expert_forward(e, x[r], [m[r] for m in masks]) for e, r in expert_slices(counts)]
@@ -93,15 +98,36 @@ def test_dropout_masks_the_hidden_units_in_training_only():
 
 
 @pytest.mark.parametrize("grad", [True, False])
-def test_grouped_forward_costs_only_the_routed_rows(grad):
-    """FLOPs of the sparse bank = rows x one expert's FLOPs: idle experts cost nothing."""
+@pytest.mark.parametrize("dispatch", ["grouped", "padded"])
+def test_dispatch_costs_the_routed_rows_or_the_padded_ones(grad, dispatch):
+    """FLOPs of the grouped bank = routed rows x one expert's FLOPs (idle experts cost
+    nothing); the padded bank computes E x the largest count."""
     experts = bank(depth=1)
+    experts.dispatch = dispatch
     counts = [0, 7, 0, 2, 0]
     x = sorted_batch(counts)
     per_row = 2 * (D * H + H * K)
     with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(grad):
         experts.forward_sorted(x, counts)
-    assert counter.get_total_flops() == sum(counts) * per_row
+    rows = sum(counts) if dispatch == "grouped" else E * max(counts)
+    assert counter.get_total_flops() == rows * per_row
+
+
+def test_padded_positions_put_each_expert_rows_first_in_its_block():
+    positions = padded_positions([2, 0, 3, 1], capacity=3, device=torch.device("cpu"))
+    assert positions.tolist() == [0, 1, 6, 7, 8, 9]
+
+
+def test_auto_dispatch_pads_only_small_and_balanced_groups():
+    few = PADDED_MAX_MEAN_ROWS // 2
+    assert choose_dispatch([few] * 8) == "padded"
+    assert choose_dispatch([few * 2] + [few] * 7) == "padded"                  # 16/9 of the rows
+    assert choose_dispatch([few * 4] + [few] * 7) == "grouped"                 # 32/11 of the rows
+    assert choose_dispatch([few * 8] + [0] * 7) == "grouped"                   # padding would give 8x
+    assert choose_dispatch([PADDED_MAX_MEAN_ROWS * 2] * 8) == "grouped"        # big groups use all cores anyway
+    assert choose_dispatch([0] * 8) == "grouped"
+    growth = lambda counts: len(counts) * max(counts) / sum(counts)  # noqa: E731
+    assert growth([few * 2] + [few] * 7) <= PADDED_MAX_GROWTH < growth([few * 4] + [few] * 7)
 
 
 def test_module_bank_runs_each_expert_on_its_rows_only():
