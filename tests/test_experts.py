@@ -120,23 +120,12 @@ def test_padded_positions_put_each_expert_rows_first_in_its_block():
 
 def test_auto_dispatch_pads_only_small_and_balanced_groups():
     few = PADDED_MAX_MEAN_ROWS // 2
-    assert choose_dispatch([few] * 8) == "padded"
-    assert choose_dispatch([few * 2] + [few] * 7) == "padded"                  # 16/9 of the rows
-    assert choose_dispatch([few * 4] + [few] * 7) == "grouped"                 # 32/11 of the rows
-    assert choose_dispatch([few * 8] + [0] * 7) == "grouped"                   # padding would give 8x
+    balanced, skewed, very_skewed = [few] * 8, [few + few // 4] + [few] * 7, [few * 2] + [few] * 7
+    growth = lambda counts: len(counts) * max(counts) / sum(counts)  # noqa: E731
+    assert growth(skewed) <= PADDED_MAX_GROWTH < growth(very_skewed)
+    assert choose_dispatch(balanced) == "padded"
+    assert choose_dispatch(skewed) == "padded"
+    assert choose_dispatch(very_skewed) == "grouped"                           # padding costs too many rows
+    assert choose_dispatch([few * 8] + [0] * 7) == "grouped"
     assert choose_dispatch([PADDED_MAX_MEAN_ROWS * 2] * 8) == "grouped"        # big groups use all cores anyway
     assert choose_dispatch([0] * 8) == "grouped"
-    growth = lambda counts: len(counts) * max(counts) / sum(counts)  # noqa: E731
-    assert growth([few * 2] + [few] * 7) <= PADDED_MAX_GROWTH < growth([few * 4] + [few] * 7)
-
-
-def test_module_bank_runs_each_expert_on_its_rows_only():
-    torch.manual_seed(0)
-    modules = ModuleExperts([mlp(D, H, K) for _ in range(E)], K)
-    counts = [2, 0, 3, 0, 1]
-    x = sorted_batch(counts)
-    x = x.float().detach()
-    out = modules.forward_sorted(x, counts)
-    expected = torch.cat([modules.experts[e](x[r]) for e, r in expert_slices(counts)])
-    assert torch.equal(out, expected)
-    assert modules.forward_sorted(x[:0], [0] * E).shape == (0, K)
