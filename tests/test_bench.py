@@ -1,0 +1,47 @@
+"""The benchmark's references compute what the MoE layer computes, and both commands write
+their tables. Speed itself is never asserted."""
+import pandas as pd
+import torch
+
+import bench
+
+
+def test_layer_references_compute_the_same_layer():
+    cfg = bench.LayerConfig(samples=64, d_model=8, hidden=16, experts=4, k=2)
+    modules = bench.build_layer_candidates(cfg, torch.device("cpu"))
+    x = torch.randn(cfg.samples, cfg.d_model)
+    with torch.no_grad():
+        moe = modules["moe"](x)
+        masked = modules["masked_loop"](x)
+        soft = modules["soft_all_experts"](x)
+        dense = modules["dense_same_active"](x)
+    assert torch.allclose(masked, moe.logits, atol=1e-5)                       # same experts, same routing
+    assert ((moe.routing.weights != 0).sum(dim=1) == 2).all()
+    assert soft.logits.shape == dense.shape == moe.logits.shape == (64, 8)
+    # the dense reference has the active width of k experts
+    assert modules["dense_same_active"][0].out_features == cfg.k * cfg.hidden
+
+
+def test_bench_layer_writes_ratios_for_every_implementation(tmp_path):
+    out = tmp_path / "layer.csv"
+    argv = ["layer", "--config", "4:2", "--samples", "64", "--d-model", "8", "--hidden", "16", "--rounds", "2",
+            "--per-round", "1", "--warmup", "0", "--device", "cpu", "--threads", "1", "--csv", str(out)]
+    assert bench.main(argv) == 0
+    table = pd.read_csv(out)
+    assert set(table.impl) == {"dense_same_active", "moe", "soft_all_experts", "masked_loop"}
+    assert set(table["mode"]) == {"fwd", "fwd+bwd"}
+    assert (table[table.impl == "dense_same_active"].vs_dense == 1.0).all()
+    assert (table.median_ms > 0).all() and (table.vs_dense_min <= table.vs_dense_max).all()
+
+
+def test_bench_train_writes_one_row_per_model_and_the_bare_matmul_rows(tmp_path, tiny_data):
+    out = tmp_path / "train.csv"
+    argv = ["train", "--data-dir", str(tiny_data), "--rounds", "1", "--batch-size", "64", "--device", "cpu",
+            "--threads", "1", "--csv", str(out)]
+    assert bench.main(argv) == 0
+    table = pd.read_csv(out).set_index("model")
+    assert list(table.index) == ["dense_active", "dense_params", "moe_soft", "moe_hard", "moe_top2",
+                                 "moe_expert_choice", "bare_matmuls_dense_active", "bare_matmuls_moe_hard"]
+    assert table.loc["dense_active", "vs_dense_active"] == 1.0
+    assert (table.samples_per_s > 0).all() and (table.ms_per_step > 0).all()
+    assert (table.optimizer_ms.iloc[:6] > 0).all() and table.optimizer_ms.iloc[6:].isna().all()
