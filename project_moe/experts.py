@@ -262,13 +262,13 @@ def grouped_mlp_forward(x: Tensor, bounds: list[tuple[int, slice]], masks: list[
     (no autograd). Experts run one after the other through all their layers, so each
     expert's activations are still in cache when its next layer reads them; writing
     whole-batch activation buffers layer by layer was measured slower on large batches."""
-    depth = len(params) // 2
-    weights, biases = params[:depth], params[depth:]
+    num_layers = len(params) // 2
+    weights, biases = params[:num_layers], params[num_layers:]
     out = x.new_empty(x.shape[0], weights[-1].shape[2])                        # (M, K)
     hidden_per_expert = []
     for e, rows in bounds:
         h, hidden = x[rows], []
-        for layer in range(depth - 1):
+        for layer in range(num_layers - 1):
             h = torch.addmm(biases[layer][e], h, weights[layer][e]).relu_()   # (rows, H)
             if masks:
                 h.mul_(masks[layer][rows])
@@ -293,25 +293,26 @@ class GroupedMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bounds, masks, *params):
         out, hidden_per_expert = grouped_mlp_forward(x, bounds, masks, params)
-        ctx.bounds, ctx.depth, ctx.num_masks = bounds, len(params) // 2, len(masks)
+        ctx.bounds, ctx.num_layers, ctx.num_masks = bounds, len(params) // 2, len(masks)
         hidden = [h for per_expert in hidden_per_expert for h in per_expert]
-        ctx.save_for_backward(x, *params[:ctx.depth], *masks, *hidden)
+        ctx.save_for_backward(x, *params[:ctx.num_layers], *masks, *hidden)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        depth, bounds = ctx.depth, ctx.bounds
+        num_layers, bounds = ctx.num_layers, ctx.bounds
         x, *saved = ctx.saved_tensors
-        weights, masks, hidden = saved[:depth], saved[depth:depth + ctx.num_masks], saved[depth + ctx.num_masks:]
+        weights, masks = saved[:num_layers], saved[num_layers:num_layers + ctx.num_masks]
+        hidden = saved[num_layers + ctx.num_masks:]                            # per expert: h_1 .. h_{L-1}
         some_idle = len(bounds) < weights[0].shape[0]
         weight_grads = [torch.zeros_like(w) if some_idle else torch.empty_like(w) for w in weights]
         bias_grads = [grad_out.new_zeros(w.shape[0], w.shape[2]) for w in weights]
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         grad_out = grad_out.contiguous()
         for i, (e, rows) in enumerate(bounds):
-            inputs = [x[rows], *hidden[i * (depth - 1):(i + 1) * (depth - 1)]]
+            inputs = [x[rows], *hidden[i * (num_layers - 1):(i + 1) * (num_layers - 1)]]
             grad = grad_out[rows]                                               # (rows, out_L)
-            for layer in reversed(range(depth)):
+            for layer in reversed(range(num_layers)):
                 torch.mm(inputs[layer].t(), grad, out=weight_grads[layer][e])  # (in, out)
                 torch.sum(grad, dim=0, out=bias_grads[layer][e])
                 if layer > 0:
