@@ -265,6 +265,8 @@ def grouped_mlp_forward(x: Tensor, bounds: list[tuple[int, slice]], masks: list[
     num_layers = len(params) // 2
     weights, biases = params[:num_layers], params[num_layers:]
     out = x.new_empty(x.shape[0], weights[-1].shape[2])                        # (M, K)
+    # One unbind per tensor instead of E index operations (per-op overhead dominates here).
+    weights, biases = [w.unbind(0) for w in weights], [b.unbind(0) for b in biases]
     hidden_per_expert = []
     for e, rows in bounds:
         h, hidden = x[rows], []
@@ -309,17 +311,20 @@ class GroupedMLP(torch.autograd.Function):
         bias_grads = [grad_out.new_zeros(w.shape[0], w.shape[2]) for w in weights]
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         grad_out = grad_out.contiguous()
+        weight_views = [w.unbind(0) for w in weights]
+        weight_grad_views = [g.unbind(0) for g in weight_grads]
+        bias_grad_views = [g.unbind(0) for g in bias_grads]
         for i, (e, rows) in enumerate(bounds):
             inputs = [x[rows], *hidden[i * (num_layers - 1):(i + 1) * (num_layers - 1)]]
             grad = grad_out[rows]                                               # (rows, out_L)
             for layer in reversed(range(num_layers)):
-                torch.mm(inputs[layer].t(), grad, out=weight_grads[layer][e])  # (in, out)
-                torch.sum(grad, dim=0, out=bias_grads[layer][e])
+                torch.mm(inputs[layer].t(), grad, out=weight_grad_views[layer][e])   # (in, out)
+                torch.sum(grad, dim=0, out=bias_grad_views[layer][e])
                 if layer > 0:
                     # a_l = relu(z) * mask: the gradient passes where a_l > 0, scaled by the mask.
-                    grad = (grad @ weights[layer][e].t()).mul_(inputs[layer] > 0)
+                    grad = torch.mm(grad, weight_views[layer][e].t()).mul_(inputs[layer] > 0)
                     if masks:
                         grad.mul_(masks[layer - 1][rows])
                 elif grad_x is not None:
-                    torch.mm(grad, weights[0][e].t(), out=grad_x[rows])
+                    torch.mm(grad, weight_views[0][e].t(), out=grad_x[rows])
         return (grad_x, None, None, *weight_grads, *bias_grads)
