@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moe_model import ARCH_CHOICES, COMBINE_CHOICES, DENSE_MATCH_CHOICES, EXPERT_TYPES, TRUNK_CHOICES, ModelSpec
 from experts import DISPATCH_CHOICES
+from moe_model import ARCH_CHOICES, COMBINE_CHOICES, DENSE_MATCH_CHOICES, EXPERT_TYPES, TRUNK_CHOICES, ModelSpec
 from routers import GATING_CHOICES, HARD_GRAD_CHOICES, SCORE_CHOICES
 
 MODEL_CHOICES = ("moe", "dense")

@@ -166,11 +166,16 @@ class MLPExperts(nn.Module):
     def forward_all(self, x: Tensor) -> Tensor:
         """(N, D) -> (E, N, K): every expert on every sample, one batched matmul per layer."""
         h = x.flatten(1).expand(self.num_experts, *x.flatten(1).shape)         # (E, N, D)
+        return self._batched_layers(h, lambda layer, hidden: F.dropout(hidden, self.dropout, self.training))
+
+    def _batched_layers(self, h: Tensor, after_relu) -> Tensor:
+        """(E, C, D) -> (E, C, K), one batched matmul per layer; ``after_relu(layer, h)``
+        applies dropout to each hidden layer."""
         last = len(self.weights) - 1
         for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(bias.unsqueeze(1), h, weight)                    # (E, N, out_l)
+            h = torch.baddbmm(bias.unsqueeze(1), h, weight)                    # (E, C, out_l)
             if layer < last:
-                h = F.dropout(h.relu(), self.dropout, self.training)
+                h = after_relu(layer, h.relu())
         return h
 
     def expert_forward(self, e: int, x: Tensor, masks: list[Tensor] | None = None) -> Tensor:
@@ -224,21 +229,18 @@ class MLPExperts(nn.Module):
             padded = rows.new_zeros(num_experts * capacity, rows.shape[1]).index_copy(0, positions, rows)
             return padded.view(num_experts, capacity, rows.shape[1])
 
-        h = pad(x_sorted)                                                      # (E, C, D)
-        last = len(self.weights) - 1
-        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(bias.unsqueeze(1), h, weight)                    # (E, C, out_l)
-            if layer < last:
-                h = h.relu()
-                if masks:
-                    h = h * pad(masks[layer])
+        h = self._batched_layers(pad(x_sorted), lambda layer, hidden: hidden * pad(masks[layer]) if masks else hidden)
         return h.reshape(num_experts * capacity, -1).index_select(0, positions)   # (M, K)
+
+
+def mlp_banks(model: nn.Module) -> list[MLPExperts]:
+    return [module for module in model.modules() if isinstance(module, MLPExperts)]
 
 
 @contextlib.contextmanager
 def dispatch_as(model: nn.Module, dispatch: str):
     """Run every MLP bank of ``model`` with ``dispatch`` inside the block."""
-    banks = [m for m in model.modules() if isinstance(m, MLPExperts)]
+    banks = mlp_banks(model)
     before = [bank.dispatch for bank in banks]
     for bank in banks:
         bank.dispatch = dispatch
@@ -251,17 +253,16 @@ def dispatch_as(model: nn.Module, dispatch: str):
 
 def use_reference_experts(model: nn.Module) -> None:
     """Run every MLP bank of ``model`` with plain autograd ops (see ``MLPExperts``)."""
-    for module in model.modules():
-        if isinstance(module, MLPExperts):
-            module.fused = False
+    for bank in mlp_banks(model):
+        bank.fused = False
 
 
 def grouped_mlp_forward(x: Tensor, bounds: list[tuple[int, slice]], masks: list[Tensor],
                         params: tuple[Tensor, ...]) -> tuple[Tensor, list[list[Tensor]]]:
-    """Output (M, K), and for each expert with rows, its hidden activations [h_1, ..., h_L]
-    (no autograd). Experts run one after the other through all their layers, so each
-    expert's activations are still in cache when its next layer reads them; writing
-    whole-batch activation buffers layer by layer was measured slower on large batches."""
+    """Output (M, K), and for each expert with rows, its hidden activations
+    [h_1, ..., h_{L-1}] (no autograd). Experts run one after the other through all their
+    layers, so each expert's activations are still in cache when its next layer reads them;
+    whole-batch activation buffers filled layer by layer were measured slower on large batches."""
     num_layers = len(params) // 2
     weights, biases = params[:num_layers], params[num_layers:]
     out = x.new_empty(x.shape[0], weights[-1].shape[2])                        # (M, K)
