@@ -17,7 +17,7 @@ from torch import Tensor
 _EPS = 1e-9
 
 
-def switch_balance_loss(probs: Tensor, expert_index: Tensor) -> Tensor:
+def switch_balance_loss(probs: Tensor, counts: Tensor) -> Tensor:
     """Switch Transformer load-balancing loss (Fedus et al. 2021, eq. 4-6).
 
         L = E * sum_i f_i * P_i
@@ -27,10 +27,10 @@ def switch_balance_loss(probs: Tensor, expert_index: Tensor) -> Tensor:
     For top-k routing every selected (sample, expert) pair is one assignment, so that
     L = 1 for uniform routing and L = E when every sample goes to one expert.
 
-    probs: (N, E) router softmax; expert_index: (M,) expert of each assignment.
+    probs: (N, E) router softmax; counts: (E,) assignments dispatched to each expert.
     """
     num_experts = probs.shape[1]
-    counts = torch.bincount(expert_index, minlength=num_experts).to(probs.dtype)  # (E,)
+    counts = counts.to(probs.dtype)                                                # (E,)
     fraction = counts / counts.sum().clamp_min(1.0)                                 # f_i
     mean_prob = probs.mean(dim=0)                                                  # P_i
     return num_experts * (fraction * mean_prob).sum()

@@ -307,14 +307,19 @@ class GroupedMLP(torch.autograd.Function):
         x, *saved = ctx.saved_tensors
         weights, masks = saved[:num_layers], saved[num_layers:num_layers + ctx.num_masks]
         hidden = saved[num_layers + ctx.num_masks:]                            # per expert: h_1 .. h_{L-1}
-        some_idle = len(bounds) < weights[0].shape[0]
-        weight_grads = [torch.zeros_like(w) if some_idle else torch.empty_like(w) for w in weights]
-        bias_grads = [grad_out.new_zeros(w.shape[0], w.shape[2]) for w in weights]
+        weight_grads = [torch.empty_like(w) for w in weights]
+        bias_grads = [grad_out.new_empty(w.shape[0], w.shape[2]) for w in weights]
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         grad_out = grad_out.contiguous()
         weight_views = [w.unbind(0) for w in weights]
         weight_grad_views = [g.unbind(0) for g in weight_grads]
         bias_grad_views = [g.unbind(0) for g in bias_grads]
+        # Idle experts get zero gradients; zeroing only their slices, not whole buffers,
+        # saves a pass over E experts' weights whenever one expert is idle.
+        busy = {e for e, _ in bounds}
+        for idle in (e for e in range(weights[0].shape[0]) if e not in busy):
+            for views in (*weight_grad_views, *bias_grad_views):
+                views[idle].zero_()
         for i, (e, rows) in enumerate(bounds):
             inputs = [x[rows], *hidden[i * (num_layers - 1):(i + 1) * (num_layers - 1)]]
             grad = grad_out[rows]                                               # (rows, out_L)
@@ -322,8 +327,10 @@ class GroupedMLP(torch.autograd.Function):
                 torch.mm(inputs[layer].t(), grad, out=weight_grad_views[layer][e])   # (in, out)
                 torch.sum(grad, dim=0, out=bias_grad_views[layer][e])
                 if layer > 0:
-                    # a_l = relu(z) * mask: the gradient passes where a_l > 0, scaled by the mask.
-                    grad = torch.mm(grad, weight_views[layer][e].t()).mul_(inputs[layer] > 0)
+                    # a_l = relu(z) * mask: the gradient passes where a_l > 0 (one fused kernel,
+                    # as autograd's own ReLU backward), scaled by the mask.
+                    grad = torch.ops.aten.threshold_backward(torch.mm(grad, weight_views[layer][e].t()),
+                                                             inputs[layer], 0.0)
                     if masks:
                         grad.mul_(masks[layer - 1][rows])
                 elif grad_x is not None:

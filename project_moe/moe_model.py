@@ -132,12 +132,11 @@ class MoE(nn.Module):
                          expert_out.reshape(num_experts * num_samples, num_classes))
 
     def _sparse(self, x: Tensor, routing: Routing) -> MoEOutput:
-        order = torch.argsort(routing.expert_index, stable=True)               # (M,)
+        expert_index, order = torch.sort(routing.expert_index, stable=True)    # (M,), (M,)
         sample_index = routing.sample_index[order]                             # (M,)
-        expert_index = routing.expert_index[order]
         gate = routing.gate[order]                                             # (M,)
         # One host sync for the slice sizes; everything else stays on the device.
-        counts = torch.bincount(expert_index, minlength=len(self.experts)).tolist()
+        counts = routing.counts.tolist()
         x_sorted = x.index_select(0, sample_index)                             # (M, ...)
         out = self.experts.forward_sorted(x_sorted, counts)                    # (M, K)
         contribution = out.softmax(dim=-1) if self.combine == "probs" else out

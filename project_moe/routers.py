@@ -34,6 +34,7 @@ class Routing:
     weights: (N, E) combine weights; zero on experts a sample is not sent to.
     sample_index, expert_index, gate: (M,) one entry per assignment, with
         gate[m] == weights[sample_index[m], expert_index[m]]. ``None`` for dense routing.
+    counts:  (E,) int64 samples each expert processes (N for every expert when dense).
     load:    (E,) per-expert load fed to the CV^2 loss: counts, or a smooth estimate.
     aux:     unweighted auxiliary losses by name (see aux_losses.py); empty in eval mode.
     """
@@ -44,7 +45,8 @@ class Routing:
     sample_index: Tensor | None
     expert_index: Tensor | None
     gate: Tensor | None
-    load: Tensor | None = None
+    counts: Tensor
+    load: Tensor
     aux: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -53,10 +55,7 @@ class Routing:
 
     def assignment_counts(self) -> Tensor:
         """(E,) number of samples each expert processes in this batch."""
-        num_experts = self.weights.shape[1]
-        if self.is_dense:
-            return torch.full((num_experts,), self.weights.shape[0], device=self.weights.device)
-        return torch.bincount(self.expert_index, minlength=num_experts)
+        return self.counts
 
 
 class Router(nn.Module):
@@ -103,27 +102,30 @@ class Router(nn.Module):
 
     def _record(self, logits, probs, weights, sample_index=None, expert_index=None,
                 gate=None, load=None) -> Routing:
-        """Assemble the record and every auxiliary loss (all cheap, O(N E))."""
+        """Assemble the record and every auxiliary loss (all cheap, O(N E)). The per-expert
+        counts are computed once here: the dispatch, the Switch loss and the logs share them."""
         if sample_index is None:
-            # Dense routing sends everything everywhere; for the Switch loss the
-            # dispatch fraction f_i is taken from each sample's top-1 expert.
-            balance_index = probs.argmax(dim=1)
+            counts = torch.full((self.num_experts,), weights.shape[0], device=weights.device)
             load = weights.sum(dim=0) if load is None else load
         else:
-            balance_index = expert_index
+            counts = torch.bincount(expert_index, minlength=self.num_experts)        # (E,)
             if load is None:
-                load = torch.bincount(expert_index, minlength=self.num_experts).to(probs.dtype)
+                load = counts.to(probs.dtype)
         if not self.training:  # the losses only matter for optimisation; skip their ~20 small ops
-            return Routing(logits, probs, weights, sample_index, expert_index, gate, load, {})
+            return Routing(logits, probs, weights, sample_index, expert_index, gate, counts, load, {})
+        # Dense routing sends everything everywhere; for the Switch loss the dispatch
+        # fraction f_i is taken from each sample's top-1 expert.
+        balance_counts = counts if sample_index is not None else \
+            torch.bincount(probs.argmax(dim=1), minlength=self.num_experts)
         aux = {
-            "balance": aux_losses.switch_balance_loss(probs, balance_index),
+            "balance": aux_losses.switch_balance_loss(probs, balance_counts),
             "cv": aux_losses.importance_load_loss(weights, load),
             "z": aux_losses.router_z_loss(logits),
             "entropy": aux_losses.gate_entropy_loss(probs),
             "kl_uniform": aux_losses.kl_to_uniform_loss(probs),
             "centroid": self.centroid_overlap(),
         }
-        return Routing(logits, probs, weights, sample_index, expert_index, gate, load, aux)
+        return Routing(logits, probs, weights, sample_index, expert_index, gate, counts, load, aux)
 
 
 def token_choice_assignments(top_index: Tensor, top_gate: Tensor, num_experts: int):

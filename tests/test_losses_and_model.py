@@ -11,19 +11,19 @@ from moe_model import ModelSpec, build_model, count_params, model_cost, moe_para
 
 def test_switch_balance_loss_hand_example():
     probs = torch.tensor([[0.7, 0.3], [0.4, 0.6]])
-    expert_index = torch.tensor([0, 0])                      # f = [1, 0], P = [0.55, 0.45]
-    assert aux_losses.switch_balance_loss(probs, expert_index).item() == pytest.approx(2 * 0.55)
+    counts = torch.tensor([2, 0])                            # f = [1, 0], P = [0.55, 0.45]
+    assert aux_losses.switch_balance_loss(probs, counts).item() == pytest.approx(2 * 0.55)
 
 
 @pytest.mark.parametrize("num_experts", [2, 4, 8])
 def test_switch_balance_loss_is_one_when_uniform_and_e_when_collapsed(num_experts):
     n = 4 * num_experts
     uniform = torch.full((n, num_experts), 1.0 / num_experts)
-    spread = torch.arange(n) % num_experts
+    spread = torch.bincount(torch.arange(n) % num_experts)
     assert aux_losses.switch_balance_loss(uniform, spread).item() == pytest.approx(1.0)
     collapsed = torch.zeros(n, num_experts)
     collapsed[:, 0] = 1.0
-    one_expert = torch.zeros(n, dtype=torch.long)
+    one_expert = torch.bincount(torch.zeros(n, dtype=torch.long), minlength=num_experts)
     assert aux_losses.switch_balance_loss(collapsed, one_expert).item() == pytest.approx(num_experts)
 
 

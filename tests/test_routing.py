@@ -45,6 +45,20 @@ def test_token_choice_weights_are_distributions_over_k_experts(gating, training)
         assert torch.equal(routing.gate, routing.weights[routing.sample_index, routing.expert_index])
 
 
+@pytest.mark.parametrize("gating", GATING_CHOICES)
+def test_counts_are_the_assignments_per_expert_and_feed_the_switch_loss(gating):
+    router = build_router(gating, D, E, top_k=2).train()
+    routing = router(torch.randn(N, D) * 3)
+    if routing.is_dense:
+        assert torch.equal(routing.counts, torch.full((E,), N))
+        top1 = torch.bincount(routing.probs.argmax(dim=1), minlength=E)   # Switch's f_i for dense routing
+    else:
+        assert torch.equal(routing.counts, torch.bincount(routing.expert_index, minlength=E))
+        top1 = routing.counts
+    f = top1.float() / top1.sum()
+    assert routing.aux["balance"].item() == pytest.approx(E * (f * routing.probs.mean(dim=0)).sum().item(), rel=1e-6)
+
+
 @pytest.mark.parametrize("capacity_factor,k", [(1.0, 1), (1.0, 2), (2.0, 2), (0.5, 1)])
 def test_expert_choice_respects_capacity(capacity_factor, k):
     router = ExpertChoiceRouter(D, E, k=k, capacity_factor=capacity_factor)
