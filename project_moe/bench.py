@@ -263,7 +263,7 @@ def bench_train(args) -> list[dict]:
         print(f"  {name:<20}{row['samples_per_s']:>12,.0f}{row['vs_dense_active']:>16.3f}  "
               f"[{row['vs_dense_active_min']:.3f}, {row['vs_dense_active_max']:.3f}]  {row['faults_per_step']:>11,.0f}"
               f"{row['optimizer_vs_dense_active']:>31.2f}")
-    rows += bare_matmul_rows(dataset, args, device)
+    rows += step_cost_rows(dataset, args, device)
     return rows
 
 
@@ -277,16 +277,24 @@ def step_matmuls(x: Tensor, w1: Tensor, w2: Tensor, grad_out: Tensor) -> None:
     x.t() @ grad_hidden                                                      # (D, H)
 
 
-def bare_matmul_rows(dataset, args, device: torch.device) -> list[dict]:
-    """The same ratio for the bare matrix products of a training step, without autograd,
-    router, dispatch or optimiser: the dense network's on the whole batch against the hard
-    MoE's, each of the E experts on batch / E rows (balanced routing) with its own weights.
-    It bounds what any implementation built on per-expert matmuls can reach on this machine."""
+def step_cost_rows(dataset, args, device: torch.device) -> list[dict]:
+    """Where the hard MoE's training step loses to the dense network's, in two more ratios:
+
+    - bare matmuls: the matrix products of one training step, without autograd, router,
+      dispatch or optimiser; the dense network's on the whole batch against the E experts'
+      on batch / E rows each (balanced routing), each with its own weights. It bounds what
+      any implementation built on per-expert matmuls can reach on this machine;
+    - layers: the same two networks' layers forward and backward through the real code
+      (``nn.Linear`` for the dense one, the expert bank's grouped dispatch on balanced
+      counts for the MoE), still without router, dispatch or optimiser.
+    """
     from config import Config
     from moe_model import build_model
 
     cfg = Config(experts=8, model="dense", dense_match="active", gating="hard")
-    dense = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes)
+    dense = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
+    bank = build_model(Config(experts=8, gating="hard").model_spec(), dataset.in_shape,
+                       dataset.num_classes).moe.experts.to(device)
     d_in, classes, experts, batch = dense.net[0].in_features, dataset.num_classes, cfg.experts, args.batch_size
     rows_per_expert = batch // experts
     g = torch.Generator().manual_seed(0)
@@ -295,25 +303,40 @@ def bare_matmul_rows(dataset, args, device: torch.device) -> list[dict]:
     expert_w = [(rand(d_in, cfg.expert_hidden), rand(cfg.expert_hidden, classes)) for _ in range(experts)]
     x, grad_out = rand(batch, d_in), rand(batch, classes)
     x_parts, grad_parts = x[:rows_per_expert * experts].split(rows_per_expert), grad_out.split(rows_per_expert)
+    counts = [rows_per_expert] * experts
 
-    def moe_step():
+    def moe_matmuls():
         for (w1, w2), part, grad_part in zip(expert_w, x_parts, grad_parts):
             step_matmuls(part, w1, w2, grad_part)
 
-    fns = {"dense_active": lambda: step_matmuls(x, *dense_w, grad_out), "moe_hard": moe_step}
+    def layers_step(module: nn.Module, forward) -> callable:
+        def step():
+            module.zero_grad(set_to_none=True)   # as in training: fresh gradients, no accumulation
+            forward().backward(grad_out[:rows_per_expert * experts])
+        return step
+
+    fns = {"bare_matmuls_dense_active": lambda: step_matmuls(x, *dense_w, grad_out),
+           "bare_matmuls_moe_hard": moe_matmuls,
+           "layers_dense_active": layers_step(dense, lambda: dense.net(x[:rows_per_expert * experts])),
+           "layers_moe_hard_experts": layers_step(bank, lambda: bank.forward_sorted(x[:rows_per_expert * experts],
+                                                                                    counts))}
     times = interleaved_times(fns, Timer(device), args.rounds, per_round=50, warmup=20)
-    ratio, low, high = ratio_with_spread(times, "dense_active", "moe_hard")
-    print(f"\nBare matmuls of one training step (no autograd, router or optimiser), batch {batch}: the hard MoE's "
-          f"{experts} experts on {rows_per_expert} rows each / dense_active on {batch} rows: {ratio:.3f} "
-          f"[{low:.3f}, {high:.3f}] (samples/s ratio)")
+    print(f"\nOne training step's layers on batch {batch} without router, dispatch or optimiser: the hard MoE's "
+          f"{experts} experts on {rows_per_expert} rows each (balanced) / dense_active on {batch} rows "
+          f"(samples/s ratio)")
     rows = []
-    for name in fns:
-        median_ms = statistics.median([t for r in times[name] for t in r])
-        rows.append({"model": f"bare_matmuls_{name}", "samples_per_s": batch / median_ms * 1e3,
-                     "vs_dense_active": 1.0 if name == "dense_active" else ratio,
-                     "vs_dense_active_min": 1.0 if name == "dense_active" else low,
-                     "vs_dense_active_max": 1.0 if name == "dense_active" else high, "faults_per_step": float("nan"),
-                     "optimizer_vs_dense_active": float("nan")})
+    for kind, label in (("bare_matmuls", "bare matmuls, no autograd"), ("layers", "layers, forward + backward")):
+        reference, candidate = f"{kind}_dense_active", f"{kind}_moe_hard" + ("_experts" if kind == "layers" else "")
+        ratio, low, high = ratio_with_spread(times, reference, candidate)
+        print(f"  {label:<28}{ratio:.3f}  [{low:.3f}, {high:.3f}]")
+        for name in (reference, candidate):
+            median_ms = statistics.median([t for r in times[name] for t in r])
+            is_reference = name == reference
+            rows.append({"model": name, "samples_per_s": batch / median_ms * 1e3,
+                         "vs_dense_active": 1.0 if is_reference else ratio,
+                         "vs_dense_active_min": 1.0 if is_reference else low,
+                         "vs_dense_active_max": 1.0 if is_reference else high, "faults_per_step": float("nan"),
+                         "optimizer_vs_dense_active": float("nan")})
     return rows
 
 

@@ -34,14 +34,15 @@ def test_bench_layer_writes_ratios_for_every_implementation(tmp_path):
     assert (table.median_ms > 0).all() and (table.vs_dense_min <= table.vs_dense_max).all()
 
 
-def test_bench_train_writes_one_row_per_model_and_the_bare_matmul_rows(tmp_path, tiny_data):
+def test_bench_train_writes_one_row_per_model_and_the_step_cost_rows(tmp_path, tiny_data):
     out = tmp_path / "train.csv"
     argv = ["train", "--data-dir", str(tiny_data), "--rounds", "1", "--batch-size", "64", "--device", "cpu",
             "--threads", "1", "--csv", str(out)]
     assert bench.main(argv) == 0
     table = pd.read_csv(out).set_index("model")
     assert list(table.index) == ["dense_active", "dense_params", "moe_soft", "moe_hard", "moe_top2",
-                                 "moe_expert_choice", "bare_matmuls_dense_active", "bare_matmuls_moe_hard"]
+                                 "moe_expert_choice", "bare_matmuls_dense_active", "bare_matmuls_moe_hard",
+                                 "layers_dense_active", "layers_moe_hard_experts"]
     assert table.loc["dense_active", "vs_dense_active"] == 1.0
     assert (table.samples_per_s > 0).all()
     assert table.loc["dense_active", "optimizer_vs_dense_active"] == 1.0
