@@ -208,13 +208,13 @@ class MLPExperts(nn.Module):
         dispatch = choose_dispatch(counts) if self.dispatch == "auto" else self.dispatch
         if dispatch == "padded" and x_sorted.shape[0] > 0:
             return self._padded(x_sorted, counts, masks)
-        bounds = expert_slices(counts)
         params = (*self.weights, *self.biases)
         if not torch.is_grad_enabled():
-            return grouped_mlp_forward(x_sorted, bounds, masks, params)[0]
+            return grouped_mlp_forward(x_sorted, counts, masks, params)[0]
         if self.fused:
-            return GroupedMLP.apply(x_sorted, bounds, masks, *params)
-        outputs = [self.expert_forward(e, x_sorted[rows], [m[rows] for m in masks]) for e, rows in bounds]
+            return GroupedMLP.apply(x_sorted, counts, masks, *params)
+        outputs = [self.expert_forward(e, x_sorted[rows], [m[rows] for m in masks])
+                   for e, rows in expert_slices(counts)]
         if not outputs:
             return x_sorted.new_zeros(0, self.out_features)
         return torch.cat(outputs)
@@ -257,7 +257,7 @@ def use_reference_experts(model: nn.Module) -> None:
         bank.fused = False
 
 
-def grouped_mlp_forward(x: Tensor, bounds: list[tuple[int, slice]], masks: list[Tensor],
+def grouped_mlp_forward(x: Tensor, counts: list[int], masks: list[Tensor],
                         params: tuple[Tensor, ...]) -> tuple[Tensor, list[list[Tensor]]]:
     """Output (M, K), and for each expert with rows, its hidden activations
     [h_1, ..., h_{L-1}] (no autograd). Experts run one after the other through all their
@@ -266,25 +266,33 @@ def grouped_mlp_forward(x: Tensor, bounds: list[tuple[int, slice]], masks: list[
     num_layers = len(params) // 2
     weights, biases = params[:num_layers], params[num_layers:]
     out = x.new_empty(x.shape[0], weights[-1].shape[2])                        # (M, K)
-    # One unbind per tensor instead of E index operations (per-op overhead dominates here).
+    # One split or unbind per tensor, not one index operation per expert: at these sizes the
+    # cost of an operation is mostly its fixed overhead.
+    x_parts, out_parts = x.split(counts), out.split(counts)
+    mask_parts = [m.split(counts) for m in masks]
     weights, biases = [w.unbind(0) for w in weights], [b.unbind(0) for b in biases]
     hidden_per_expert = []
-    for e, rows in bounds:
-        h, hidden = x[rows], []
+    for e in busy_experts(counts):
+        h, hidden = x_parts[e], []
         for layer in range(num_layers - 1):
             h = torch.addmm(biases[layer][e], h, weights[layer][e]).relu_()   # (rows, H)
             if masks:
-                h.mul_(masks[layer][rows])
+                h.mul_(mask_parts[layer][e])
             hidden.append(h)
-        torch.addmm(biases[-1][e], h, weights[-1][e], out=out[rows])
+        torch.addmm(biases[-1][e], h, weights[-1][e], out=out_parts[e])
         hidden_per_expert.append(hidden)
     return out, hidden_per_expert
+
+
+def busy_experts(counts: list[int]) -> list[int]:
+    """The experts that received at least one row."""
+    return [e for e, count in enumerate(counts) if count]
 
 
 class GroupedMLP(torch.autograd.Function):
     """All experts of an MLP bank on their rows, as one autograd node.
 
-    forward(x (M, D), bounds, masks, *weights, *biases) -> (M, K).
+    forward(x (M, D), counts, masks, *weights, *biases) -> (M, K), rows grouped by expert.
     backward, for each expert e with rows r_e, layer by layer from the top, with a_l the
     layer's input and g its output gradient on those rows:
         dW_l[e] = a_l^T g   (written into the (E, in, out) gradient buffer)
@@ -294,45 +302,50 @@ class GroupedMLP(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, bounds, masks, *params):
-        out, hidden_per_expert = grouped_mlp_forward(x, bounds, masks, params)
-        ctx.bounds, ctx.num_layers, ctx.num_masks = bounds, len(params) // 2, len(masks)
+    def forward(ctx, x, counts, masks, *params):
+        out, hidden_per_expert = grouped_mlp_forward(x, counts, masks, params)
+        ctx.counts, ctx.num_layers, ctx.num_masks = counts, len(params) // 2, len(masks)
         hidden = [h for per_expert in hidden_per_expert for h in per_expert]
         ctx.save_for_backward(x, *params[:ctx.num_layers], *masks, *hidden)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        num_layers, bounds = ctx.num_layers, ctx.bounds
+        num_layers, counts = ctx.num_layers, ctx.counts
         x, *saved = ctx.saved_tensors
         weights, masks = saved[:num_layers], saved[num_layers:num_layers + ctx.num_masks]
         hidden = saved[num_layers + ctx.num_masks:]                            # per expert: h_1 .. h_{L-1}
         weight_grads = [torch.empty_like(w) for w in weights]
         bias_grads = [grad_out.new_empty(w.shape[0], w.shape[2]) for w in weights]
+        idle = [e for e, count in enumerate(counts) if not count]
+        if idle:  # zero only the idle experts' slices, not whole E-expert buffers
+            idle_index = torch.tensor(idle, device=x.device)
+            for grad in (*weight_grads, *bias_grads):
+                grad.index_fill_(0, idle_index, 0.0)
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         grad_out = grad_out.contiguous()
-        weight_views = [w.unbind(0) for w in weights]
+        # Views for every expert at once (one operation per tensor, as in the forward).
+        weights_t = [w.transpose(1, 2).unbind(0) for w in weights]            # W_l[e]^T: (out, in)
         weight_grad_views = [g.unbind(0) for g in weight_grads]
         bias_grad_views = [g.unbind(0) for g in bias_grads]
-        # Idle experts get zero gradients; zeroing only their slices, not whole buffers,
-        # saves a pass over E experts' weights whenever one expert is idle.
-        busy = {e for e, _ in bounds}
-        for idle in (e for e in range(weights[0].shape[0]) if e not in busy):
-            for views in (*weight_grad_views, *bias_grad_views):
-                views[idle].zero_()
-        for i, (e, rows) in enumerate(bounds):
-            inputs = [x[rows], *hidden[i * (num_layers - 1):(i + 1) * (num_layers - 1)]]
-            grad = grad_out[rows]                                               # (rows, out_L)
+        x_t_parts = x.t().split(counts, dim=1)                                 # a_0^T: (D, rows)
+        grad_out_parts = grad_out.split(counts)
+        grad_x_parts = grad_x.split(counts) if grad_x is not None else None
+        mask_parts = [m.split(counts) for m in masks]
+        for i, e in enumerate(busy_experts(counts)):
+            hidden_e = hidden[i * (num_layers - 1):(i + 1) * (num_layers - 1)]   # a_1 .. a_{L-1}
+            grad = grad_out_parts[e]                                            # (rows, out_L)
             for layer in reversed(range(num_layers)):
-                torch.mm(inputs[layer].t(), grad, out=weight_grad_views[layer][e])   # (in, out)
+                inputs_t = x_t_parts[e] if layer == 0 else hidden_e[layer - 1].t()
+                torch.mm(inputs_t, grad, out=weight_grad_views[layer][e])      # (in, out)
                 torch.sum(grad, dim=0, out=bias_grad_views[layer][e])
                 if layer > 0:
                     # a_l = relu(z) * mask: the gradient passes where a_l > 0 (one fused kernel,
                     # as autograd's own ReLU backward), scaled by the mask.
-                    grad = torch.ops.aten.threshold_backward(torch.mm(grad, weight_views[layer][e].t()),
-                                                             inputs[layer], 0.0)
+                    grad = torch.ops.aten.threshold_backward(torch.mm(grad, weights_t[layer][e]),
+                                                             hidden_e[layer - 1], 0.0)
                     if masks:
-                        grad.mul_(masks[layer - 1][rows])
+                        grad.mul_(mask_parts[layer - 1][e])
                 elif grad_x is not None:
-                    torch.mm(grad, weight_views[0][e].t(), out=grad_x[rows])
+                    torch.mm(grad, weights_t[0][e], out=grad_x_parts[e])
         return (grad_x, None, None, *weight_grads, *bias_grads)
