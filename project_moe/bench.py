@@ -10,6 +10,7 @@ in rounds, every ratio is a ratio of medians, and the spread of the per-round ra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import platform
@@ -396,21 +397,50 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--data-dir", default=None, help="train: dataset root, as for train.py")
     parser.add_argument("--batch-size", type=int, default=128, help="train: batch size")
-    parser.add_argument("--csv", type=Path, default=None, help="where to write the table (default: bench_<what>.csv)")
+    parser.add_argument("--csv", type=Path, default=None,
+                        help="where to write the table (default: results/bench/bench_layer.csv, "
+                             "results/bench/bench_train_b<batch>.csv); the printed report goes beside it as .txt")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing table")
     args = parser.parse_args(argv)
     if args.what == "layer":
         for spec in args.config:
             parts = spec.split(":")
             if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 1 <= int(parts[1]) <= int(parts[0]):
                 parser.error(f"--config {spec!r}: expected E:K with 1 <= K <= E, e.g. 8:2")
+    path = args.csv or Path("results/bench") / ("bench_layer.csv" if args.what == "layer"
+                                                  else f"bench_train_b{args.batch_size}.csv")
+    report = path.with_suffix(".txt")
+    existing = [str(p) for p in (path, report) if p.exists()]
+    if existing and not args.overwrite:
+        parser.exit(2, f"bench.py: error: {', '.join(existing)} already exist(s); pass --overwrite to replace, "
+                       f"or --csv to write elsewhere\n")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     device = resolve(args.device)
-    print(machine_line(device))
-    rows = bench_layer(args) if args.what == "layer" else bench_train(args)
-    path = args.csv or Path(f"bench_{args.what}.csv")
-    write_csv(path, rows)
-    print(f"\nwrote {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = report.with_suffix(".txt.partial")   # an interrupted run leaves the previous report intact
+    with partial.open("w") as handle, contextlib.redirect_stdout(Tee(sys.stdout, handle)):
+        print(machine_line(device))
+        rows = bench_layer(args) if args.what == "layer" else bench_train(args)
+        write_csv(path, rows)
+        print(f"\nwrote {path} and {report.name}")
+    partial.replace(report)
     return 0
+
+
+class Tee:
+    """A text stream that writes to several: the report is printed and kept."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The benchmark's references compute what the MoE layer computes, and both commands write
 their tables. Speed itself is never asserted."""
 import pandas as pd
+import pytest
 import torch
 
 import bench
@@ -47,3 +48,18 @@ def test_bench_train_writes_one_row_per_model_and_the_step_cost_rows(tmp_path, t
     assert (table.samples_per_s > 0).all()
     assert table.loc["dense_active", "optimizer_vs_dense_active"] == 1.0
     assert (table.optimizer_vs_dense_active.iloc[:6] > 0).all() and table.optimizer_vs_dense_active.iloc[6:].isna().all()
+
+
+def test_bench_refuses_to_overwrite_a_table_and_keeps_the_printed_report(tmp_path, capsys):
+    out = tmp_path / "layer.csv"
+    argv = ["layer", "--config", "2:1", "--samples", "16", "--d-model", "4", "--hidden", "8", "--rounds", "1",
+            "--per-round", "1", "--warmup", "0", "--device", "cpu", "--threads", "1", "--csv", str(out)]
+    assert bench.main(argv) == 0
+    report = out.with_suffix(".txt").read_text()
+    assert "headline" in report and report in capsys.readouterr().out
+    before = out.read_bytes()
+    with pytest.raises(SystemExit) as refused:
+        bench.main(argv)
+    assert refused.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert bench.main(argv + ["--overwrite"]) == 0
