@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from experts import MLPExperts, mlp
 from moe_model import MoE
@@ -66,6 +67,20 @@ def interleaved_times(candidates: dict[str, callable], timer: Timer, rounds: int
             fn()
             times[name].append([timer(fn) for _ in range(per_round)])
     return times
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the tensor operations dispatched to kernels (forward, backward and optimiser
+    alike) while active. On a CPU each one has a fixed cost of a few microseconds whatever
+    its size, which is what small tensors pay for."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 def ratio_with_spread(times: dict, name: str, reference: str) -> tuple[float, float, float]:
@@ -223,6 +238,7 @@ def bench_train(args) -> list[dict]:
     seconds = {name: [] for name in variants}
     faults = {name: [] for name in variants}   # minor page faults per step: fresh memory touched
     optimizer_ms = {name: [] for name in variants}
+    ops = {}                                    # operator calls in one training step
     for _ in range(args.rounds):
         for name, overrides in variants.items():
             cfg = Config(experts=8, batch_size=args.batch_size, **overrides)
@@ -245,13 +261,16 @@ def bench_train(args) -> list[dict]:
             # each) whatever the routing, so it scales with total parameters.
             timer = Timer(device)
             optimizer_ms[name].append(statistics.median(timer(optimizer.step) for _ in range(20)))
+            with OpCounter() as counter:
+                train_step(model, optimizer, *batches[0], coefs)
+            ops[name] = counter.count
     samples = len(dataset.train.labels)
     reference = statistics.median(seconds["dense_active"])
     rows = []
     print(f"\nOne MNIST training epoch ({samples} samples, batch {args.batch_size}, E=8, MLP experts of hidden "
           f"{Config().expert_hidden}), {args.rounds} interleaved rounds")
     print(f"  {'model':<20}{'samples/s':>12}{'/ dense_active':>16}  round spread    {'faults/step':>11}"
-          f"{'optimiser step / dense_active':>31}")
+          f"{'optimiser step / dense_active':>31}{'ops/step':>10}")
     reference_optimizer = statistics.median(optimizer_ms["dense_active"])
     for name, values in seconds.items():
         ratios = [seconds["dense_active"][i] / values[i] for i in range(len(values))]
@@ -259,11 +278,12 @@ def bench_train(args) -> list[dict]:
                "vs_dense_active": reference / statistics.median(values),
                "vs_dense_active_min": min(ratios), "vs_dense_active_max": max(ratios),
                "faults_per_step": statistics.median(faults[name]),
-               "optimizer_vs_dense_active": statistics.median(optimizer_ms[name]) / reference_optimizer}
+               "optimizer_vs_dense_active": statistics.median(optimizer_ms[name]) / reference_optimizer,
+               "ops_per_step": ops[name]}
         rows.append(row)
         print(f"  {name:<20}{row['samples_per_s']:>12,.0f}{row['vs_dense_active']:>16.3f}  "
               f"[{row['vs_dense_active_min']:.3f}, {row['vs_dense_active_max']:.3f}]  {row['faults_per_step']:>11,.0f}"
-              f"{row['optimizer_vs_dense_active']:>31.2f}")
+              f"{row['optimizer_vs_dense_active']:>31.2f}{row['ops_per_step']:>10,}")
     rows += step_cost_rows(dataset, args, device)
     return rows
 
@@ -337,7 +357,7 @@ def step_cost_rows(dataset, args, device: torch.device) -> list[dict]:
                          "vs_dense_active": 1.0 if is_reference else ratio,
                          "vs_dense_active_min": 1.0 if is_reference else low,
                          "vs_dense_active_max": 1.0 if is_reference else high, "faults_per_step": float("nan"),
-                         "optimizer_vs_dense_active": float("nan")})
+                         "optimizer_vs_dense_active": float("nan"), "ops_per_step": float("nan")})
     return rows
 
 

@@ -48,6 +48,9 @@ def test_bench_train_writes_one_row_per_model_and_the_step_cost_rows(tmp_path, t
     assert (table.samples_per_s > 0).all()
     assert table.loc["dense_active", "optimizer_vs_dense_active"] == 1.0
     assert (table.optimizer_vs_dense_active.iloc[:6] > 0).all() and table.optimizer_vs_dense_active.iloc[6:].isna().all()
+    # the MoE's router, losses and dispatch are extra operations in every step
+    assert table.loc["moe_hard", "ops_per_step"] > table.loc["dense_active", "ops_per_step"] > 0
+    assert table.ops_per_step.iloc[6:].isna().all()
 
 
 def test_bench_refuses_to_overwrite_a_table_and_keeps_the_printed_report(tmp_path, capsys):
