@@ -162,12 +162,16 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
         lines.append(f"\\expandafter\\def\\csname benchrepeat:{r.E}:{r.k}:{r.mode}\\endcsname{{{r.vs_dense:.2f}}}")
     lines.append("\\newcommand{\\trainratio}[2]{\\csname train:#1:#2\\endcsname}")
     lines.append("\\newcommand{\\trainopt}[2]{\\csname trainopt:#1:#2\\endcsname}")
+    lines.append("\\newcommand{\\trainops}[2]{\\csname trainops:#1:#2\\endcsname}")
     for batch, table in train_bench.items():
         for r in table.itertuples():
             lines.append(f"\\expandafter\\def\\csname train:{batch}:{r.model}\\endcsname{{{r.vs_dense_active:.2f}}}")
             if math.isfinite(r.optimizer_vs_dense_active):
                 lines.append(f"\\expandafter\\def\\csname trainopt:{batch}:{r.model}\\endcsname"
                              f"{{{r.optimizer_vs_dense_active:.1f}}}")
+            if math.isfinite(getattr(r, "ops_per_step", math.nan)):
+                lines.append(f"\\expandafter\\def\\csname trainops:{batch}:{r.model}\\endcsname"
+                             f"{{{r.ops_per_step:.0f}}}")
     lines.append("\\newcommand{\\topeig}[2]{\\csname topeig:#1:#2\\endcsname}")
     for r in (sharpness.itertuples() if sharpness is not None else []):
         lines.append(f"\\expandafter\\def\\csname topeig:{r.label}:{r.split}\\endcsname{{{r.top_eigenvalue_mean:.2f}}}")

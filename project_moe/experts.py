@@ -317,17 +317,17 @@ class GroupedMLP(torch.autograd.Function):
         hidden = saved[num_layers + ctx.num_masks:]                            # per expert: h_1 .. h_{L-1}
         weight_grads = [torch.empty_like(w) for w in weights]
         bias_grads = [grad_out.new_empty(w.shape[0], w.shape[2]) for w in weights]
-        idle = [e for e, count in enumerate(counts) if not count]
-        if idle:  # zero only the idle experts' slices, not whole E-expert buffers
-            idle_index = torch.tensor(idle, device=x.device)
-            for grad in (*weight_grads, *bias_grads):
-                grad.index_fill_(0, idle_index, 0.0)
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         grad_out = grad_out.contiguous()
         # Views for every expert at once (one operation per tensor, as in the forward).
         weights_t = [w.transpose(1, 2).unbind(0) for w in weights]            # W_l[e]^T: (out, in)
         weight_grad_views = [g.unbind(0) for g in weight_grads]
         bias_grad_views = [g.unbind(0) for g in bias_grads]
+        # Idle experts get zero gradients: zeroing their slices alone is a plain memset, where
+        # zero-filling whole E-expert buffers would write every busy expert's gradient twice.
+        for idle in (e for e, count in enumerate(counts) if not count):
+            for views in (*weight_grad_views, *bias_grad_views):
+                views[idle].zero_()
         x_t_parts = x.t().split(counts, dim=1)                                 # a_0^T: (D, rows)
         grad_out_parts = grad_out.split(counts)
         grad_x_parts = grad_x.split(counts) if grad_x is not None else None
