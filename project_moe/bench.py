@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from experts import MLPExperts, mlp
+from experts import MLPExperts, dispatch_as, mlp
 from moe_model import MoE
 from routers import build_router
 
@@ -81,6 +81,13 @@ class OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += 1
         return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn) -> int:
+    """Tensor operations dispatched by one call of ``fn``."""
+    with OpCounter() as counter:
+        fn()
+    return counter.count
 
 
 def ratio_with_spread(times: dict, name: str, reference: str) -> tuple[float, float, float]:
@@ -261,9 +268,9 @@ def bench_train(args) -> list[dict]:
             # each) whatever the routing, so it scales with total parameters.
             timer = Timer(device)
             optimizer_ms[name].append(statistics.median(timer(optimizer.step) for _ in range(20)))
-            with OpCounter() as counter:
-                train_step(model, optimizer, *batches[0], coefs)
-            ops[name] = counter.count
+            # Median over a few steps: a routed model's count depends on how many experts got rows.
+            ops[name] = statistics.median_low(count_ops(lambda: train_step(model, optimizer, x, y, coefs))
+                                          for x, y in batches[:5])
     samples = len(dataset.train.labels)
     reference = statistics.median(seconds["dense_active"])
     rows = []
@@ -299,15 +306,16 @@ def step_matmuls(x: Tensor, w1: Tensor, w2: Tensor, grad_out: Tensor) -> None:
 
 
 def step_cost_rows(dataset, args, device: torch.device) -> list[dict]:
-    """Where the hard MoE's training step loses to the dense network's, in two more ratios:
+    """Where the hard MoE's training step loses to the dense network's, in more ratios, all on
+    batch // E * E rows with balanced routing (batch // E rows per expert):
 
     - bare matmuls: the matrix products of one training step, without autograd, router,
-      dispatch or optimiser; the dense network's on the whole batch against the E experts'
-      on batch / E rows each (balanced routing), each with its own weights. It bounds what
-      any implementation built on per-expert matmuls can reach on this machine;
+      dispatch or optimiser; the dense network's on all rows against the E experts' on their
+      own rows, each with its own weights. It bounds what any implementation built on
+      per-expert matmuls can reach on this machine;
     - layers: the same two networks' layers forward and backward through the real code
-      (``nn.Linear`` for the dense one, the expert bank's grouped dispatch on balanced
-      counts for the MoE), still without router, dispatch or optimiser.
+      (``nn.Linear`` for the dense one; the expert bank for the MoE, once with each dispatch),
+      still without router, dispatch or optimiser.
     """
     from config import Config
     from moe_model import build_model
@@ -316,14 +324,15 @@ def step_cost_rows(dataset, args, device: torch.device) -> list[dict]:
     dense = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
     bank = build_model(Config(experts=8, gating="hard").model_spec(), dataset.in_shape,
                        dataset.num_classes).moe.experts.to(device)
-    d_in, classes, experts, batch = dense.net[0].in_features, dataset.num_classes, cfg.experts, args.batch_size
-    rows_per_expert = batch // experts
+    d_in, classes, experts = dense.net[0].in_features, dataset.num_classes, cfg.experts
+    rows_per_expert = args.batch_size // experts
+    rows = rows_per_expert * experts
     g = torch.Generator().manual_seed(0)
     rand = lambda *shape: torch.randn(*shape, generator=g).to(device)  # noqa: E731
     dense_w = (rand(d_in, dense.net[0].out_features), rand(dense.net[0].out_features, classes))
     expert_w = [(rand(d_in, cfg.expert_hidden), rand(cfg.expert_hidden, classes)) for _ in range(experts)]
-    x, grad_out = rand(batch, d_in), rand(batch, classes)
-    x_parts, grad_parts = x[:rows_per_expert * experts].split(rows_per_expert), grad_out.split(rows_per_expert)
+    x, grad_out = rand(rows, d_in), rand(rows, classes)
+    x_parts, grad_parts = x.split(rows_per_expert), grad_out.split(rows_per_expert)
     counts = [rows_per_expert] * experts
 
     def moe_matmuls():
@@ -333,32 +342,41 @@ def step_cost_rows(dataset, args, device: torch.device) -> list[dict]:
     def layers_step(module: nn.Module, forward) -> callable:
         def step():
             module.zero_grad(set_to_none=True)   # as in training: fresh gradients, no accumulation
-            forward().backward(grad_out[:rows_per_expert * experts])
+            forward().backward(grad_out)
         return step
+
+    def bank_with(dispatch: str):
+        def forward():
+            with dispatch_as(bank, dispatch):
+                return bank.forward_sorted(x, counts)
+        return layers_step(bank, forward)
 
     fns = {"bare_matmuls_dense_active": lambda: step_matmuls(x, *dense_w, grad_out),
            "bare_matmuls_moe_hard": moe_matmuls,
-           "layers_dense_active": layers_step(dense, lambda: dense.net(x[:rows_per_expert * experts])),
-           "layers_moe_hard_experts": layers_step(bank, lambda: bank.forward_sorted(x[:rows_per_expert * experts],
-                                                                                    counts))}
+           "layers_dense_active": layers_step(dense, lambda: dense.net(x)),
+           "layers_moe_hard_grouped": bank_with("grouped"),
+           "layers_moe_hard_padded": bank_with("padded")}
     times = interleaved_times(fns, Timer(device), args.rounds, per_round=50, warmup=20)
-    print(f"\nOne training step's layers on batch {batch} without router, dispatch or optimiser: the hard MoE's "
-          f"{experts} experts on {rows_per_expert} rows each (balanced) / dense_active on {batch} rows "
-          f"(samples/s ratio)")
-    rows = []
-    for kind, label in (("bare_matmuls", "bare matmuls, no autograd"), ("layers", "layers, forward + backward")):
-        reference, candidate = f"{kind}_dense_active", f"{kind}_moe_hard" + ("_experts" if kind == "layers" else "")
+    print(f"\nOne training step's layers on {rows} rows without router, dispatch or optimiser: the hard MoE's "
+          f"{experts} experts on {rows_per_expert} rows each (balanced) / dense_active (samples/s ratio)")
+    table = []
+    lines = (("bare_matmuls_dense_active", "bare_matmuls_moe_hard", "bare matmuls, no autograd"),
+             ("layers_dense_active", "layers_moe_hard_grouped", "layers, grouped dispatch"),
+             ("layers_dense_active", "layers_moe_hard_padded", "layers, padded dispatch"))
+    for reference, candidate, label in lines:
         ratio, low, high = ratio_with_spread(times, reference, candidate)
         print(f"  {label:<28}{ratio:.3f}  [{low:.3f}, {high:.3f}]")
         for name in (reference, candidate):
+            if any(row["model"] == name for row in table):
+                continue
             median_ms = statistics.median([t for r in times[name] for t in r])
             is_reference = name == reference
-            rows.append({"model": name, "samples_per_s": batch / median_ms * 1e3,
-                         "vs_dense_active": 1.0 if is_reference else ratio,
-                         "vs_dense_active_min": 1.0 if is_reference else low,
-                         "vs_dense_active_max": 1.0 if is_reference else high, "faults_per_step": float("nan"),
-                         "optimizer_vs_dense_active": float("nan"), "ops_per_step": float("nan")})
-    return rows
+            table.append({"model": name, "samples_per_s": rows / median_ms * 1e3,
+                          "vs_dense_active": 1.0 if is_reference else ratio,
+                          "vs_dense_active_min": 1.0 if is_reference else low,
+                          "vs_dense_active_max": 1.0 if is_reference else high, "faults_per_step": float("nan"),
+                          "optimizer_vs_dense_active": float("nan"), "ops_per_step": float("nan")})
+    return table
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -429,6 +447,8 @@ def main(argv=None) -> int:
                 parser.error(f"--config {spec!r}: expected E:K with 1 <= K <= E, e.g. 8:2")
     path = args.csv or Path("results/bench") / ("bench_layer.csv" if args.what == "layer"
                                                   else f"bench_train_b{args.batch_size}.csv")
+    if path.suffix != ".csv":
+        parser.error(f"--csv {path}: the table's name must end in .csv (the printed report goes beside it as .txt)")
     report = path.with_suffix(".txt")
     existing = [str(p) for p in (path, report) if p.exists()]
     if existing and not args.overwrite:
@@ -437,12 +457,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     device = resolve(args.device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = report.with_suffix(".txt.partial")   # an interrupted run leaves the previous report intact
-    with partial.open("w") as handle, contextlib.redirect_stdout(Tee(sys.stdout, handle)):
-        print(machine_line(device))
-        rows = bench_layer(args) if args.what == "layer" else bench_train(args)
-        write_csv(path, rows)
-        print(f"\nwrote {path} and {report.name}")
+    partial = report.with_suffix(".txt.partial")   # a failed run leaves the previous report intact
+    try:
+        with partial.open("w") as handle, contextlib.redirect_stdout(Tee(sys.stdout, handle)):
+            print(machine_line(device))
+            rows = bench_layer(args) if args.what == "layer" else bench_train(args)
+            write_csv(path, rows)
+            print(f"\nwrote {path} and {report.name}")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(report)
     return 0
 
@@ -461,6 +485,9 @@ class Tee:
     def flush(self) -> None:
         for stream in self.streams:
             stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.streams[0], name)   # isatty, encoding, ...: those of the console
 
 
 if __name__ == "__main__":

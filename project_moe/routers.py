@@ -103,7 +103,8 @@ class Router(nn.Module):
     def _record(self, logits, probs, weights, sample_index=None, expert_index=None,
                 gate=None, load=None) -> Routing:
         """Assemble the record and every auxiliary loss (all cheap, O(N E)). The per-expert
-        counts are computed once here: the dispatch, the Switch loss and the logs share them."""
+        counts are computed once here: the dispatch, the logs and (for sparse routing) the
+        Switch loss share them."""
         if sample_index is None:
             counts = torch.full((self.num_experts,), weights.shape[0], device=weights.device)
             load = weights.sum(dim=0) if load is None else load

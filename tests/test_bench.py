@@ -43,7 +43,7 @@ def test_bench_train_writes_one_row_per_model_and_the_step_cost_rows(tmp_path, t
     table = pd.read_csv(out).set_index("model")
     assert list(table.index) == ["dense_active", "dense_params", "moe_soft", "moe_hard", "moe_top2",
                                  "moe_expert_choice", "bare_matmuls_dense_active", "bare_matmuls_moe_hard",
-                                 "layers_dense_active", "layers_moe_hard_experts"]
+                                 "layers_dense_active", "layers_moe_hard_grouped", "layers_moe_hard_padded"]
     assert table.loc["dense_active", "vs_dense_active"] == 1.0
     assert (table.samples_per_s > 0).all()
     assert table.loc["dense_active", "optimizer_vs_dense_active"] == 1.0
@@ -65,4 +65,10 @@ def test_bench_refuses_to_overwrite_a_table_and_keeps_the_printed_report(tmp_pat
         bench.main(argv)
     assert refused.value.code == 2 and "--overwrite" in capsys.readouterr().err
     assert out.read_bytes() == before
+    out.write_text("stale\n")
     assert bench.main(argv + ["--overwrite"]) == 0
+    assert out.read_text() != "stale\n" and "headline" in out.with_suffix(".txt").read_text()
+    assert not list(tmp_path.glob("*.partial"))
+    with pytest.raises(SystemExit) as refused:
+        bench.main(argv[:-1] + [str(tmp_path / "layer.txt")])
+    assert refused.value.code == 2 and ".csv" in capsys.readouterr().err

@@ -65,6 +65,22 @@ def test_fast_dispatch_equals_plain_autograd(depth, counts, input_grad, dispatch
         assert weight_grad[idle].abs().sum() == 0
 
 
+def test_idle_experts_get_zero_gradients_whatever_fresh_memory_holds(monkeypatch):
+    """The backward writes every busy expert's gradient and zeroes the idle ones'; fresh
+    gradient buffers filled with NaN (as uninitialised memory may be) must not leak through."""
+    nan_empty_like = lambda t, **kw: torch.full_like(t, float("nan"), **kw)  # noqa: E731
+    real_new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch, "empty_like", nan_empty_like)
+    monkeypatch.setattr(torch.Tensor, "new_empty",
+                        lambda t, *size, **kw: real_new_empty(t, *size, **kw).fill_(float("nan")))
+    experts = bank(depth=2)
+    counts = [0, 4, 0, 3, 0]
+    out = experts.forward_sorted(sorted_batch(counts), counts)
+    grads = torch.autograd.grad(out.sum(), list(experts.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert all(g[[0, 2, 4]].abs().sum() == 0 for g in grads)
+
+
 def test_fused_bank_passes_gradcheck_with_dropout():
     experts = bank(depth=2, dropout=0.3).train()
     counts = [2, 0, 3, 1, 2]
