@@ -436,8 +436,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None, help="train: dataset root, as for train.py")
     parser.add_argument("--batch-size", type=int, default=128, help="train: batch size")
     parser.add_argument("--csv", type=Path, default=None,
-                        help="where to write the table (default: results/bench/bench_layer.csv, "
-                             "results/bench/bench_train_b<batch>.csv); the printed report goes beside it as .txt")
+                        help="where to write the table (default: bench_layer.csv or bench_train_b<batch>.csv "
+                             "here); the printed report goes beside it as .txt")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing table")
     args = parser.parse_args(argv)
     if args.what == "layer":
@@ -445,8 +445,7 @@ def main(argv=None) -> int:
             parts = spec.split(":")
             if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 1 <= int(parts[1]) <= int(parts[0]):
                 parser.error(f"--config {spec!r}: expected E:K with 1 <= K <= E, e.g. 8:2")
-    path = args.csv or Path("results/bench") / ("bench_layer.csv" if args.what == "layer"
-                                                  else f"bench_train_b{args.batch_size}.csv")
+    path = args.csv or Path("bench_layer.csv" if args.what == "layer" else f"bench_train_b{args.batch_size}.csv")
     if path.suffix != ".csv":
         parser.error(f"--csv {path}: the table's name must end in .csv (the printed report goes beside it as .txt)")
     report = path.with_suffix(".txt")
