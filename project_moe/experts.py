@@ -272,7 +272,7 @@ def grouped_mlp_forward(x: Tensor, counts: list[int], masks: list[Tensor],
     mask_parts = [m.split(counts) for m in masks]
     weights, biases = [w.unbind(0) for w in weights], [b.unbind(0) for b in biases]
     hidden_per_expert = []
-    for e in busy_experts(counts):
+    for e, _ in expert_slices(counts):
         h, hidden = x_parts[e], []
         for layer in range(num_layers - 1):
             h = torch.addmm(biases[layer][e], h, weights[layer][e]).relu_()   # (rows, H)
@@ -282,11 +282,6 @@ def grouped_mlp_forward(x: Tensor, counts: list[int], masks: list[Tensor],
         torch.addmm(biases[-1][e], h, weights[-1][e], out=out_parts[e])
         hidden_per_expert.append(hidden)
     return out, hidden_per_expert
-
-
-def busy_experts(counts: list[int]) -> list[int]:
-    """The experts that received at least one row."""
-    return [e for e, count in enumerate(counts) if count]
 
 
 class GroupedMLP(torch.autograd.Function):
@@ -332,7 +327,7 @@ class GroupedMLP(torch.autograd.Function):
         grad_out_parts = grad_out.split(counts)
         grad_x_parts = grad_x.split(counts) if grad_x is not None else None
         mask_parts = [m.split(counts) for m in masks]
-        for i, e in enumerate(busy_experts(counts)):
+        for i, (e, _) in enumerate(expert_slices(counts)):
             hidden_e = hidden[i * (num_layers - 1):(i + 1) * (num_layers - 1)]   # a_1 .. a_{L-1}
             grad = grad_out_parts[e]                                            # (rows, out_L)
             for layer in reversed(range(num_layers)):
