@@ -57,7 +57,7 @@ import data
 from config import Config, ConfigError
 from experts import use_reference_experts
 from moe_model import build_model, classifier_logits, count_params
-from run_files import atomic_write_bytes
+from run_files import atomic_write_bytes, refuse_to_replace
 from train import EXIT_BAD_INPUT, resolve_device
 
 HERE = Path(__file__).resolve().parent
@@ -349,10 +349,9 @@ def check_args(args) -> None:
 
 def output_paths(out: Path, overwrite: bool) -> tuple[Path, Path]:
     paths = out / "sharpness.csv", out / "sharpness_curves.csv"
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise AnalysisError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose "
-                            "another --out")
+    refusal = refuse_to_replace(paths, overwrite, "choose another --out")
+    if refusal:
+        raise AnalysisError(refusal)
     return paths
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import os
 import platform
 import statistics
@@ -27,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from experts import MLPExperts, dispatch_as, mlp
 from moe_model import MoE
 from routers import build_router
+from run_files import atomic_write_bytes, refuse_to_replace
 
 DEFAULT_GRID = ("8:1", "8:2", "32:2")
 
@@ -413,11 +415,11 @@ def machine_line(device: torch.device) -> str:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, lambda handle: handle.write(text.getvalue().encode()))
 
 
 def main(argv=None) -> int:
@@ -449,24 +451,20 @@ def main(argv=None) -> int:
     if path.suffix != ".csv":
         parser.error(f"--csv {path}: the table's name must end in .csv (the printed report goes beside it as .txt)")
     report = path.with_suffix(".txt")
-    existing = [str(p) for p in (path, report) if p.exists()]
-    if existing and not args.overwrite:
-        parser.exit(2, f"bench.py: error: {', '.join(existing)} already exist(s); pass --overwrite to replace, "
-                       f"or --csv to write elsewhere\n")
+    refusal = refuse_to_replace((path, report), args.overwrite, "--csv to write elsewhere")
+    if refusal:
+        parser.exit(2, f"bench.py: error: {refusal}\n")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     device = resolve(args.device)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(Tee(sys.stdout, printed)):
+        print(machine_line(device))
+        rows = bench_layer(args) if args.what == "layer" else bench_train(args)
+        print(f"\nwrote {path} and {report.name}")
+    # Written only once the run is over, each atomically: a failed run leaves the previous files intact.
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = report.with_suffix(".txt.partial")   # a failed run leaves the previous report intact
-    try:
-        with partial.open("w") as handle, contextlib.redirect_stdout(Tee(sys.stdout, handle)):
-            print(machine_line(device))
-            rows = bench_layer(args) if args.what == "layer" else bench_train(args)
-            write_csv(path, rows)
-            print(f"\nwrote {path} and {report.name}")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    partial.replace(report)
+    write_csv(path, rows)
+    atomic_write_bytes(report, lambda handle: handle.write(printed.getvalue().encode()))
     return 0
 
 

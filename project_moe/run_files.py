@@ -34,6 +34,15 @@ def atomic_write_bytes(path: Path, write) -> None:
         raise
 
 
+def refuse_to_replace(paths, overwrite: bool, alternative: str) -> str | None:
+    """The one-line refusal to give when some of ``paths`` exist and ``overwrite`` is off
+    (``alternative``: the other way out, e.g. "choose another --out"); None otherwise."""
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing and not overwrite:
+        return f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or {alternative}"
+    return None
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

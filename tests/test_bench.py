@@ -68,7 +68,7 @@ def test_bench_refuses_to_overwrite_a_table_and_keeps_the_printed_report(tmp_pat
     out.write_text("stale\n")
     assert bench.main(argv + ["--overwrite"]) == 0
     assert out.read_text() != "stale\n" and "headline" in out.with_suffix(".txt").read_text()
-    assert not list(tmp_path.glob("*.partial"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.csv", "layer.txt"]   # no temporary file left
     with pytest.raises(SystemExit) as refused:
         bench.main(argv[:-1] + [str(tmp_path / "layer.txt")])
     assert refused.value.code == 2 and ".csv" in capsys.readouterr().err
