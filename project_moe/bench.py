@@ -248,7 +248,7 @@ def bench_train(args) -> list[dict]:
     faults = {name: [] for name in variants}   # minor page faults per step: fresh memory touched
     optimizer_ms = {name: [] for name in variants}
     ops = {}                                    # operator calls in one training step
-    for _ in range(args.rounds):
+    for round_index in range(args.rounds):
         for name, overrides in variants.items():
             cfg = Config(experts=8, batch_size=args.batch_size, **overrides)
             torch.manual_seed(0)
@@ -270,9 +270,10 @@ def bench_train(args) -> list[dict]:
             # each) whatever the routing, so it scales with total parameters.
             timer = Timer(device)
             optimizer_ms[name].append(statistics.median(timer(optimizer.step) for _ in range(20)))
-            # Median over a few steps: a routed model's count depends on how many experts got rows.
-            ops[name] = statistics.median_low(count_ops(lambda: train_step(model, optimizer, x, y, coefs))
-                                          for x, y in batches[:5])
+            if round_index == args.rounds - 1:   # counted once, on the last round's trained model
+                # Median over a few steps: a routed model's count depends on how many experts got rows.
+                ops[name] = statistics.median_low(count_ops(lambda: train_step(model, optimizer, x, y, coefs))
+                                              for x, y in batches[:5])
     samples = len(dataset.train.labels)
     reference = statistics.median(seconds["dense_active"])
     rows = []
@@ -361,23 +362,20 @@ def step_cost_rows(dataset, args, device: torch.device) -> list[dict]:
     times = interleaved_times(fns, Timer(device), args.rounds, per_round=50, warmup=20)
     print(f"\nOne training step's layers on {rows} rows without router, dispatch or optimiser: the hard MoE's "
           f"{experts} experts on {rows_per_expert} rows each (balanced) / dense_active (samples/s ratio)")
-    table = []
     lines = (("bare_matmuls_dense_active", "bare_matmuls_moe_hard", "bare matmuls, no autograd"),
              ("layers_dense_active", "layers_moe_hard_grouped", "layers, grouped dispatch"),
              ("layers_dense_active", "layers_moe_hard_padded", "layers, padded dispatch"))
+    spreads = {}                      # candidate -> (ratio, min, max); each reference is 1 against itself
     for reference, candidate, label in lines:
-        ratio, low, high = ratio_with_spread(times, reference, candidate)
-        print(f"  {label:<28}{ratio:.3f}  [{low:.3f}, {high:.3f}]")
-        for name in (reference, candidate):
-            if any(row["model"] == name for row in table):
-                continue
-            median_ms = statistics.median([t for r in times[name] for t in r])
-            is_reference = name == reference
-            table.append({"model": name, "samples_per_s": rows / median_ms * 1e3,
-                          "vs_dense_active": 1.0 if is_reference else ratio,
-                          "vs_dense_active_min": 1.0 if is_reference else low,
-                          "vs_dense_active_max": 1.0 if is_reference else high, "faults_per_step": float("nan"),
-                          "optimizer_vs_dense_active": float("nan"), "ops_per_step": float("nan")})
+        spreads[candidate] = ratio_with_spread(times, reference, candidate)
+        print(f"  {label:<28}{spreads[candidate][0]:.3f}  [{spreads[candidate][1]:.3f}, {spreads[candidate][2]:.3f}]")
+    table = []
+    for name in fns:
+        ratio, low, high = spreads.get(name, (1.0, 1.0, 1.0))
+        median_ms = statistics.median([t for r in times[name] for t in r])
+        table.append({"model": name, "samples_per_s": rows / median_ms * 1e3, "vs_dense_active": ratio,
+                      "vs_dense_active_min": low, "vs_dense_active_max": high, "faults_per_step": float("nan"),
+                      "optimizer_vs_dense_active": float("nan"), "ops_per_step": float("nan")})
     return table
 
 
