@@ -56,7 +56,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import data
 from config import Config, ConfigError
 from experts import use_reference_experts
-from moe_model import build_model, classifier_logits, count_params
+from models import build_model
+from moe_model import classifier_logits, count_params
 from run_files import atomic_write_bytes, refuse_to_replace
 from train import EXIT_BAD_INPUT, resolve_device
 

@@ -29,10 +29,14 @@ def switch_balance_loss(probs: Tensor, counts: Tensor) -> Tensor:
 
     probs: (N, E) router softmax; counts: (E,) assignments dispatched to each expert.
     """
-    num_experts = probs.shape[1]
-    counts = counts.to(probs.dtype)                                                # (E,)
+    return switch_balance(probs.mean(dim=0), counts)
+
+
+def switch_balance(mean_prob: Tensor, counts: Tensor) -> Tensor:
+    """The Switch loss from its batch statistics: P_i = ``mean_prob`` (E,), counts (E,)."""
+    num_experts = mean_prob.shape[0]
+    counts = counts.to(mean_prob.dtype)                                            # (E,)
     fraction = counts / counts.sum().clamp_min(1.0)                                 # f_i
-    mean_prob = probs.mean(dim=0)                                                  # P_i
     return num_experts * (fraction * mean_prob).sum()
 
 
@@ -88,8 +92,41 @@ def kl_to_uniform_loss(probs: Tensor) -> Tensor:
     each sample does, so it balances load without flattening per-sample gates. The
     argument order matters: KL(U || p_bar) would blow up on an unused expert.
     """
-    mean_prob = probs.mean(dim=0)  # (E,)
-    return math.log(probs.shape[1]) - entropy(mean_prob)
+    return kl_uniform(probs.mean(dim=0))
+
+
+def kl_uniform(mean_prob: Tensor) -> Tensor:
+    """KL(p_bar || U) from the batch-mean gate distribution ``mean_prob`` (E,)."""
+    return math.log(mean_prob.shape[0]) - entropy(mean_prob)
+
+
+def routing_sums(logits: Tensor, probs: Tensor, weights: Tensor, counts: Tensor, load: Tensor) -> dict[str, Tensor]:
+    """The batch sums every loss above is a function of (``losses_from_sums``).
+
+    Sums, not means, so that the sums of several shards of a batch (one per process) give
+    the losses of the whole batch. logits, probs, weights: (N, E); counts: (E,) assignments
+    for the Switch loss; load: (E,) the load of the CV^2 loss.
+    """
+    return {"samples": probs.new_tensor(float(probs.shape[0])),
+            "prob": probs.sum(dim=0),                                          # (E,)
+            "count": counts.to(probs.dtype),                                   # (E,)
+            "importance": weights.sum(dim=0).to(probs.dtype),                  # (E,)
+            "load": load.to(probs.dtype),                                      # (E,)
+            "z": torch.logsumexp(logits.float(), dim=-1).square().sum(),
+            "entropy": entropy(probs).sum()}
+
+
+def losses_from_sums(sums: dict[str, Tensor]) -> dict[str, Tensor]:
+    """balance, cv, z, entropy and kl_uniform of a batch from its ``routing_sums``; equal to
+    ``switch_balance_loss``, ``importance_load_loss``, ``router_z_loss``, ``gate_entropy_loss``
+    and ``kl_to_uniform_loss`` of the same batch."""
+    samples = sums["samples"].clamp_min(1.0)
+    mean_prob = sums["prob"] / samples                                         # (E,)
+    return {"balance": switch_balance(mean_prob, sums["count"]),
+            "cv": cv_squared(sums["importance"]) + cv_squared(sums["load"]),
+            "z": sums["z"] / samples,
+            "entropy": sums["entropy"] / samples,
+            "kl_uniform": kl_uniform(mean_prob)}
 
 
 def centroid_overlap_loss(centroids: Tensor) -> Tensor:

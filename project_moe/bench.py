@@ -233,7 +233,7 @@ def print_layer_rows(rows: list[dict]) -> None:
 def bench_train(args) -> list[dict]:
     import data
     from config import Config
-    from moe_model import build_model
+    from models import build_model
     from train import aux_coefficients, make_optimizer, train_step
 
     device = resolve(args.device)
@@ -321,7 +321,7 @@ def step_cost_rows(dataset, args, device: torch.device) -> list[dict]:
       still without router, dispatch or optimiser.
     """
     from config import Config
-    from moe_model import build_model
+    from models import build_model
 
     cfg = Config(experts=8, model="dense", dense_match="active", gating="hard")
     dense = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)

@@ -19,6 +19,7 @@ from routers import GATING_CHOICES, HARD_GRAD_CHOICES, SCORE_CHOICES
 MODEL_CHOICES = ("moe", "dense")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 SCHEDULE_CHOICES = ("cosine", "constant")
+DIST_BACKEND_CHOICES = ("auto", "gloo", "nccl")
 
 
 class ConfigError(ValueError):
@@ -91,6 +92,13 @@ class Config:
     seed: int = _opt(0, "seed of initialisation, validation split, batch order, augmentation and noise")
     device: str = _opt("auto", "auto picks cuda when available", DEVICE_CHOICES)
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)", type=int)
+    # several processes (under torchrun)
+    expert_parallel: bool = _opt(False, "under torchrun: split the experts of every MoE layer over the processes "
+                                        "(all-to-all exchange) instead of replicating them")
+    dist_backend: str = _opt("auto", "under torchrun: torch.distributed backend (auto: nccl on CUDA, gloo on CPU)",
+                             DIST_BACKEND_CHOICES)
+    dist_timeout: float = _opt(120.0, "under torchrun: seconds a process waits for the others in a collective "
+                                      "before it gives up (a peer that died or hangs)")
     # output
     out: str = _opt("runs", "directory that holds run directories")
     run_name: str | None = _opt(None, "run directory name (default: built from the main flags and the seed)",
@@ -167,6 +175,7 @@ def validate(cfg: Config) -> None:
     need(cfg.train_eval_size >= 0, f"--train-eval-size must be >= 0 (got {cfg.train_eval_size})")
     need(cfg.image_size is None or cfg.image_size >= 1, f"--image-size must be >= 1 (got {cfg.image_size})")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1 (got {cfg.threads})")
+    need(cfg.dist_timeout > 0, f"--dist-timeout must be > 0 seconds (got {cfg.dist_timeout})")
     need(cfg.arch != "vit" or (cfg.trunk == "none" and cfg.expert_type == "mlp"),
          "--arch vit has its own patch embedding and MLP experts: drop --trunk and --expert-type")
     need(cfg.arch != "vit" or cfg.vit_dim % cfg.vit_heads == 0,

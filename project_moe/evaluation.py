@@ -1,6 +1,9 @@
 """Evaluation of a classifier on a split, with the per-expert and per-class routing tables.
 
 Legend: N samples, E experts, K classes.
+
+Every table is built from sums over the batches, so that a split evaluated in shards (one
+per process, ``reduce`` summing over them) gives the tables of the whole split.
 """
 from __future__ import annotations
 
@@ -34,10 +37,15 @@ class SplitResult:
     layer_rows: list[dict] = field(default_factory=list)     # one per (MoE block, expert) (ViT only)
 
 
+def _no_reduce(totals: Tensor) -> Tensor:
+    return totals
+
+
 @torch.no_grad()
-def evaluate(model, batches, num_classes: int, detailed: bool = True) -> SplitResult:
+def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=_no_reduce) -> SplitResult:
     """Loss and accuracy over ``batches`` (an iterable of (x, y)); for an MoE with
-    ``detailed``, also every expert's own loss on all samples and on its routed ones."""
+    ``detailed``, also every expert's own loss on all samples and on its routed ones.
+    ``reduce`` sums a tensor over the processes that evaluate shards of the same batches."""
     was_training = model.training
     model.eval()
     is_moe = isinstance(model, MoEClassifier)
@@ -61,6 +69,9 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True) -> SplitRe
         correct += (logits.argmax(dim=1) == y).sum()
         count += y.shape[0]
     model.train(was_training)
+    totals = reduce_sums({**totals, "loss_sum": loss_sum, "correct": correct,
+                          "count": torch.tensor(float(count), dtype=torch.float64, device=device)}, reduce)
+    loss_sum, correct, count = totals.pop("loss_sum"), totals.pop("correct"), int(totals.pop("count").item())
     result = SplitResult(loss=(loss_sum / max(count, 1)).item(), acc=(correct / max(count, 1)).item(), n=count)
     if totals and routes_tokens:
         _fill_layers(result, totals, model.moe_blocks)
@@ -92,7 +103,7 @@ def _fill_layers(result: SplitResult, totals: dict[str, Tensor], blocks: list[in
 
 def _moe_batch_sums(model: MoEClassifier, features: Tensor, output, y: Tensor, num_classes: int) -> dict[str, Tensor]:
     weights = output.routing.weights                                          # (N, E)
-    all_logits = model.moe.experts.forward_all(features)                      # (E, N, K)
+    all_logits = model.moe.all_expert_outputs(features)                       # (E, N, K)
     every = torch.ones_like(weights, dtype=torch.bool)
     on_all = stats.per_expert_sums(all_logits, y, every)
     on_routed = stats.per_expert_sums(all_logits, y, stats.routed_mask(weights))
@@ -109,6 +120,18 @@ def _moe_batch_sums(model: MoEClassifier, features: Tensor, output, y: Tensor, n
 def _accumulate(totals: dict[str, Tensor], batch: dict[str, Tensor]) -> None:
     for name, value in batch.items():
         totals[name] = totals[name] + value if name in totals else value.clone()
+
+
+def reduce_sums(sums: dict[str, Tensor], reduce) -> dict[str, Tensor]:
+    """``reduce`` applied to every tensor of ``sums`` at once (one collective), float64."""
+    if reduce is _no_reduce or not sums:
+        return sums
+    flat = reduce(torch.cat([value.double().reshape(-1) for value in sums.values()]))
+    out, start = {}, 0
+    for name, value in sums.items():
+        out[name] = flat[start:start + value.numel()].view(value.shape)
+        start += value.numel()
+    return out
 
 
 def _fill_routing(result: SplitResult, totals: dict[str, Tensor], count: int) -> None:
@@ -135,11 +158,10 @@ def _fill_routing(result: SplitResult, totals: dict[str, Tensor], count: int) ->
     result.class_expert = tables
 
 
-def train_batch_expert_rows(output, y: Tensor, num_experts: int) -> list[dict]:
+def train_batch_expert_rows(output, y: Tensor, num_experts: int, reduce=_no_reduce) -> list[dict]:
     """Per-expert rows for one training batch, from the assignments already computed
     (no extra forward pass, hence no loss over all samples)."""
     with torch.no_grad():
-        n = y.shape[0]
         target = y[output.sample_index]                                        # (M,)
         loss = F.cross_entropy(output.expert_logits.float(), target, reduction="none")
         correct = (output.expert_logits.argmax(dim=1) == target).double()
@@ -148,11 +170,12 @@ def train_batch_expert_rows(output, y: Tensor, num_experts: int) -> list[dict]:
             0, output.expert_index, loss.double())
         correct_sum = torch.zeros_like(loss_sum).index_add_(0, output.expert_index, correct)
         gate = output.routing.weights.sum(dim=0).double()
-        packed = torch.stack([routed, loss_sum, correct_sum, gate]).cpu()     # (4, E): one transfer
+        samples = torch.full_like(gate, float(y.shape[0]))
+        packed = reduce(torch.stack([routed, loss_sum, correct_sum, gate, samples])).cpu()  # (5, E): one transfer
     rows = []
     for e in range(num_experts):
-        routed_n, loss_total, correct_total, gate_total = packed[:, e].tolist()
-        rows.append({"expert": e, "n_samples": n, "n_routed": int(routed_n), "frac_routed": routed_n / n,
+        routed_n, loss_total, correct_total, gate_total, n = packed[:, e].tolist()
+        rows.append({"expert": e, "n_samples": int(n), "n_routed": int(routed_n), "frac_routed": routed_n / n,
                      "mean_gate": gate_total / n,
                      "loss_routed": loss_total / routed_n if routed_n else float("nan"),
                      "acc_routed": correct_total / routed_n if routed_n else float("nan"),
@@ -160,10 +183,15 @@ def train_batch_expert_rows(output, y: Tensor, num_experts: int) -> list[dict]:
     return rows
 
 
+def _no_gather(rows: Tensor) -> Tensor:
+    return rows
+
+
 @torch.no_grad()
-def sample_routing(model: MoEClassifier, batches, limit: int) -> list[dict]:
+def sample_routing(model: MoEClassifier, batches, limit: int, gather=_no_gather) -> list[dict]:
     """Routing of the first ``limit`` samples of a split (in the evaluation batches, so that
-    batch-dependent routers see the same batches as in evaluation)."""
+    batch-dependent routers see the same batches as in evaluation). ``gather`` concatenates
+    the rows of processes that route shards of the same batches."""
     was_training = model.training
     model.eval()
     rows = []
@@ -171,10 +199,11 @@ def sample_routing(model: MoEClassifier, batches, limit: int) -> list[dict]:
         output = model(x)
         weights = output.routing.weights                                       # (N, E)
         top_weight, top_expert = weights.max(dim=1)
-        columns = torch.stack([y, output.logits.argmax(dim=1), top_expert, stats.routed_mask(weights).sum(dim=1)]).cpu()
-        for (label, predicted, expert, used), weight in zip(columns.t().tolist(), top_weight.cpu().tolist()):
-            rows.append({"index": len(rows), "class": label, "predicted": predicted, "top1_expert": expert,
-                         "top1_weight": weight, "experts_used": used})
+        columns = torch.stack([y, output.logits.argmax(dim=1), top_expert, stats.routed_mask(weights).sum(dim=1)])
+        columns = gather(torch.cat([columns.t().double(), top_weight.double().unsqueeze(1)], dim=1)).cpu()  # (N, 5)
+        for label, predicted, expert, used, weight in columns.tolist():
+            rows.append({"index": len(rows), "class": int(label), "predicted": int(predicted),
+                         "top1_expert": int(expert), "top1_weight": weight, "experts_used": int(used)})
             if len(rows) == limit:
                 model.train(was_training)
                 return rows
@@ -183,29 +212,30 @@ def sample_routing(model: MoEClassifier, batches, limit: int) -> list[dict]:
 
 
 @torch.no_grad()
-def patch_routing(model: ViTClassifier, batches, limit: int) -> list[dict]:
+def patch_routing(model: ViTClassifier, batches, limit: int, gather=_no_gather) -> list[dict]:
     """Top-1 expert of every patch of the first ``limit`` images (at most one evaluation
     batch, routed as in evaluation), in every MoE block. Image ``index`` is the index in
-    the split, so the pixels are ``split.images[index]``."""
+    the split, so the pixels are ``split.images[index]``. ``gather`` as in sample_routing."""
     was_training = model.training
     model.eval()
     x, y = next(iter(batches))
     output = model(x)
-    take = min(limit, x.shape[0])
-    predicted = output.logits.argmax(dim=1)[:take].tolist()
-    labels = y[:take].tolist()
+    images = gather(torch.stack([y, output.logits.argmax(dim=1)], dim=1)).cpu()   # (B, 2)
+    take = min(limit, images.shape[0])
+    labels, predicted = images[:take, 0].tolist(), images[:take, 1].tolist()
     columns = model.grid[1]
     rows = []
     for layer, routing in zip(model.moe_blocks, output.routings):
-        weights = routing.weights.view(x.shape[0], output.tokens, -1)[:take]  # (B, T, E)
-        top_weight, top_expert = weights.max(dim=-1)                          # (B, T)
-        used = stats.routed_mask(weights).sum(dim=-1)                         # (B, T)
-        table = torch.stack([top_expert, used]).cpu()                         # (2, B, T)
+        weights = routing.weights.view(x.shape[0], output.tokens, -1)         # (b, T, E)
+        top_weight, top_expert = weights.max(dim=-1)                          # (b, T)
+        used = stats.routed_mask(weights).sum(dim=-1)                         # (b, T)
+        table = gather(torch.stack([top_expert.double(), used.double(), top_weight.double()], dim=1))  # (B, 3, T)
+        table = table[:take].cpu()
         for image in range(take):
-            for patch, ((expert, count), weight) in enumerate(zip(table[:, image].t().tolist(),
-                                                                  top_weight[image].tolist())):
+            experts_of, used_of, weight_of = table[image].tolist()
+            for patch, (expert, count, weight) in enumerate(zip(experts_of, used_of, weight_of)):
                 rows.append({"index": image, "class": labels[image], "predicted": predicted[image],
                              "layer": layer, "patch": patch, "row": patch // columns, "col": patch % columns,
-                             "top1_expert": expert, "top1_weight": weight, "experts_used": count})
+                             "top1_expert": int(expert), "top1_weight": weight, "experts_used": int(count)})
     model.train(was_training)
     return rows

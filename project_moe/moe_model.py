@@ -98,6 +98,24 @@ class MoEOutput:
         return self.routing.assignment_counts()
 
 
+class LocalExperts:
+    """Runs rows on an expert bank that holds every expert: the exchange of an MoE layer in
+    one process. ``distributed.py`` installs its expert-parallel counterpart, which sends
+    the rows to the processes that own their experts and brings the outputs back."""
+
+    def run_sorted(self, experts: MLPExperts | ModuleExperts, x_sorted: Tensor, counts: Tensor) -> Tensor:
+        """(M, ...) rows grouped by expert, counts (E,) -> (M, K)."""
+        # One host sync for the slice sizes; everything else stays on the device.
+        return experts.forward_sorted(x_sorted, counts.tolist())
+
+    def run_all(self, experts: MLPExperts | ModuleExperts, x: Tensor) -> Tensor:
+        """(N, ...) -> (E, N, K): every expert on every row."""
+        return experts.forward_all(x)
+
+
+LOCAL_EXPERTS = LocalExperts()
+
+
 class MoE(nn.Module):
     """A router and a bank of experts. ``combine="logits"`` mixes expert outputs,
     y = sum_i w_i E_i(x) (Shazeer 2017, Switch 2021); ``combine="probs"`` mixes expert
@@ -109,6 +127,11 @@ class MoE(nn.Module):
         self.router = router
         self.experts = experts
         self.combine = combine
+        self.exchange = LOCAL_EXPERTS
+
+    def all_expert_outputs(self, x: Tensor) -> Tensor:
+        """(N, ...) -> (E, N, K): every expert of the layer on every row."""
+        return self.exchange.run_all(self.experts, x)
 
     def forward(self, x: Tensor, router_input: Tensor | None = None) -> MoEOutput:
         routing = self.router(x.flatten(1) if router_input is None else router_input)
@@ -117,7 +140,7 @@ class MoE(nn.Module):
         return self._sparse(x, routing)
 
     def _dense(self, x: Tensor, routing: Routing) -> MoEOutput:
-        expert_out = self.experts.forward_all(x)                               # (E, N, K)
+        expert_out = self.all_expert_outputs(x)                                # (E, N, K)
         num_experts, num_samples, num_classes = expert_out.shape
         weights = routing.weights.to(expert_out.dtype)                          # (N, E)
         if self.combine == "probs":
@@ -135,10 +158,8 @@ class MoE(nn.Module):
         expert_index, order = torch.sort(routing.expert_index, stable=True)    # (M,), (M,)
         sample_index = routing.sample_index[order]                             # (M,)
         gate = routing.gate[order]                                             # (M,)
-        # One host sync for the slice sizes; everything else stays on the device.
-        counts = routing.counts.tolist()
         x_sorted = x.index_select(0, sample_index)                             # (M, ...)
-        out = self.experts.forward_sorted(x_sorted, counts)                    # (M, K)
+        out = self.exchange.run_sorted(self.experts, x_sorted, routing.counts)  # (M, K)
         contribution = out.softmax(dim=-1) if self.combine == "probs" else out
         mixed = out.new_zeros(x.shape[0], out.shape[1]).index_add_(             # (N, K)
             0, sample_index, contribution * gate.to(out.dtype).unsqueeze(1))
@@ -284,18 +305,6 @@ def build_dense_matched(spec: ModelSpec, in_shape, num_classes: int, target_para
         low, high = (mid, high) if size(mid) < target_params else (low, mid)
     best = min((low, high), key=lambda w: abs(size(w) - target_params))
     return DenseClassifier(spec, in_shape, num_classes, best, channels)
-
-
-def build_model(spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    if spec.arch == "vit":
-        from vit_model import ViTClassifier  # it builds on this module
-        return ViTClassifier(spec, in_shape, num_classes)
-    moe = MoEClassifier(spec, in_shape, num_classes)
-    if spec.model == "moe":
-        return moe
-    counts = moe_param_counts(moe)
-    target = counts["total"] if spec.dense_match == "params" else counts["active"]
-    return build_dense_matched(spec, in_shape, num_classes, target)
 
 
 # ----------------------------------------------------------------------------- accounting

@@ -58,6 +58,32 @@ class Routing:
         return self.counts
 
 
+class LocalBatch:
+    """The batch scope of a router when the whole batch is in this process: every call is the
+    identity. ``distributed.py`` installs a scope for a batch split over processes, where the
+    same calls reach the other shards, so that a router computes what it would compute on
+    the whole batch."""
+
+    def row_span(self, rows: int) -> tuple[int, int]:
+        """(offset of this process's rows in the batch, rows of the whole batch)."""
+        return 0, rows
+
+    def gather_rows(self, rows: Tensor) -> Tensor:
+        """(n, ...) rows of this process -> (N, ...) rows of the whole batch, no gradient."""
+        return rows
+
+    def global_sums(self, sums: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-batch sums -> the sums over the whole batch (gradient through this shard's part)."""
+        return sums
+
+    def batch_independent(self, loss: Tensor) -> Tensor:
+        """A loss of the parameters alone, counted once however many processes add it."""
+        return loss
+
+
+LOCAL_BATCH = LocalBatch()
+
+
 class Router(nn.Module):
     """Gate g(x) = softmax(s(x)) over expert scores s(x); subclasses decide which experts run.
 
@@ -73,6 +99,7 @@ class Router(nn.Module):
         super().__init__()
         self.num_experts = num_experts
         self.score = score
+        self.batch = LOCAL_BATCH
         if score == "linear":
             self.proj = nn.Linear(in_features, num_experts, bias=False)
         else:
@@ -100,6 +127,14 @@ class Router(nn.Module):
     def forward(self, x: Tensor) -> Routing:
         raise NotImplementedError
 
+    def batch_noise(self, like: Tensor, draw) -> Tensor:
+        """``draw(shape)`` noise for these (n, E) rows, cut from one draw for the whole batch,
+        so that a batch split over processes gets the noise one process would draw."""
+        offset, total = self.batch.row_span(like.shape[0])
+        if total == like.shape[0]:
+            return draw(like.shape, dtype=like.dtype, device=like.device)
+        return draw((total, *like.shape[1:]), dtype=like.dtype, device=like.device)[offset:offset + like.shape[0]]
+
     def _record(self, logits, probs, weights, sample_index=None, expert_index=None,
                 gate=None, load=None) -> Routing:
         """Assemble the record and every auxiliary loss (all cheap, O(N E)). The per-expert
@@ -118,14 +153,9 @@ class Router(nn.Module):
         # fraction f_i is taken from each sample's top-1 expert.
         balance_counts = counts if sample_index is not None else \
             torch.bincount(probs.argmax(dim=1), minlength=self.num_experts)
-        aux = {
-            "balance": aux_losses.switch_balance_loss(probs, balance_counts),
-            "cv": aux_losses.importance_load_loss(weights, load),
-            "z": aux_losses.router_z_loss(logits),
-            "entropy": aux_losses.gate_entropy_loss(probs),
-            "kl_uniform": aux_losses.kl_to_uniform_loss(probs),
-            "centroid": self.centroid_overlap(),
-        }
+        # Losses of the whole batch, from its sums (all processes' shards when it is split).
+        sums = self.batch.global_sums(aux_losses.routing_sums(logits, probs, weights, balance_counts, load))
+        aux = {**aux_losses.losses_from_sums(sums), "centroid": self.batch.batch_independent(self.centroid_overlap())}
         return Routing(logits, probs, weights, sample_index, expert_index, gate, counts, load, aux)
 
 
@@ -217,7 +247,7 @@ class NoisyTopKRouter(Router):
         noisy = clean
         if self.training:
             noise_std = F.softplus(F.linear(x.float(), self.noise_proj.weight.float())) + self.min_noise
-            noisy = clean + torch.randn_like(clean) * noise_std
+            noisy = clean + self.batch_noise(clean, torch.randn) * noise_std
         top_logit, top_index = noisy.topk(min(self.k + 1, self.num_experts), dim=-1)  # (N, k+1)
         top_gate = top_logit[:, :self.k].softmax(dim=-1)                         # (N, k)
         top_index = top_index[:, :self.k]
@@ -258,7 +288,7 @@ class GumbelTopKRouter(Router):
         logits = self.router_logits(x)
         probs = logits.softmax(dim=-1)
         if self.training:
-            gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-10, 1.0 - 1e-7)))
+            gumbel = -torch.log(-torch.log(self.batch_noise(logits, torch.rand).clamp(1e-10, 1.0 - 1e-7)))
             relaxed = ((logits + gumbel) / self.tau).softmax(dim=-1)            # (N, E)
         else:
             relaxed = probs
@@ -290,13 +320,18 @@ class ExpertChoiceRouter(Router):
 
     def forward(self, x: Tensor) -> Routing:
         logits = self.router_logits(x)
-        probs = logits.softmax(dim=-1)                                          # (N, E)
-        capacity = self.capacity(x.shape[0])
-        top_prob, top_sample = probs.topk(capacity, dim=0)                     # (C, E)
-        weights = torch.zeros_like(probs).scatter(0, top_sample, top_prob)     # (N, E)
-        sample_index = top_sample.t().reshape(-1)                              # (E*C,) expert-major
-        gate = top_prob.t().reshape(-1)                                        # (E*C,)
+        probs = logits.softmax(dim=-1)                                          # (n, E)
+        # Each expert picks among the samples of the whole batch (all shards of it).
+        scores = self.batch.gather_rows(probs.detach())                        # (N, E)
+        capacity = self.capacity(scores.shape[0])
+        sample_index = scores.topk(capacity, dim=0).indices.t().reshape(-1)    # (E*C,) expert-major
         expert_index = torch.arange(self.num_experts, device=x.device).repeat_interleave(capacity)
+        if scores.shape[0] != probs.shape[0]:                                   # keep this shard's picks
+            offset = self.batch.row_span(probs.shape[0])[0]
+            mine = (sample_index >= offset) & (sample_index < offset + probs.shape[0])
+            sample_index, expert_index = sample_index[mine] - offset, expert_index[mine]
+        gate = probs[sample_index, expert_index]                               # (M,)
+        weights = torch.zeros_like(probs).index_put((sample_index, expert_index), gate)   # (n, E)
         return self._record(logits, probs, weights, sample_index, expert_index, gate)
 
 

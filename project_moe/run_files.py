@@ -102,6 +102,19 @@ class CSVLog:
         atomic_write_bytes(self.path, write)
 
 
+class NullLog:
+    """A CSVLog that writes nothing (the logs of a run's other processes)."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns = Path(path), columns
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        pass
+
+    def keep_through_step(self, step: int) -> None:
+        pass
+
+
 def _rows_to_text(columns: list[str], rows: list[dict[str, str]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\r\n")

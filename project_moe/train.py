@@ -12,7 +12,6 @@ import dataclasses
 import math
 import pickle
 import platform
-import random
 import shutil
 import signal
 import subprocess
@@ -26,13 +25,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import distributed
+import rng_state
 import stats
 from config import Config, ConfigError, parse_args, validate
+from distributed import Cluster
 from evaluation import (LAYER_COLUMNS, PATCH_COLUMNS, SAMPLES_COLUMNS, SplitResult, evaluate, patch_routing,
                         sample_routing, train_batch_expert_rows)
-from moe_model import (MoEClassifier, build_dense_matched, build_model, classifier_logits,
-                       model_cost, moe_param_counts)
-from run_files import CSVLog, atomic_write_bytes, read_json, save_checkpoint, write_json
+from models import build_model
+from moe_model import MoEClassifier, build_dense_matched, classifier_logits, model_cost, moe_param_counts
+from run_files import CSVLog, NullLog, atomic_write_bytes, read_json, save_checkpoint, write_json
 from vit_model import ViTClassifier, check_vit_fits, vit_cost
 
 AUX_NAMES = ("balance", "cv", "z", "entropy", "kl_uniform", "centroid")
@@ -45,8 +47,10 @@ ROUTING_COLUMNS = ["epoch", "step", "split", "expert", "class", "count", "gate_m
 ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees
 ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
 # Settings that may change between a run and its resumption without changing its results.
-RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir", "out", "log_every", "expert_dispatch"}
-EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir", "out", "log_every", "expert_dispatch",
+                         "expert_parallel", "dist_backend", "dist_timeout"}
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PEER_FAILED = 2, 3, 4
+BAD_INPUT = (ConfigError, data.DataError)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,17 +60,18 @@ class Interrupted(Exception):
 
 # ----------------------------------------------------------------------------- setup
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``local_rank``: under torchrun, each process of a machine takes its own GPU."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"process {local_rank} of this machine has no GPU of its own "
+                              f"({torch.cuda.device_count()} visible); start at most that many per node")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
@@ -78,11 +83,12 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, cluster: Cluster) -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "platform": platform.platform(), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-            "threads": torch.get_num_threads(), "git_commit": git_commit(), "argv": sys.argv}
+            "threads": torch.get_num_threads(), "processes": cluster.world_size,
+            "dist_backend": cluster.backend, "git_commit": git_commit(), "argv": sys.argv}
 
 
 def prepare_run_dir(cfg: Config) -> Path:
@@ -160,33 +166,47 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[str, float]):
+def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[str, float],
+               cluster: Cluster = distributed.SINGLE_PROCESS, batch_rows: int | None = None):
     """One optimisation step: cross-entropy plus the weighted auxiliary losses of an MoE.
 
+    Under torchrun, (x, y) is this rank's share of a global batch of ``batch_rows`` rows: it
+    back-propagates its part of the global-batch loss and the gradients of the replicated
+    parameters are summed over the ranks, which makes the step the one a single process
+    would take on the whole batch (distributed.py).
     Raises FloatingPointError, before touching the weights, if the loss is not finite.
-    Returns (model output, logits, cross-entropy).
+    Returns (model output, logits, cross-entropy of the whole batch).
     """
     output = model(x)
     logits = classifier_logits(output)
-    ce = F.cross_entropy(logits, y)
-    loss = ce
+    if cluster.is_distributed:
+        ce_part = F.cross_entropy(logits, y, reduction="sum") / batch_rows
+        ce = distributed.all_sum(cluster, ce_part.detach())
+    else:
+        ce = ce_part = F.cross_entropy(logits, y)
+    loss = ce_part
     aux = getattr(output, "aux", None)
     if aux:
         for name, coef in coefs.items():
             loss = loss + coef * aux[name]
-    if not torch.isfinite(loss).item():
-        raise FloatingPointError(f"non-finite loss {loss.item()}")
+    whole_batch_loss = loss if not cluster.is_distributed else loss.detach() - ce_part.detach() + ce
+    if not torch.isfinite(whole_batch_loss).item():
+        raise FloatingPointError(f"non-finite loss {whole_batch_loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.sync_gradients(model, cluster)
     optimizer.step()
     return output, logits, ce
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, dataset: data.Dataset, device: torch.device):
-        self.cfg, self.run_dir, self.dataset, self.device = cfg, run_dir, dataset, device
-        seed_everything(cfg.seed)
-        self.model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
+    def __init__(self, cfg: Config, run_dir: Path, dataset: data.Dataset, device: torch.device,
+                 cluster: Cluster = distributed.SINGLE_PROCESS):
+        self.cfg, self.run_dir, self.dataset, self.device, self.cluster = cfg, run_dir, dataset, device, cluster
+        rng_state.seed_everything(cfg.seed)
+        model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
+        self.cost = cost_report(model, cfg, dataset.in_shape, dataset.num_classes)   # of the whole model
+        self.model = distributed.parallelize(model, cluster)
         self.is_moe = isinstance(self.model, MoEClassifier)
         # Models with routers: the MoE classifier, or a ViT with MoE blocks (routing tokens).
         self.moe_blocks = self.model.moe_blocks if isinstance(self.model, ViTClassifier) else []
@@ -218,57 +238,76 @@ class Trainer:
         return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / max(self.total_steps, 1)))
 
     def _fresh_accumulators(self) -> dict:
+        """Sums over the epoch's training steps. ``loss``, ``aux`` and ``count`` are of the
+        whole batch on every rank; ``correct`` and ``routed`` of this rank's share
+        (``_epoch_sums`` adds the ranks' shares)."""
         zero = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=self.device)  # noqa: E731
         routed_shape = (len(self.moe_blocks), self.cfg.experts) if self.moe_blocks else (self.cfg.experts,)
         return {"loss": zero(()), "correct": zero(()), "count": 0, "aux": zero(len(AUX_NAMES)),
                 "routed": zero(*routed_shape), "train_seconds": 0.0}
 
-    # ---- checkpointing
+    def _epoch_sums(self) -> dict:
+        """The accumulators with ``correct`` and ``routed`` summed over the ranks (collective)."""
+        a = dict(self.accum)
+        shares = distributed.all_sum(self.cluster, torch.cat([a["correct"].view(1), a["routed"].flatten()]))
+        a["correct"], a["routed"] = shares[0], shares[1:].view(a["routed"].shape)
+        return a
+
+    # ---- checkpointing (every rank takes part; rank 0 writes)
 
     def state(self) -> dict:
-        accum = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in self.accum.items()}
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        accum = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in self._epoch_sums().items()}
+        return {"model": distributed.model_state(self.model, self.cluster),
+                "optimizer": distributed.optimizer_state(self.optimizer, self.model, self.cluster),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "global_step": self.global_step, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
-                "accum": accum, "elapsed": self.elapsed(),
-                "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": _python_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+                "accum": accum, "elapsed": self.elapsed(), "rng": rng_state.capture()}
 
     def load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        distributed.load_model_state(self.model, state["model"], self.cluster)
+        distributed.load_optimizer_state(self.optimizer, self.model, state["optimizer"], self.cluster)
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
         self.accum = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in state["accum"].items()}
+        if not self.cluster.is_writer:     # the saved shares are the sums over all ranks: count them once
+            self.accum["correct"], self.accum["routed"] = self.accum["correct"] * 0, self.accum["routed"] * 0
         self.elapsed_before = state["elapsed"]
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(_numpy_from(rng["numpy"]))
-        random.setstate(_python_from(rng["python"]))
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        rng_state.restore(state["rng"])
 
     def save(self) -> None:
-        save_checkpoint(self.run_dir / "checkpoint.pt", self.state())
+        state = self.state()
+        if self.cluster.is_writer:
+            save_checkpoint(self.run_dir / "checkpoint.pt", state)
+
+    def save_weights(self, name: str, extra: dict | None = None) -> None:
+        weights = distributed.model_state(self.model, self.cluster)
+        if self.cluster.is_writer:
+            save_checkpoint(self.run_dir / name, {"model": weights, **extra} if extra is not None else weights)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
 
     # ---- main loop
 
+    def open_logs(self) -> dict:
+        """The run's CSV logs (rank 0 writes them; the other ranks' logs write nothing)."""
+        log = CSVLog if self.cluster.is_writer else NullLog
+        logs = {"metrics": log(self.run_dir / "metrics.csv", METRICS_COLUMNS),
+                "experts": log(self.run_dir / "experts.csv", EXPERTS_COLUMNS),
+                "routing": log(self.run_dir / "routing.csv", ROUTING_COLUMNS)}
+        if self.moe_blocks:
+            logs["layers"] = log(self.run_dir / "layers.csv", ["epoch", "step", "split", *LAYER_COLUMNS])
+        return logs
+
     def run(self, resume: bool) -> int:
         self.started = time.perf_counter()
-        logs = {"metrics": CSVLog(self.run_dir / "metrics.csv", METRICS_COLUMNS),
-                "experts": CSVLog(self.run_dir / "experts.csv", EXPERTS_COLUMNS),
-                "routing": CSVLog(self.run_dir / "routing.csv", ROUTING_COLUMNS)}
-        if self.moe_blocks:
-            logs["layers"] = CSVLog(self.run_dir / "layers.csv", ["epoch", "step", "split", *LAYER_COLUMNS])
+        logs = self.open_logs()
         if resume:
             path = self.run_dir / "checkpoint.pt"
             try:
-                self.load_state(torch.load(path, map_location=self.device, weights_only=True))
+                self.load_state(distributed.load_on_writer(self.cluster, path, self.device))
             except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as error:
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 print(f"error: --resume: {path} does not fit this run ({first_line}); "
@@ -276,67 +315,86 @@ class Trainer:
                 return EXIT_BAD_INPUT
             for log in logs.values():
                 log.keep_through_step(self.global_step)
-            print(f"resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.global_step}")
+            self.say(f"resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.global_step}")
         self.logs = logs
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while self.epoch < self.cfg.epochs:
                 self.train_epoch()
                 self.end_epoch()
+            self.finish()
         except Interrupted:
             self.save()
             name = signal.Signals(self.stop_signal).name
             self.write_summary("interrupted", extra={"signal": name})
-            print(f"{name}: stopped after step {self.global_step}; logs and checkpoint saved. "
-                  f"Continue with: python train.py --resume --out {self.cfg.out} --run-name {self.run_dir.name}",
-                  file=sys.stderr)
+            self.say(f"{name}: stopped after step {self.global_step}; logs and checkpoint saved. "
+                     f"Continue with: python train.py --resume --out {self.cfg.out} --run-name {self.run_dir.name}",
+                     error=True)
             return 128 + self.stop_signal
         except FloatingPointError as error:
             self.write_summary("diverged", extra={"error": str(error)})
-            print(f"error: {error}; the last good checkpoint is {self.run_dir / 'checkpoint.pt'}. "
-                  "Try a lower --lr or enable the router z-loss (--z-coef 1e-3)", file=sys.stderr)
+            self.say(f"error: {error}; the last good checkpoint is {self.run_dir / 'checkpoint.pt'}. "
+                     "Try a lower --lr or enable the router z-loss (--z-coef 1e-3)", error=True)
             return EXIT_DIVERGED
+        except RuntimeError as error:
+            if not distributed.is_peer_failure(self.cluster, error):
+                raise
+            print(f"error: rank {self.cluster.rank}: the other processes stopped answering ({_first_line(error)}); "
+                  f"the last checkpoint is {self.run_dir / 'checkpoint.pt'}: continue with --resume", file=sys.stderr)
+            return EXIT_PEER_FAILED
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        self.finish()
         return 0
+
+    def say(self, message: str, error: bool = False) -> None:
+        """Print once for the whole run (rank 0)."""
+        if self.cluster.is_writer:
+            print(message, file=sys.stderr if error else sys.stdout)
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum  # acted on after the current step, so no step is half-applied
 
     def train_epoch(self) -> None:
-        cfg, model = self.cfg, self.model
+        cfg, model, cluster = self.cfg, self.model, self.cluster
         model.train()
         coefs = aux_coefficients(cfg)
         batches = self.train_loader.iter_epoch(self.epoch, start_step=self.step_in_epoch)
         bar = tqdm(batches, total=len(self.train_loader), initial=self.step_in_epoch, leave=False,
-                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=None, mininterval=1.0)
+                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=None if cluster.is_writer else True,
+                   mininterval=1.0)
         tick = time.perf_counter()
         for x, y in bar:
+            batch_rows = y.shape[0]
+            x, y = distributed.shard(cluster, x, y)
             try:
-                output, logits, ce = train_step(model, self.optimizer, x, y, coefs)
+                output, logits, ce = train_step(model, self.optimizer, x, y, coefs, cluster, batch_rows)
             except FloatingPointError as error:
                 raise FloatingPointError(f"{error} at epoch {self.epoch + 1}, step {self.global_step + 1}") from None
             self.scheduler.step()
-            self._accumulate(output, logits, ce, y)
+            self._accumulate(output, logits, ce, y, batch_rows)
             self.step_in_epoch += 1
             self.global_step += 1
             if self.is_moe and cfg.log_every and self.global_step % cfg.log_every == 0:
-                rows = train_batch_expert_rows(output, y, cfg.experts)
+                rows = train_batch_expert_rows(output, y, cfg.experts, self._reduce)
                 self.logs["experts"].write([{"epoch": self.epoch + 1, "step": self.global_step,
                                              "split": "train_batch", **row} for row in rows])
             if bar.disable is False and self.global_step % 20 == 0:
                 bar.set_postfix(self._postfix(), refresh=False)
+            # Every rank stops after the same step, whichever of them the signal reached.
+            self.stop_signal = distributed.agreed_signal(cluster, self.stop_signal)
             if self.stop_signal is not None:
                 self.accum["train_seconds"] += time.perf_counter() - tick
                 raise Interrupted
         self.accum["train_seconds"] += time.perf_counter() - tick
         bar.close()
 
-    def _accumulate(self, output, logits, ce, y) -> None:
+    def _reduce(self, totals: torch.Tensor) -> torch.Tensor:
+        return distributed.all_sum(self.cluster, totals)
+
+    def _accumulate(self, output, logits, ce, y, batch_rows: int | None = None) -> None:
         a = self.accum
-        n = y.shape[0]
+        n = batch_rows or y.shape[0]
         with torch.no_grad():
             a["loss"] += ce.detach().double() * n
             a["correct"] += (logits.argmax(dim=1) == y).sum()
@@ -347,13 +405,15 @@ class Trainer:
 
     def _postfix(self) -> dict:
         a = self.accum
-        post = {"loss": f"{(a['loss'] / a['count']).item():.4f}", "acc": f"{(a['correct'] / a['count']).item():.4f}"}
+        post = {"loss": f"{(a['loss'] / a['count']).item():.4f}"}
+        if not self.cluster.is_distributed:   # correct predictions are summed over the ranks only at epoch end
+            post["acc"] = f"{(a['correct'] / a['count']).item():.4f}"
         if self.routes:
             post["balance"] = f"{(a['aux'][0] / a['count']).item():.3f}"
         return post
 
     def end_epoch(self) -> None:
-        cfg, a = self.cfg, self.accum
+        cfg, a = self.cfg, self._epoch_sums()
         epoch = self.epoch + 1
         val = self._evaluate_split("val", epoch)
         if self.is_moe and cfg.train_eval_size > 0:
@@ -372,18 +432,21 @@ class Trainer:
         self.logs["metrics"].write([row])
         if val.acc > self.best_val_acc:
             self.best_val_acc, self.best_epoch = val.acc, epoch
-            save_checkpoint(self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": epoch})
-        print(f"epoch {epoch:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-              f"val loss {val.loss:.4f} acc {val.acc:.4f}"
-              + (f"  balance {aux[0]:.3f} load-cv {val.load_cv:.3f}" if self.routes else "")
-              + f"  {row['samples_per_s']:,.0f} samples/s")
+            self.save_weights("best.pt", {"epoch": epoch})
+        self.say(f"epoch {epoch:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+                 f"val loss {val.loss:.4f} acc {val.acc:.4f}"
+                 + (f"  balance {aux[0]:.3f} load-cv {val.load_cv:.3f}" if self.routes else "")
+                 + f"  {row['samples_per_s']:,.0f} samples/s")
         self.epoch, self.step_in_epoch = epoch, 0
         self.accum = self._fresh_accumulators()
         self.save()
 
+    def _eval_batches(self, split: str):
+        """This rank's share of every evaluation batch of ``split``."""
+        return distributed.shard_batches(self.cluster, self.eval_loaders[split].iter_epoch(0))
+
     def _evaluate_split(self, split: str, epoch: int) -> SplitResult:
-        loader = self.eval_loaders[split]
-        result = evaluate(self.model, loader.iter_epoch(0), self.dataset.num_classes)
+        result = evaluate(self.model, self._eval_batches(split), self.dataset.num_classes, reduce=self._reduce)
         common = {"epoch": epoch, "step": self.global_step, "split": split}
         self.logs["experts"].write([{**common, **row} for row in result.expert_rows])
         if split != "train":
@@ -394,83 +457,100 @@ class Trainer:
 
     def finish(self) -> None:
         """Test once, with the weights that did best on validation."""
-        save_checkpoint(self.run_dir / "model.pt", self.model.state_dict())
-        best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=True)
-        self.model.load_state_dict(best["model"])
+        self.save_weights("model.pt")
+        best = distributed.load_on_writer(self.cluster, self.run_dir / "best.pt", self.device)
+        distributed.load_model_state(self.model, best["model"], self.cluster)
         test = self._evaluate_split("test", self.best_epoch)
+        gather = lambda rows: distributed.gather_rows(self.cluster, rows)  # noqa: E731
         if self.is_moe:
-            rows = sample_routing(self.model, self.eval_loaders["test"].iter_epoch(0), ROUTED_SAMPLES)
-            CSVLog(self.run_dir / "test_samples.csv", SAMPLES_COLUMNS).write(rows)
+            rows = sample_routing(self.model, self._eval_batches("test"), ROUTED_SAMPLES, gather)
+            self.open_table("test_samples.csv", SAMPLES_COLUMNS).write(rows)
         if self.moe_blocks:
-            rows = patch_routing(self.model, self.eval_loaders["test"].iter_epoch(0), ROUTED_PATCH_IMAGES)
-            CSVLog(self.run_dir / "test_patches.csv", PATCH_COLUMNS).write(rows)
+            rows = patch_routing(self.model, self._eval_batches("test"), ROUTED_PATCH_IMAGES, gather)
+            self.open_table("test_patches.csv", PATCH_COLUMNS).write(rows)
             images = self.dataset.test.images[:ROUTED_PATCH_IMAGES].cpu().numpy()          # (n, C, H, W) uint8
-            atomic_write_bytes(self.run_dir / "test_patch_images.npy", lambda handle: np.save(handle, images))
+            if self.cluster.is_writer:
+                atomic_write_bytes(self.run_dir / "test_patch_images.npy", lambda handle: np.save(handle, images))
         self.write_summary("completed", test=test)
-        print(f"test loss {test.loss:.4f} acc {test.acc:.4f} (weights of epoch {self.best_epoch}, "
-              f"best val acc {self.best_val_acc:.4f}); logs in {self.run_dir}")
+        self.say(f"test loss {test.loss:.4f} acc {test.acc:.4f} (weights of epoch {self.best_epoch}, "
+                 f"best val acc {self.best_val_acc:.4f}); logs in {self.run_dir}")
+
+    def open_table(self, name: str, columns: list[str]):
+        return (CSVLog if self.cluster.is_writer else NullLog)(self.run_dir / name, columns)
 
     def write_summary(self, status: str, test: SplitResult | None = None, extra: dict | None = None) -> None:
+        if not self.cluster.is_writer:
+            return
         summary = {"status": status, "epochs_done": self.epoch, "steps": self.global_step,
                    "test_loss": test.loss if test else None, "test_acc": test.acc if test else None,
                    "best_val_acc": self.best_val_acc if self.best_epoch > 0 else None,
                    "best_epoch": self.best_epoch if self.best_epoch > 0 else None,
-                   **self.cost["this"], "cost": self.cost, "total_time_s": self.elapsed(), **(extra or {})}
+                   **self.cost["this"], "cost": self.cost, "total_time_s": self.elapsed(),
+                   "processes": self.cluster.world_size, **(extra or {})}
         write_json(self.run_dir / "summary.json", summary)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _head(split: data.Split, size: int) -> data.Split:
     return data.Split(split.images[:size], split.labels[:size])
 
 
-def _numpy_state():
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached}
-
-
-def _numpy_from(state):
-    return ("MT19937", state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
-
-
-def _python_state():
-    version, internal, gauss = random.getstate()
-    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
-
-
-def _python_from(state):
-    return (state["version"], tuple(state["internal"].tolist()), state["gauss"])
-
-
 # ----------------------------------------------------------------------------- entry point
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    rank, world_size, local_rank = distributed.world_from_env()
     try:
         validate(cfg)
         data.check_dataset_spec(cfg.dataset)
-        device = resolve_device(cfg.device)
-        run_dir = prepare_run_dir(cfg)
+        distributed.check_fits_world(cfg, world_size)
+        device = resolve_device(cfg.device, local_rank)
+    except BAD_INPUT as error:
+        if rank == 0:   # every rank parsed the same command line and found the same fault
+            print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    cluster = distributed.start(cfg, device.type)
+    try:
+        return run(cfg, device, cluster)
+    finally:
+        distributed.stop(cluster)
+
+
+def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
+    try:
+        run_dir = distributed.on_writer(cluster, lambda: prepare_run_dir(cfg), BAD_INPUT)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        dataset = data.load_dataset(cfg.dataset, data.resolve_data_dir(cfg.data_dir), val_fraction=cfg.val_fraction,
-                                    seed=cfg.seed, image_size=cfg.image_size)
+        # The first process of each machine unpacks or decodes the data, the others then read it.
+        dataset = distributed.local_first(
+            cluster, lambda: data.load_dataset(cfg.dataset, data.resolve_data_dir(cfg.data_dir),
+                                               val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                               image_size=cfg.image_size), BAD_INPUT)
         if cfg.arch == "vit":
             try:
                 check_vit_fits(cfg.model_spec(), dataset.in_shape)
             except ValueError as error:
                 raise ConfigError(str(error)) from None
-    except (ConfigError, data.DataError) as error:
+    except BAD_INPUT as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if cfg.overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, run_dir, dataset, device)
-    trainer.cost = cost_report(trainer.model, cfg, dataset.in_shape, dataset.num_classes)
-    print(f"{cfg.dataset} ({dataset.source}): train {len(dataset.train.labels)}, val {len(dataset.val.labels)}, "
-          f"test {len(dataset.test.labels)}; device {device}\n{describe_cost(trainer.cost)}")
-    if not cfg.resume:
-        write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg), "environment": environment(device),
+    except distributed.RefusedElsewhere:
+        return EXIT_BAD_INPUT      # the rank that refused said why
+    if cluster.is_writer:
+        if cfg.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(cluster)
+    trainer = Trainer(cfg, run_dir, dataset, device, cluster)
+    trainer.say(f"{cfg.dataset} ({dataset.source}): train {len(dataset.train.labels)}, val {len(dataset.val.labels)}, "
+                f"test {len(dataset.test.labels)}; device {device}; {cluster.describe()}\n{describe_cost(trainer.cost)}")
+    if not cfg.resume and cluster.is_writer:
+        write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg),
+                                             "environment": environment(device, cluster),
                                              "dataset": {"source": dataset.source, "classes": dataset.classes,
                                                          "in_shape": list(dataset.in_shape)},
                                              "cost": trainer.cost})

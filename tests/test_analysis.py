@@ -11,7 +11,8 @@ from torch.func import functional_call, grad
 
 import analysis
 import train
-from moe_model import ModelSpec, build_model, classifier_logits
+from models import build_model
+from moe_model import ModelSpec, classifier_logits
 
 matplotlib.use("Agg")
 import plots  # noqa: E402  (after the backend is chosen)

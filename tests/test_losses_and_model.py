@@ -6,7 +6,8 @@ import torch
 
 import aux_losses
 import stats
-from moe_model import ModelSpec, build_model, count_params, model_cost, moe_param_counts
+from models import build_model
+from moe_model import ModelSpec, count_params, model_cost, moe_param_counts
 
 
 def test_switch_balance_loss_hand_example():

@@ -109,9 +109,9 @@ def test_non_finite_loss_stops_and_keeps_logs(tmp_path, tiny_data, monkeypatch, 
     original = train.train_step
     calls = {"n": 0}
 
-    def poisoned(model, optimizer, x, y, coefs):
+    def poisoned(model, optimizer, x, y, *rest):
         calls["n"] += 1
-        return original(model, optimizer, x * float("nan") if calls["n"] > 25 else x, y, coefs)
+        return original(model, optimizer, x * float("nan") if calls["n"] > 25 else x, y, *rest)
 
     monkeypatch.setattr(train, "train_step", poisoned)   # epoch 1 = 17 steps: fails in epoch 2
     code = train.main(base_args(tmp_path, tiny_data))

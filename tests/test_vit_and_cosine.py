@@ -12,7 +12,7 @@ import aux_losses
 import stats
 import train
 from config import Config
-from moe_model import build_model
+from models import build_model
 from routers import GATING_CHOICES, build_router
 from vit_model import ViTClassifier, vit_cost
 
