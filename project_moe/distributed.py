@@ -524,12 +524,12 @@ def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, cluster:
     if not cluster.sharded:
         return state
     names = _optimizer_names(model)
-    for index, per_param in state["state"].items():
-        if names[index] in cluster.sharded:
-            for key, value in per_param.items():
-                if torch.is_tensor(value) and value.dim() > 0:
-                    per_param[key] = _gather_experts(cluster, value)
-    return state
+    # state_dict() shares the optimiser's own per-parameter dicts: build new ones.
+    return {**state, "state": {index: {key: (_gather_experts(cluster, value)
+                                             if names[index] in cluster.sharded and torch.is_tensor(value)
+                                             and value.dim() > 0 else value)
+                                       for key, value in per_param.items()}
+                               for index, per_param in state["state"].items()}}
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, state: dict, cluster: Cluster) -> None:
