@@ -327,9 +327,10 @@ class Trainer:
             self.save()
             name = signal.Signals(self.stop_signal).name
             self.write_summary("interrupted", extra={"signal": name})
+            launcher = "torchrun ... train.py" if self.cluster.is_distributed else "python train.py"
             self.say(f"{name}: stopped after step {self.global_step}; logs and checkpoint saved. "
-                     f"Continue with: python train.py --resume --out {self.cfg.out} --run-name {self.run_dir.name}",
-                     error=True)
+                     f"Continue with: {launcher} --resume --out {self.cfg.out} --run-name {self.run_dir.name} "
+                     "and the same settings", error=True)
             return 128 + self.stop_signal
         except FloatingPointError as error:
             self.write_summary("diverged", extra={"error": str(error)})
@@ -339,8 +340,10 @@ class Trainer:
         except RuntimeError as error:
             if not distributed.is_peer_failure(self.cluster, error):
                 raise
+            self.write_summary("failed", extra={"error": _first_line(error)})
             print(f"error: rank {self.cluster.rank}: the other processes stopped answering ({_first_line(error)}); "
-                  f"the last checkpoint is {self.run_dir / 'checkpoint.pt'}: continue with --resume", file=sys.stderr)
+                  f"the last checkpoint is {self.run_dir / 'checkpoint.pt'}: add --resume to the command to continue",
+                  file=sys.stderr)
             return EXIT_PEER_FAILED
         finally:
             for sig, handler in previous.items():
