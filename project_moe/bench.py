@@ -3,6 +3,7 @@
     python bench.py layer    # MoE layer vs (a) dense MLP of the same active FLOPs, (b) soft routing
                              # over all experts, (c) a per-expert loop with boolean masks
     python bench.py train    # samples/s of one MNIST training epoch, MoE vs dense baselines
+    python bench.py ep       # the MoE layer on 1 and 2 processes (expert parallel): compute, all-to-all, bytes
 
 Machines are noisy, so absolute times mean little: candidates and references are interleaved
 in rounds, every ratio is a ratio of medians, and the spread of the per-round ratios is shown.
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench_ep import bench_expert_parallel
 from experts import MLPExperts, dispatch_as, mlp
 from moe_model import MoE
 from routers import build_router
@@ -422,9 +424,10 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("layer", "train"))
+    parser.add_argument("what", choices=("layer", "train", "ep"))
     parser.add_argument("--config", nargs="+", default=list(DEFAULT_GRID), metavar="E:K",
-                        help="layer: experts:k pairs to time")
+                        help="layer: experts:k pairs to time (ep: the first one)")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="ep: process counts to compare")
     parser.add_argument("--samples", type=int, default=4096, help="layer: batch size N")
     parser.add_argument("--d-model", type=int, default=256, help="layer: input and output width")
     parser.add_argument("--hidden", type=int, default=512, help="layer: hidden width of each expert")
@@ -440,12 +443,15 @@ def main(argv=None) -> int:
                              "here); the printed report goes beside it as .txt")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing table")
     args = parser.parse_args(argv)
-    if args.what == "layer":
+    if args.what in ("layer", "ep"):
         for spec in args.config:
             parts = spec.split(":")
             if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 1 <= int(parts[1]) <= int(parts[0]):
                 parser.error(f"--config {spec!r}: expected E:K with 1 <= K <= E, e.g. 8:2")
-    path = args.csv or Path("bench_layer.csv" if args.what == "layer" else f"bench_train_b{args.batch_size}.csv")
+    if args.what == "ep" and (1 not in args.processes or min(args.processes) < 1):
+        parser.error("--processes: include 1 (the reference) and only positive counts, e.g. 1 2")
+    path = args.csv or Path({"layer": "bench_layer.csv", "ep": "bench_ep.csv"}.get(args.what,
+                                                                               f"bench_train_b{args.batch_size}.csv"))
     if path.suffix != ".csv":
         parser.error(f"--csv {path}: the table's name must end in .csv (the printed report goes beside it as .txt)")
     report = path.with_suffix(".txt")
@@ -457,7 +463,7 @@ def main(argv=None) -> int:
     printed = io.StringIO()
     with contextlib.redirect_stdout(Tee(sys.stdout, printed)):
         print(machine_line(device))
-        rows = bench_layer(args) if args.what == "layer" else bench_train(args)
+        rows = {"layer": bench_layer, "train": bench_train, "ep": bench_expert_parallel}[args.what](args)
         print(f"\nwrote {path} and {report.name}")
     # Written only once the run is over, each atomically: a failed run leaves the previous files intact.
     path.parent.mkdir(parents=True, exist_ok=True)

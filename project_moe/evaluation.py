@@ -37,15 +37,12 @@ class SplitResult:
     layer_rows: list[dict] = field(default_factory=list)     # one per (MoE block, expert) (ViT only)
 
 
-def _no_reduce(totals: Tensor) -> Tensor:
-    return totals
-
-
 @torch.no_grad()
-def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=_no_reduce) -> SplitResult:
+def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=None) -> SplitResult:
     """Loss and accuracy over ``batches`` (an iterable of (x, y)); for an MoE with
     ``detailed``, also every expert's own loss on all samples and on its routed ones.
-    ``reduce`` sums a tensor over the processes that evaluate shards of the same batches."""
+    ``reduce`` sums a tensor over the processes that evaluate shards of the same batches
+    (None: this process evaluates whole batches)."""
     was_training = model.training
     model.eval()
     is_moe = isinstance(model, MoEClassifier)
@@ -124,7 +121,7 @@ def _accumulate(totals: dict[str, Tensor], batch: dict[str, Tensor]) -> None:
 
 def reduce_sums(sums: dict[str, Tensor], reduce) -> dict[str, Tensor]:
     """``reduce`` applied to every tensor of ``sums`` at once (one collective), float64."""
-    if reduce is _no_reduce or not sums:
+    if reduce is None or not sums:
         return sums
     flat = reduce(torch.cat([value.double().reshape(-1) for value in sums.values()]))
     out, start = {}, 0
@@ -158,7 +155,7 @@ def _fill_routing(result: SplitResult, totals: dict[str, Tensor], count: int) ->
     result.class_expert = tables
 
 
-def train_batch_expert_rows(output, y: Tensor, num_experts: int, reduce=_no_reduce) -> list[dict]:
+def train_batch_expert_rows(output, y: Tensor, num_experts: int, reduce=None) -> list[dict]:
     """Per-expert rows for one training batch, from the assignments already computed
     (no extra forward pass, hence no loss over all samples)."""
     with torch.no_grad():
@@ -171,7 +168,8 @@ def train_batch_expert_rows(output, y: Tensor, num_experts: int, reduce=_no_redu
         correct_sum = torch.zeros_like(loss_sum).index_add_(0, output.expert_index, correct)
         gate = output.routing.weights.sum(dim=0).double()
         samples = torch.full_like(gate, float(y.shape[0]))
-        packed = reduce(torch.stack([routed, loss_sum, correct_sum, gate, samples])).cpu()  # (5, E): one transfer
+        packed = torch.stack([routed, loss_sum, correct_sum, gate, samples])  # (5, E): one transfer
+        packed = (reduce(packed) if reduce is not None else packed).cpu()
     rows = []
     for e in range(num_experts):
         routed_n, loss_total, correct_total, gate_total, n = packed[:, e].tolist()

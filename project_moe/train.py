@@ -9,6 +9,7 @@ Exit codes: 0 done, 2 bad input, 3 non-finite loss, 130 / 143 interrupted by SIG
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import pickle
 import platform
@@ -392,8 +393,10 @@ class Trainer:
         self.accum["train_seconds"] += time.perf_counter() - tick
         bar.close()
 
-    def _reduce(self, totals: torch.Tensor) -> torch.Tensor:
-        return distributed.all_sum(self.cluster, totals)
+    @property
+    def _reduce(self):
+        """What sums a tensor over the ranks, for the evaluation tables (None: one process)."""
+        return functools.partial(distributed.all_sum, self.cluster) if self.cluster.is_distributed else None
 
     def _accumulate(self, output, logits, ce, y, batch_rows: int | None = None) -> None:
         a = self.accum

@@ -16,6 +16,27 @@ def test_switch_balance_loss_hand_example():
     assert aux_losses.switch_balance_loss(probs, counts).item() == pytest.approx(2 * 0.55)
 
 
+def test_losses_from_batch_sums_equal_the_definitions_and_add_over_shards():
+    torch.manual_seed(0)
+    logits = torch.randn(30, 5) * 2
+    probs = logits.softmax(dim=-1)
+    weights = probs * (probs > 0.2)
+    counts = (weights > 0).sum(dim=0)
+    load = torch.rand(5) * 10
+    sums = aux_losses.routing_sums(logits, probs, weights, counts, load)
+    losses = aux_losses.losses_from_sums(sums)
+    assert losses["balance"].item() == pytest.approx(aux_losses.switch_balance_loss(probs, counts).item(), rel=1e-6)
+    assert losses["cv"].item() == pytest.approx(aux_losses.importance_load_loss(weights, load).item(), rel=1e-6)
+    assert losses["z"].item() == pytest.approx(aux_losses.router_z_loss(logits).item(), rel=1e-6)
+    assert losses["entropy"].item() == pytest.approx(aux_losses.gate_entropy_loss(probs).item(), rel=1e-6)
+    assert losses["kl_uniform"].item() == pytest.approx(aux_losses.kl_to_uniform_loss(probs).item(), abs=1e-6)
+    # The sums of two shards of the batch are the sums of the batch (what several processes add up).
+    halves = [aux_losses.routing_sums(logits[rows], probs[rows], weights[rows], (weights[rows] > 0).sum(dim=0),
+                                      load / 2) for rows in (slice(0, 13), slice(13, 30))]
+    for name, total in sums.items():
+        assert torch.allclose(halves[0][name] + halves[1][name], total, atol=1e-5), name
+
+
 @pytest.mark.parametrize("num_experts", [2, 4, 8])
 def test_switch_balance_loss_is_one_when_uniform_and_e_when_collapsed(num_experts):
     n = 4 * num_experts
