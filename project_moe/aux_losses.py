@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 
 _EPS = 1e-9
+# Every router returns these, in this order in the logs (centroid: cosine routers only, else 0).
+AUX_NAMES = ("balance", "cv", "z", "entropy", "kl_uniform", "centroid")
 
 
 def switch_balance_loss(probs: Tensor, counts: Tensor) -> Tensor:

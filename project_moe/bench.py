@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench_ep import bench_expert_parallel
 from experts import MLPExperts, dispatch_as, mlp
 from moe_model import MoE
 from routers import build_router
@@ -463,7 +462,11 @@ def main(argv=None) -> int:
     printed = io.StringIO()
     with contextlib.redirect_stdout(Tee(sys.stdout, printed)):
         print(machine_line(device))
-        rows = {"layer": bench_layer, "train": bench_train, "ep": bench_expert_parallel}[args.what](args)
+        if args.what == "ep":
+            from bench_ep import bench_expert_parallel   # it builds on this module
+            rows = bench_expert_parallel(args)
+        else:
+            rows = bench_layer(args) if args.what == "layer" else bench_train(args)
         print(f"\nwrote {path} and {report.name}")
     # Written only once the run is over, each atomically: a failed run leaves the previous files intact.
     path.parent.mkdir(parents=True, exist_ok=True)

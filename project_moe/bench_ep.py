@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import distributed
+from bench import LayerConfig
 from distributed import Cluster
 from experts import MLPExperts
 from moe_model import MoE
@@ -37,12 +38,7 @@ from routers import build_router
 
 
 @dataclass
-class EPConfig:
-    samples: int = 4096
-    d_model: int = 256
-    hidden: int = 512
-    experts: int = 8
-    k: int = 2
+class EPConfig(LayerConfig):
     rounds: int = 5
     per_round: int = 4
     warmup: int = 3

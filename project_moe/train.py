@@ -31,20 +31,16 @@ import rng_state
 import stats
 from config import Config, ConfigError, parse_args, validate
 from distributed import Cluster
-from evaluation import (LAYER_COLUMNS, PATCH_COLUMNS, SAMPLES_COLUMNS, SplitResult, evaluate, patch_routing,
-                        sample_routing, train_batch_expert_rows)
+from aux_losses import AUX_NAMES
+from epoch_sums import EpochSums
+from evaluation import (PATCH_COLUMNS, SAMPLES_COLUMNS, SplitResult, evaluate, patch_routing, sample_routing,
+                        train_batch_expert_rows)
 from models import build_model
 from moe_model import MoEClassifier, build_dense_matched, classifier_logits, model_cost, moe_param_counts
-from run_files import CSVLog, NullLog, atomic_write_bytes, read_json, save_checkpoint, write_json
+from run_files import atomic_write_bytes, read_json, save_checkpoint, write_json
+from run_logs import EXPERTS_COLUMNS, METRICS_COLUMNS, ROUTING_COLUMNS, RunLogs  # noqa: F401 (schema, re-exported)
 from vit_model import ViTClassifier, check_vit_fits, vit_cost
 
-AUX_NAMES = ("balance", "cv", "z", "entropy", "kl_uniform", "centroid")
-METRICS_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
-                   *[f"aux_{name}" for name in AUX_NAMES], "train_load_cv", "val_load_cv",
-                   "val_gate_entropy", "samples_per_s", "epoch_time_s", "wall_time_s"]
-EXPERTS_COLUMNS = ["epoch", "step", "split", "expert", "n_samples", "n_routed", "frac_routed", "mean_gate",
-                   "loss_routed", "acc_routed", "loss_all", "acc_all"]
-ROUTING_COLUMNS = ["epoch", "step", "split", "expert", "class", "count", "gate_mass", "top1"]
 ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees
 ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
 # Settings that may change between a run and its resumption without changing its results.
@@ -229,7 +225,8 @@ class Trainer:
         }
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_val_acc, self.best_epoch = -1.0, -1
-        self.accum = self._fresh_accumulators()
+        routed_shape = (len(self.moe_blocks), cfg.experts) if self.moe_blocks else (cfg.experts,)
+        self.accum = EpochSums(routed_shape, device, cluster)
         self.elapsed_before = 0.0   # wall seconds spent in earlier sessions of a resumed run
         self.stop_signal: int | None = None
 
@@ -238,31 +235,14 @@ class Trainer:
             return 1.0
         return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / max(self.total_steps, 1)))
 
-    def _fresh_accumulators(self) -> dict:
-        """Sums over the epoch's training steps. ``loss``, ``aux`` and ``count`` are of the
-        whole batch on every rank; ``correct`` and ``routed`` of this rank's share
-        (``_epoch_sums`` adds the ranks' shares)."""
-        zero = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=self.device)  # noqa: E731
-        routed_shape = (len(self.moe_blocks), self.cfg.experts) if self.moe_blocks else (self.cfg.experts,)
-        return {"loss": zero(()), "correct": zero(()), "count": 0, "aux": zero(len(AUX_NAMES)),
-                "routed": zero(*routed_shape), "train_seconds": 0.0}
-
-    def _epoch_sums(self) -> dict:
-        """The accumulators with ``correct`` and ``routed`` summed over the ranks (collective)."""
-        a = dict(self.accum)
-        shares = distributed.all_sum(self.cluster, torch.cat([a["correct"].view(1), a["routed"].flatten()]))
-        a["correct"], a["routed"] = shares[0], shares[1:].view(a["routed"].shape)
-        return a
-
     # ---- checkpointing (every rank takes part; rank 0 writes)
 
     def state(self) -> dict:
-        accum = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in self._epoch_sums().items()}
         return {"model": distributed.model_state(self.model, self.cluster),
                 "optimizer": distributed.optimizer_state(self.optimizer, self.model, self.cluster),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "global_step": self.global_step, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
-                "accum": accum, "elapsed": self.elapsed(), "rng": rng_state.capture()}
+                "accum": self.accum.state_dict(), "elapsed": self.elapsed(), "rng": rng_state.capture()}
 
     def load_state(self, state: dict) -> None:
         distributed.load_model_state(self.model, state["model"], self.cluster)
@@ -271,9 +251,7 @@ class Trainer:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
-        self.accum = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in state["accum"].items()}
-        if not self.cluster.is_writer:     # the saved shares are the sums over all ranks: count them once
-            self.accum["correct"], self.accum["routed"] = self.accum["correct"] * 0, self.accum["routed"] * 0
+        self.accum.load_state_dict(state["accum"])
         self.elapsed_before = state["elapsed"]
         rng_state.restore(state["rng"])
 
@@ -292,19 +270,9 @@ class Trainer:
 
     # ---- main loop
 
-    def open_logs(self) -> dict:
-        """The run's CSV logs (rank 0 writes them; the other ranks' logs write nothing)."""
-        log = CSVLog if self.cluster.is_writer else NullLog
-        logs = {"metrics": log(self.run_dir / "metrics.csv", METRICS_COLUMNS),
-                "experts": log(self.run_dir / "experts.csv", EXPERTS_COLUMNS),
-                "routing": log(self.run_dir / "routing.csv", ROUTING_COLUMNS)}
-        if self.moe_blocks:
-            logs["layers"] = log(self.run_dir / "layers.csv", ["epoch", "step", "split", *LAYER_COLUMNS])
-        return logs
-
     def run(self, resume: bool) -> int:
         self.started = time.perf_counter()
-        logs = self.open_logs()
+        logs = RunLogs(self.run_dir, self.cluster.is_writer, layers=bool(self.moe_blocks))
         if resume:
             path = self.run_dir / "checkpoint.pt"
             try:
@@ -314,8 +282,7 @@ class Trainer:
                 print(f"error: --resume: {path} does not fit this run ({first_line}); "
                       "resume with the settings it was trained with, or start a new --run-name", file=sys.stderr)
                 return EXIT_BAD_INPUT
-            for log in logs.values():
-                log.keep_through_step(self.global_step)
+            logs.keep_through_step(self.global_step)
             self.say(f"resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.global_step}")
         self.logs = logs
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -380,17 +347,16 @@ class Trainer:
             self.step_in_epoch += 1
             self.global_step += 1
             if self.is_moe and cfg.log_every and self.global_step % cfg.log_every == 0:
-                rows = train_batch_expert_rows(output, y, cfg.experts, self._reduce)
-                self.logs["experts"].write([{"epoch": self.epoch + 1, "step": self.global_step,
-                                             "split": "train_batch", **row} for row in rows])
+                self.logs.train_batch(self.epoch + 1, self.global_step,
+                                      train_batch_expert_rows(output, y, cfg.experts, self._reduce))
             if bar.disable is False and self.global_step % 20 == 0:
-                bar.set_postfix(self._postfix(), refresh=False)
+                bar.set_postfix(self.accum.progress(self.routes), refresh=False)
             # Every rank stops after the same step, whichever of them the signal reached.
             self.stop_signal = distributed.agreed_signal(cluster, self.stop_signal)
             if self.stop_signal is not None:
-                self.accum["train_seconds"] += time.perf_counter() - tick
+                self.accum.add_seconds(time.perf_counter() - tick)
                 raise Interrupted
-        self.accum["train_seconds"] += time.perf_counter() - tick
+        self.accum.add_seconds(time.perf_counter() - tick)
         bar.close()
 
     @property
@@ -398,28 +364,11 @@ class Trainer:
         """What sums a tensor over the ranks, for the evaluation tables (None: one process)."""
         return functools.partial(distributed.all_sum, self.cluster) if self.cluster.is_distributed else None
 
-    def _accumulate(self, output, logits, ce, y, batch_rows: int | None = None) -> None:
-        a = self.accum
-        n = batch_rows or y.shape[0]
-        with torch.no_grad():
-            a["loss"] += ce.detach().double() * n
-            a["correct"] += (logits.argmax(dim=1) == y).sum()
-            a["count"] += n
-            if self.routes:
-                a["aux"] += torch.stack([output.aux[name].detach() for name in AUX_NAMES]).double() * n
-                a["routed"] += output.assignment_counts().double()
-
-    def _postfix(self) -> dict:
-        a = self.accum
-        post = {"loss": f"{(a['loss'] / a['count']).item():.4f}"}
-        if not self.cluster.is_distributed:   # correct predictions are summed over the ranks only at epoch end
-            post["acc"] = f"{(a['correct'] / a['count']).item():.4f}"
-        if self.routes:
-            post["balance"] = f"{(a['aux'][0] / a['count']).item():.3f}"
-        return post
+    def _accumulate(self, output, logits, ce, y, batch_rows: int) -> None:
+        self.accum.add(output, logits, ce, y, batch_rows, self.routes)
 
     def end_epoch(self) -> None:
-        cfg, a = self.cfg, self._epoch_sums()
+        cfg, a = self.cfg, self.accum.totals()
         epoch = self.epoch + 1
         val = self._evaluate_split("val", epoch)
         if self.is_moe and cfg.train_eval_size > 0:
@@ -435,7 +384,7 @@ class Trainer:
                "train_load_cv": train_load_cv, "val_load_cv": val.load_cv, "val_gate_entropy": val.gate_entropy,
                "samples_per_s": a["count"] / max(a["train_seconds"], 1e-9), "epoch_time_s": a["train_seconds"],
                "wall_time_s": self.elapsed()}
-        self.logs["metrics"].write([row])
+        self.logs.metrics(row)
         if val.acc > self.best_val_acc:
             self.best_val_acc, self.best_epoch = val.acc, epoch
             self.save_weights("best.pt", {"epoch": epoch})
@@ -444,7 +393,7 @@ class Trainer:
                  + (f"  balance {aux[0]:.3f} load-cv {val.load_cv:.3f}" if self.routes else "")
                  + f"  {row['samples_per_s']:,.0f} samples/s")
         self.epoch, self.step_in_epoch = epoch, 0
-        self.accum = self._fresh_accumulators()
+        self.accum.reset()
         self.save()
 
     def _eval_batches(self, split: str):
@@ -453,12 +402,7 @@ class Trainer:
 
     def _evaluate_split(self, split: str, epoch: int) -> SplitResult:
         result = evaluate(self.model, self._eval_batches(split), self.dataset.num_classes, reduce=self._reduce)
-        common = {"epoch": epoch, "step": self.global_step, "split": split}
-        self.logs["experts"].write([{**common, **row} for row in result.expert_rows])
-        if split != "train":
-            self.logs["routing"].write([{**common, **row} for row in result.routing_rows])
-        if self.moe_blocks:
-            self.logs["layers"].write([{**common, **row} for row in result.layer_rows])
+        self.logs.split(result, split, epoch, self.global_step)
         return result
 
     def finish(self) -> None:
@@ -469,20 +413,17 @@ class Trainer:
         test = self._evaluate_split("test", self.best_epoch)
         gather = lambda rows: distributed.gather_rows(self.cluster, rows)  # noqa: E731
         if self.is_moe:
-            rows = sample_routing(self.model, self._eval_batches("test"), ROUTED_SAMPLES, gather)
-            self.open_table("test_samples.csv", SAMPLES_COLUMNS).write(rows)
+            self.logs.table("test_samples.csv", SAMPLES_COLUMNS,
+                            sample_routing(self.model, self._eval_batches("test"), ROUTED_SAMPLES, gather))
         if self.moe_blocks:
-            rows = patch_routing(self.model, self._eval_batches("test"), ROUTED_PATCH_IMAGES, gather)
-            self.open_table("test_patches.csv", PATCH_COLUMNS).write(rows)
+            self.logs.table("test_patches.csv", PATCH_COLUMNS,
+                            patch_routing(self.model, self._eval_batches("test"), ROUTED_PATCH_IMAGES, gather))
             images = self.dataset.test.images[:ROUTED_PATCH_IMAGES].cpu().numpy()          # (n, C, H, W) uint8
             if self.cluster.is_writer:
                 atomic_write_bytes(self.run_dir / "test_patch_images.npy", lambda handle: np.save(handle, images))
         self.write_summary("completed", test=test)
         self.say(f"test loss {test.loss:.4f} acc {test.acc:.4f} (weights of epoch {self.best_epoch}, "
                  f"best val acc {self.best_val_acc:.4f}); logs in {self.run_dir}")
-
-    def open_table(self, name: str, columns: list[str]):
-        return (CSVLog if self.cluster.is_writer else NullLog)(self.run_dir / name, columns)
 
     def write_summary(self, status: str, test: SplitResult | None = None, extra: dict | None = None) -> None:
         if not self.cluster.is_writer:

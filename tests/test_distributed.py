@@ -37,10 +37,11 @@ PROJECT = train.REPO_ROOT / "project_moe"
 N, D, E, K = 24, 10, 4, 6
 AUX_COEFS = {"balance": 0.1, "cv": 0.1, "z": 0.01, "entropy": 0.05, "kl_uniform": 0.1, "centroid": 0.1}
 TIME_COLUMNS = ["samples_per_s", "epoch_time_s", "wall_time_s"]
-# Relative tolerance of a P-process run's logs against one process's: the ranks sum their shares
-# of every statistic in another order than one process does (float32 rounding, ~1e-7 relative);
-# over a few dozen steps of training, through the optimiser, that grows to ~1e-6.
-LOG_RTOL, LOG_ATOL = 1e-5, 1e-6
+# Tolerance of a P-process run's logs against one process's: the ranks sum their shares of every
+# statistic in another order than one process does (float32 rounding, ~1e-7 relative), and a few
+# dozen optimiser steps carry that along; up to ~2e-6 relative was seen in these runs, 1e-4 leaves
+# room for the rounding of other CPUs' kernels.
+LOG_RTOL, LOG_ATOL = 1e-4, 1e-6
 
 
 # ----------------------------------------------------------------------------- pure parts

@@ -1,0 +1,70 @@
+"""Running sums of an epoch's training steps, for metrics.csv, on one process or several.
+
+Legend: E experts, L MoE blocks of a ViT.
+
+Under torchrun the cross-entropy and the auxiliary losses of a step are already those of the
+whole batch on every process (distributed.py), and so are their sums here; correct predictions
+and expert assignments are counted on each process's share and added over the processes when
+the sums are read (``totals``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+import distributed
+from aux_losses import AUX_NAMES
+from distributed import Cluster
+
+
+class EpochSums:
+    def __init__(self, routed_shape: tuple[int, ...], device: torch.device, cluster: Cluster):
+        self.routed_shape, self.device, self.cluster = routed_shape, device, cluster
+        self.reset()
+
+    def reset(self) -> None:
+        zero = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=self.device)  # noqa: E731
+        self.sums = {"loss": zero(()), "correct": zero(()), "count": 0, "aux": zero(len(AUX_NAMES)),
+                     "routed": zero(*self.routed_shape), "train_seconds": 0.0}
+
+    def add(self, output, logits: Tensor, ce: Tensor, labels: Tensor, batch_rows: int, routes: bool) -> None:
+        """One step: ``ce`` of the whole batch of ``batch_rows`` rows; logits and labels of this
+        process's rows; ``routes``: the model has routers (aux losses, (E,) or (L, E) counts)."""
+        s = self.sums
+        with torch.no_grad():
+            s["loss"] += ce.detach().double() * batch_rows
+            s["correct"] += (logits.argmax(dim=1) == labels).sum()
+            s["count"] += batch_rows
+            if routes:
+                s["aux"] += torch.stack([output.aux[name].detach() for name in AUX_NAMES]).double() * batch_rows
+                s["routed"] += output.assignment_counts().double()
+
+    def add_seconds(self, seconds: float) -> None:
+        self.sums["train_seconds"] += seconds
+
+    def totals(self) -> dict:
+        """The sums with correct predictions and assignments added over the processes (every
+        process must call it)."""
+        s = dict(self.sums)
+        shares = distributed.all_sum(self.cluster, torch.cat([s["correct"].view(1), s["routed"].flatten()]))
+        s["correct"], s["routed"] = shares[0], shares[1:].view(s["routed"].shape)
+        return s
+
+    def state_dict(self) -> dict:
+        return {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in self.totals().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in state.items()}
+        if not self.cluster.is_writer:     # the saved counts are summed over all processes: keep them once
+            self.sums["correct"], self.sums["routed"] = self.sums["correct"] * 0, self.sums["routed"] * 0
+
+    def progress(self, routes: bool) -> dict[str, str]:
+        """Running means for the progress bar (accuracy only in one process: it is summed over
+        the processes at the end of the epoch)."""
+        s, count = self.sums, max(self.sums["count"], 1)
+        post = {"loss": f"{(s['loss'] / count).item():.4f}"}
+        if not self.cluster.is_distributed:
+            post["acc"] = f"{(s['correct'] / count).item():.4f}"
+        if routes:
+            post["balance"] = f"{(s['aux'][0] / count).item():.3f}"
+        return post

@@ -1,0 +1,49 @@
+"""The CSV tables of a run directory (schema in README.md). Under torchrun rank 0 writes
+them and the other processes' writes go nowhere, so a P-process run writes one set."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from aux_losses import AUX_NAMES
+from evaluation import LAYER_COLUMNS, SplitResult
+from run_files import CSVLog, NullLog
+
+METRICS_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+                   *[f"aux_{name}" for name in AUX_NAMES], "train_load_cv", "val_load_cv",
+                   "val_gate_entropy", "samples_per_s", "epoch_time_s", "wall_time_s"]
+EXPERTS_COLUMNS = ["epoch", "step", "split", "expert", "n_samples", "n_routed", "frac_routed", "mean_gate",
+                   "loss_routed", "acc_routed", "loss_all", "acc_all"]
+ROUTING_COLUMNS = ["epoch", "step", "split", "expert", "class", "count", "gate_mass", "top1"]
+
+
+class RunLogs:
+    def __init__(self, run_dir: Path, writer: bool, layers: bool):
+        self.run_dir, self.log = Path(run_dir), CSVLog if writer else NullLog
+        self.tables = {"metrics": self.log(self.run_dir / "metrics.csv", METRICS_COLUMNS),
+                       "experts": self.log(self.run_dir / "experts.csv", EXPERTS_COLUMNS),
+                       "routing": self.log(self.run_dir / "routing.csv", ROUTING_COLUMNS)}
+        if layers:
+            self.tables["layers"] = self.log(self.run_dir / "layers.csv", ["epoch", "step", "split", *LAYER_COLUMNS])
+
+    def keep_through_step(self, step: int) -> None:
+        """Drop rows after ``step``: the work a resumed run will redo."""
+        for table in self.tables.values():
+            table.keep_through_step(step)
+
+    def metrics(self, row: dict) -> None:
+        self.tables["metrics"].write([row])
+
+    def train_batch(self, epoch: int, step: int, rows: list[dict]) -> None:
+        self.tables["experts"].write([{"epoch": epoch, "step": step, "split": "train_batch", **row} for row in rows])
+
+    def split(self, result: SplitResult, split: str, epoch: int, step: int) -> None:
+        common = {"epoch": epoch, "step": step, "split": split}
+        self.tables["experts"].write([{**common, **row} for row in result.expert_rows])
+        if split != "train":
+            self.tables["routing"].write([{**common, **row} for row in result.routing_rows])
+        if "layers" in self.tables:
+            self.tables["layers"].write([{**common, **row} for row in result.layer_rows])
+
+    def table(self, name: str, columns: list[str], rows: list[dict]) -> None:
+        """A table written once (the test-set routing samples)."""
+        self.log(self.run_dir / name, columns).write(rows)
