@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from config import Config, ConfigError
@@ -258,7 +257,7 @@ def gather_rows(cluster: Cluster, rows: Tensor) -> Tensor:
     """(b_r, ...) on every rank -> (B, ...) on every rank, in rank order; no gradient."""
     if not cluster.is_distributed:
         return rows
-    sizes = _all_sizes(rows)
+    sizes = _all_sizes(rows.shape[0], rows.device)
     padded = rows.new_zeros(max(sizes), *rows.shape[1:])
     padded[:rows.shape[0]] = rows
     parts = [torch.empty_like(padded) for _ in sizes]
@@ -266,9 +265,9 @@ def gather_rows(cluster: Cluster, rows: Tensor) -> Tensor:
     return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
 
-def _all_sizes(rows: Tensor) -> list[int]:
+def _all_sizes(rows: int, device: torch.device) -> list[int]:
     """Every rank's number of rows (one small all-gather)."""
-    mine = torch.tensor([rows.shape[0]], dtype=torch.int64, device=rows.device)
+    mine = torch.tensor([rows], dtype=torch.int64, device=device)
     sizes = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, mine)
     return torch.cat(sizes).tolist()
@@ -327,7 +326,7 @@ class ShardedBatch:
         self.cluster = cluster
 
     def row_span(self, rows: int) -> tuple[int, int]:
-        sizes = _all_sizes(torch.empty(rows, device=_collective_device(self.cluster)))
+        sizes = _all_sizes(rows, _collective_device(self.cluster))
         return sum(sizes[:self.cluster.rank]), sum(sizes)
 
     def gather_rows(self, rows: Tensor) -> Tensor:
@@ -375,7 +374,7 @@ class ExpertParallel:
     def run_all(self, experts: MLPExperts, x: Tensor) -> Tensor:
         """(b_r, D) -> (E, b_r, K): every row goes to every rank, which runs its L experts."""
         world, local = self.cluster.world_size, len(experts)
-        sizes, rows = _all_sizes(x), x.shape[0]
+        sizes, rows = _all_sizes(x.shape[0], x.device), x.shape[0]
         copies = x.unsqueeze(0).expand(world, *x.shape).reshape(world * rows, *x.shape[1:])
         everyone = _AllToAll.apply(copies, [rows] * world, sizes, self.cluster.traffic)   # (B, D)
         out = experts.forward_all(everyone)                                    # (L, B, K)
@@ -541,8 +540,3 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, sta
                                            for key, value in per_param.items()}
                                     for index, per_param in state["state"].items()}}
     optimizer.load_state_dict(state)
-
-
-def cross_entropy_share(logits: Tensor, labels: Tensor, global_rows: int) -> Tensor:
-    """This rank's part of the global-batch mean cross-entropy: its rows' sum / B."""
-    return F.cross_entropy(logits, labels, reduction="sum") / global_rows

@@ -38,7 +38,7 @@ from evaluation import (PATCH_COLUMNS, SAMPLES_COLUMNS, SplitResult, evaluate, p
 from models import build_model
 from moe_model import MoEClassifier, build_dense_matched, classifier_logits, model_cost, moe_param_counts
 from run_files import atomic_write_bytes, read_json, save_checkpoint, write_json
-from run_logs import EXPERTS_COLUMNS, METRICS_COLUMNS, ROUTING_COLUMNS, RunLogs  # noqa: F401 (schema, re-exported)
+from run_logs import RunLogs
 from vit_model import ViTClassifier, check_vit_fits, vit_cost
 
 ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees

@@ -6,6 +6,7 @@ import sys
 import pandas as pd
 import pytest
 
+import run_logs
 import train
 
 REPO = train.REPO_ROOT
@@ -26,16 +27,16 @@ def test_run_writes_every_documented_file_and_column(tmp_path, tiny_data):
     for name in ("config.json", "metrics.csv", "experts.csv", "routing.csv", "summary.json", "model.pt"):
         assert (run_dir / name).exists(), name
     metrics = pd.read_csv(run_dir / "metrics.csv")
-    assert list(metrics.columns) == train.METRICS_COLUMNS and len(metrics) == 2
+    assert list(metrics.columns) == run_logs.METRICS_COLUMNS and len(metrics) == 2
     experts = pd.read_csv(run_dir / "experts.csv")
-    assert list(experts.columns) == train.EXPERTS_COLUMNS
+    assert list(experts.columns) == run_logs.EXPERTS_COLUMNS
     assert set(experts["split"]) == {"train_batch", "train", "val", "test"}
     val = experts[(experts.split == "val") & (experts.epoch == 2)]
     assert sorted(val.expert) == [0, 1, 2, 3]
     assert val.frac_routed.sum() == pytest.approx(2.0)              # top-2: two experts per sample
     assert val.mean_gate.sum() == pytest.approx(1.0)
     routing = pd.read_csv(run_dir / "routing.csv")
-    assert list(routing.columns) == train.ROUTING_COLUMNS
+    assert list(routing.columns) == run_logs.ROUTING_COLUMNS
     assert set(routing["split"]) == {"val", "test"}
     test = routing[routing.split == "test"]
     assert test["count"].sum() == 2 * 200 and test["top1"].sum() == 200
