@@ -14,7 +14,7 @@ from pathlib import Path
 
 from experts import DISPATCH_CHOICES
 from moe_model import ARCH_CHOICES, COMBINE_CHOICES, DENSE_MATCH_CHOICES, EXPERT_TYPES, TRUNK_CHOICES, ModelSpec
-from routers import GATING_CHOICES, HARD_GRAD_CHOICES, SCORE_CHOICES
+from routers import DROP_POLICIES, GATING_CHOICES, HARD_GRAD_CHOICES, SCORE_CHOICES, TOKEN_CHOICE
 
 MODEL_CHOICES = ("moe", "dense")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -47,7 +47,13 @@ class Config:
     gating: str = _opt("hard", "router", GATING_CHOICES)
     top_k: int = _opt(2, "experts per sample k for topk / noisy-topk / gumbel; expert-choice uses it in "
                          "its capacity C = capacity_factor * N * k / E")
-    capacity_factor: float = _opt(1.0, "expert-choice capacity factor")
+    capacity_factor: float = _opt(1.0, "capacity factor cf: expert-choice takes C = ceil(cf * N * k / E) samples "
+                                        "per expert; with a --drop-policy, token choice keeps at most C "
+                                        "assignments per expert")
+    drop_policy: str = _opt("dropless", "token choice (hard, topk, noisy-topk, gumbel): dropless, or cap every "
+                                        "expert at --capacity-factor and drop the rest by batch position "
+                                        "(Switch) or keep the most probable first (priority, V-MoE)",
+                            DROP_POLICIES)
     hard_grad: str = _opt("switch", "gradient of hard (top-1) routing: scale by the gate probability "
                                     "(switch) or straight-through one-hot (ste)", HARD_GRAD_CHOICES)
     tau: float = _opt(1.0, "Gumbel-softmax temperature")
@@ -162,6 +168,10 @@ def validate(cfg: Config) -> None:
     need(not token_k or cfg.top_k <= cfg.experts,
          f"--top-k must be between 1 and --experts={cfg.experts} for --gating {cfg.gating} (got {cfg.top_k})")
     need(cfg.capacity_factor > 0, f"--capacity-factor must be > 0 (got {cfg.capacity_factor})")
+    need(cfg.drop_policy == "dropless" or cfg.gating in TOKEN_CHOICE,
+         f"--drop-policy {cfg.drop_policy} caps token-choice routers; --gating {cfg.gating} "
+         + ("has its own capacity (--capacity-factor)" if cfg.gating == "expert-choice" else "drops nothing")
+         + ": drop --drop-policy")
     need(cfg.tau > 0, f"--tau must be > 0 (got {cfg.tau})")
     for name in ("epochs", "batch_size", "expert_hidden", "expert_depth", "expert_channels", "trunk_channels",
                  "router_dim", "router_centroids", "vit_patch", "vit_dim", "vit_depth", "vit_heads", "moe_every"):

@@ -18,14 +18,15 @@ from distributed import Cluster
 
 
 class EpochSums:
-    def __init__(self, routed_shape: tuple[int, ...], device: torch.device, cluster: Cluster):
-        self.routed_shape, self.device, self.cluster = routed_shape, device, cluster
+    def __init__(self, routed_shape: tuple[int, ...], device: torch.device, cluster: Cluster, drops: bool = False):
+        """``drops``: the routers have expert capacities, whose dropped assignments are counted."""
+        self.routed_shape, self.device, self.cluster, self.drops = routed_shape, device, cluster, drops
         self.reset()
 
     def reset(self) -> None:
         zero = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=self.device)  # noqa: E731
         self.sums = {"loss": zero(()), "correct": zero(()), "count": 0, "aux": zero(len(AUX_NAMES)),
-                     "routed": zero(*self.routed_shape), "train_seconds": 0.0}
+                     "routed": zero(*self.routed_shape), "dropped": zero(*self.routed_shape), "train_seconds": 0.0}
 
     def add(self, output, logits: Tensor, ce: Tensor, labels: Tensor, batch_rows: int, routes: bool) -> None:
         """One step: ``ce`` of the whole batch of ``batch_rows`` rows; logits and labels of this
@@ -38,25 +39,32 @@ class EpochSums:
             if routes:
                 s["aux"] += torch.stack([output.aux[name].detach() for name in AUX_NAMES]).double() * batch_rows
                 s["routed"] += output.assignment_counts().double()
+                if self.drops:
+                    s["dropped"] += output.dropped_counts().double()
 
     def add_seconds(self, seconds: float) -> None:
         self.sums["train_seconds"] += seconds
 
     def totals(self) -> dict:
-        """The sums with correct predictions and assignments added over the processes (every
-        process must call it)."""
+        """The sums with correct predictions and (dropped) assignments added over the processes
+        (every process must call it)."""
         s = dict(self.sums)
-        shares = distributed.all_sum(self.cluster, torch.cat([s["correct"].view(1), s["routed"].flatten()]))
-        s["correct"], s["routed"] = shares[0], shares[1:].view(s["routed"].shape)
+        shares = distributed.all_sum(self.cluster, torch.cat([s["correct"].view(1), s["routed"].flatten(),
+                                                              s["dropped"].flatten()]))
+        experts = s["routed"].numel()
+        s["correct"] = shares[0]
+        s["routed"], s["dropped"] = (part.view(s["routed"].shape) for part in shares[1:].split(experts))
         return s
 
     def state_dict(self) -> dict:
         return {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in self.totals().items()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sums = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in state.items()}
+        self.reset()                       # checkpoints from before drop counting lack "dropped"
+        self.sums.update({k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in state.items()})
         if not self.cluster.is_writer:     # the saved counts are summed over all processes: keep them once
-            self.sums["correct"], self.sums["routed"] = self.sums["correct"] * 0, self.sums["routed"] * 0
+            for name in ("correct", "routed", "dropped"):
+                self.sums[name] = self.sums[name] * 0
 
     def progress(self, routes: bool) -> dict[str, str]:
         """Running means for the progress bar (accuracy only in one process: it is summed over

@@ -19,7 +19,7 @@ from vit_model import ViTClassifier
 
 
 SAMPLES_COLUMNS = ["index", "class", "predicted", "top1_expert", "top1_weight", "experts_used"]
-LAYER_COLUMNS = ["layer", "expert", "n_tokens", "n_routed", "frac_routed", "mean_gate"]
+LAYER_COLUMNS = ["layer", "expert", "n_tokens", "n_routed", "n_dropped", "frac_routed", "mean_gate"]
 PATCH_COLUMNS = ["index", "class", "predicted", "layer", "patch", "row", "col", "top1_expert", "top1_weight",
                  "experts_used"]
 
@@ -33,6 +33,7 @@ class SplitResult:
     routing_rows: list[dict] = field(default_factory=list)   # one per (expert, class) (MoE only)
     load_cv: float = float("nan")
     gate_entropy: float = float("nan")
+    dropped: float = float("nan")                             # share of chosen assignments dropped for capacity
     class_expert: dict[str, Tensor] | None = None             # (E, K) tables
     layer_rows: list[dict] = field(default_factory=list)     # one per (MoE block, expert) (ViT only)
 
@@ -82,6 +83,7 @@ def _token_batch_sums(output) -> dict[str, Tensor]:
     weights = torch.stack([r.weights for r in output.routings])              # (L, N, E)
     return {"tokens": torch.tensor(float(weights.shape[1]), device=weights.device),
             "routed": stats.routed_mask(weights).sum(dim=1).double(),         # (L, E)
+            "dropped": output.dropped_counts().double(),                      # (L, E)
             "gate": weights.sum(dim=1).double(),                              # (L, E)
             "entropy_sum": torch.stack([stats.mean_gate_entropy(w) for w in weights]).double() * weights.shape[1]}
 
@@ -93,9 +95,11 @@ def _fill_layers(result: SplitResult, totals: dict[str, Tensor], blocks: list[in
         for e in range(t["routed"].shape[1]):
             routed = t["routed"][layer, e].item()
             result.layer_rows.append({"layer": block, "expert": e, "n_tokens": int(tokens), "n_routed": int(routed),
+                                      "n_dropped": int(t["dropped"][layer, e].item()),
                                       "frac_routed": routed / tokens, "mean_gate": t["gate"][layer, e].item() / tokens})
     result.load_cv = stats.load_cv(t["routed"]).mean().item()
     result.gate_entropy = (t["entropy_sum"] / tokens).mean().item()
+    result.dropped = stats.dropped_share(t["routed"], t["dropped"]).item()
 
 
 def _moe_batch_sums(model: MoEClassifier, features: Tensor, output, y: Tensor, num_classes: int) -> dict[str, Tensor]:
@@ -106,7 +110,7 @@ def _moe_batch_sums(model: MoEClassifier, features: Tensor, output, y: Tensor, n
     on_routed = stats.per_expert_sums(all_logits, y, stats.routed_mask(weights))
     tables = stats.class_expert_matrix(weights, y, num_classes)
     return {
-        "routed": on_routed["n"], "gate": weights.sum(dim=0),
+        "routed": on_routed["n"], "gate": weights.sum(dim=0), "dropped": output.dropped_counts(),
         "loss_routed": on_routed["loss"], "correct_routed": on_routed["correct"],
         "loss_all": on_all["loss"], "correct_all": on_all["correct"],
         "entropy_sum": stats.mean_gate_entropy(weights) * y.shape[0],
@@ -137,7 +141,7 @@ def _fill_routing(result: SplitResult, totals: dict[str, Tensor], count: int) ->
     for e in range(num_experts):
         routed = t["routed"][e].item()
         result.expert_rows.append({
-            "expert": e, "n_samples": count, "n_routed": int(routed),
+            "expert": e, "n_samples": count, "n_routed": int(routed), "n_dropped": int(t["dropped"][e].item()),
             "frac_routed": routed / count, "mean_gate": t["gate"][e].item() / count,
             "loss_routed": t["loss_routed"][e].item() / routed if routed else float("nan"),
             "acc_routed": t["correct_routed"][e].item() / routed if routed else float("nan"),
@@ -152,6 +156,7 @@ def _fill_routing(result: SplitResult, totals: dict[str, Tensor], count: int) ->
                                         "top1": int(tables["top1"][e, c].item())})
     result.load_cv = stats.load_cv(t["routed"]).item()
     result.gate_entropy = t["entropy_sum"].item() / count
+    result.dropped = stats.dropped_share(t["routed"], t["dropped"]).item()
     result.class_expert = tables
 
 
@@ -168,12 +173,14 @@ def train_batch_expert_rows(output, y: Tensor, num_experts: int, reduce=None) ->
         correct_sum = torch.zeros_like(loss_sum).index_add_(0, output.expert_index, correct)
         gate = output.routing.weights.sum(dim=0).double()
         samples = torch.full_like(gate, float(y.shape[0]))
-        packed = torch.stack([routed, loss_sum, correct_sum, gate, samples])  # (5, E): one transfer
+        dropped = output.dropped_counts().double()
+        packed = torch.stack([routed, loss_sum, correct_sum, gate, samples, dropped])  # (6, E): one transfer
         packed = (reduce(packed) if reduce is not None else packed).cpu()
     rows = []
     for e in range(num_experts):
-        routed_n, loss_total, correct_total, gate_total, n = packed[:, e].tolist()
-        rows.append({"expert": e, "n_samples": int(n), "n_routed": int(routed_n), "frac_routed": routed_n / n,
+        routed_n, loss_total, correct_total, gate_total, n, dropped_n = packed[:, e].tolist()
+        rows.append({"expert": e, "n_samples": int(n), "n_routed": int(routed_n), "n_dropped": int(dropped_n),
+                     "frac_routed": routed_n / n,
                      "mean_gate": gate_total / n,
                      "loss_routed": loss_total / routed_n if routed_n else float("nan"),
                      "acc_routed": correct_total / routed_n if routed_n else float("nan"),

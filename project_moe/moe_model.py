@@ -97,6 +97,10 @@ class MoEOutput:
         """(E,) samples each expert processed."""
         return self.routing.assignment_counts()
 
+    def dropped_counts(self) -> Tensor:
+        """(E,) assignments each expert's capacity dropped."""
+        return self.routing.dropped_counts()
+
 
 class LocalExperts:
     """Runs rows on an expert bank that holds every expert: the exchange of an MoE layer in
@@ -179,6 +183,7 @@ class ModelSpec:
     gating: str = "hard"
     top_k: int = 2
     capacity_factor: float = 1.0
+    drop_policy: str = "dropless"    # token choice: dropless | position | priority (routers.py)
     hard_grad: str = "switch"
     tau: float = 1.0
     router_score: str = "linear"
@@ -204,8 +209,8 @@ class ModelSpec:
 def spec_router(spec: ModelSpec, in_features: int) -> nn.Module:
     """The router the spec asks for, reading ``in_features``-wide inputs."""
     return build_router(spec.gating, in_features, spec.experts, top_k=spec.top_k,
-                        capacity_factor=spec.capacity_factor, hard_grad=spec.hard_grad, tau=spec.tau,
-                        score=spec.router_score, score_dim=spec.router_dim, centroids=spec.router_centroids)
+                        capacity_factor=spec.capacity_factor, drop_policy=spec.drop_policy,
+                        hard_grad=spec.hard_grad, tau=spec.tau, score=spec.router_score, score_dim=spec.router_dim, centroids=spec.router_centroids)
 
 
 class MoEClassifier(nn.Module):
@@ -277,7 +282,7 @@ def moe_param_counts(model: MoEClassifier) -> dict[str, float]:
     spec = model.spec
     per_expert = model.moe.experts.params_per_expert()
     shared = count_params(model.trunk) + count_params(model.moe.router)
-    used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
+    used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)   # as chosen, not capped
     return {"total": count_params(model), "active": shared + used * per_expert}
 
 
@@ -344,7 +349,8 @@ def model_cost(model: nn.Module, in_shape: tuple[int, int, int]) -> dict[str, fl
         features = example.flatten(1)
     router_flops = forward_flops(model.moe.router.proj, features.flatten(1))
     expert_flops = forward_flops(model.moe.experts.expert_module(0), features)
-    used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
+    # The capacity of token choice caps the experts' work (drop policies): count at most that.
+    used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor, spec.drop_policy)
     counts = moe_param_counts(model)
     return {"params_total": counts["total"], "params_active": counts["active"],
             "flops_per_sample": trunk_flops + router_flops + used * expert_flops}

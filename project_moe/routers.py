@@ -21,6 +21,8 @@ from torch import Tensor, nn
 import aux_losses
 
 GATING_CHOICES = ("soft", "hard", "topk", "noisy-topk", "gumbel", "expert-choice")
+TOKEN_CHOICE = ("hard", "topk", "noisy-topk", "gumbel")
+DROP_POLICIES = ("dropless", "position", "priority")
 HARD_GRAD_CHOICES = ("switch", "ste")
 SCORE_CHOICES = ("linear", "cosine")
 
@@ -37,6 +39,8 @@ class Routing:
     counts:  (E,) int64 samples each expert processes (N for every expert when dense).
     load:    (E,) per-expert load fed to the CV^2 loss: counts, or a smooth estimate.
     aux:     unweighted auxiliary losses by name (see aux_losses.py); empty in eval mode.
+    dropped: (E,) int64 assignments the router chose but the expert's capacity refused
+        (token choice with a drop policy); None when nothing can be dropped.
     """
 
     logits: Tensor
@@ -48,6 +52,7 @@ class Routing:
     counts: Tensor
     load: Tensor
     aux: dict[str, Tensor] = field(default_factory=dict)
+    dropped: Tensor | None = None
 
     @property
     def is_dense(self) -> bool:
@@ -56,6 +61,10 @@ class Routing:
     def assignment_counts(self) -> Tensor:
         """(E,) number of samples each expert processes in this batch."""
         return self.counts
+
+    def dropped_counts(self) -> Tensor:
+        """(E,) assignments dropped for capacity (zeros when nothing can be dropped)."""
+        return self.dropped if self.dropped is not None else torch.zeros_like(self.counts)
 
 
 class LocalBatch:
@@ -95,10 +104,12 @@ class Router(nn.Module):
     """
 
     def __init__(self, in_features: int, num_experts: int, score: str = "linear", score_dim: int = 16,
-                 centroids: int = 1):
+                 centroids: int = 1, capacity_factor: float = 1.0, drop_policy: str = "dropless"):
         super().__init__()
         self.num_experts = num_experts
         self.score = score
+        self.capacity_factor = capacity_factor
+        self.drop_policy = drop_policy
         self.batch = LOCAL_BATCH
         if score == "linear":
             self.proj = nn.Linear(in_features, num_experts, bias=False)
@@ -136,27 +147,87 @@ class Router(nn.Module):
         return draw((total, *like.shape[1:]), dtype=like.dtype, device=like.device)[offset:offset + like.shape[0]]
 
     def _record(self, logits, probs, weights, sample_index=None, expert_index=None,
-                gate=None, load=None) -> Routing:
+                gate=None, load=None, chosen=None) -> Routing:
         """Assemble the record and every auxiliary loss (all cheap, O(N E)). The per-expert
         counts are computed once here: the dispatch, the logs and (for sparse routing) the
-        Switch loss share them."""
+        Switch loss share them. ``chosen``: (E,) assignments the router chose before a
+        capacity dropped some (the Switch loss and the load measure the router's choice)."""
+        dropped = None
         if sample_index is None:
             counts = torch.full((self.num_experts,), weights.shape[0], device=weights.device)
             load = weights.sum(dim=0) if load is None else load
         else:
             counts = torch.bincount(expert_index, minlength=self.num_experts)        # (E,)
+            if chosen is not None:
+                dropped = chosen - counts
+            chosen = counts if chosen is None else chosen
             if load is None:
-                load = counts.to(probs.dtype)
+                load = chosen.to(probs.dtype)
         if not self.training:  # the losses only matter for optimisation; skip their ~20 small ops
-            return Routing(logits, probs, weights, sample_index, expert_index, gate, counts, load, {})
+            return Routing(logits, probs, weights, sample_index, expert_index, gate, counts, load, {}, dropped)
         # Dense routing sends everything everywhere; for the Switch loss the dispatch
         # fraction f_i is taken from each sample's top-1 expert.
-        balance_counts = counts if sample_index is not None else \
+        balance_counts = chosen if sample_index is not None else \
             torch.bincount(probs.argmax(dim=1), minlength=self.num_experts)
         # Losses of the whole batch, from its sums (all processes' shards when it is split).
         sums = self.batch.global_sums(aux_losses.routing_sums(logits, probs, weights, balance_counts, load))
         aux = {**aux_losses.losses_from_sums(sums), "centroid": self.batch.batch_independent(self.centroid_overlap())}
-        return Routing(logits, probs, weights, sample_index, expert_index, gate, counts, load, aux)
+        return Routing(logits, probs, weights, sample_index, expert_index, gate, counts, load, aux, dropped)
+
+    def _token_choice(self, logits: Tensor, probs: Tensor, top_index: Tensor, top_gate: Tensor,
+                      load: Tensor | None = None) -> Routing:
+        """The record of a (N, k) token choice, after the capacity of each expert (if any)."""
+        if self.drop_policy == "dropless":
+            weights, sample_index, expert_index, gate = token_choice_assignments(top_index, top_gate, self.num_experts)
+            return self._record(logits, probs, weights, sample_index, expert_index, gate, load=load)
+        chosen = torch.bincount(top_index.reshape(-1), minlength=self.num_experts)   # (E,) before capacity
+        keep = self._within_capacity(top_index, probs)
+        weights, sample_index, expert_index, gate = token_choice_assignments(top_index, top_gate * keep,
+                                                                             self.num_experts)
+        kept = keep.reshape(-1)
+        return self._record(logits, probs, weights, sample_index[kept], expert_index[kept], gate[kept],
+                            load=load, chosen=chosen)
+
+    def _within_capacity(self, top_index: Tensor, probs: Tensor) -> Tensor:
+        """(n, k) bool: the assignments that fit their expert's capacity over the whole batch."""
+        priority = probs.detach().gather(1, top_index)                                # (n, k)
+        whole = self.batch.gather_rows(torch.cat([top_index.to(priority.dtype), priority], dim=1))   # (N, 2k)
+        k = top_index.shape[1]
+        keep = capacity_keep(whole[:, :k].long(), whole[:, k:], self.num_experts, self.capacity_factor,
+                             self.drop_policy)                                       # (N, k)
+        if whole.shape[0] == top_index.shape[0]:
+            return keep
+        offset = self.batch.row_span(top_index.shape[0])[0]
+        return keep[offset:offset + top_index.shape[0]]
+
+
+def capacity_keep(top_index: Tensor, priority: Tensor, num_experts: int, capacity_factor: float,
+                  policy: str) -> Tensor:
+    """(N, k) bool: which token-choice assignments an expert of capacity
+    C = ceil(capacity_factor * N * k / E) keeps.
+
+    Assignments are served in rounds, all first choices before any second choice (GShard,
+    V-MoE); within a round, in batch order (``position``, Switch) or by decreasing router
+    probability ``priority`` (``priority``, V-MoE's batch-priority routing). Each expert
+    keeps its first C assignments in that order.
+    """
+    n, k = top_index.shape
+    capacity = math.ceil(capacity_factor * n * k / num_experts)
+    experts = top_index.t().reshape(-1)                                        # (k*N,) round-major
+    if policy == "priority":
+        rounds = torch.arange(k, device=top_index.device).repeat_interleave(n).to(priority.dtype)
+        order = torch.argsort(2.0 * rounds - priority.t().reshape(-1), stable=True)   # probabilities are in [0, 1]
+    else:
+        order = torch.arange(k * n, device=top_index.device)
+    served = experts[order]                                                    # (k*N,) in serving order
+    by_expert = torch.argsort(served, stable=True)                             # grouped by expert, order kept
+    counts = torch.bincount(served, minlength=num_experts)
+    starts = counts.cumsum(0) - counts                                         # (E,)
+    rank = torch.empty_like(by_expert)
+    rank[by_expert] = torch.arange(k * n, device=top_index.device) - starts[served[by_expert]]
+    keep = torch.empty(k * n, dtype=torch.bool, device=top_index.device)
+    keep[order] = rank < capacity
+    return keep.view(k, n).t()                                                 # (N, k)
 
 
 def token_choice_assignments(top_index: Tensor, top_gate: Tensor, num_experts: int):
@@ -198,9 +269,7 @@ class TopKRouter(Router):
         logits = self.router_logits(x)
         probs = logits.softmax(dim=-1)
         top_index, top_gate = self.select(logits, probs)
-        weights, sample_index, expert_index, gate = token_choice_assignments(
-            top_index, top_gate, self.num_experts)
-        return self._record(logits, probs, weights, sample_index, expert_index, gate)
+        return self._token_choice(logits, probs, top_index, top_gate)
 
 
 class HardRouter(TopKRouter):
@@ -253,10 +322,7 @@ class NoisyTopKRouter(Router):
         top_index = top_index[:, :self.k]
         if self.training:
             load = self._smooth_load(clean, noisy, noise_std, top_logit)
-        weights, sample_index, expert_index, gate = token_choice_assignments(
-            top_index, top_gate, self.num_experts)
-        return self._record(clean, clean.softmax(dim=-1), weights, sample_index,
-                            expert_index, gate, load=load)
+        return self._token_choice(clean, clean.softmax(dim=-1), top_index, top_gate, load=load)
 
     def _smooth_load(self, clean: Tensor, noisy: Tensor, noise_std: Tensor, top_logit: Tensor) -> Tensor:
         if self.k >= self.num_experts:
@@ -294,9 +360,7 @@ class GumbelTopKRouter(Router):
             relaxed = probs
         top_relaxed, top_index = relaxed.topk(self.k, dim=-1)                  # (N, k)
         top_gate = top_relaxed - top_relaxed.detach() + 1.0 / self.k           # forward 1/k, grad of y
-        weights, sample_index, expert_index, gate = token_choice_assignments(
-            top_index, top_gate, self.num_experts)
-        return self._record(logits, probs, weights, sample_index, expert_index, gate)
+        return self._token_choice(logits, probs, top_index, top_gate)
 
 
 class ExpertChoiceRouter(Router):
@@ -310,10 +374,9 @@ class ExpertChoiceRouter(Router):
     batch. A sample picked by no expert gets zero logits (a uniform prediction).
     """
 
-    def __init__(self, in_features: int, num_experts: int, k: int = 2, capacity_factor: float = 1.0, **score):
-        super().__init__(in_features, num_experts, **score)
+    def __init__(self, in_features: int, num_experts: int, k: int = 2, **settings):
+        super().__init__(in_features, num_experts, **settings)
         self.k = k
-        self.capacity_factor = capacity_factor
 
     def capacity(self, num_samples: int) -> int:
         return min(num_samples, math.ceil(self.capacity_factor * num_samples * self.k / self.num_experts))
@@ -336,30 +399,34 @@ class ExpertChoiceRouter(Router):
 
 
 def build_router(gating: str, in_features: int, num_experts: int, *, top_k: int = 2,
-                 capacity_factor: float = 1.0, hard_grad: str = "switch", tau: float = 1.0,
-                 score: str = "linear", score_dim: int = 16, centroids: int = 1) -> Router:
-    scoring = dict(score=score, score_dim=score_dim, centroids=centroids)
+                 capacity_factor: float = 1.0, drop_policy: str = "dropless", hard_grad: str = "switch",
+                 tau: float = 1.0, score: str = "linear", score_dim: int = 16, centroids: int = 1) -> Router:
+    """``capacity_factor``: expert-choice's C, and with a ``drop_policy`` other than dropless
+    the capacity of every expert under token choice (Router._token_choice)."""
+    settings = dict(score=score, score_dim=score_dim, centroids=centroids, capacity_factor=capacity_factor,
+                    drop_policy=drop_policy if gating in TOKEN_CHOICE else "dropless")
     if gating == "soft":
-        return SoftRouter(in_features, num_experts, **scoring)
+        return SoftRouter(in_features, num_experts, **settings)
     if gating == "hard":
-        return HardRouter(in_features, num_experts, grad=hard_grad, **scoring)
+        return HardRouter(in_features, num_experts, grad=hard_grad, **settings)
     if gating == "topk":
-        return TopKRouter(in_features, num_experts, k=top_k, **scoring)
+        return TopKRouter(in_features, num_experts, k=top_k, **settings)
     if gating == "noisy-topk":
-        return NoisyTopKRouter(in_features, num_experts, k=top_k, **scoring)
+        return NoisyTopKRouter(in_features, num_experts, k=top_k, **settings)
     if gating == "gumbel":
-        return GumbelTopKRouter(in_features, num_experts, k=top_k, tau=tau, **scoring)
+        return GumbelTopKRouter(in_features, num_experts, k=top_k, tau=tau, **settings)
     if gating == "expert-choice":
-        return ExpertChoiceRouter(in_features, num_experts, k=top_k, capacity_factor=capacity_factor, **scoring)
+        return ExpertChoiceRouter(in_features, num_experts, k=top_k, **settings)
     raise ValueError(f"unknown gating {gating!r}; choose one of {', '.join(GATING_CHOICES)}")
 
 
-def experts_per_sample(gating: str, num_experts: int, top_k: int, capacity_factor: float) -> float:
-    """Average number of experts that process one sample (what sets the active compute)."""
+def experts_per_sample(gating: str, num_experts: int, top_k: int, capacity_factor: float,
+                       drop_policy: str = "dropless") -> float:
+    """Average number of experts that process one sample (what sets the active compute); with
+    a capacity under token choice, the most the capacity lets through."""
     if gating == "soft":
         return float(num_experts)
-    if gating == "hard":
-        return 1.0
     if gating == "expert-choice":
         return min(float(num_experts), capacity_factor * top_k)
-    return float(top_k)
+    chosen = 1.0 if gating == "hard" else float(top_k)
+    return chosen if drop_policy == "dropless" else min(chosen, capacity_factor * chosen)

@@ -36,6 +36,13 @@ def load_cv(counts: Tensor) -> Tensor:
     return cv_squared(counts.float()).sqrt()
 
 
+def dropped_share(routed: Tensor, dropped: Tensor) -> Tensor:
+    """Share of the assignments the routers chose that expert capacities dropped: dropped /
+    (routed + dropped) over all experts (and MoE blocks); 0 when nothing was dropped."""
+    chosen = routed.sum() + dropped.sum()
+    return dropped.sum() / chosen.clamp_min(1)
+
+
 def mean_gate_entropy(weights: Tensor) -> Tensor:
     """Mean entropy (nats) of the per-sample combine weights, renormalised per row."""
     mass = weights.sum(dim=1, keepdim=True).clamp_min(1e-12)

@@ -213,8 +213,10 @@ class Trainer:
                                              shuffle=True, augment=dataset.augment, seed=cfg.seed, device=device)
         self.total_steps = cfg.epochs * len(self.train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        # Expert-choice routing depends on the batch: evaluate it in training-sized batches.
-        eval_batch = cfg.batch_size if cfg.gating == "expert-choice" else max(cfg.batch_size, 1000)
+        # Expert-choice routing and expert capacities depend on the batch: evaluate them in
+        # training-sized batches, with the same capacity rule as in training.
+        batch_dependent = cfg.gating == "expert-choice" or cfg.drop_policy != "dropless"
+        eval_batch = cfg.batch_size if batch_dependent else max(cfg.batch_size, 1000)
         self.eval_loaders = {
             "train": data.BatchLoader(_head(dataset.train, cfg.train_eval_size), eval_batch, dataset.mean,
                                       dataset.std, shuffle=False, augment=False, seed=cfg.seed, device=device),
@@ -226,7 +228,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_val_acc, self.best_epoch = -1.0, -1
         routed_shape = (len(self.moe_blocks), cfg.experts) if self.moe_blocks else (cfg.experts,)
-        self.accum = EpochSums(routed_shape, device, cluster)
+        self.accum = EpochSums(routed_shape, device, cluster, drops=cfg.drop_policy != "dropless")
         self.elapsed_before = 0.0   # wall seconds spent in earlier sessions of a resumed run
         self.stop_signal: int | None = None
 
@@ -377,11 +379,14 @@ class Trainer:
         aux = (a["aux"] / count).tolist() if self.routes else [float("nan")] * len(AUX_NAMES)
         # A ViT's load CV is the mean over its MoE blocks of each block's CV.
         train_load_cv = stats.load_cv(a["routed"]).mean().item() if self.routes else float("nan")
+        drops = cfg.drop_policy != "dropless"
+        train_dropped = stats.dropped_share(a["routed"], a["dropped"]).item() if drops else float("nan")
         row = {"epoch": epoch, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
                "train_loss": (a["loss"] / count).item(), "train_acc": (a["correct"] / count).item(),
                "val_loss": val.loss, "val_acc": val.acc,
                **{f"aux_{name}": value for name, value in zip(AUX_NAMES, aux)},
                "train_load_cv": train_load_cv, "val_load_cv": val.load_cv, "val_gate_entropy": val.gate_entropy,
+               "train_dropped": train_dropped, "val_dropped": val.dropped if drops else float("nan"),
                "samples_per_s": a["count"] / max(a["train_seconds"], 1e-9), "epoch_time_s": a["train_seconds"],
                "wall_time_s": self.elapsed()}
         self.logs.metrics(row)

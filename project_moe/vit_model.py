@@ -101,6 +101,10 @@ class ViTOutput:
         """(L, E) tokens each expert of each MoE block processed."""
         return torch.stack([r.assignment_counts() for r in self.routings])
 
+    def dropped_counts(self) -> Tensor:
+        """(L, E) token assignments each expert's capacity dropped, per MoE block."""
+        return torch.stack([r.dropped_counts() for r in self.routings])
+
 
 class ViTClassifier(nn.Module):
     def __init__(self, spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int):

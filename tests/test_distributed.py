@@ -103,14 +103,14 @@ def _join_group(rank: int, store: str) -> None:
                             timeout=datetime.timedelta(seconds=60))
 
 
-def _mlp_layer(gating: str, dispatch: str, score: str = "linear") -> MoE:
-    router = build_router(gating, D, E, top_k=2, score=score, score_dim=6)
+def _mlp_layer(gating: str, dispatch: str, score: str = "linear", drop: str = "dropless") -> MoE:
+    router = build_router(gating, D, E, top_k=2, score=score, score_dim=6, capacity_factor=0.75, drop_policy=drop)
     return MoE(router, MLPExperts(E, D, 8, K, depth=1, dispatch=dispatch))
 
 
-def _vit(gating: str) -> torch.nn.Module:
+def _vit(gating: str, drop: str = "dropless") -> torch.nn.Module:
     spec = Config(arch="vit", gating=gating, experts=E, top_k=2, vit_dim=12, vit_heads=2, vit_depth=2,
-                  moe_every=1, vit_patch=2, expert_hidden=8).model_spec()
+                  moe_every=1, vit_patch=2, expert_hidden=8, capacity_factor=0.75, drop_policy=drop).model_spec()
     return build_model(spec, (1, 4, 4), K)
 
 
@@ -150,24 +150,27 @@ def _check_equivalence(model: torch.nn.Module, x: torch.Tensor, rank: int, exper
         torch.testing.assert_close(param.grad, expected, **close, msg=lambda m: f"{name}: {m}")
 
 
-LAYER_CASES = [("mlp", gating, dispatch, "linear") for gating in GATING_CHOICES for dispatch in ("grouped", "padded")] \
-    + [("mlp", "topk", "grouped", "cosine")] + [("vit", gating, "auto", "linear") for gating in GATING_CHOICES]
+LAYER_CASES = [("mlp", gating, dispatch, "linear", "dropless") for gating in GATING_CHOICES
+               for dispatch in ("grouped", "padded")] \
+    + [("mlp", "topk", "grouped", "cosine", "dropless"), ("mlp", "topk", "grouped", "linear", "priority"),
+       ("mlp", "hard", "padded", "linear", "position"), ("vit", "noisy-topk", "auto", "linear", "position")] \
+    + [("vit", gating, "auto", "linear", "dropless") for gating in GATING_CHOICES]
 
 
 def _layer_worker(rank: int, store: str) -> None:
     _join_group(rank, store)
     failures = []
-    for kind, gating, dispatch, score in LAYER_CASES:
+    for kind, gating, dispatch, score, drop in LAYER_CASES:
         for expert_parallel in (False, True):
             torch.manual_seed(0)
             if kind == "mlp":
-                model, x = _mlp_layer(gating, dispatch, score), torch.randn(N, D) * 2
+                model, x = _mlp_layer(gating, dispatch, score, drop), torch.randn(N, D) * 2
             else:
-                model, x = _vit(gating), torch.randn(N // 4, 1, 4, 4)
+                model, x = _vit(gating, drop), torch.randn(N // 4, 1, 4, 4)
             try:
                 _check_equivalence(model, x, rank, expert_parallel)
             except AssertionError as error:
-                failures.append(f"{kind} {gating} {dispatch} {score} expert_parallel={expert_parallel}: "
+                failures.append(f"{kind} {gating} {dispatch} {score} {drop} expert_parallel={expert_parallel}: "
                                 f"{str(error).splitlines()[0]}")
     dist.destroy_process_group()
     assert not failures, "\n".join(failures)

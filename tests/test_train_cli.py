@@ -1,5 +1,6 @@
 """The training CLI end to end on tiny IDX data: files, columns, determinism, learning."""
 import json
+import math
 import subprocess
 import sys
 
@@ -80,3 +81,28 @@ def test_cli_runs_from_repo_root_and_rejects_bad_flags(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "--experts" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("extra", [("--gating", "topk"),
+                                   ("--gating", "hard", "--arch", "vit", "--vit-dim", "24", "--vit-heads", "2",
+                                    "--vit-depth", "2", "--moe-every", "1", "--vit-patch", "7")], ids=["mixture", "vit"])
+def test_capacity_logs_the_dropped_share_and_per_expert_drops(tmp_path, tiny_data, extra):
+    code, run_dir = run(tmp_path, tiny_data, *extra, "--capacity-factor", "0.5", "--drop-policy", "priority")
+    assert code == 0
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert (metrics.train_dropped > 0).all() and (metrics.val_dropped > 0).all()
+    per_expert = pd.read_csv(run_dir / ("layers.csv" if "vit" in extra else "experts.csv"))
+    val = per_expert[(per_expert.split == "val") & (per_expert.epoch == 2)]
+    recount = val.n_dropped.sum() / (val.n_routed.sum() + val.n_dropped.sum())
+    assert metrics.val_dropped.iloc[-1] == pytest.approx(recount)
+    assert (val.n_routed <= math.ceil(0.5 * 32 * (1 if "hard" in extra else 2) / 4) *
+            math.ceil(60 / 32) * (49 if "vit" in extra else 1)).all()   # at most C per batch, 2 batches
+    code, dropless = run(tmp_path, tiny_data, *extra, name="dropless")
+    assert pd.read_csv(dropless / "metrics.csv").train_dropped.isna().all()
+
+
+def test_drop_policy_is_refused_where_nothing_is_dropped(tmp_path, capsys):
+    code = train.main(["--gating", "expert-choice", "--drop-policy", "position", "--out", str(tmp_path / "r")])
+    assert code == 2 and not (tmp_path / "r").exists()
+    err = capsys.readouterr().err.strip()
+    assert "--drop-policy" in err and "--gating expert-choice" in err and err.count("\n") == 0
