@@ -54,6 +54,9 @@ class Config:
                                         "expert at --capacity-factor and drop the rest by batch position "
                                         "(Switch) or keep the most probable first (priority, V-MoE)",
                             DROP_POLICIES)
+    bias_balance_rate: float = _opt(0.0, "token choice: loss-free balancing (DeepSeek-V3): a per-expert bias "
+                                         "added to the router logits for the choice of experts only, moved "
+                                         "by this step toward the mean load after every step (0 = off)")
     hard_grad: str = _opt("switch", "gradient of hard (top-1) routing: scale by the gate probability "
                                     "(switch) or straight-through one-hot (ste)", HARD_GRAD_CHOICES)
     tau: float = _opt(1.0, "Gumbel-softmax temperature")
@@ -168,6 +171,10 @@ def validate(cfg: Config) -> None:
     need(not token_k or cfg.top_k <= cfg.experts,
          f"--top-k must be between 1 and --experts={cfg.experts} for --gating {cfg.gating} (got {cfg.top_k})")
     need(cfg.capacity_factor > 0, f"--capacity-factor must be > 0 (got {cfg.capacity_factor})")
+    need(cfg.bias_balance_rate >= 0, f"--bias-balance-rate must be >= 0 (got {cfg.bias_balance_rate})")
+    need(cfg.bias_balance_rate == 0 or cfg.gating in TOKEN_CHOICE,
+         f"--bias-balance-rate biases the experts a token chooses; --gating {cfg.gating} has no such choice: "
+         "drop --bias-balance-rate or use hard, topk, noisy-topk or gumbel")
     need(cfg.drop_policy == "dropless" or cfg.gating in TOKEN_CHOICE,
          f"--drop-policy {cfg.drop_policy} caps token-choice routers; --gating {cfg.gating} "
          + ("has its own capacity (--capacity-factor)" if cfg.gating == "expert-choice" else "drops nothing")

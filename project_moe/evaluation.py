@@ -15,11 +15,12 @@ from torch import Tensor
 
 import stats
 from moe_model import MoEClassifier, classifier_logits
+from routers import selection_bias
 from vit_model import ViTClassifier
 
 
 SAMPLES_COLUMNS = ["index", "class", "predicted", "top1_expert", "top1_weight", "experts_used"]
-LAYER_COLUMNS = ["layer", "expert", "n_tokens", "n_routed", "n_dropped", "frac_routed", "mean_gate"]
+LAYER_COLUMNS = ["layer", "expert", "n_tokens", "n_routed", "n_dropped", "frac_routed", "mean_gate", "selection_bias"]
 PATCH_COLUMNS = ["index", "class", "predicted", "layer", "patch", "row", "col", "top1_expert", "top1_weight",
                  "experts_used"]
 
@@ -72,9 +73,9 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=Non
     loss_sum, correct, count = totals.pop("loss_sum"), totals.pop("correct"), int(totals.pop("count").item())
     result = SplitResult(loss=(loss_sum / max(count, 1)).item(), acc=(correct / max(count, 1)).item(), n=count)
     if totals and routes_tokens:
-        _fill_layers(result, totals, model.moe_blocks)
+        _fill_layers(result, totals, model.moe_blocks, [selection_bias(r) for r in model_routers(model)])
     elif totals:
-        _fill_routing(result, totals, count)
+        _fill_routing(result, totals, count, selection_bias(model.moe.router))
     return result
 
 
@@ -88,7 +89,14 @@ def _token_batch_sums(output) -> dict[str, Tensor]:
             "entropy_sum": torch.stack([stats.mean_gate_entropy(w) for w in weights]).double() * weights.shape[1]}
 
 
-def _fill_layers(result: SplitResult, totals: dict[str, Tensor], blocks: list[int]) -> None:
+def model_routers(model) -> list:
+    """The routers of a model, in the order of its MoE layers (of its output's routings)."""
+    if isinstance(model, ViTClassifier):
+        return [model.blocks[index].ffn.router for index in model.moe_blocks]
+    return [model.moe.router] if isinstance(model, MoEClassifier) else []
+
+
+def _fill_layers(result: SplitResult, totals: dict[str, Tensor], blocks: list[int], biases: list[list[float]]) -> None:
     t = {name: value.double().cpu() for name, value in totals.items()}
     tokens = t["tokens"].item()
     for layer, block in enumerate(blocks):
@@ -96,6 +104,7 @@ def _fill_layers(result: SplitResult, totals: dict[str, Tensor], blocks: list[in
             routed = t["routed"][layer, e].item()
             result.layer_rows.append({"layer": block, "expert": e, "n_tokens": int(tokens), "n_routed": int(routed),
                                       "n_dropped": int(t["dropped"][layer, e].item()),
+                                      "selection_bias": biases[layer][e],
                                       "frac_routed": routed / tokens, "mean_gate": t["gate"][layer, e].item() / tokens})
     result.load_cv = stats.load_cv(t["routed"]).mean().item()
     result.gate_entropy = (t["entropy_sum"] / tokens).mean().item()
@@ -135,7 +144,7 @@ def reduce_sums(sums: dict[str, Tensor], reduce) -> dict[str, Tensor]:
     return out
 
 
-def _fill_routing(result: SplitResult, totals: dict[str, Tensor], count: int) -> None:
+def _fill_routing(result: SplitResult, totals: dict[str, Tensor], count: int, bias: list[float]) -> None:
     t = {name: value.double().cpu() for name, value in totals.items()}
     num_experts = t["routed"].shape[0]
     for e in range(num_experts):
@@ -146,6 +155,7 @@ def _fill_routing(result: SplitResult, totals: dict[str, Tensor], count: int) ->
             "loss_routed": t["loss_routed"][e].item() / routed if routed else float("nan"),
             "acc_routed": t["correct_routed"][e].item() / routed if routed else float("nan"),
             "loss_all": t["loss_all"][e].item() / count, "acc_all": t["correct_all"][e].item() / count,
+            "selection_bias": bias[e],
         })
     tables = {name.removeprefix("table_"): t[name] for name in t if name.startswith("table_")}
     num_classes = tables["count"].shape[1]
@@ -160,9 +170,10 @@ def _fill_routing(result: SplitResult, totals: dict[str, Tensor], count: int) ->
     result.class_expert = tables
 
 
-def train_batch_expert_rows(output, y: Tensor, num_experts: int, reduce=None) -> list[dict]:
+def train_batch_expert_rows(output, y: Tensor, num_experts: int, reduce=None, bias=None) -> list[dict]:
     """Per-expert rows for one training batch, from the assignments already computed
-    (no extra forward pass, hence no loss over all samples)."""
+    (no extra forward pass, hence no loss over all samples). ``bias``: the router's selection
+    bias per expert, as logged."""
     with torch.no_grad():
         target = y[output.sample_index]                                        # (M,)
         loss = F.cross_entropy(output.expert_logits.float(), target, reduction="none")
@@ -184,7 +195,8 @@ def train_batch_expert_rows(output, y: Tensor, num_experts: int, reduce=None) ->
                      "mean_gate": gate_total / n,
                      "loss_routed": loss_total / routed_n if routed_n else float("nan"),
                      "acc_routed": correct_total / routed_n if routed_n else float("nan"),
-                     "loss_all": float("nan"), "acc_all": float("nan")})
+                     "loss_all": float("nan"), "acc_all": float("nan"),
+                     "selection_bias": bias[e] if bias is not None else float("nan")})
     return rows
 
 

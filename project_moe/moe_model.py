@@ -184,6 +184,7 @@ class ModelSpec:
     top_k: int = 2
     capacity_factor: float = 1.0
     drop_policy: str = "dropless"    # token choice: dropless | position | priority (routers.py)
+    bias_balance_rate: float = 0.0   # token choice: loss-free balancing step (routers.py)
     hard_grad: str = "switch"
     tau: float = 1.0
     router_score: str = "linear"
@@ -210,7 +211,7 @@ def spec_router(spec: ModelSpec, in_features: int) -> nn.Module:
     """The router the spec asks for, reading ``in_features``-wide inputs."""
     return build_router(spec.gating, in_features, spec.experts, top_k=spec.top_k,
                         capacity_factor=spec.capacity_factor, drop_policy=spec.drop_policy,
-                        hard_grad=spec.hard_grad, tau=spec.tau, score=spec.router_score, score_dim=spec.router_dim, centroids=spec.router_centroids)
+                        bias_rate=spec.bias_balance_rate, hard_grad=spec.hard_grad, tau=spec.tau, score=spec.router_score, score_dim=spec.router_dim, centroids=spec.router_centroids)
 
 
 class MoEClassifier(nn.Module):

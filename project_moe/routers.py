@@ -104,12 +104,18 @@ class Router(nn.Module):
     """
 
     def __init__(self, in_features: int, num_experts: int, score: str = "linear", score_dim: int = 16,
-                 centroids: int = 1, capacity_factor: float = 1.0, drop_policy: str = "dropless"):
+                 centroids: int = 1, capacity_factor: float = 1.0, drop_policy: str = "dropless",
+                 bias_rate: float = 0.0):
         super().__init__()
         self.num_experts = num_experts
         self.score = score
         self.capacity_factor = capacity_factor
         self.drop_policy = drop_policy
+        self.bias_rate = bias_rate
+        if bias_rate:
+            # Loss-free balancing: decides which experts a token picks, never how they are weighted;
+            # a buffer (saved with the model), moved by update_selection_bias, not by the optimiser.
+            self.register_buffer("selection_bias", torch.zeros(num_experts))
         self.batch = LOCAL_BATCH
         if score == "linear":
             self.proj = nn.Linear(in_features, num_experts, bias=False)
@@ -137,6 +143,12 @@ class Router(nn.Module):
 
     def forward(self, x: Tensor) -> Routing:
         raise NotImplementedError
+
+    def biased_topk(self, scores: Tensor, k: int, values: Tensor) -> tuple[Tensor, Tensor]:
+        """``values`` (N, E) at the k experts of largest ``scores`` + selection bias: (N, k) each.
+        The bias of loss-free balancing (Wang et al. 2024) moves the choice only."""
+        index = (scores + self.selection_bias).topk(k, dim=-1).indices            # (N, k)
+        return values.gather(1, index), index
 
     def batch_noise(self, like: Tensor, draw) -> Tensor:
         """``draw(shape)`` noise for these (n, E) rows, cut from one draw for the whole batch,
@@ -262,7 +274,10 @@ class TopKRouter(Router):
         self.k = k
 
     def select(self, logits: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
-        top_prob, top_index = probs.topk(self.k, dim=-1)              # (N, k)
+        if self.bias_rate:
+            top_prob, top_index = self.biased_topk(logits, self.k, probs)
+        else:
+            top_prob, top_index = probs.topk(self.k, dim=-1)          # (N, k)
         return top_index, top_prob / top_prob.sum(dim=-1, keepdim=True)
 
     def forward(self, x: Tensor) -> Routing:
@@ -286,7 +301,10 @@ class HardRouter(TopKRouter):
         self.grad = grad
 
     def select(self, logits: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
-        top_prob, top_index = probs.max(dim=-1, keepdim=True)         # (N, 1)
+        if self.bias_rate:
+            top_prob, top_index = self.biased_topk(logits, 1, probs)
+        else:
+            top_prob, top_index = probs.max(dim=-1, keepdim=True)     # (N, 1)
         if self.grad == "ste":
             top_prob = top_prob - top_prob.detach() + 1.0
         return top_index, top_prob
@@ -317,11 +335,15 @@ class NoisyTopKRouter(Router):
         if self.training:
             noise_std = F.softplus(F.linear(x.float(), self.noise_proj.weight.float())) + self.min_noise
             noisy = clean + self.batch_noise(clean, torch.randn) * noise_std
-        top_logit, top_index = noisy.topk(min(self.k + 1, self.num_experts), dim=-1)  # (N, k+1)
-        top_gate = top_logit[:, :self.k].softmax(dim=-1)                         # (N, k)
+        # Loss-free balancing chooses on biased scores and weighs with the unbiased ones.
+        choose_clean, choose_noisy = (clean + self.selection_bias, noisy + self.selection_bias) if self.bias_rate \
+            else (clean, noisy)
+        top_logit, top_index = choose_noisy.topk(min(self.k + 1, self.num_experts), dim=-1)   # (N, k+1)
+        chosen_logit = noisy.gather(1, top_index[:, :self.k]) if self.bias_rate else top_logit[:, :self.k]
+        top_gate = chosen_logit.softmax(dim=-1)                                  # (N, k)
         top_index = top_index[:, :self.k]
         if self.training:
-            load = self._smooth_load(clean, noisy, noise_std, top_logit)
+            load = self._smooth_load(choose_clean, choose_noisy, noise_std, top_logit)
         return self._token_choice(clean, clean.softmax(dim=-1), top_index, top_gate, load=load)
 
     def _smooth_load(self, clean: Tensor, noisy: Tensor, noise_std: Tensor, top_logit: Tensor) -> Tensor:
@@ -358,7 +380,10 @@ class GumbelTopKRouter(Router):
             relaxed = ((logits + gumbel) / self.tau).softmax(dim=-1)            # (N, E)
         else:
             relaxed = probs
-        top_relaxed, top_index = relaxed.topk(self.k, dim=-1)                  # (N, k)
+        if self.bias_rate:
+            top_relaxed, top_index = self.biased_topk(relaxed.log(), self.k, relaxed)
+        else:
+            top_relaxed, top_index = relaxed.topk(self.k, dim=-1)              # (N, k)
         top_gate = top_relaxed - top_relaxed.detach() + 1.0 / self.k           # forward 1/k, grad of y
         return self._token_choice(logits, probs, top_index, top_gate)
 
@@ -399,12 +424,16 @@ class ExpertChoiceRouter(Router):
 
 
 def build_router(gating: str, in_features: int, num_experts: int, *, top_k: int = 2,
-                 capacity_factor: float = 1.0, drop_policy: str = "dropless", hard_grad: str = "switch",
-                 tau: float = 1.0, score: str = "linear", score_dim: int = 16, centroids: int = 1) -> Router:
+                 capacity_factor: float = 1.0, drop_policy: str = "dropless", bias_rate: float = 0.0,
+                 hard_grad: str = "switch", tau: float = 1.0, score: str = "linear", score_dim: int = 16,
+                 centroids: int = 1) -> Router:
     """``capacity_factor``: expert-choice's C, and with a ``drop_policy`` other than dropless
-    the capacity of every expert under token choice (Router._token_choice)."""
+    the capacity of every expert under token choice (Router._token_choice). ``bias_rate``: the
+    step of loss-free balancing (token choice; update_selection_bias)."""
+    token_choice = gating in TOKEN_CHOICE
     settings = dict(score=score, score_dim=score_dim, centroids=centroids, capacity_factor=capacity_factor,
-                    drop_policy=drop_policy if gating in TOKEN_CHOICE else "dropless")
+                    drop_policy=drop_policy if token_choice else "dropless",
+                    bias_rate=bias_rate if token_choice else 0.0)
     if gating == "soft":
         return SoftRouter(in_features, num_experts, **settings)
     if gating == "hard":
@@ -418,6 +447,20 @@ def build_router(gating: str, in_features: int, num_experts: int, *, top_k: int 
     if gating == "expert-choice":
         return ExpertChoiceRouter(in_features, num_experts, k=top_k, **settings)
     raise ValueError(f"unknown gating {gating!r}; choose one of {', '.join(GATING_CHOICES)}")
+
+
+def selection_bias(router: Router) -> list[float]:
+    """Each expert's loss-free balancing bias (NaN where the router has none), for the logs."""
+    if not router.bias_rate:
+        return [float("nan")] * router.num_experts
+    return router.selection_bias.tolist()
+
+
+def update_selection_bias(router: Router, chosen: Tensor) -> None:
+    """Loss-free balancing (Wang et al. 2024): after a step, b_e += u * sign(mean load - load_e),
+    with load_e the assignments the router chose for expert e in the step's (whole) batch."""
+    load = chosen.to(router.selection_bias.dtype)                              # (E,)
+    router.selection_bias += router.bias_rate * torch.sign(load.mean() - load)
 
 
 def experts_per_sample(gating: str, num_experts: int, top_k: int, capacity_factor: float,

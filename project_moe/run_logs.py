@@ -12,7 +12,7 @@ METRICS_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss",
                    *[f"aux_{name}" for name in AUX_NAMES], "train_load_cv", "val_load_cv",
                    "val_gate_entropy", "train_dropped", "val_dropped", "samples_per_s", "epoch_time_s", "wall_time_s"]
 EXPERTS_COLUMNS = ["epoch", "step", "split", "expert", "n_samples", "n_routed", "n_dropped", "frac_routed", "mean_gate",
-                   "loss_routed", "acc_routed", "loss_all", "acc_all"]
+                   "loss_routed", "acc_routed", "loss_all", "acc_all", "selection_bias"]
 ROUTING_COLUMNS = ["epoch", "step", "split", "expert", "class", "count", "gate_mass", "top1"]
 
 

@@ -33,13 +33,14 @@ from config import Config, ConfigError, parse_args, validate
 from distributed import Cluster
 from aux_losses import AUX_NAMES
 from epoch_sums import EpochSums
-from evaluation import (PATCH_COLUMNS, SAMPLES_COLUMNS, SplitResult, evaluate, patch_routing, sample_routing,
-                        train_batch_expert_rows)
+from evaluation import (PATCH_COLUMNS, SAMPLES_COLUMNS, SplitResult, evaluate, model_routers, patch_routing,
+                        sample_routing, train_batch_expert_rows)
 from models import build_model
 from moe_model import MoEClassifier, build_dense_matched, classifier_logits, model_cost, moe_param_counts
 from run_files import atomic_write_bytes, read_json, save_checkpoint, write_json
 from run_logs import RunLogs
-from vit_model import ViTClassifier, check_vit_fits, vit_cost
+from routers import selection_bias, update_selection_bias
+from vit_model import ViTClassifier, ViTOutput, check_vit_fits, vit_cost
 
 ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees
 ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
@@ -345,12 +346,14 @@ class Trainer:
             except FloatingPointError as error:
                 raise FloatingPointError(f"{error} at epoch {self.epoch + 1}, step {self.global_step + 1}") from None
             self.scheduler.step()
+            if cfg.bias_balance_rate:
+                balance_selection(self.model, output, cluster)
             self._accumulate(output, logits, ce, y, batch_rows)
             self.step_in_epoch += 1
             self.global_step += 1
             if self.is_moe and cfg.log_every and self.global_step % cfg.log_every == 0:
-                self.logs.train_batch(self.epoch + 1, self.global_step,
-                                      train_batch_expert_rows(output, y, cfg.experts, self._reduce))
+                self.logs.train_batch(self.epoch + 1, self.global_step, train_batch_expert_rows(
+                    output, y, cfg.experts, self._reduce, selection_bias(self.model.moe.router)))
             if bar.disable is False and self.global_step % 20 == 0:
                 bar.set_postfix(self.accum.progress(self.routes), refresh=False)
             # Every rank stops after the same step, whichever of them the signal reached.
@@ -440,6 +443,15 @@ class Trainer:
                    **self.cost["this"], "cost": self.cost, "total_time_s": self.elapsed(),
                    "processes": self.cluster.world_size, **(extra or {})}
         write_json(self.run_dir / "summary.json", summary)
+
+
+def balance_selection(model, output, cluster: Cluster) -> None:
+    """One step of loss-free balancing for every router of ``model``, on the loads of the
+    whole batch (summed over the processes)."""
+    routings = output.routings if isinstance(output, ViTOutput) else [output.routing]
+    chosen = torch.stack([r.counts + r.dropped_counts() for r in routings])   # (L, E) before capacity
+    for router, load in zip(model_routers(model), distributed.all_sum(cluster, chosen)):
+        update_selection_bias(router, load)
 
 
 def _first_line(error: BaseException) -> str:

@@ -6,7 +6,7 @@ import torch
 
 from experts import MLPExperts, ModuleExperts
 from moe_model import MoE, mlp
-from routers import GATING_CHOICES, ExpertChoiceRouter, build_router, capacity_keep
+from routers import GATING_CHOICES, ExpertChoiceRouter, build_router, capacity_keep, update_selection_bias
 
 N, D, E, K = 37, 12, 6, 5
 TOKEN_CHOICE = ("hard", "topk", "noisy-topk", "gumbel")
@@ -260,3 +260,47 @@ def test_capacity_serves_first_choices_before_second_choices():
     assert keep.tolist() == [[True, True], [True, False], [True, False]]
     keep = capacity_keep(top_index, priority, 2, 0.5, "priority")
     assert keep.tolist() == [[True, False], [True, True], [True, False]]
+
+
+# ----------------------------------------------------------------------------- loss-free balancing
+
+@pytest.mark.parametrize("gating", TOKEN_CHOICE)
+def test_selection_bias_moves_the_choice_but_not_the_weights_or_the_gradient(gating):
+    torch.manual_seed(0)
+    router = build_router(gating, D, E, top_k=2, bias_rate=0.1).train()
+    router.selection_bias.copy_(torch.tensor([50.0] + [0.0] * (E - 1)))       # every token picks expert 0
+    assert "selection_bias" not in dict(router.named_parameters()) and not router.selection_bias.requires_grad
+    x = torch.randn(N, D)
+    torch.manual_seed(1)
+    routing = router(x)
+    k = 1 if gating == "hard" else 2
+    picked = routing.expert_index.view(N, k)
+    assert (picked == 0).any(dim=1).all()
+    # The same choice made without the bias, weighted as each router weights it, gives the same
+    # weights and router gradient: the bias decided the experts and nothing else.
+    unbiased = build_router(gating, D, E, top_k=2)
+    unbiased.load_state_dict({k_: v for k_, v in router.state_dict().items() if k_ != "selection_bias"})
+    unbiased.train()
+    forced = picked.sort(dim=1).values
+    torch.manual_seed(1)
+    reference = unbiased(x)
+    if gating in ("hard", "topk"):
+        probs = reference.probs.gather(1, forced)
+        expected = probs if gating == "hard" else probs / probs.sum(dim=1, keepdim=True)
+        got = routing.weights.gather(1, forced)
+        assert torch.allclose(got, expected, atol=1e-6)
+        grad_biased = torch.autograd.grad(got.square().sum(), router.proj.weight)[0]
+        grad_reference = torch.autograd.grad(expected.square().sum(), unbiased.proj.weight)[0]
+        assert torch.allclose(grad_biased, grad_reference, atol=1e-6)
+
+
+def test_selection_bias_update_rule_on_a_hand_made_load():
+    router = build_router("hard", D, 4, bias_rate=0.25)
+    update_selection_bias(router, torch.tensor([4, 0, 2, 2]))              # mean load 2
+    assert router.selection_bias.tolist() == [-0.25, 0.25, 0.0, 0.0]
+    update_selection_bias(router, torch.tensor([4, 0, 2, 2]))
+    assert router.selection_bias.tolist() == [-0.5, 0.5, 0.0, 0.0]
+    fresh = build_router("hard", D, 4, bias_rate=0.25)
+    fresh.load_state_dict(router.state_dict())                               # saved with the model
+    assert torch.equal(fresh.selection_bias, router.selection_bias)
+    assert "selection_bias" not in build_router("hard", D, 4).state_dict()   # off: old checkpoints still load

@@ -6,6 +6,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 import run_logs
 import train
@@ -106,3 +107,14 @@ def test_drop_policy_is_refused_where_nothing_is_dropped(tmp_path, capsys):
     assert code == 2 and not (tmp_path / "r").exists()
     err = capsys.readouterr().err.strip()
     assert "--drop-policy" in err and "--gating expert-choice" in err and err.count("\n") == 0
+
+
+def test_loss_free_balancing_is_logged_and_saved(tmp_path, tiny_data):
+    code, run_dir = run(tmp_path, tiny_data, "--gating", "hard", "--bias-balance-rate", "0.01", "--balance-coef", "0")
+    assert code == 0
+    experts = pd.read_csv(run_dir / "experts.csv")
+    last_val = experts[(experts.split == "val") & (experts.epoch == 2)].sort_values("expert")
+    bias = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]["moe.router.selection_bias"]
+    assert bias.abs().sum() > 0
+    assert last_val.selection_bias.tolist() == pytest.approx(bias.tolist())
+    assert experts[experts.split == "train_batch"].selection_bias.notna().all()
