@@ -69,6 +69,8 @@ class Config:
                         COMBINE_CHOICES)
     expert_type: str = _opt("mlp", "expert network", EXPERT_TYPES)
     expert_hidden: int = _opt(128, "hidden width of each expert (MLP layers, or the CNN's head)")
+    shared_experts: int = _opt(0, "experts, shaped as the routed ones, that process every sample or token, their "
+                                  "outputs added to the routed mixture (DeepSeekMoE)")
     expert_depth: int = _opt(1, "hidden layers per MLP expert")
     expert_channels: int = _opt(32, "channels of the first conv layer of a CNN expert")
     trunk: str = _opt("none", "shared feature extractor in front of router and experts", TRUNK_CHOICES)
@@ -131,6 +133,12 @@ class Config:
             body = f"moe-{self.gating}{k}-e{self.experts}"
             if self.router_score == "cosine":
                 body += f"-cos{self.router_centroids}"
+            if self.shared_experts:
+                body += f"-sh{self.shared_experts}"
+            if self.drop_policy != "dropless":
+                body += f"-cap{self.capacity_factor:g}{self.drop_policy[:3]}"
+            if self.bias_balance_rate:
+                body += f"-lf{self.bias_balance_rate:g}"
         kind = "vit" if self.arch == "vit" else self.expert_type
         return f"{dataset}-{body}-{kind}-s{self.seed}"
 
@@ -171,6 +179,10 @@ def validate(cfg: Config) -> None:
     need(not token_k or cfg.top_k <= cfg.experts,
          f"--top-k must be between 1 and --experts={cfg.experts} for --gating {cfg.gating} (got {cfg.top_k})")
     need(cfg.capacity_factor > 0, f"--capacity-factor must be > 0 (got {cfg.capacity_factor})")
+    need(cfg.shared_experts >= 0, f"--shared-experts must be >= 0 (got {cfg.shared_experts})")
+    need(cfg.shared_experts == 0 or cfg.combine == "logits",
+         "--shared-experts adds logits to the routed mixture; --combine probs mixes class distributions: "
+         "use --combine logits with it")
     need(cfg.bias_balance_rate >= 0, f"--bias-balance-rate must be >= 0 (got {cfg.bias_balance_rate})")
     need(cfg.bias_balance_rate == 0 or cfg.gating in TOKEN_CHOICE,
          f"--bias-balance-rate biases the experts a token chooses; --gating {cfg.gating} has no such choice: "

@@ -13,6 +13,7 @@ No (N, E, ...) intermediate is built unless the router is dense (``soft``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -126,11 +127,15 @@ class MoE(nn.Module):
     class distributions, p(y|x) = sum_i w_i softmax(E_i(x)) (Jacobs et al. 1991), and
     returns log p as logits."""
 
-    def __init__(self, router: nn.Module, experts: MLPExperts | ModuleExperts, combine: str = "logits"):
+    def __init__(self, router: nn.Module, experts: MLPExperts | ModuleExperts, combine: str = "logits",
+                 shared: MLPExperts | ModuleExperts | None = None):
         super().__init__()
         self.router = router
         self.experts = experts
         self.combine = combine
+        # Shared experts (DeepSeekMoE) run on every row, outside the routing; their outputs
+        # are added to the routed mixture.
+        self.shared = shared
         self.exchange = LOCAL_EXPERTS
 
     def all_expert_outputs(self, x: Tensor) -> Tensor:
@@ -139,9 +144,10 @@ class MoE(nn.Module):
 
     def forward(self, x: Tensor, router_input: Tensor | None = None) -> MoEOutput:
         routing = self.router(x.flatten(1) if router_input is None else router_input)
-        if routing.is_dense:
-            return self._dense(x, routing)
-        return self._sparse(x, routing)
+        output = self._dense(x, routing) if routing.is_dense else self._sparse(x, routing)
+        if self.shared is not None:
+            output.logits = output.logits + self.shared.forward_all(x).sum(dim=0)   # (N, K)
+        return output
 
     def _dense(self, x: Tensor, routing: Routing) -> MoEOutput:
         expert_out = self.all_expert_outputs(x)                                # (E, N, K)
@@ -198,6 +204,7 @@ class ModelSpec:
     trunk_channels: int = 32
     dropout: float = 0.0
     expert_dispatch: str = "auto"    # auto | grouped | padded (experts.py)
+    shared_experts: int = 0          # experts every sample or token goes through (DeepSeekMoE)
     combine: str = "logits"
     dense_match: str = "params"
     vit_patch: int = 4
@@ -223,7 +230,10 @@ class MoEClassifier(nn.Module):
         self.trunk = build_trunk(spec, in_shape)
         expert_in = self.trunk.out_features if self.trunk is not None else math.prod(in_shape)
         experts = build_experts(spec, in_shape, num_classes)   # before the router: the seed's draws, in order
-        self.moe = MoE(spec_router(spec, expert_in), experts, combine=spec.combine)
+        router = spec_router(spec, expert_in)
+        shared = build_experts(dataclasses.replace(spec, experts=spec.shared_experts), in_shape, num_classes) \
+            if spec.shared_experts else None
+        self.moe = MoE(router, experts, combine=spec.combine, shared=shared)
 
     def expert_input(self, x: Tensor) -> Tensor:
         """What the experts read: trunk features (N, F), flat pixels (N, C*H*W), or images."""
@@ -282,7 +292,7 @@ def moe_param_counts(model: MoEClassifier) -> dict[str, float]:
     """Total parameters, and parameters touched by one sample on average (active)."""
     spec = model.spec
     per_expert = model.moe.experts.params_per_expert()
-    shared = count_params(model.trunk) + count_params(model.moe.router)
+    shared = count_params(model.trunk) + count_params(model.moe.router) + count_params(model.moe.shared)
     used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)   # as chosen, not capped
     return {"total": count_params(model), "active": shared + used * per_expert}
 
@@ -354,7 +364,7 @@ def model_cost(model: nn.Module, in_shape: tuple[int, int, int]) -> dict[str, fl
     used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor, spec.drop_policy)
     counts = moe_param_counts(model)
     return {"params_total": counts["total"], "params_active": counts["active"],
-            "flops_per_sample": trunk_flops + router_flops + used * expert_flops}
+            "flops_per_sample": trunk_flops + router_flops + (used + spec.shared_experts) * expert_flops}
 
 
 def classifier_logits(output) -> Tensor:

@@ -126,19 +126,23 @@ class ViTClassifier(nn.Module):
         if spec.model == "moe" and moe_slot:
             experts = MLPExperts(spec.experts, dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout,
                                  spec.expert_dispatch)
-            return MoE(spec_router(spec, dim), experts, combine="logits")
+            router = spec_router(spec, dim)
+            shared = MLPExperts(spec.shared_experts, dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout) \
+                if spec.shared_experts else None
+            return MoE(router, experts, combine="logits", shared=shared)
         return mlp(dim, self.mlp_width(spec, moe_slot), dim, spec.expert_depth, spec.dropout)
 
     @staticmethod
     def mlp_width(spec: ModelSpec, moe_slot: bool) -> int:
         """Hidden width of a plain MLP block. Every plain block has the MoE layer's active width
-        (expert_hidden x experts per token), so that MoE and dense ViT differ only in the MoE
-        slots; there the dense ViT's MLP has that same width (``--dense-match active``) or
-        expert_hidden x E, the MoE layer's parameters (``--dense-match params``)."""
+        (expert_hidden x experts per token, shared experts included), so that MoE and dense ViT
+        differ only in the MoE slots; there the dense ViT's MLP has that same width (``--dense-match
+        active``) or expert_hidden x (E + shared experts), the MoE layer's parameters
+        (``--dense-match params``)."""
         if moe_slot and spec.model == "dense" and spec.dense_match == "params":
-            return spec.expert_hidden * spec.experts
+            return spec.expert_hidden * (spec.experts + spec.shared_experts)
         used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
-        return max(1, round(spec.expert_hidden * used))
+        return max(1, round(spec.expert_hidden * (used + spec.shared_experts)))
 
     @property
     def moe_blocks(self) -> list[int]:

@@ -103,9 +103,13 @@ def _join_group(rank: int, store: str) -> None:
                             timeout=datetime.timedelta(seconds=60))
 
 
-def _mlp_layer(gating: str, dispatch: str, score: str = "linear", drop: str = "dropless") -> MoE:
-    router = build_router(gating, D, E, top_k=2, score=score, score_dim=6, capacity_factor=0.75, drop_policy=drop)
-    return MoE(router, MLPExperts(E, D, 8, K, depth=1, dispatch=dispatch))
+def _mlp_layer(gating: str, dispatch: str, score: str = "linear", drop: str = "dropless", shared: int = 0) -> MoE:
+    router = build_router(gating, D, E, top_k=2, score=score, score_dim=6, capacity_factor=0.75, drop_policy=drop,
+                          bias_rate=0.1 if shared else 0.0)
+    if shared:
+        router.selection_bias.copy_(torch.linspace(-1.0, 1.0, E))        # a bias that changes the choices
+    return MoE(router, MLPExperts(E, D, 8, K, depth=1, dispatch=dispatch),
+               shared=MLPExperts(shared, D, 8, K) if shared else None)
 
 
 def _vit(gating: str, drop: str = "dropless") -> torch.nn.Module:
@@ -153,7 +157,8 @@ def _check_equivalence(model: torch.nn.Module, x: torch.Tensor, rank: int, exper
 LAYER_CASES = [("mlp", gating, dispatch, "linear", "dropless") for gating in GATING_CHOICES
                for dispatch in ("grouped", "padded")] \
     + [("mlp", "topk", "grouped", "cosine", "dropless"), ("mlp", "topk", "grouped", "linear", "priority"),
-       ("mlp", "hard", "padded", "linear", "position"), ("vit", "noisy-topk", "auto", "linear", "position")] \
+       ("mlp", "hard", "padded", "linear", "position"), ("vit", "noisy-topk", "auto", "linear", "position"),
+       ("mlp", "topk", "grouped", "linear", "shared+bias")] \
     + [("vit", gating, "auto", "linear", "dropless") for gating in GATING_CHOICES]
 
 
@@ -164,7 +169,9 @@ def _layer_worker(rank: int, store: str) -> None:
         for expert_parallel in (False, True):
             torch.manual_seed(0)
             if kind == "mlp":
-                model, x = _mlp_layer(gating, dispatch, score, drop), torch.randn(N, D) * 2
+                shared = drop == "shared+bias"
+                model = _mlp_layer(gating, dispatch, score, "dropless" if shared else drop, shared=int(shared))
+                x = torch.randn(N, D) * 2
             else:
                 model, x = _vit(gating, drop), torch.randn(N // 4, 1, 4, 4)
             try:

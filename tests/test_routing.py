@@ -133,7 +133,10 @@ def reference_forward(moe: MoE, x: torch.Tensor, weights: torch.Tensor) -> torch
                 out = moe.experts.expert_forward(e, x[n:n + 1])[0]
                 terms.append(weights[n, e] * (out.softmax(-1) if moe.combine == "probs" else out))
         mixed = torch.stack(terms).sum(0) if terms else x.new_zeros(K)
-        rows.append(torch.log(mixed.clamp_min(1e-12)) if moe.combine == "probs" else mixed)
+        mixed = torch.log(mixed.clamp_min(1e-12)) if moe.combine == "probs" else mixed
+        if moe.shared is not None:
+            mixed = mixed + sum(moe.shared.expert_forward(s, x[n:n + 1])[0] for s in range(len(moe.shared)))
+        rows.append(mixed)
     return torch.stack(rows)
 
 
@@ -304,3 +307,23 @@ def test_selection_bias_update_rule_on_a_hand_made_load():
     fresh.load_state_dict(router.state_dict())                               # saved with the model
     assert torch.equal(fresh.selection_bias, router.selection_bias)
     assert "selection_bias" not in build_router("hard", D, 4).state_dict()   # off: old checkpoints still load
+
+
+# ----------------------------------------------------------------------------- shared experts
+
+@pytest.mark.parametrize("gating", ["soft", "hard", "topk", "expert-choice"])
+@pytest.mark.parametrize("bank", ["stacked", "modules"])
+def test_shared_experts_add_their_outputs_to_the_routed_mixture(gating, bank):
+    moe = make_moe(gating, bank=bank).train()
+    torch.manual_seed(5)
+    moe.shared = MLPExperts(2, D, 16, K) if bank == "stacked" else ModuleExperts([mlp(D, 16, K) for _ in range(2)], K)
+    x = torch.randn(N, D, requires_grad=True)
+    torch.manual_seed(1)
+    out = moe(x)
+    torch.manual_seed(1)
+    reference = reference_forward(moe, x, moe.router(x).weights)
+    assert torch.allclose(out.logits, reference, atol=1e-5)
+    grads = torch.autograd.grad(out.logits.square().sum(), [x, *moe.shared.parameters()])
+    ref_grads = torch.autograd.grad(reference.square().sum(), [x, *moe.shared.parameters()])
+    for fast, slow in zip(grads, ref_grads):
+        assert torch.allclose(fast, slow, atol=1e-4)
