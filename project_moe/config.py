@@ -60,10 +60,12 @@ class Config:
     hard_grad: str = _opt("switch", "gradient of hard (top-1) routing: scale by the gate probability "
                                     "(switch) or straight-through one-hot (ste)", HARD_GRAD_CHOICES)
     tau: float = _opt(1.0, "Gumbel-softmax temperature")
-    router_score: str = _opt("linear", "expert scores of the router: x W (linear) or cosine similarity of a "
+    router_score: str = _opt("linear", "expert scores of the router: x W (linear), the votes of the other tokens "
+                                       "of the image (attention, ViT), or cosine similarity of a "
                                        "projection of x to learnable expert centroids over a learned "
                                        "temperature (cosine, X-MoE)", SCORE_CHOICES)
-    router_dim: int = _opt(16, "cosine router: dimension of the projection and the centroids")
+    router_dim: int = _opt(16, "cosine router: dimension of the projection and the centroids; attention router: "
+                               "width r of the query and the keys")
     router_centroids: int = _opt(1, "cosine router: centroids per expert (score = the nearest one)")
     combine: str = _opt("logits", "mix expert logits (Shazeer/Switch) or class probabilities (Jacobs 1991)",
                         COMBINE_CHOICES)
@@ -133,6 +135,8 @@ class Config:
             body = f"moe-{self.gating}{k}-e{self.experts}"
             if self.router_score == "cosine":
                 body += f"-cos{self.router_centroids}"
+            if self.router_score == "attention":
+                body += "-att"
             if self.shared_experts:
                 body += f"-sh{self.shared_experts}"
             if self.drop_policy != "dropless":
@@ -215,6 +219,8 @@ def validate(cfg: Config) -> None:
          "--combine probs mixes class distributions; a ViT's MoE layers mix token features: use --combine logits")
     need(not (cfg.trunk == "cnn" and cfg.expert_type == "cnn"),
          "--trunk cnn feeds features, not images, to the experts: use --expert-type mlp with it")
+    need(cfg.router_score != "attention" or cfg.arch == "vit",
+         "--router-score attention lets the tokens of an image vote; it needs --arch vit")
     need(cfg.router_score == "cosine" or cfg.router_centroids == 1,
          f"--router-centroids {cfg.router_centroids} needs --router-score cosine (a linear router has one "
          "weight vector per expert)")

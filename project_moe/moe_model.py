@@ -214,11 +214,13 @@ class ModelSpec:
     moe_every: int = 2
 
 
-def spec_router(spec: ModelSpec, in_features: int) -> nn.Module:
-    """The router the spec asks for, reading ``in_features``-wide inputs."""
+def spec_router(spec: ModelSpec, in_features: int, tokens: int = 1) -> nn.Module:
+    """The router the spec asks for, reading ``in_features``-wide inputs (``tokens`` per image)."""
     return build_router(spec.gating, in_features, spec.experts, top_k=spec.top_k,
                         capacity_factor=spec.capacity_factor, drop_policy=spec.drop_policy,
-                        bias_rate=spec.bias_balance_rate, hard_grad=spec.hard_grad, tau=spec.tau, score=spec.router_score, score_dim=spec.router_dim, centroids=spec.router_centroids)
+                        bias_rate=spec.bias_balance_rate, hard_grad=spec.hard_grad, tau=spec.tau,
+                        score=spec.router_score, score_dim=spec.router_dim, centroids=spec.router_centroids,
+                        tokens=tokens)
 
 
 class MoEClassifier(nn.Module):

@@ -24,7 +24,7 @@ GATING_CHOICES = ("soft", "hard", "topk", "noisy-topk", "gumbel", "expert-choice
 TOKEN_CHOICE = ("hard", "topk", "noisy-topk", "gumbel")
 DROP_POLICIES = ("dropless", "position", "priority")
 HARD_GRAD_CHOICES = ("switch", "ste")
-SCORE_CHOICES = ("linear", "cosine")
+SCORE_CHOICES = ("linear", "cosine", "attention")
 
 
 @dataclass
@@ -101,14 +101,21 @@ class Router(nn.Module):
     dimensions, c_e1..c_em the ``centroids`` learnable embeddings of expert e and a learnable
     temperature t; scores stay in [-1/t, 1/t] whatever the scale of x, and several
     centroids let one expert own several regions of the input space.
+    ``score="attention"`` (tokens of images, ``tokens`` T per image): within an image every
+    token looks at the others before choosing. With a query Q(s) = x_s W_q shared by the
+    experts and expert-specific keys K_e(t) = x_t W_k^e, both ``score_dim`` (r) wide,
+    A_e = softmax_t(Q K_e^T / sqrt(r)) and s_e(t) = sum_s A_e[s, t], the attention token t gets
+    from all tokens for expert e (the votes of an image sum to T per expert). The router has
+    d r (E + 1) parameters.
     """
 
     def __init__(self, in_features: int, num_experts: int, score: str = "linear", score_dim: int = 16,
                  centroids: int = 1, capacity_factor: float = 1.0, drop_policy: str = "dropless",
-                 bias_rate: float = 0.0):
+                 bias_rate: float = 0.0, tokens: int = 1):
         super().__init__()
         self.num_experts = num_experts
         self.score = score
+        self.tokens = tokens
         self.capacity_factor = capacity_factor
         self.drop_policy = drop_policy
         self.bias_rate = bias_rate
@@ -119,6 +126,10 @@ class Router(nn.Module):
         self.batch = LOCAL_BATCH
         if score == "linear":
             self.proj = nn.Linear(in_features, num_experts, bias=False)
+        elif score == "attention":
+            self.proj = nn.Linear(in_features, score_dim, bias=False)                  # the shared query W_q
+            bound = 1 / math.sqrt(in_features)                                         # as nn.Linear's init
+            self.keys = nn.Parameter(torch.empty(num_experts, in_features, score_dim).uniform_(-bound, bound))
         else:
             self.proj = nn.Linear(in_features, score_dim, bias=False)
             self.centroids = nn.Parameter(torch.randn(num_experts, centroids, score_dim) / math.sqrt(score_dim))
@@ -127,6 +138,8 @@ class Router(nn.Module):
 
     def router_logits(self, x: Tensor) -> Tensor:
         # float32 softmax even under autocast: small logit differences decide the routing.
+        if self.score == "attention":
+            return self.attention_votes(x.float())
         projected = F.linear(x.float(), self.proj.weight.float())              # (N, E) or (N, dim)
         if self.score == "linear":
             return projected
@@ -135,9 +148,20 @@ class Router(nn.Module):
         similarity = torch.einsum("nd,emd->nem", tokens, centroids)              # (N, E, m)
         return similarity.amax(dim=-1) * self.log_inv_temperature.clamp(max=math.log(100.0)).exp()
 
+    def attention_votes(self, x: Tensor) -> Tensor:
+        """(B*T, d) tokens of B images -> (B*T, E): s_e(t) = sum_s softmax_t(Q(s) K_e(t) / sqrt(r))."""
+        if x.shape[0] % self.tokens:
+            raise ValueError(f"attention routing needs whole images of {self.tokens} tokens, got {x.shape[0]} rows")
+        images = x.view(x.shape[0] // self.tokens, self.tokens, -1)            # (B, T, d)
+        query = F.linear(images, self.proj.weight.float())                     # (B, T, r)
+        keys = torch.einsum("btd,edr->bert", images, self.keys.float())        # (B, E, r, T)
+        scale = 1.0 / math.sqrt(query.shape[-1])
+        attention = (torch.einsum("bsr,bert->best", query, keys) * scale).softmax(dim=-1)   # (B, E, S, T) over t
+        return attention.sum(dim=2).transpose(1, 2).reshape(x.shape[0], self.num_experts)   # (B*T, E)
+
     def centroid_overlap(self) -> Tensor:
-        """Mean squared cosine between distinct centroids (0 for a linear router)."""
-        if self.score == "linear":
+        """Mean squared cosine between distinct centroids (0 for a router without centroids)."""
+        if self.score != "cosine":
             return self.proj.weight.new_zeros(())
         return aux_losses.centroid_overlap_loss(self.centroids.flatten(0, 1))
 
@@ -409,8 +433,10 @@ class ExpertChoiceRouter(Router):
     def forward(self, x: Tensor) -> Routing:
         logits = self.router_logits(x)
         probs = logits.softmax(dim=-1)                                          # (n, E)
-        # Each expert picks among the samples of the whole batch (all shards of it).
-        scores = self.batch.gather_rows(probs.detach())                        # (N, E)
+        # Each expert picks among the samples of the whole batch (all shards of it); under
+        # attention routing, the tokens with the most votes.
+        affinity = logits if self.score == "attention" else probs
+        scores = self.batch.gather_rows(affinity.detach())                     # (N, E)
         capacity = self.capacity(scores.shape[0])
         sample_index = scores.topk(capacity, dim=0).indices.t().reshape(-1)    # (E*C,) expert-major
         expert_index = torch.arange(self.num_experts, device=x.device).repeat_interleave(capacity)
@@ -426,12 +452,12 @@ class ExpertChoiceRouter(Router):
 def build_router(gating: str, in_features: int, num_experts: int, *, top_k: int = 2,
                  capacity_factor: float = 1.0, drop_policy: str = "dropless", bias_rate: float = 0.0,
                  hard_grad: str = "switch", tau: float = 1.0, score: str = "linear", score_dim: int = 16,
-                 centroids: int = 1) -> Router:
+                 centroids: int = 1, tokens: int = 1) -> Router:
     """``capacity_factor``: expert-choice's C, and with a ``drop_policy`` other than dropless
     the capacity of every expert under token choice (Router._token_choice). ``bias_rate``: the
     step of loss-free balancing (token choice; update_selection_bias)."""
     token_choice = gating in TOKEN_CHOICE
-    settings = dict(score=score, score_dim=score_dim, centroids=centroids, capacity_factor=capacity_factor,
+    settings = dict(score=score, score_dim=score_dim, centroids=centroids, tokens=tokens, capacity_factor=capacity_factor,
                     drop_policy=drop_policy if token_choice else "dropless",
                     bias_rate=bias_rate if token_choice else 0.0)
     if gating == "soft":

@@ -126,7 +126,7 @@ class ViTClassifier(nn.Module):
         if spec.model == "moe" and moe_slot:
             experts = MLPExperts(spec.experts, dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout,
                                  spec.expert_dispatch)
-            router = spec_router(spec, dim)
+            router = spec_router(spec, dim, tokens=self.grid[0] * self.grid[1])
             shared = MLPExperts(spec.shared_experts, dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout) \
                 if spec.shared_experts else None
             return MoE(router, experts, combine="logits", shared=shared)

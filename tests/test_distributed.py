@@ -112,9 +112,10 @@ def _mlp_layer(gating: str, dispatch: str, score: str = "linear", drop: str = "d
                shared=MLPExperts(shared, D, 8, K) if shared else None)
 
 
-def _vit(gating: str, drop: str = "dropless") -> torch.nn.Module:
+def _vit(gating: str, drop: str = "dropless", score: str = "linear") -> torch.nn.Module:
     spec = Config(arch="vit", gating=gating, experts=E, top_k=2, vit_dim=12, vit_heads=2, vit_depth=2,
-                  moe_every=1, vit_patch=2, expert_hidden=8, capacity_factor=0.75, drop_policy=drop).model_spec()
+                  moe_every=1, vit_patch=2, expert_hidden=8, capacity_factor=0.75, drop_policy=drop,
+                  router_score=score, router_dim=4).model_spec()
     return build_model(spec, (1, 4, 4), K)
 
 
@@ -158,7 +159,7 @@ LAYER_CASES = [("mlp", gating, dispatch, "linear", "dropless") for gating in GAT
                for dispatch in ("grouped", "padded")] \
     + [("mlp", "topk", "grouped", "cosine", "dropless"), ("mlp", "topk", "grouped", "linear", "priority"),
        ("mlp", "hard", "padded", "linear", "position"), ("vit", "noisy-topk", "auto", "linear", "position"),
-       ("mlp", "topk", "grouped", "linear", "shared+bias")] \
+       ("mlp", "topk", "grouped", "linear", "shared+bias"), ("vit", "expert-choice", "auto", "attention", "dropless")] \
     + [("vit", gating, "auto", "linear", "dropless") for gating in GATING_CHOICES]
 
 
@@ -173,7 +174,7 @@ def _layer_worker(rank: int, store: str) -> None:
                 model = _mlp_layer(gating, dispatch, score, "dropless" if shared else drop, shared=int(shared))
                 x = torch.randn(N, D) * 2
             else:
-                model, x = _vit(gating, drop), torch.randn(N // 4, 1, 4, 4)
+                model, x = _vit(gating, drop, score), torch.randn(N // 4, 1, 4, 4)
             try:
                 _check_equivalence(model, x, rank, expert_parallel)
             except AssertionError as error:

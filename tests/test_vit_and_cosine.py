@@ -13,6 +13,7 @@ import stats
 import train
 from config import Config
 from models import build_model
+from experts import MLPExperts
 from routers import GATING_CHOICES, build_router
 from vit_model import ViTClassifier, vit_cost
 
@@ -166,3 +167,54 @@ def test_interrupted_vit_run_resumes_to_identical_logs(tmp_path, tiny_data, monk
         times = ["samples_per_s", "epoch_time_s", "wall_time_s"]
         pd.testing.assert_frame_equal(a.drop(columns=times, errors="ignore"), b.drop(columns=times, errors="ignore"),
                                       check_exact=True)
+
+
+# ----------------------------------------------------------------------------- attention routing
+
+def _attention_router(gating="topk", tokens=5, dim=6, rank=3):
+    torch.manual_seed(0)
+    return build_router(gating, dim, 4, top_k=2, score="attention", score_dim=rank, tokens=tokens)
+
+
+def test_attention_votes_equal_a_per_image_double_loop():
+    router = _attention_router()
+    x = torch.randn(3 * 5, 6)                                                   # 3 images of 5 tokens
+    votes = router.router_logits(x)
+    expected = torch.zeros(15, 4)
+    for image in range(3):
+        h = x[image * 5:(image + 1) * 5]
+        for e in range(4):
+            keys = h @ router.keys[e]                                           # (T, r)
+            for s in range(5):
+                query = h[s] @ router.proj.weight.t()                           # (r,)
+                attention = torch.softmax(keys @ query / math.sqrt(3), dim=0)   # over t
+                expected[image * 5:(image + 1) * 5, e] += attention
+    assert torch.allclose(votes, expected, atol=1e-5)
+    assert torch.allclose(votes.view(3, 5, 4).sum(dim=1), torch.full((3, 4), 5.0), atol=1e-5)   # T votes
+
+
+def test_permuting_an_images_tokens_permutes_its_votes():
+    router = _attention_router()
+    x = torch.randn(2 * 5, 6)
+    permutation = torch.tensor([3, 0, 4, 1, 2])
+    shuffled = x.clone()
+    shuffled[:5] = x[:5][permutation]
+    assert torch.allclose(router.router_logits(shuffled)[:5], router.router_logits(x)[:5][permutation], atol=1e-6)
+    assert torch.allclose(router.router_logits(shuffled)[5:], router.router_logits(x)[5:], atol=1e-6)
+
+
+def test_attention_router_parameters_are_d_r_times_experts_plus_one():
+    for gating in ("topk", "expert-choice"):
+        router = _attention_router(gating, dim=96, rank=16)
+        assert sum(p.numel() for p in router.parameters()) == 96 * 16 * (4 + 1)
+    # The figures README.md quotes: the default ViT's router (E=8, r=16) and one of its experts.
+    router = build_router("topk", 96, 8, score="attention", score_dim=16, tokens=49)
+    assert sum(p.numel() for p in router.parameters()) == 13_824
+    assert MLPExperts(8, 96, 128, 96).params_per_expert() == 24_800
+
+
+def test_attention_routing_trains_a_vit_with_expert_choice(tmp_path, tiny_data):
+    code, run_dir = run(tmp_path, tiny_data, "--gating", "expert-choice", "--router-score", "attention")
+    assert code == 0
+    layers = pd.read_csv(run_dir / "layers.csv")
+    assert len(layers) and layers.n_routed.sum() > 0
