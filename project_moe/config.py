@@ -15,6 +15,7 @@ from pathlib import Path
 from experts import DISPATCH_CHOICES
 from moe_model import ARCH_CHOICES, COMBINE_CHOICES, DENSE_MATCH_CHOICES, EXPERT_TYPES, TRUNK_CHOICES, ModelSpec
 from routers import DROP_POLICIES, GATING_CHOICES, HARD_GRAD_CHOICES, SCORE_CHOICES, TOKEN_CHOICE
+from soft_moe import SLOT_GATINGS
 
 MODEL_CHOICES = ("moe", "dense")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -44,7 +45,10 @@ class Config:
                                 "trunk); vit: a small Vision Transformer whose every --moe-every-th MLP block is "
                                 "an MoE layer routing patch tokens", ARCH_CHOICES)
     experts: int = _opt(8, "number of experts E")
-    gating: str = _opt("hard", "router", GATING_CHOICES)
+    gating: str = _opt("hard", "router; soft-slots: Soft MoE (ViT), experts process soft mixtures of an image's "
+                               "tokens", GATING_CHOICES + SLOT_GATINGS)
+    slots_per_expert: int = _opt(1, "soft-slots: slots each expert processes per image (its cost: experts x slots "
+                                    "rows per image)")
     top_k: int = _opt(2, "experts per sample k for topk / noisy-topk / gumbel; expert-choice uses it in "
                          "its capacity C = capacity_factor * N * k / E")
     capacity_factor: float = _opt(1.0, "capacity factor cf: expert-choice takes C = ceil(cf * N * k / E) samples "
@@ -219,6 +223,15 @@ def validate(cfg: Config) -> None:
          "--combine probs mixes class distributions; a ViT's MoE layers mix token features: use --combine logits")
     need(not (cfg.trunk == "cnn" and cfg.expert_type == "cnn"),
          "--trunk cnn feeds features, not images, to the experts: use --expert-type mlp with it")
+    slots = cfg.gating == "soft-slots"
+    need(not slots or cfg.arch == "vit", "--gating soft-slots mixes an image's tokens into slots; it needs --arch vit")
+    need(cfg.slots_per_expert >= 1, f"--slots-per-expert must be >= 1 (got {cfg.slots_per_expert})")
+    need(slots or cfg.slots_per_expert == 1, "--slots-per-expert sets the slots of --gating soft-slots; drop it "
+                                             f"for --gating {cfg.gating}")
+    need(not slots or cfg.router_score == "linear", f"--gating soft-slots has slot parameters, not a router: "
+                                                     f"drop --router-score {cfg.router_score}")
+    need(not slots or cfg.shared_experts == 0, "--shared-experts adds experts beside a router's mixture; "
+                                               "--gating soft-slots has none: drop --shared-experts")
     need(cfg.router_score != "attention" or cfg.arch == "vit",
          "--router-score attention lets the tokens of an image vote; it needs --arch vit")
     need(cfg.router_score == "cosine" or cfg.router_centroids == 1,

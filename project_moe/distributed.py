@@ -36,6 +36,7 @@ from config import Config, ConfigError
 from experts import MLPExperts, ModuleExperts
 from moe_model import MoE
 from routers import Router
+from soft_moe import SoftMoE
 
 @dataclass
 class Traffic:
@@ -104,6 +105,9 @@ def check_fits_world(cfg: Config, world_size: int) -> None:
         return
     if cfg.model != "moe":
         raise ConfigError("--expert-parallel splits the experts of an MoE over the processes; drop it for --model dense")
+    if cfg.gating == "soft-slots":
+        raise ConfigError("--expert-parallel exchanges routed rows; --gating soft-slots mixes every token into every "
+                          "expert's slots: drop --expert-parallel (data parallel works)")
     if cfg.arch == "mixture" and cfg.expert_type != "mlp":
         raise ConfigError("--expert-parallel splits stacked MLP experts; use --expert-type mlp, or drop "
                           "--expert-parallel (data parallel works with CNN experts)")
@@ -440,7 +444,7 @@ def parallelize(model: nn.Module, cluster: Cluster) -> nn.Module:
         return model
     scope = ShardedBatch(cluster)
     for module in model.modules():
-        if isinstance(module, Router):
+        if isinstance(module, (Router, SoftMoE)):
             module.batch = scope
     _sync_batchnorm(model)
     if cluster.expert_parallel:

@@ -73,7 +73,8 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=Non
     loss_sum, correct, count = totals.pop("loss_sum"), totals.pop("correct"), int(totals.pop("count").item())
     result = SplitResult(loss=(loss_sum / max(count, 1)).item(), acc=(correct / max(count, 1)).item(), n=count)
     if totals and routes_tokens:
-        _fill_layers(result, totals, model.moe_blocks, [selection_bias(r) for r in model_routers(model)])
+        biases = [selection_bias(model.blocks[index].ffn) for index in model.moe_blocks]
+        _fill_layers(result, totals, model.moe_blocks, biases)
     elif totals:
         _fill_routing(result, totals, count, selection_bias(model.moe.router))
     return result

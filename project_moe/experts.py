@@ -168,6 +168,10 @@ class MLPExperts(nn.Module):
         h = x.flatten(1).expand(self.num_experts, *x.flatten(1).shape)         # (E, N, D)
         return self._batched_layers(h, lambda layer, hidden: F.dropout(hidden, self.dropout, self.training))
 
+    def forward_batched(self, h: Tensor) -> Tensor:
+        """(E, C, D) -> (E, C, K): expert e on its own C rows h[e] (Soft MoE's slots)."""
+        return self._batched_layers(h, lambda layer, hidden: F.dropout(hidden, self.dropout, self.training))
+
     def _batched_layers(self, h: Tensor, after_relu) -> Tensor:
         """(E, C, D) -> (E, C, K), one batched matmul per layer; ``after_relu(layer, h)``
         applies dropout to each hidden layer."""

@@ -205,6 +205,7 @@ class ModelSpec:
     dropout: float = 0.0
     expert_dispatch: str = "auto"    # auto | grouped | padded (experts.py)
     shared_experts: int = 0          # experts every sample or token goes through (DeepSeekMoE)
+    slots_per_expert: int = 1        # --gating soft-slots (soft_moe.py)
     combine: str = "logits"
     dense_match: str = "params"
     vit_patch: int = 4

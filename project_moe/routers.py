@@ -475,11 +475,13 @@ def build_router(gating: str, in_features: int, num_experts: int, *, top_k: int 
     raise ValueError(f"unknown gating {gating!r}; choose one of {', '.join(GATING_CHOICES)}")
 
 
-def selection_bias(router: Router) -> list[float]:
-    """Each expert's loss-free balancing bias (NaN where the router has none), for the logs."""
-    if not router.bias_rate:
-        return [float("nan")] * router.num_experts
-    return router.selection_bias.tolist()
+def selection_bias(layer: nn.Module) -> list[float]:
+    """Each expert's loss-free balancing bias in a router, or in an MoE layer's router (NaN where
+    there is none), for the logs."""
+    router = getattr(layer, "router", layer)
+    if getattr(router, "bias_rate", 0):
+        return router.selection_bias.tolist()
+    return [float("nan")] * (router.num_experts if isinstance(router, Router) else len(layer.experts))
 
 
 def update_selection_bias(router: Router, chosen: Tensor) -> None:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from experts import MLPExperts, mlp
 from moe_model import MoE, ModelSpec, count_params, forward_flops, spec_router
 from routers import Routing, experts_per_sample
+from soft_moe import SoftMoE
 
 
 def check_vit_fits(spec: ModelSpec, in_shape: tuple[int, int, int]) -> None:
@@ -68,7 +69,7 @@ class Block(nn.Module):
 
     @property
     def is_moe(self) -> bool:
-        return isinstance(self.ffn, MoE)
+        return isinstance(self.ffn, (MoE, SoftMoE))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Routing | None]:
         x = x + self.attention(self.norm1(x))                                  # (B, T, d)
@@ -126,14 +127,18 @@ class ViTClassifier(nn.Module):
         if spec.model == "moe" and moe_slot:
             experts = MLPExperts(spec.experts, dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout,
                                  spec.expert_dispatch)
-            router = spec_router(spec, dim, tokens=self.grid[0] * self.grid[1])
+            tokens = self.grid[0] * self.grid[1]
+            if spec.gating == "soft-slots":
+                return SoftMoE(dim, experts, spec.slots_per_expert, tokens)
+            router = spec_router(spec, dim, tokens=tokens)
             shared = MLPExperts(spec.shared_experts, dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout) \
                 if spec.shared_experts else None
             return MoE(router, experts, combine="logits", shared=shared)
-        return mlp(dim, self.mlp_width(spec, moe_slot), dim, spec.expert_depth, spec.dropout)
+        return mlp(dim, self.mlp_width(spec, moe_slot, self.grid[0] * self.grid[1]), dim, spec.expert_depth,
+                   spec.dropout)
 
     @staticmethod
-    def mlp_width(spec: ModelSpec, moe_slot: bool) -> int:
+    def mlp_width(spec: ModelSpec, moe_slot: bool, tokens: int) -> int:
         """Hidden width of a plain MLP block. Every plain block has the MoE layer's active width
         (expert_hidden x experts per token, shared experts included), so that MoE and dense ViT
         differ only in the MoE slots; there the dense ViT's MLP has that same width (``--dense-match
@@ -141,8 +146,7 @@ class ViTClassifier(nn.Module):
         (``--dense-match params``)."""
         if moe_slot and spec.model == "dense" and spec.dense_match == "params":
             return spec.expert_hidden * (spec.experts + spec.shared_experts)
-        used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
-        return max(1, round(spec.expert_hidden * (used + spec.shared_experts)))
+        return max(1, round(spec.expert_hidden * (experts_per_token(spec, tokens) + spec.shared_experts)))
 
     @property
     def moe_blocks(self) -> list[int]:
@@ -159,6 +163,13 @@ class ViTClassifier(nn.Module):
         return ViTOutput(logits, routings, x.shape[1])
 
 
+def experts_per_token(spec: ModelSpec, tokens: int) -> float:
+    """Experts' work per token: k for top-k; E n / T under Soft MoE (E n slots per image of T tokens)."""
+    if spec.gating == "soft-slots":
+        return spec.experts * spec.slots_per_expert / tokens
+    return experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
+
+
 def vit_cost(model: ViTClassifier, in_shape: tuple[int, int, int]) -> dict[str, float]:
     """Total / active parameters and forward FLOPs per image (FLOPs as executed: the sparse
     dispatch computes only the selected experts)."""
@@ -167,7 +178,8 @@ def vit_cost(model: ViTClassifier, in_shape: tuple[int, int, int]) -> dict[str, 
     inactive = 0.0
     for index in model.moe_blocks:
         experts = model.blocks[index].ffn.experts
-        used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
+        used = len(experts) if spec.gating == "soft-slots" else \
+            experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
         inactive += (len(experts) - used) * experts.params_per_expert()
     example = torch.zeros(2, *in_shape, device=next(model.parameters()).device)
     return {"params_total": total, "params_active": total - inactive,

@@ -159,7 +159,8 @@ LAYER_CASES = [("mlp", gating, dispatch, "linear", "dropless") for gating in GAT
                for dispatch in ("grouped", "padded")] \
     + [("mlp", "topk", "grouped", "cosine", "dropless"), ("mlp", "topk", "grouped", "linear", "priority"),
        ("mlp", "hard", "padded", "linear", "position"), ("vit", "noisy-topk", "auto", "linear", "position"),
-       ("mlp", "topk", "grouped", "linear", "shared+bias"), ("vit", "expert-choice", "auto", "attention", "dropless")] \
+       ("mlp", "topk", "grouped", "linear", "shared+bias"), ("vit", "expert-choice", "auto", "attention", "dropless"),
+       ("vit", "soft-slots", "auto", "linear", "dropless")] \
     + [("vit", gating, "auto", "linear", "dropless") for gating in GATING_CHOICES]
 
 

@@ -218,3 +218,45 @@ def test_attention_routing_trains_a_vit_with_expert_choice(tmp_path, tiny_data):
     assert code == 0
     layers = pd.read_csv(run_dir / "layers.csv")
     assert len(layers) and layers.n_routed.sum() > 0
+
+
+# ----------------------------------------------------------------------------- Soft MoE
+
+def _soft_moe(slots=3, tokens=5, dim=6):
+    torch.manual_seed(0)
+    from soft_moe import SoftMoE
+    return SoftMoE(dim, MLPExperts(4, dim, 8, dim), slots, tokens)
+
+
+def test_soft_moe_weights_are_distributions_and_match_a_per_image_reference():
+    layer = _soft_moe().train()
+    x = torch.randn(3 * 5, 6)
+    images = x.view(3, 5, 6)
+    dispatch, combine = layer.slot_weights(images)                           # (B, T, S)
+    assert torch.allclose(dispatch.sum(dim=1), torch.ones(3, 12), atol=1e-6)    # over tokens, per slot
+    assert torch.allclose(combine.sum(dim=2), torch.ones(3, 5), atol=1e-6)      # over slots, per token
+    out = layer(x)
+    for b in range(3):
+        h = images[b]                                                         # (T, d)
+        logits = h @ layer.slot_params                                        # (T, S)
+        d, c = logits.softmax(dim=0), logits.softmax(dim=1)
+        slot_in = d.t() @ h                                                   # (S, d)
+        slot_out = torch.stack([layer.experts.expert_forward(s // 3, slot_in[s:s + 1])[0] for s in range(12)])
+        expected = c @ slot_out                                               # (T, d)
+        assert torch.allclose(out.logits[b * 5:(b + 1) * 5], expected, atol=1e-5)
+    weights = out.routing.weights
+    assert torch.allclose(weights.sum(dim=1), torch.ones(15), atol=1e-6)
+    assert set(out.aux) == set(train.AUX_NAMES)
+
+
+def test_soft_moe_vit_trains_and_counts_slot_flops(tmp_path, tiny_data):
+    spec = lambda n: Config(arch="vit", gating="soft-slots", slots_per_expert=n, experts=4, vit_dim=24,  # noqa: E731
+                            vit_heads=2, vit_depth=2, moe_every=1, vit_patch=7, expert_hidden=16).model_spec()
+    costs = [vit_cost(build_model(spec(n), (1, 28, 28), 10), (1, 28, 28)) for n in (1, 2)]
+    assert costs[0]["params_active"] == costs[0]["params_total"]             # every expert works
+    assert costs[1]["flops_per_sample"] > costs[0]["flops_per_sample"]         # cost set by the slots
+    code, run_dir = run(tmp_path, tiny_data, "--gating", "soft-slots", "--slots-per-expert", "2")
+    assert code == 0
+    layers = pd.read_csv(run_dir / "layers.csv")
+    val = layers[(layers.split == "val") & (layers.epoch == layers.epoch.max())]
+    assert val.groupby("layer").mean_gate.sum().tolist() == pytest.approx([1.0] * val.layer.nunique())
