@@ -155,10 +155,83 @@ def grid_sharpness(epochs: int) -> list[RunSpec]:
             RunSpec("sharpness", "hard", base)]
 
 
+CAPACITY_ROUTERS = {"top1": dict(gating="hard"), "top2": dict(gating="topk", top_k=2)}
+
+
+def _capacity_variants(grid: str, base: dict, dataset: str) -> list[RunSpec]:
+    runs = []
+    for router, flags in CAPACITY_ROUTERS.items():
+        runs.append(RunSpec(grid, f"{router}-dropless", dict(base, **flags), dataset=dataset))
+        runs += [RunSpec(grid, f"{router}-cf{factor:g}-{policy}",
+                         dict(base, **flags, capacity_factor=factor, drop_policy=policy), dataset=dataset)
+                 for factor in (0.5, 1.0, 1.25, 2.0) for policy in ("position", "priority")]
+    return runs
+
+
+def grid_capacity(epochs: int) -> list[RunSpec]:
+    """Expert capacity C = ceil(cf N k / E) under top-1 and top-2 token choice, dropping by batch
+    position or by router probability, against dropless routing (MNIST mixture)."""
+    return _capacity_variants("capacity", dict(MNIST_MOE, epochs=epochs), "mnist")
+
+
+def grid_capacity_vit(epochs: int) -> list[RunSpec]:
+    """The capacity grid on the Fashion-MNIST ViT (tokens dropped pass through the residual)."""
+    return _capacity_variants("capacity_vit", dict(VIT, vit_patch=7, epochs=epochs), FASHION)
+
+
+def grid_shared(epochs: int) -> list[RunSpec]:
+    """Fine-grained experts (E=8,k=1,h=128 / E=32,k=4,h=32 / E=64,k=8,h=16: the same active and
+    total expert width) without and with one shared expert; with it, one routed expert less per
+    sample (top-1: half-width experts), so that the active parameters stay the same."""
+    shapes = {"e8-k1": (8, 1, 128), "e32-k4": (32, 4, 32), "e64-k8": (64, 8, 16)}
+    runs = []
+    for label, (experts, k, hidden) in shapes.items():
+        base = dict(MNIST_MOE, epochs=epochs, experts=experts, gating="hard" if k == 1 else "topk", top_k=k,
+                    expert_hidden=hidden)
+        shared = dict(base, shared_experts=1, expert_hidden=hidden // 2) if k == 1 else \
+            dict(base, shared_experts=1, top_k=k - 1, gating="hard" if k == 2 else "topk")
+        runs += [RunSpec("shared", f"{label}-h{hidden}", base), RunSpec("shared", f"{label}-h{hidden}-shared", shared)]
+    return runs
+
+
+BALANCING = {"none": dict(balance_coef=0.0), "switch-loss": dict(balance_coef=0.1),
+             "loss-free": dict(balance_coef=0.0, bias_balance_rate=1e-3),
+             "both": dict(balance_coef=0.1, bias_balance_rate=1e-3)}
+
+
+def grid_balancing(epochs: int) -> list[RunSpec]:
+    """Top-1 routing balanced by nothing, the Switch loss, loss-free biases (rate 1e-3, as in
+    Wang et al. 2024) or both (MNIST mixture)."""
+    return [RunSpec("balancing", label, dict(MNIST_MOE, epochs=epochs, gating="hard", **flags))
+            for label, flags in BALANCING.items()]
+
+
+def grid_balancing_vit(epochs: int) -> list[RunSpec]:
+    base = dict(VIT, vit_patch=7, epochs=epochs, gating="hard")
+    return [RunSpec("balancing_vit", label, dict(base, **flags), dataset=FASHION) for label, flags in BALANCING.items()]
+
+
+def grid_vit_routers(epochs: int) -> list[RunSpec]:
+    """Fashion-MNIST ViT (16 tokens): linear, cosine and attention scores under expert choice
+    and top-2; Soft MoE with 4 slots per expert (8 x 4 slots = 2 experts' work per token), the
+    classic soft gate with quarter-width experts and top-2, all three at the same expert FLOPs."""
+    base = dict(VIT, vit_patch=7, epochs=epochs)
+    runs = [RunSpec("vit_routers", f"{gating}-{score}", dict(base, gating=gating, router_score=score), dataset=FASHION)
+            for gating in ("expert-choice", "topk") for score in ("linear", "cosine", "attention")]
+    hidden = VIT["expert_hidden"]
+    runs += [RunSpec("vit_routers", "soft-slots-n4", dict(base, gating="soft-slots", slots_per_expert=4),
+                     dataset=FASHION),
+             RunSpec("vit_routers", "soft-gate-quarter", dict(base, gating="soft", expert_hidden=hidden // 4),
+                     dataset=FASHION)]
+    return runs
+
+
 def full_grid() -> list[RunSpec]:
     # cheapest first, so that an interrupted sweep has the most configurations complete
     return (grid_moe_vs_dense(5) + grid_gating(5) + grid_regularisation(5) + grid_experts(5) + grid_cifar(5)
-            + grid_cnn_experts(5) + grid_cosine(5) + grid_sharpness(5) + grid_vit(3))
+            + grid_cnn_experts(5) + grid_cosine(5) + grid_sharpness(5) + grid_vit(3)
+            + grid_balancing(5) + grid_capacity(5) + grid_shared(5)
+            + grid_balancing_vit(3) + grid_vit_routers(3) + grid_capacity_vit(3))
 
 
 def quick_grid() -> list[RunSpec]:
@@ -170,7 +243,7 @@ def quick_grid() -> list[RunSpec]:
 
 
 GRIDS = ("moe_vs_dense", "gating", "regularisation", "experts", "cifar_trunk", "cnn_experts", "cosine", "sharpness",
-         "vit")
+         "vit", "balancing", "capacity", "shared", "balancing_vit", "vit_routers", "capacity_vit")
 KEEP_WEIGHTS = {"sharpness"}   # grids whose model.pt stays (ignored by git) for analysis.py
 
 
