@@ -320,3 +320,68 @@ def patch_routing(patches: pd.DataFrame, images: np.ndarray, run: str, n_images:
 def grid_accuracy(summary: pd.DataFrame, grid: str, title: str) -> plt.Figure:
     """Test accuracy (mean ± std over seeds) of every configuration of one grid, per dataset."""
     return _accuracy_panels(summary[summary.grid == grid], title)
+
+
+BALANCING_ORDER = ["none", "switch-loss", "loss-free", "both"]
+
+
+def capacity_tradeoff(summary: pd.DataFrame, grid: str = "capacity", ax=None) -> plt.Figure:
+    """Test accuracy against the share of assignments dropped (validation, last epoch), per
+    router and drop policy, one point per capacity factor; dropless as a dashed line."""
+    rows = summary[summary.grid == grid]
+    if rows.empty:
+        return _no_runs(f"the {grid} grid")
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(3.6, 2.9))
+    colors = {"top1": "tab:blue", "top2": "tab:orange"}
+    for router, color in colors.items():
+        dropless = rows[rows.label == f"{router}-dropless"]
+        if len(dropless):
+            ax.axhline(dropless.test_acc_mean.iloc[0] * 100, color=color, ls="--", lw=0.8)
+        for policy, marker in (("position", "o"), ("priority", "s")):
+            points = rows[rows.label.str.startswith(f"{router}-cf") & rows.label.str.endswith(policy)]
+            points = points.sort_values("final_val_dropped_mean")
+            if len(points):
+                ax.errorbar(points.final_val_dropped_mean * 100, points.test_acc_mean * 100,
+                            yerr=points.test_acc_std.fillna(0) * 100, fmt=f"-{marker}", ms=4, capsize=2,
+                            color=color, mfc="white" if policy == "priority" else color,
+                            label=f"{router} {policy}")
+    ax.set_xlabel("assignments dropped (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"capacity ({rows.dataset.iloc[0]}; dashed: dropless)", fontsize=8)
+    ax.legend(fontsize=6, frameon=False)
+    return fig
+
+
+def balancing_over_time(metrics: pd.DataFrame, grid: str = "balancing", ax=None) -> plt.Figure:
+    """Validation load CV per epoch (mean ± std over seeds) of each balancing method."""
+    rows = metrics[metrics.grid == grid]
+    if rows.empty:
+        return _no_runs(f"the {grid} grid")
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(3.4, 2.9))
+    for label in _ordered(rows.label, BALANCING_ORDER):
+        group = rows[rows.label == label].groupby("epoch").val_load_cv
+        mean, std = group.mean(), group.std()
+        ax.plot(mean.index, mean, "-o", ms=3, label=label)
+        ax.fill_between(mean.index, mean - std, mean + std, alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("load CV (0 = balanced)")
+    ax.set_title(f"balancing, top-1 ({rows.dataset.iloc[0]})", fontsize=8)
+    ax.legend(fontsize=6, frameon=False)
+    return fig
+
+
+def modern_routing(summary: pd.DataFrame, metrics: pd.DataFrame) -> plt.Figure:
+    """The report's one figure for capacity, balancing and shared / fine-grained experts."""
+    fig, axes = plt.subplots(1, 3, figsize=(10.0, 2.9))
+    capacity_tradeoff(summary, ax=axes[0])
+    balancing_over_time(metrics, ax=axes[1])
+    shared = summary[summary.grid == "shared"]
+    if len(shared):
+        _bars(axes[2], shared, list(shared.label), "test_acc", 100)
+        _accuracy_ylim(axes[2], shared)
+        axes[2].set_title("fine-grained and shared experts", fontsize=8)
+        axes[2].set_ylabel("test accuracy (%)")
+    else:
+        axes[2].axis("off")
+    fig.tight_layout()
+    return fig
