@@ -23,6 +23,7 @@ Checkpoints hold the whole model in the single-process layout (:func:`model_stat
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import signal
 import time
@@ -223,6 +224,11 @@ def is_peer_failure(cluster: Cluster, error: BaseException) -> bool:
         return True
     text = str(error).lower()
     return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout", "peer"))
+
+
+def summer(cluster: Cluster):
+    """What sums a tensor over the ranks (for the evaluation tables), or None for one process."""
+    return functools.partial(all_sum, cluster) if cluster.is_distributed else None
 
 
 def barrier(cluster: Cluster) -> None:

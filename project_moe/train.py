@@ -9,7 +9,6 @@ Exit codes: 0 done, 2 bad input, 3 non-finite loss, 130 / 143 interrupted by SIG
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import pickle
 import platform
@@ -214,18 +213,7 @@ class Trainer:
                                              shuffle=True, augment=dataset.augment, seed=cfg.seed, device=device)
         self.total_steps = cfg.epochs * len(self.train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        # Expert-choice routing and expert capacities depend on the batch: evaluate them in
-        # training-sized batches, with the same capacity rule as in training.
-        batch_dependent = cfg.gating == "expert-choice" or cfg.drop_policy != "dropless"
-        eval_batch = cfg.batch_size if batch_dependent else max(cfg.batch_size, 1000)
-        self.eval_loaders = {
-            "train": data.BatchLoader(_head(dataset.train, cfg.train_eval_size), eval_batch, dataset.mean,
-                                      dataset.std, shuffle=False, augment=False, seed=cfg.seed, device=device),
-            "val": data.BatchLoader(dataset.val, eval_batch, dataset.mean, dataset.std, shuffle=False,
-                                    augment=False, seed=cfg.seed, device=device),
-            "test": data.BatchLoader(dataset.test, eval_batch, dataset.mean, dataset.std, shuffle=False,
-                                     augment=False, seed=cfg.seed, device=device),
-        }
+        self.eval_loaders = evaluation_loaders(cfg, dataset, device)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best_val_acc, self.best_epoch = -1.0, -1
         routed_shape = (len(self.moe_blocks), cfg.experts) if self.moe_blocks else (cfg.experts,)
@@ -353,7 +341,7 @@ class Trainer:
             self.global_step += 1
             if self.is_moe and cfg.log_every and self.global_step % cfg.log_every == 0:
                 self.logs.train_batch(self.epoch + 1, self.global_step, train_batch_expert_rows(
-                    output, y, cfg.experts, self._reduce, selection_bias(self.model.moe.router)))
+                    output, y, cfg.experts, distributed.summer(cluster), selection_bias(self.model.moe.router)))
             if bar.disable is False and self.global_step % 20 == 0:
                 bar.set_postfix(self.accum.progress(self.routes), refresh=False)
             # Every rank stops after the same step, whichever of them the signal reached.
@@ -363,11 +351,6 @@ class Trainer:
                 raise Interrupted
         self.accum.add_seconds(time.perf_counter() - tick)
         bar.close()
-
-    @property
-    def _reduce(self):
-        """What sums a tensor over the ranks, for the evaluation tables (None: one process)."""
-        return functools.partial(distributed.all_sum, self.cluster) if self.cluster.is_distributed else None
 
     def _accumulate(self, output, logits, ce, y, batch_rows: int) -> None:
         self.accum.add(output, logits, ce, y, batch_rows, self.routes)
@@ -409,7 +392,8 @@ class Trainer:
         return distributed.shard_batches(self.cluster, self.eval_loaders[split].iter_epoch(0))
 
     def _evaluate_split(self, split: str, epoch: int) -> SplitResult:
-        result = evaluate(self.model, self._eval_batches(split), self.dataset.num_classes, reduce=self._reduce)
+        result = evaluate(self.model, self._eval_batches(split), self.dataset.num_classes,
+                          reduce=distributed.summer(self.cluster))
         self.logs.split(result, split, epoch, self.global_step)
         return result
 
@@ -438,6 +422,7 @@ class Trainer:
             return
         summary = {"status": status, "epochs_done": self.epoch, "steps": self.global_step,
                    "test_loss": test.loss if test else None, "test_acc": test.acc if test else None,
+                   "test_dropped": test.dropped if test and self.cfg.drop_policy != "dropless" else None,
                    "best_val_acc": self.best_val_acc if self.best_epoch > 0 else None,
                    "best_epoch": self.best_epoch if self.best_epoch > 0 else None,
                    **self.cost["this"], "cost": self.cost, "total_time_s": self.elapsed(),
@@ -457,6 +442,17 @@ def balance_selection(model, output, cluster: Cluster) -> None:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def evaluation_loaders(cfg: Config, dataset: data.Dataset, device: torch.device) -> dict[str, data.BatchLoader]:
+    """The splits evaluated each epoch (train: its first --train-eval-size samples), in a fixed order.
+    Expert-choice routing and expert capacities depend on the batch: they are evaluated in
+    training-sized batches, with the same capacity rule as in training."""
+    batch_dependent = cfg.gating == "expert-choice" or cfg.drop_policy != "dropless"
+    size = cfg.batch_size if batch_dependent else max(cfg.batch_size, 1000)
+    splits = {"train": _head(dataset.train, cfg.train_eval_size), "val": dataset.val, "test": dataset.test}
+    return {name: data.BatchLoader(split, size, dataset.mean, dataset.std, shuffle=False, augment=False,
+                                   seed=cfg.seed, device=device) for name, split in splits.items()}
 
 
 def _head(split: data.Split, size: int) -> data.Split:
