@@ -135,9 +135,10 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
             coherence: pd.DataFrame | None = None, bench_repeat: pd.DataFrame | None = None) -> str:
     """LaTeX macros for the numbers quoted in the text: \\res (test accuracy, %, mean ± std),
     \\spec (I(expert; class) / H(class)), \\loadcv (final validation load CV), per
-    {grid}{dataset}{label}; \\unpicked{label}: % of test samples no expert took (expert choice)."""
+    {grid}{dataset}{label}, \\dropped (% of assignments dropped for capacity, validation, last epoch);
+    \\unpicked{label}: % of test samples no expert took (expert choice)."""
     lines = []
-    for macro in ("res", "spec", "loadcv", "unpicked"):
+    for macro in ("res", "spec", "loadcv", "dropped", "unpicked"):
         args = "[1]" if macro == "unpicked" else "[3]"
         body = "#1" if macro == "unpicked" else "#1:#2:#3"
         lines.append(f"\\newcommand{{\\{macro}}}{args}{{\\csname {macro}:{body}\\endcsname}}")
@@ -145,7 +146,8 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
         key = f"{r.grid}:{r.dataset}:{r.label}"
         values = {"res": pm(r.test_acc_mean, r.test_acc_std),
                   "spec": pm(r.specialisation_mean, r.specialisation_std, scale=1.0),
-                  "loadcv": pm(r.final_val_load_cv_mean, r.final_val_load_cv_std, scale=1.0)}
+                  "loadcv": pm(r.final_val_load_cv_mean, r.final_val_load_cv_std, scale=1.0),
+                  "dropped": f"{100 * r.final_val_dropped_mean:.1f}" if not pd.isna(r.final_val_dropped_mean) else "--"}
         for macro, value in values.items():
             lines.append(f"\\expandafter\\def\\csname {macro}:{key}\\endcsname{{{value}}}")
     for label, share in unpicked.items():

@@ -59,7 +59,7 @@ class Config:
                                         "(Switch) or keep the most probable first (priority, V-MoE)",
                             DROP_POLICIES)
     bias_balance_rate: float = _opt(0.0, "token choice: loss-free balancing (DeepSeek-V3): a per-expert bias "
-                                         "added to the router logits for the choice of experts only, moved "
+                                         "added to the router probabilities for the choice of experts only, moved "
                                          "by this step toward the mean load after every step (0 = off)")
     hard_grad: str = _opt("switch", "gradient of hard (top-1) routing: scale by the gate probability "
                                     "(switch) or straight-through one-hot (ste)", HARD_GRAD_CHOICES)

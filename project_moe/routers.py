@@ -170,7 +170,10 @@ class Router(nn.Module):
 
     def biased_topk(self, scores: Tensor, k: int, values: Tensor) -> tuple[Tensor, Tensor]:
         """``values`` (N, E) at the k experts of largest ``scores`` + selection bias: (N, k) each.
-        The bias of loss-free balancing (Wang et al. 2024) moves the choice only."""
+        The bias of loss-free balancing (Wang et al. 2024) moves the choice only. The scores are
+        probabilities, bounded as DeepSeek-V3's sigmoid affinities are: a bias on unbounded
+        logits loses the race against a router whose logits keep growing (seen on MNIST: top-1
+        collapsed onto one expert at every rate tried)."""
         index = (scores + self.selection_bias).topk(k, dim=-1).indices            # (N, k)
         return values.gather(1, index), index
 
@@ -299,7 +302,7 @@ class TopKRouter(Router):
 
     def select(self, logits: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
         if self.bias_rate:
-            top_prob, top_index = self.biased_topk(logits, self.k, probs)
+            top_prob, top_index = self.biased_topk(probs, self.k, probs)
         else:
             top_prob, top_index = probs.topk(self.k, dim=-1)          # (N, k)
         return top_index, top_prob / top_prob.sum(dim=-1, keepdim=True)
@@ -326,7 +329,7 @@ class HardRouter(TopKRouter):
 
     def select(self, logits: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
         if self.bias_rate:
-            top_prob, top_index = self.biased_topk(logits, 1, probs)
+            top_prob, top_index = self.biased_topk(probs, 1, probs)
         else:
             top_prob, top_index = probs.max(dim=-1, keepdim=True)     # (N, 1)
         if self.grad == "ste":
@@ -359,15 +362,14 @@ class NoisyTopKRouter(Router):
         if self.training:
             noise_std = F.softplus(F.linear(x.float(), self.noise_proj.weight.float())) + self.min_noise
             noisy = clean + self.batch_noise(clean, torch.randn) * noise_std
-        # Loss-free balancing chooses on biased scores and weighs with the unbiased ones.
-        choose_clean, choose_noisy = (clean + self.selection_bias, noisy + self.selection_bias) if self.bias_rate \
-            else (clean, noisy)
-        top_logit, top_index = choose_noisy.topk(min(self.k + 1, self.num_experts), dim=-1)   # (N, k+1)
-        chosen_logit = noisy.gather(1, top_index[:, :self.k]) if self.bias_rate else top_logit[:, :self.k]
-        top_gate = chosen_logit.softmax(dim=-1)                                  # (N, k)
-        top_index = top_index[:, :self.k]
+        top_logit, top_index = noisy.topk(min(self.k + 1, self.num_experts), dim=-1)  # (N, k+1)
+        chosen_logit = top_logit[:, :self.k]
         if self.training:
-            load = self._smooth_load(choose_clean, choose_noisy, noise_std, top_logit)
+            load = self._smooth_load(clean, noisy, noise_std, top_logit)       # of the unbiased choice
+        top_index = top_index[:, :self.k]
+        if self.bias_rate:   # loss-free balancing: choose on biased probabilities, weigh unbiased
+            chosen_logit, top_index = self.biased_topk(noisy.softmax(dim=-1), self.k, noisy)
+        top_gate = chosen_logit.softmax(dim=-1)                                  # (N, k)
         return self._token_choice(clean, clean.softmax(dim=-1), top_index, top_gate, load=load)
 
     def _smooth_load(self, clean: Tensor, noisy: Tensor, noise_std: Tensor, top_logit: Tensor) -> Tensor:
@@ -405,7 +407,7 @@ class GumbelTopKRouter(Router):
         else:
             relaxed = probs
         if self.bias_rate:
-            top_relaxed, top_index = self.biased_topk(relaxed.log(), self.k, relaxed)
+            top_relaxed, top_index = self.biased_topk(relaxed, self.k, relaxed)
         else:
             top_relaxed, top_index = relaxed.topk(self.k, dim=-1)              # (N, k)
         top_gate = top_relaxed - top_relaxed.detach() + 1.0 / self.k           # forward 1/k, grad of y
