@@ -130,8 +130,12 @@ def start(cfg: Config, device_type: str) -> Cluster:
                    backend=backend, expert_parallel=cfg.expert_parallel)
 
 
-def stop(cluster: Cluster) -> None:
-    if cluster.is_distributed and dist.is_initialized():
+def stop(cluster: Cluster, peers_alive: bool = True) -> None:
+    """Leave the process group. All ranks leave together (a barrier): a rank that tore gloo down
+    while another was still exchanging was seen to abort the other at exit. With a dead peer
+    there is nothing to wait for."""
+    if cluster.is_distributed and dist.is_initialized() and peers_alive:
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -474,10 +474,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     cluster = distributed.start(cfg, device.type)
+    code = EXIT_PEER_FAILED      # until run() returns: an exception leaves the peers in doubt
     try:
-        return run(cfg, device, cluster)
+        code = run(cfg, device, cluster)
+        return code
     finally:
-        distributed.stop(cluster)
+        distributed.stop(cluster, peers_alive=code != EXIT_PEER_FAILED)
 
 
 def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
