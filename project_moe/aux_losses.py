@@ -38,8 +38,8 @@ def switch_balance(mean_prob: Tensor, counts: Tensor) -> Tensor:
     """The Switch loss from its batch statistics: P_i = ``mean_prob`` (E,), counts (E,)."""
     num_experts = mean_prob.shape[0]
     counts = counts.to(mean_prob.dtype)                                            # (E,)
-    fraction = counts / counts.sum().clamp_min(1.0)                                 # f_i
-    return num_experts * (fraction * mean_prob).sum()
+    # E sum_i f_i P_i with f_i = counts_i / sum(counts), in as few operations as it takes
+    return num_experts * torch.dot(counts, mean_prob) / counts.sum().clamp_min(1.0)
 
 
 def cv_squared(values: Tensor) -> Tensor:
@@ -102,33 +102,48 @@ def kl_uniform(mean_prob: Tensor) -> Tensor:
     return math.log(mean_prob.shape[0]) - entropy(mean_prob)
 
 
-def routing_sums(logits: Tensor, probs: Tensor, weights: Tensor, counts: Tensor, load: Tensor) -> dict[str, Tensor]:
-    """The batch sums every loss above is a function of (``losses_from_sums``).
+# The batch sums each loss is a function of (routing_sums, losses_from_sums).
+SUMS_OF = {"balance": ("samples", "prob", "count"), "cv": ("importance", "load"), "z": ("samples", "z"),
+           "entropy": ("samples", "entropy"), "kl_uniform": ("samples", "prob")}
+
+
+def wanted(names: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The batch losses among ``names`` (None: every one), in SUMS_OF order."""
+    return tuple(name for name in SUMS_OF if names is None or name in names)
+
+
+def routing_sums(logits: Tensor, probs: Tensor, weights: Tensor, counts: Tensor | None, load: Tensor,
+                 names: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+    """The batch sums that the losses ``names`` (None: all of them) are functions of.
 
     Sums, not means, so that the sums of several shards of a batch (one per process) give
     the losses of the whole batch. logits, probs, weights: (N, E); counts: (E,) assignments
-    for the Switch loss; load: (E,) the load of the CV^2 loss.
+    for the Switch loss (None when it is not asked for); load: (E,) the load of the CV^2 loss.
+    Only the sums the losses need are computed: on a training step they are a good share of
+    the small operations a router dispatches.
     """
-    return {"samples": probs.new_tensor(float(probs.shape[0])),
-            "prob": probs.sum(dim=0),                                          # (E,)
-            "count": counts.to(probs.dtype),                                   # (E,)
-            "importance": weights.sum(dim=0).to(probs.dtype),                  # (E,)
-            "load": load.to(probs.dtype),                                      # (E,)
-            "z": torch.logsumexp(logits.float(), dim=-1).square().sum(),
-            "entropy": entropy(probs).sum()}
+    makers = {"samples": lambda: probs.new_tensor(float(probs.shape[0])),
+              "prob": lambda: probs.sum(dim=0),                                          # (E,)
+              "count": lambda: counts.to(probs.dtype),                                   # (E,)
+              "importance": lambda: weights.sum(dim=0).to(probs.dtype),                  # (E,)
+              "load": lambda: load.to(probs.dtype),                                      # (E,)
+              "z": lambda: torch.logsumexp(logits.float(), dim=-1).square().sum(),
+              "entropy": lambda: entropy(probs).sum()}
+    needed = {key for name in wanted(names) for key in SUMS_OF[name]}
+    return {key: make() for key, make in makers.items() if key in needed}
 
 
-def losses_from_sums(sums: dict[str, Tensor]) -> dict[str, Tensor]:
-    """balance, cv, z, entropy and kl_uniform of a batch from its ``routing_sums``; equal to
-    ``switch_balance_loss``, ``importance_load_loss``, ``router_z_loss``, ``gate_entropy_loss``
-    and ``kl_to_uniform_loss`` of the same batch."""
-    samples = sums["samples"].clamp_min(1.0)
-    mean_prob = sums["prob"] / samples                                         # (E,)
-    return {"balance": switch_balance(mean_prob, sums["count"]),
-            "cv": cv_squared(sums["importance"]) + cv_squared(sums["load"]),
-            "z": sums["z"] / samples,
-            "entropy": sums["entropy"] / samples,
-            "kl_uniform": kl_uniform(mean_prob)}
+def losses_from_sums(sums: dict[str, Tensor], names: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+    """The losses ``names`` (None: balance, cv, z, entropy and kl_uniform) of a batch from its
+    ``routing_sums``; equal to ``switch_balance_loss``, ``importance_load_loss``,
+    ``router_z_loss``, ``gate_entropy_loss`` and ``kl_to_uniform_loss`` of the same batch."""
+    samples = sums["samples"].clamp_min(1.0) if "samples" in sums else None
+    makers = {"balance": lambda: switch_balance(sums["prob"] / samples, sums["count"]),
+              "cv": lambda: cv_squared(sums["importance"]) + cv_squared(sums["load"]),
+              "z": lambda: sums["z"] / samples,
+              "entropy": lambda: sums["entropy"] / samples,
+              "kl_uniform": lambda: kl_uniform(sums["prob"] / samples)}
+    return {name: makers[name]() for name in wanted(names)}
 
 
 def centroid_overlap_loss(centroids: Tensor) -> Tensor:

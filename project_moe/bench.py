@@ -231,38 +231,61 @@ def print_layer_rows(rows: list[dict]) -> None:
 
 # ----------------------------------------------------------------------------- the training benchmark
 
+TRAIN_VARIANTS = {
+    "dense_active": dict(model="dense", dense_match="active", gating="hard"),
+    "dense_params": dict(model="dense", dense_match="params", gating="hard"),
+    "moe_soft": dict(gating="soft"), "moe_hard": dict(gating="hard"),
+    "moe_top2": dict(gating="topk", top_k=2), "moe_expert_choice": dict(gating="expert-choice", top_k=1),
+}
+MODE_VARIANTS = ("dense_active", "dense_params", "moe_hard")   # also timed under --modes amp / compile
+
+
 def bench_train(args) -> list[dict]:
     import data
     from config import Config
     from models import build_model
+    from precision import Precision
+    from routers import set_loss_names
     from train import aux_coefficients, make_optimizer, train_step
 
     device = resolve(args.device)
     dataset = data.load_dataset("mnist", data.resolve_data_dir(args.data_dir), seed=0)
-    variants = {
-        "dense_active": dict(model="dense", dense_match="active", gating="hard"),
-        "dense_params": dict(model="dense", dense_match="params", gating="hard"),
-        "moe_soft": dict(gating="soft"), "moe_hard": dict(gating="hard"),
-        "moe_top2": dict(gating="topk", top_k=2), "moe_expert_choice": dict(gating="expert-choice", top_k=1),
-    }
+    variants = {name: (overrides, "eager") for name, overrides in TRAIN_VARIANTS.items()}
+    variants.update({f"{name}+{mode}": (TRAIN_VARIANTS[name], mode) for mode in args.modes if mode != "eager"
+                     for name in MODE_VARIANTS})
+    loader = data.BatchLoader(dataset.train, args.batch_size, dataset.mean, dataset.std, shuffle=True,
+                              augment=False, seed=0, device=device)
+    batches = list(loader.iter_epoch(0))[:args.steps or None]
+    models, compile_s = {}, {}
+    for name, (overrides, mode) in variants.items():
+        cfg = Config(experts=8, batch_size=args.batch_size, **overrides)
+        torch.manual_seed(0)
+        model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
+        # As in train.py: the losses outside the objective are computed on logging steps only.
+        set_loss_names(model, tuple(aux_coefficients(cfg)))
+        precision = Precision(mode == "amp", device)
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        if mode == "compile":
+            model.compile(dynamic=True if cfg.model == "moe" else None)
+            begin = time.perf_counter()          # compiling: timed apart, on steps that are then undone
+            optimizer = make_optimizer(model, cfg)
+            for x, y in batches[:3]:
+                train_step(model, optimizer, x, y, aux_coefficients(cfg), precision=precision)
+            compile_s[name] = time.perf_counter() - begin
+        models[name] = (model, cfg, precision, initial)
     seconds = {name: [] for name in variants}
     faults = {name: [] for name in variants}   # minor page faults per step: fresh memory touched
     optimizer_ms = {name: [] for name in variants}
     ops = {}                                    # operator calls in one training step
     for round_index in range(args.rounds):
-        for name, overrides in variants.items():
-            cfg = Config(experts=8, batch_size=args.batch_size, **overrides)
-            torch.manual_seed(0)
-            model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
+        for name, (model, cfg, precision, initial) in models.items():
+            model.load_state_dict(initial)       # every round trains from the same weights
             optimizer = make_optimizer(model, cfg)
-            loader = data.BatchLoader(dataset.train, cfg.batch_size, dataset.mean, dataset.std, shuffle=True,
-                                      augment=False, seed=0, device=device)
             coefs = aux_coefficients(cfg)
-            batches = list(loader.iter_epoch(0))
             faults_before = minor_page_faults()
             begin = time.perf_counter()
             for x, y in batches:
-                train_step(model, optimizer, x, y, coefs)
+                train_step(model, optimizer, x, y, coefs, precision=precision)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds[name].append(time.perf_counter() - begin)
@@ -273,15 +296,17 @@ def bench_train(args) -> list[dict]:
             optimizer_ms[name].append(statistics.median(timer(optimizer.step) for _ in range(20)))
             if round_index == args.rounds - 1:   # counted once, on the last round's trained model
                 # Median over a few steps: a routed model's count depends on how many experts got rows.
-                ops[name] = statistics.median_low(count_ops(lambda: train_step(model, optimizer, x, y, coefs))
-                                              for x, y in batches[:5])
-    samples = len(dataset.train.labels)
+                ops[name] = statistics.median_low(
+                    count_ops(lambda: train_step(model, optimizer, x, y, coefs, precision=precision))
+                    for x, y in batches[:5])
+    samples = sum(len(y) for _, y in batches)
     reference = statistics.median(seconds["dense_active"])
     rows = []
-    print(f"\nOne MNIST training epoch ({samples} samples, batch {args.batch_size}, E=8, MLP experts of hidden "
-          f"{Config().expert_hidden}), {args.rounds} interleaved rounds")
-    print(f"  {'model':<20}{'samples/s':>12}{'/ dense_active':>16}  round spread    {'faults/step':>11}"
-          f"{'optimiser step / dense_active':>31}{'ops/step':>10}")
+    print(f"\nMNIST training ({samples} samples{'' if args.steps is None else f' = {len(batches)} steps'}, "
+          f"batch {args.batch_size}, E=8, MLP experts of hidden {Config().expert_hidden}), {args.rounds} "
+          "interleaved rounds; +amp: bf16 autocast, +compile: torch.compile (compilation timed apart)")
+    print(f"  {'model':<24}{'samples/s':>12}{'/ dense_active':>16}  round spread    {'faults/step':>11}"
+          f"{'optimiser step / dense_active':>31}{'ops/step':>10}{'compile s':>11}")
     reference_optimizer = statistics.median(optimizer_ms["dense_active"])
     for name, values in seconds.items():
         ratios = [seconds["dense_active"][i] / values[i] for i in range(len(values))]
@@ -290,11 +315,11 @@ def bench_train(args) -> list[dict]:
                "vs_dense_active_min": min(ratios), "vs_dense_active_max": max(ratios),
                "faults_per_step": statistics.median(faults[name]),
                "optimizer_vs_dense_active": statistics.median(optimizer_ms[name]) / reference_optimizer,
-               "ops_per_step": ops[name]}
+               "ops_per_step": ops[name], "compile_s": compile_s.get(name, float("nan"))}
         rows.append(row)
-        print(f"  {name:<20}{row['samples_per_s']:>12,.0f}{row['vs_dense_active']:>16.3f}  "
+        print(f"  {name:<24}{row['samples_per_s']:>12,.0f}{row['vs_dense_active']:>16.3f}  "
               f"[{row['vs_dense_active_min']:.3f}, {row['vs_dense_active_max']:.3f}]  {row['faults_per_step']:>11,.0f}"
-              f"{row['optimizer_vs_dense_active']:>31.2f}{row['ops_per_step']:>10,}")
+              f"{row['optimizer_vs_dense_active']:>31.2f}{row['ops_per_step']:>10,}{row['compile_s']:>11.1f}")
     rows += step_cost_rows(dataset, args, device)
     return rows
 
@@ -376,7 +401,8 @@ def step_cost_rows(dataset, args, device: torch.device) -> list[dict]:
         median_ms = statistics.median([t for r in times[name] for t in r])
         table.append({"model": name, "samples_per_s": rows / median_ms * 1e3, "vs_dense_active": ratio,
                       "vs_dense_active_min": low, "vs_dense_active_max": high, "faults_per_step": float("nan"),
-                      "optimizer_vs_dense_active": float("nan"), "ops_per_step": float("nan")})
+                      "optimizer_vs_dense_active": float("nan"), "ops_per_step": float("nan"),
+                      "compile_s": float("nan")})
     return table
 
 
@@ -437,6 +463,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--data-dir", default=None, help="train: dataset root, as for train.py")
     parser.add_argument("--batch-size", type=int, default=128, help="train: batch size")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train: time this many steps per round (default: one epoch)")
+    parser.add_argument("--modes", nargs="+", default=["eager"], choices=("eager", "amp", "compile"),
+                        help="train: also time the dense networks and the hard MoE under --amp and --compile")
     parser.add_argument("--csv", type=Path, default=None,
                         help="where to write the table (default: bench_layer.csv or bench_train_b<batch>.csv "
                              "here); the printed report goes beside it as .txt")

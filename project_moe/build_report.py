@@ -236,8 +236,8 @@ def build_figures(results: Path, summary: pd.DataFrame, out: Path) -> None:
                "expert_usage": plots.expert_usage(experts), "balance_over_time": plots.balance_over_time(metrics),
                "accuracy_vs_experts": plots.accuracy_vs_experts(summary),
                "regularisation": plots.regularisation_effect(summary),
-               "class_expert_heatmap": plots.class_expert_heatmap(routing, hard.run.iloc[0]),
-               "per_expert_loss": plots.per_expert_loss_curves(experts, hard.run.iloc[0])}
+               "class_expert_heatmap": plots.class_expert_heatmap(routing, hard.run.iloc[0], grid="gating"),
+               "per_expert_loss": plots.per_expert_loss_curves(experts, hard.run.iloc[0], grid="gating")}
     patches = logs.read_all(results, "test_patches.csv")
     if not patches.empty:
         run = REPORT_PATCH_RUN if REPORT_PATCH_RUN in set(patches.run) else sorted(patches.run)[0]

@@ -109,6 +109,10 @@ class Config:
     seed: int = _opt(0, "seed of initialisation, validation split, batch order, augmentation and noise")
     device: str = _opt("auto", "auto picks cuda when available", DEVICE_CHOICES)
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)", type=int)
+    amp: bool = _opt(False, "mixed precision: bf16 autocast (float16 with loss scaling on GPUs without bf16); "
+                            "router scores, weights, logs and checkpoints stay float32")
+    compile: bool = _opt(False, "torch.compile the model's forward pass (its first step, which compiles, is timed "
+                                "apart and left out of samples/s)")
     # several processes (under torchrun)
     expert_parallel: bool = _opt(False, "under torchrun: split the experts of every MoE layer over the processes "
                                         "(all-to-all exchange) instead of replicating them")

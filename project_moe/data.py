@@ -320,6 +320,9 @@ def _folder_classes(root: pathlib.Path) -> list[str]:
     classes, test_classes = subdirs(root / "train"), subdirs(root / "test")
     if not classes:
         raise DataError(f"{root / 'train'} has no class subdirectories; expected train/<class>/<image> files")
+    if len(classes) < 2:
+        raise DataError(f"{root / 'train'} has one class subdirectory ({classes[0]}); a classifier needs at least "
+                        "two classes: add train/<class>/ directories")
     if classes != test_classes:
         diff = sorted(set(classes) ^ set(test_classes))
         raise DataError(f"{root}: train/ and test/ have different class subdirectories (differ in {diff}); "

@@ -25,7 +25,9 @@ class EpochSums:
 
     def reset(self) -> None:
         zero = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=self.device)  # noqa: E731
+        # aux: each auxiliary loss summed over the rows of the steps that computed it (aux_rows)
         self.sums = {"loss": zero(()), "correct": zero(()), "count": 0, "aux": zero(len(AUX_NAMES)),
+                     "aux_rows": zero(len(AUX_NAMES)),
                      "routed": zero(*self.routed_shape), "dropped": zero(*self.routed_shape), "train_seconds": 0.0}
 
     def add(self, output, logits: Tensor, ce: Tensor, labels: Tensor, batch_rows: int, routes: bool) -> None:
@@ -37,7 +39,11 @@ class EpochSums:
             s["correct"] += (logits.argmax(dim=1) == labels).sum()
             s["count"] += batch_rows
             if routes:
-                s["aux"] += torch.stack([output.aux[name].detach() for name in AUX_NAMES]).double() * batch_rows
+                # A step computes the losses it trains on, and the others only when it logs them.
+                for i, name in enumerate(AUX_NAMES):
+                    if name in output.aux:
+                        s["aux"][i] += output.aux[name].detach().double() * batch_rows
+                        s["aux_rows"][i] += batch_rows
                 s["routed"] += output.assignment_counts().double()
                 if self.drops:
                     s["dropped"] += output.dropped_counts().double()
@@ -59,9 +65,16 @@ class EpochSums:
     def state_dict(self) -> dict:
         return {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in self.totals().items()}
 
+    def aux_means(self) -> list[float]:
+        """Each auxiliary loss's mean over the rows of the steps that computed it (NaN if none did)."""
+        rows = self.sums["aux_rows"]
+        return torch.where(rows > 0, self.sums["aux"] / rows.clamp_min(1), float("nan")).tolist()
+
     def load_state_dict(self, state: dict) -> None:
         self.reset()                       # checkpoints from before drop counting lack "dropped"
         self.sums.update({k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in state.items()})
+        if "aux_rows" not in state:        # checkpoints from when every step computed every loss
+            self.sums["aux_rows"] += self.sums["count"]
         if not self.cluster.is_writer:     # the saved counts are summed over all processes: keep them once
             for name in ("correct", "routed", "dropped"):
                 self.sums[name] = self.sums[name] * 0
@@ -73,6 +86,6 @@ class EpochSums:
         post = {"loss": f"{(s['loss'] / count).item():.4f}"}
         if not self.cluster.is_distributed:
             post["acc"] = f"{(s['correct'] / count).item():.4f}"
-        if routes:
-            post["balance"] = f"{(s['aux'][0] / count).item():.3f}"
+        if routes and s["aux_rows"][0] > 0:
+            post["balance"] = f"{(s['aux'][0] / s['aux_rows'][0]).item():.3f}"
         return post

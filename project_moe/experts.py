@@ -19,10 +19,12 @@ run the sorted rows:
   optimiser 4E tensors; and the weight gradient of an (out, in) weight, g^T x, is about
   twice as slow as x^T g for the few rows an expert gets in a small batch.
 - ``padded``: each expert's rows copied into an (E, C, D) buffer, C the largest count, zero
-  rows after them, and one batched matmul per layer. It computes E*C rows instead of M, but
+  rows after them, and one batched matmul per layer, again in one autograd node
+  (:class:`PaddedMLP`). It computes E*C rows instead of M, but
   a batched matmul spreads the experts over the CPU cores, while a matmul on a few dozen
   rows runs on one core.
-``auto`` takes ``padded`` while experts get few rows on average and padding at most
+``fused=False`` runs both in plain autograd operations instead (for ``torch.func`` and as the
+reference of the tests). ``auto`` takes ``padded`` while experts get few rows on average and padding at most
 multiplies the rows by ``PADDED_MAX_GROWTH`` (``bench.py`` measures both).
 """
 from __future__ import annotations
@@ -30,9 +32,12 @@ from __future__ import annotations
 import contextlib
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from precision import autocast_dtype, float32_region
 
 
 def mlp(in_features: int, hidden: int, out_features: int, depth: int = 1, dropout: float = 0.0) -> nn.Sequential:
@@ -79,11 +84,12 @@ def choose_dispatch(counts: list[int]) -> str:
 
 def padded_positions(counts: list[int], capacity: int, device: torch.device) -> Tensor:
     """(M,) row of each sorted row in the (E * capacity) padded layout: expert e's j-th row
-    goes to e * capacity + j."""
-    counts_t = torch.tensor(counts, device=device)
-    shift = torch.arange(len(counts), device=device) * capacity - (counts_t.cumsum(0) - counts_t)   # (E,)
-    rows = sum(counts)
-    return torch.arange(rows, device=device) + shift.repeat_interleave(counts_t, output_size=rows)
+    goes to e * capacity + j. Computed on the host, where the counts already are: one copy
+    instead of the eight small tensor operations of the same arithmetic on the device."""
+    counts_np = np.asarray(counts, dtype=np.int64)
+    shift = np.arange(len(counts), dtype=np.int64) * capacity - (np.cumsum(counts_np) - counts_np)   # (E,)
+    positions = np.arange(int(counts_np.sum()), dtype=np.int64) + np.repeat(shift, counts_np)
+    return torch.from_numpy(positions).to(device)
 
 
 class ModuleExperts(nn.Module):
@@ -210,31 +216,39 @@ class MLPExperts(nn.Module):
         x_sorted = x_sorted.flatten(1)
         masks = self._dropout_masks(x_sorted.shape[0])
         dispatch = choose_dispatch(counts) if self.dispatch == "auto" else self.dispatch
-        if dispatch == "padded" and x_sorted.shape[0] > 0:
-            return self._padded(x_sorted, counts, masks)
+        padded = dispatch == "padded" and x_sorted.shape[0] > 0
         params = (*self.weights, *self.biases)
-        if not torch.is_grad_enabled():
-            return grouped_mlp_forward(x_sorted, counts, masks, params)[0]
-        if self.fused:
-            return GroupedMLP.apply(x_sorted, counts, masks, *params)
-        outputs = [self.expert_forward(e, x_sorted[rows], [m[rows] for m in masks])
-                   for e, rows in expert_slices(counts)]
-        if not outputs:
-            return x_sorted.new_zeros(0, self.out_features)
-        return torch.cat(outputs)
+        if not self.fused:    # plain autograd, one operation at a time (torch.func, reference tests)
+            if padded:
+                return self._padded(x_sorted, counts, masks)
+            if not torch.is_grad_enabled():
+                return grouped_mlp_forward(x_sorted, counts, masks, params)[0]
+            outputs = [self.expert_forward(e, x_sorted[rows], [m[rows] for m in masks])
+                       for e, rows in expert_slices(counts)]
+            return torch.cat(outputs) if outputs else x_sorted.new_zeros(0, self.out_features)
+        run = PaddedMLP.apply if padded else GroupedMLP.apply
+        dtype = autocast_dtype(x_sorted.device.type)
+        if dtype is None:
+            return run(x_sorted, counts, masks, *params)
+        # Under --amp the hand-written kernels run in autocast's dtype themselves (their out=
+        # buffers would refuse autocast's casts); the casts of the float32 weights are
+        # differentiable, so their gradients come back in float32.
+        with float32_region(x_sorted.device.type):
+            return run(x_sorted.to(dtype), counts, [m.to(dtype) for m in masks], *(p.to(dtype) for p in params))
 
     def _padded(self, x_sorted: Tensor, counts: list[int], masks: list[Tensor]) -> Tensor:
-        """One batched matmul per layer over (E, C, .), C = max(counts). Padding rows are zero
-        at the input and dropped at the output, so they add nothing to any gradient."""
+        """The padded dispatch in plain autograd operations (what :class:`PaddedMLP` computes)."""
         num_experts, capacity = self.num_experts, max(counts)
         positions = padded_positions(counts, capacity, x_sorted.device)       # (M,)
-
-        def pad(rows: Tensor) -> Tensor:                                       # (M, w) -> (E, C, w)
-            padded = rows.new_zeros(num_experts * capacity, rows.shape[1]).index_copy(0, positions, rows)
-            return padded.view(num_experts, capacity, rows.shape[1])
-
+        pad = lambda rows: pad_rows(rows, positions, num_experts, capacity)   # noqa: E731  (M, w) -> (E, C, w)
         h = self._batched_layers(pad(x_sorted), lambda layer, hidden: hidden * pad(masks[layer]) if masks else hidden)
         return h.reshape(num_experts * capacity, -1).index_select(0, positions)   # (M, K)
+
+
+def pad_rows(rows: Tensor, positions: Tensor, num_experts: int, capacity: int) -> Tensor:
+    """(M, w) rows grouped by expert -> (E, C, w): expert e's rows first in its block, zeros after."""
+    padded = rows.new_zeros(num_experts * capacity, rows.shape[1]).index_copy(0, positions, rows)
+    return padded.view(num_experts, capacity, rows.shape[1])
 
 
 def mlp_banks(model: nn.Module) -> list[MLPExperts]:
@@ -347,4 +361,61 @@ class GroupedMLP(torch.autograd.Function):
                         grad.mul_(mask_parts[layer - 1][e])
                 elif grad_x is not None:
                     torch.mm(grad, weights_t[0][e], out=grad_x_parts[e])
+        return (grad_x, None, None, *weight_grads, *bias_grads)
+
+
+class PaddedMLP(torch.autograd.Function):
+    """The padded dispatch as one autograd node: every expert's rows in an (E, C, .) buffer
+    (C the largest count, zero rows after each expert's own), one batched matmul per layer.
+
+    forward(x (M, D), counts, masks, *weights, *biases) -> (M, K), rows grouped by expert.
+    backward, with a_l the padded input of layer l and g the padded gradient of its output:
+        dW_l = a_l^T g (batched over experts), db_l = sum of g over the rows,
+        g    = (g W_l^T) * relu'(a_l) * dropout mask.
+    Padding rows are zero at the input and get zero output gradient, so they add nothing to
+    any gradient. Autograd would record the same maths as about twice as many operations
+    (views, transposes and the copies of its saved tensors), which at small batches cost more
+    than the matmuls.
+    """
+
+    @staticmethod
+    def forward(ctx, x, counts, masks, *params):
+        num_layers = len(params) // 2
+        weights, biases = params[:num_layers], params[num_layers:]
+        num_experts, capacity = weights[0].shape[0], max(counts)
+        positions = padded_positions(counts, capacity, x.device)              # (M,)
+        h = pad_rows(x, positions, num_experts, capacity)                     # (E, C, D)
+        inputs = [h]
+        for layer in range(num_layers):
+            h = torch.baddbmm(biases[layer].unsqueeze(1), h, weights[layer])   # (E, C, out_l)
+            if layer < num_layers - 1:
+                h = h.relu_()
+                if masks:
+                    h = h.mul_(pad_rows(masks[layer], positions, num_experts, capacity))
+                inputs.append(h)
+        ctx.num_layers, ctx.num_masks, ctx.capacity = num_layers, len(masks), capacity
+        ctx.save_for_backward(positions, *weights, *masks, *inputs)
+        return h.view(num_experts * capacity, -1).index_select(0, positions)  # (M, K)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        num_layers, capacity = ctx.num_layers, ctx.capacity
+        positions, *saved = ctx.saved_tensors
+        weights = saved[:num_layers]
+        masks = saved[num_layers:num_layers + ctx.num_masks]
+        inputs = saved[num_layers + ctx.num_masks:]                            # a_0 .. a_{L-1}, padded
+        num_experts = weights[0].shape[0]
+        grad = pad_rows(grad_out.contiguous(), positions, num_experts, capacity)   # (E, C, K)
+        weight_grads, bias_grads, grad_x = [None] * num_layers, [None] * num_layers, None
+        for layer in reversed(range(num_layers)):
+            weight_grads[layer] = torch.bmm(inputs[layer].transpose(1, 2), grad)   # (E, in, out)
+            bias_grads[layer] = grad.sum(dim=1)                                 # (E, out)
+            if layer > 0:
+                grad = torch.ops.aten.threshold_backward(torch.bmm(grad, weights[layer].transpose(1, 2)),
+                                                         inputs[layer], 0.0)
+                if masks:
+                    grad = grad.mul_(pad_rows(masks[layer - 1], positions, num_experts, capacity))
+            elif ctx.needs_input_grad[0]:
+                grad_x = torch.bmm(grad, weights[0].transpose(1, 2)).view(num_experts * capacity, -1) \
+                    .index_select(0, positions)                                 # (M, D)
         return (grad_x, None, None, *weight_grads, *bias_grads)

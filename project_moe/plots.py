@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 DATASET_ORDER = ["mnist", "fashion-mnist", "cifar10-jpeg"]
 GATING_ORDER = ["soft", "hard", "top2", "noisy-top2", "gumbel-top1", "expert-choice", "expert-choice-2"]
@@ -51,10 +52,16 @@ def expert_usage(experts: pd.DataFrame, grid: str = "gating", dataset: str = "mn
     return fig
 
 
-def per_expert_loss_curves(experts: pd.DataFrame, run: str) -> plt.Figure:
+def _of_run(frame: pd.DataFrame, run: str, grid: str | None) -> pd.DataFrame:
+    """The rows of one run; ``grid`` tells apart runs of the same name in several grids."""
+    return frame[(frame.run == run) & ((frame.grid == grid) if grid is not None else True)]
+
+
+def per_expert_loss_curves(experts: pd.DataFrame, run: str, grid: str | None = None) -> plt.Figure:
     """Each expert's own validation loss over training: on the samples routed to it (solid)
     and on all samples (dashed, what it would do outside its specialty)."""
-    rows = experts[(experts.run == run) & (experts.split == "val")]
+    rows = _of_run(experts, run, grid)
+    rows = rows[rows.split == "val"]
     fig, ax = plt.subplots(figsize=(5.2, 3.0))
     colors = plt.cm.tab10(np.linspace(0, 1, 10))
     for e, group in rows.groupby("expert"):
@@ -69,25 +76,25 @@ def per_expert_loss_curves(experts: pd.DataFrame, run: str) -> plt.Figure:
     return fig
 
 
-def class_expert_heatmap(routing: pd.DataFrame, run: str, class_names=None) -> plt.Figure:
+def class_expert_heatmap(routing: pd.DataFrame, run: str, class_names=None, grid: str | None = None) -> plt.Figure:
     """Test samples of each class routed to each expert: counts, and P(expert | class)."""
-    rows = routing[(routing.run == run) & (routing.split == "test")]
+    rows = _of_run(routing, run, grid)
+    rows = rows[rows.split == "test"]
     counts = rows.pivot_table(index="expert", columns="class", values="top1", aggfunc="sum").fillna(0).astype(float)
     share = counts / counts.sum(axis=0).replace(0, np.nan)   # classes absent from the split stay blank
     fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2))
-    for ax, table, title, fmt in ((axes[0], counts, "test samples (top-1 expert)", "{:.0f}"),
-                                  (axes[1], share, "P(expert | class)", "{:.2f}")):
-        image = ax.imshow(table.to_numpy(), cmap="viridis", aspect="auto")
-        ax.set_xticks(range(table.shape[1]), [class_names[c] if class_names else c for c in table.columns],
-                      rotation=45 if class_names else 0, fontsize=7)
-        ax.set_yticks(range(table.shape[0]), [f"E{e}" for e in table.index])
+    for ax, table, title, fmt in ((axes[0], counts, "test samples (top-1 expert)", ".0f"),
+                                  (axes[1], share, "P(expert | class)", ".2f")):
+        # seaborn: cell annotations in a colour readable on their cell, blank (NaN) cells, one call.
+        labels = [class_names[c] if class_names else c for c in table.columns]
+        sns.heatmap(table.set_axis(labels, axis=1).set_axis([f"E{e}" for e in table.index]), ax=ax,
+                    cmap="viridis", annot=table.size <= 160, fmt=fmt, annot_kws={"fontsize": 5.5},
+                    cbar_kws={"fraction": 0.046})
+        ax.tick_params(axis="x", labelrotation=45 if class_names else 0, labelsize=7)
+        ax.tick_params(axis="y", labelrotation=0)
         ax.set_xlabel("class")
+        ax.set_ylabel("expert")
         ax.set_title(title)
-        fig.colorbar(image, ax=ax, fraction=0.046)
-        if table.size <= 160:
-            for (i, j), value in np.ndenumerate(table.to_numpy()):
-                ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=5.5,
-                        color="white" if value < table.to_numpy().max() * 0.6 else "black")
     fig.suptitle(f"Expert x class routing — {run}")
     fig.tight_layout()
     return fig

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import aux_losses
+from precision import float32_region
 
 GATING_CHOICES = ("soft", "hard", "topk", "noisy-topk", "gumbel", "expert-choice")
 TOKEN_CHOICE = ("hard", "topk", "noisy-topk", "gumbel")
@@ -124,6 +125,7 @@ class Router(nn.Module):
             # a buffer (saved with the model), moved by update_selection_bias, not by the optimiser.
             self.register_buffer("selection_bias", torch.zeros(num_experts))
         self.batch = LOCAL_BATCH
+        self.loss_names = None   # the auxiliary losses a training step computes (None: all; set_loss_names)
         if score == "linear":
             self.proj = nn.Linear(in_features, num_experts, bias=False)
         elif score == "attention":
@@ -137,7 +139,12 @@ class Router(nn.Module):
             self.log_inv_temperature = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def router_logits(self, x: Tensor) -> Tensor:
-        # float32 softmax even under autocast: small logit differences decide the routing.
+        # float32 scores and softmax even under autocast (--amp): small logit differences
+        # decide the routing.
+        with float32_region(x.device.type):
+            return self._float32_logits(x)
+
+    def _float32_logits(self, x: Tensor) -> Tensor:
         if self.score == "attention":
             return self.attention_votes(x.float())
         projected = F.linear(x.float(), self.proj.weight.float())              # (N, E) or (N, dim)
@@ -199,18 +206,18 @@ class Router(nn.Module):
             counts = torch.bincount(expert_index, minlength=self.num_experts)        # (E,)
             if chosen is not None:
                 dropped = chosen - counts
-            chosen = counts if chosen is None else chosen
+            chosen = (counts if chosen is None else chosen).to(probs.dtype)           # the Switch loss's f, unnormalised
             if load is None:
-                load = chosen.to(probs.dtype)
-        if not self.training:  # the losses only matter for optimisation; skip their ~20 small ops
-            return Routing(logits, probs, weights, sample_index, expert_index, gate, counts, load, {}, dropped)
-        # Dense routing sends everything everywhere; for the Switch loss the dispatch
-        # fraction f_i is taken from each sample's top-1 expert.
-        balance_counts = chosen if sample_index is not None else \
-            torch.bincount(probs.argmax(dim=1), minlength=self.num_experts)
-        # Losses of the whole batch, from its sums (all processes' shards when it is split).
-        sums = self.batch.global_sums(aux_losses.routing_sums(logits, probs, weights, balance_counts, load))
-        aux = {**aux_losses.losses_from_sums(sums), "centroid": self.batch.batch_independent(self.centroid_overlap())}
+                load = chosen
+        aux = {}
+        if self.training:   # the losses only matter for optimisation
+            # Dense routing sends everything everywhere; for the Switch loss the dispatch
+            # fraction f_i is taken from each sample's top-1 expert.
+            top1 = (lambda: torch.bincount(probs.argmax(dim=1), minlength=self.num_experts)) \
+                if sample_index is None else (lambda: chosen)
+            aux = batch_losses(self, logits, probs, weights, top1, load)
+            if self.loss_names is None or "centroid" in self.loss_names:
+                aux["centroid"] = self.batch.batch_independent(self.centroid_overlap())
         return Routing(logits, probs, weights, sample_index, expert_index, gate, counts, load, aux, dropped)
 
     def _token_choice(self, logits: Tensor, probs: Tensor, top_index: Tensor, top_gate: Tensor,
@@ -238,6 +245,27 @@ class Router(nn.Module):
             return keep
         offset = self.batch.row_span(top_index.shape[0])[0]
         return keep[offset:offset + top_index.shape[0]]
+
+
+def batch_losses(layer: nn.Module, logits: Tensor, probs: Tensor, weights: Tensor, top1_counts, load: Tensor):
+    """The auxiliary losses of a routing layer's whole batch (all processes' shards when it is
+    split) that ``layer.loss_names`` asks for. ``top1_counts()``: the (E,) assignments of the
+    Switch loss, only computed when that loss is asked for."""
+    names = aux_losses.wanted(layer.loss_names)
+    if not names:
+        return {}
+    counts = top1_counts() if "balance" in names else None
+    sums = layer.batch.global_sums(aux_losses.routing_sums(logits, probs, weights, counts, load, names))
+    return aux_losses.losses_from_sums(sums, names)
+
+
+def set_loss_names(model: nn.Module, names: tuple[str, ...] | None) -> None:
+    """Make every routing layer of ``model`` compute only the auxiliary losses ``names`` on a
+    training step (None: all of them). Those in the training objective are needed on every
+    step; the others only on the steps whose statistics are logged."""
+    for module in model.modules():
+        if hasattr(module, "loss_names"):
+            module.loss_names = names
 
 
 def capacity_keep(top_index: Tensor, priority: Tensor, num_experts: int, capacity_factor: float,
@@ -275,8 +303,9 @@ def token_choice_assignments(top_index: Tensor, top_gate: Tensor, num_experts: i
     Returns weights (N, E), sample_index (N*k,), expert_index (N*k,), gate (N*k,).
     """
     num_samples, k = top_index.shape
-    sample_index = torch.arange(num_samples, device=top_index.device).unsqueeze(1).expand(num_samples, k)
-    sample_index = sample_index.reshape(-1)                                                # (N*k,)
+    sample_index = torch.arange(num_samples, device=top_index.device)                      # (N,)
+    if k > 1:
+        sample_index = sample_index.unsqueeze(1).expand(num_samples, k).reshape(-1)        # (N*k,)
     expert_index = top_index.reshape(-1)                                                   # (N*k,)
     gate = top_gate.reshape(-1)                                                            # (N*k,)
     weights = top_gate.new_zeros(num_samples, num_experts).scatter(1, top_index, top_gate)  # (N, E)

@@ -21,10 +21,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-import aux_losses
 from experts import MLPExperts
 from moe_model import MoEOutput
-from routers import LOCAL_BATCH, Routing
+from routers import LOCAL_BATCH, Routing, batch_losses
 
 SLOT_GATINGS = ("soft-slots",)
 
@@ -36,6 +35,7 @@ class SoftMoE(nn.Module):
         self.slots_per_expert, self.tokens = slots_per_expert, tokens
         self.slot_params = nn.Parameter(torch.randn(dim, len(experts) * slots_per_expert) / math.sqrt(dim))  # Phi
         self.batch = LOCAL_BATCH      # the auxiliary losses' batch scope (distributed.py)
+        self.loss_names = None        # as Router.loss_names
 
     def slot_weights(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, d) -> dispatch (B, T, S), softmax over tokens, and combine (B, T, S), over slots."""
@@ -62,7 +62,8 @@ class SoftMoE(nn.Module):
         counts = torch.full((num_experts,), weights.shape[0], device=weights.device)
         aux = {}
         if self.training:   # the classic soft gate's losses, on the combine mass (all batch sums)
-            top1 = torch.bincount(weights.argmax(dim=1), minlength=num_experts)
-            sums = self.batch.global_sums(aux_losses.routing_sums(logits, weights, weights, top1, weights.sum(dim=0)))
-            aux = {**aux_losses.losses_from_sums(sums), "centroid": weights.new_zeros(())}
+            top1 = lambda: torch.bincount(weights.argmax(dim=1), minlength=num_experts)   # noqa: E731
+            aux = batch_losses(self, logits, weights, weights, top1, weights.sum(dim=0))
+            if self.loss_names is None or "centroid" in self.loss_names:
+                aux["centroid"] = weights.new_zeros(())
         return Routing(logits, weights, weights, None, None, None, counts, weights.sum(dim=0), aux)

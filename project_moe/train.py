@@ -37,15 +37,16 @@ from evaluation import (PATCH_COLUMNS, SAMPLES_COLUMNS, SplitResult, evaluate, m
 from models import build_model
 from moe_model import MoEClassifier, build_dense_matched, classifier_logits, model_cost, moe_param_counts
 from run_files import atomic_write_bytes, read_json, save_checkpoint, write_json
+from precision import FULL, Precision
 from run_logs import RunLogs
-from routers import selection_bias, update_selection_bias
+from routers import selection_bias, set_loss_names, update_selection_bias
 from vit_model import ViTClassifier, ViTOutput, check_vit_fits, vit_cost
 
 ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees
 ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
 # Settings that may change between a run and its resumption without changing its results.
 RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir", "out", "log_every", "expert_dispatch",
-                         "expert_parallel", "dist_backend", "dist_timeout"}
+                         "compile", "expert_parallel", "dist_backend", "dist_timeout"}
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PEER_FAILED = 2, 3, 4
 BAD_INPUT = (ConfigError, data.DataError)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -164,35 +165,39 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
 
 
 def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[str, float],
-               cluster: Cluster = distributed.SINGLE_PROCESS, batch_rows: int | None = None):
+               cluster: Cluster = distributed.SINGLE_PROCESS, batch_rows: int | None = None,
+               precision: Precision = FULL):
     """One optimisation step: cross-entropy plus the weighted auxiliary losses of an MoE.
 
     Under torchrun, (x, y) is this rank's share of a global batch of ``batch_rows`` rows: it
     back-propagates its part of the global-batch loss and the gradients of the replicated
     parameters are summed over the ranks, which makes the step the one a single process
     would take on the whole batch (distributed.py).
+    ``precision``: the forward pass under autocast (--amp), with loss scaling where it needs one.
     Raises FloatingPointError, before touching the weights, if the loss is not finite.
     Returns (model output, logits, cross-entropy of the whole batch).
     """
-    output = model(x)
-    logits = classifier_logits(output)
-    if cluster.is_distributed:
-        ce_part = F.cross_entropy(logits, y, reduction="sum") / batch_rows
-        ce = distributed.all_sum(cluster, ce_part.detach())
-    else:
-        ce = ce_part = F.cross_entropy(logits, y)
-    loss = ce_part
-    aux = getattr(output, "aux", None)
-    if aux:
-        for name, coef in coefs.items():
-            loss = loss + coef * aux[name]
+    with precision.autocast():
+        output = model(x)
+        logits = classifier_logits(output)
+        if cluster.is_distributed:
+            ce_part = F.cross_entropy(logits, y, reduction="sum") / batch_rows
+            ce = distributed.all_sum(cluster, ce_part.detach())
+        else:
+            ce = ce_part = F.cross_entropy(logits, y)
+        loss = ce_part
+        aux = getattr(output, "aux", None)
+        if aux:
+            for name, coef in coefs.items():
+                loss = loss + coef * aux[name]
     whole_batch_loss = loss if not cluster.is_distributed else loss.detach() - ce_part.detach() + ce
-    if not torch.isfinite(whole_batch_loss).item():
-        raise FloatingPointError(f"non-finite loss {whole_batch_loss.item()}")
+    value = whole_batch_loss.item()       # one host sync; torch.isfinite would add four small ops
+    if not math.isfinite(value):
+        raise FloatingPointError(f"non-finite loss {value}")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    precision.backward(loss)
     distributed.sync_gradients(model, cluster)
-    optimizer.step()
+    precision.step(optimizer)
     return output, logits, ce
 
 
@@ -204,10 +209,16 @@ class Trainer:
         model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
         self.cost = cost_report(model, cfg, dataset.in_shape, dataset.num_classes)   # of the whole model
         self.model = distributed.parallelize(model, cluster)
+        self.precision = Precision(cfg.amp, device)
         self.is_moe = isinstance(self.model, MoEClassifier)
         # Models with routers: the MoE classifier, or a ViT with MoE blocks (routing tokens).
         self.moe_blocks = self.model.moe_blocks if isinstance(self.model, ViTClassifier) else []
         self.routes = self.is_moe or bool(self.moe_blocks)
+        if cfg.compile:
+            # In place: the module keeps its class, attributes and state_dict keys. Routed rows per
+            # expert change every step: symbolic shapes from the start, or a recompilation per step.
+            self.model.compile(dynamic=True if self.routes else None)
+        self.compile_seconds = None  # the first step's time with --compile (tracing and code generation)
         self.optimizer = make_optimizer(self.model, cfg)
         self.train_loader = data.BatchLoader(dataset.train, cfg.batch_size, dataset.mean, dataset.std,
                                              shuffle=True, augment=dataset.augment, seed=cfg.seed, device=device)
@@ -220,6 +231,7 @@ class Trainer:
         self.accum = EpochSums(routed_shape, device, cluster, drops=cfg.drop_policy != "dropless")
         self.elapsed_before = 0.0   # wall seconds spent in earlier sessions of a resumed run
         self.stop_signal: int | None = None
+        self.loss_names: tuple[str, ...] | None = None   # what the routers compute (set_loss_names)
 
     def _lr_factor(self, step: int) -> float:
         if self.cfg.lr_schedule == "constant":
@@ -233,7 +245,8 @@ class Trainer:
                 "optimizer": distributed.optimizer_state(self.optimizer, self.model, self.cluster),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "global_step": self.global_step, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
-                "accum": self.accum.state_dict(), "elapsed": self.elapsed(), "rng": rng_state.capture()}
+                "accum": self.accum.state_dict(), "elapsed": self.elapsed(), "rng": rng_state.capture(),
+                "precision": self.precision.state_dict()}
 
     def load_state(self, state: dict) -> None:
         distributed.load_model_state(self.model, state["model"], self.cluster)
@@ -245,6 +258,7 @@ class Trainer:
         self.accum.load_state_dict(state["accum"])
         self.elapsed_before = state["elapsed"]
         rng_state.restore(state["rng"])
+        self.precision.load_state_dict(state.get("precision", {}))
 
     def save(self) -> None:
         state = self.state()
@@ -327,12 +341,20 @@ class Trainer:
                    mininterval=1.0)
         tick = time.perf_counter()
         for x, y in bar:
+            if self.routes:
+                self._choose_losses(coefs)
             batch_rows = y.shape[0]
             x, y = distributed.shard(cluster, x, y)
             try:
-                output, logits, ce = train_step(model, self.optimizer, x, y, coefs, cluster, batch_rows)
+                output, logits, ce = train_step(model, self.optimizer, x, y, coefs, cluster, batch_rows,
+                                                self.precision)
             except FloatingPointError as error:
                 raise FloatingPointError(f"{error} at epoch {self.epoch + 1}, step {self.global_step + 1}") from None
+            if self.cfg.compile and self.compile_seconds is None:
+                # The step that compiled: timed apart, and not counted in samples/s.
+                self.compile_seconds = time.perf_counter() - tick
+                self.say(f"compiled the model in the first step: {self.compile_seconds:.1f} s")
+                tick = time.perf_counter()
             self.scheduler.step()
             if cfg.bias_balance_rate:
                 balance_selection(self.model, output, cluster)
@@ -351,6 +373,17 @@ class Trainer:
                 raise Interrupted
         self.accum.add_seconds(time.perf_counter() - tick)
         bar.close()
+        set_loss_names(model, None)
+        self.loss_names = None
+
+    def _choose_losses(self, coefs: dict[str, float]) -> None:
+        """The auxiliary losses of the coming step: those it trains on, and all of them on the
+        steps that log (every --log-every steps), which sample the aux_* means of metrics.csv."""
+        logs = self.cfg.log_every and (self.global_step + 1) % self.cfg.log_every == 0
+        names = None if logs else tuple(coefs)
+        if names != self.loss_names:
+            set_loss_names(self.model, names)
+            self.loss_names = names
 
     def _accumulate(self, output, logits, ce, y, batch_rows: int) -> None:
         self.accum.add(output, logits, ce, y, batch_rows, self.routes)
@@ -362,7 +395,7 @@ class Trainer:
         if self.is_moe and cfg.train_eval_size > 0:
             self._evaluate_split("train", epoch)
         count = max(a["count"], 1)
-        aux = (a["aux"] / count).tolist() if self.routes else [float("nan")] * len(AUX_NAMES)
+        aux = self.accum.aux_means() if self.routes else [float("nan")] * len(AUX_NAMES)
         # A ViT's load CV is the mean over its MoE blocks of each block's CV.
         train_load_cv = stats.load_cv(a["routed"]).mean().item() if self.routes else float("nan")
         drops = cfg.drop_policy != "dropless"
@@ -392,8 +425,9 @@ class Trainer:
         return distributed.shard_batches(self.cluster, self.eval_loaders[split].iter_epoch(0))
 
     def _evaluate_split(self, split: str, epoch: int) -> SplitResult:
-        result = evaluate(self.model, self._eval_batches(split), self.dataset.num_classes,
-                          reduce=distributed.summer(self.cluster))
+        with self.precision.autocast():
+            result = evaluate(self.model, self._eval_batches(split), self.dataset.num_classes,
+                              reduce=distributed.summer(self.cluster))
         self.logs.split(result, split, epoch, self.global_step)
         return result
 
@@ -426,7 +460,8 @@ class Trainer:
                    "best_val_acc": self.best_val_acc if self.best_epoch > 0 else None,
                    "best_epoch": self.best_epoch if self.best_epoch > 0 else None,
                    **self.cost["this"], "cost": self.cost, "total_time_s": self.elapsed(),
-                   "processes": self.cluster.world_size, **(extra or {})}
+                   "processes": self.cluster.world_size, "precision": self.precision.describe(),
+                   "compile_s": self.compile_seconds, **(extra or {})}
         write_json(self.run_dir / "summary.json", summary)
 
 

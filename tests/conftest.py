@@ -9,6 +9,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "project
 from synthetic import write_mnist_layout  # noqa: E402  (needs the path above)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one); run alone with -m cuda")
+
+
 @pytest.fixture
 def tiny_data(tmp_path, monkeypatch):
     """A small learnable dataset in the MNIST IDX layout, with the decode cache kept in tmp."""

@@ -53,6 +53,19 @@ def test_bench_train_writes_one_row_per_model_and_the_step_cost_rows(tmp_path, t
     assert table.ops_per_step.iloc[6:].isna().all()
 
 
+def test_bench_train_adds_amp_rows_beside_the_eager_ones(tmp_path, tiny_data):
+    out = tmp_path / "train.csv"
+    argv = ["train", "--data-dir", str(tiny_data), "--rounds", "1", "--batch-size", "64", "--steps", "2",
+            "--modes", "eager", "amp", "--device", "cpu", "--threads", "1", "--csv", str(out)]
+    assert bench.main(argv) == 0
+    table = pd.read_csv(out).set_index("model")
+    assert {"dense_active+amp", "dense_params+amp", "moe_hard+amp"} <= set(table.index)
+    assert "moe_hard" in table.index and (table.loc[["moe_hard+amp"], "samples_per_s"] > 0).all()
+    # autocast casts the weights and inputs of every matmul: more operations, not fewer
+    assert table.loc["moe_hard+amp", "ops_per_step"] > table.loc["moe_hard", "ops_per_step"]
+    assert table.compile_s.isna().all()
+
+
 def test_bench_refuses_to_overwrite_a_table_and_keeps_the_printed_report(tmp_path, capsys):
     out = tmp_path / "layer.csv"
     argv = ["layer", "--config", "2:1", "--samples", "16", "--d-model", "4", "--hidden", "8", "--rounds", "1",
@@ -72,3 +85,16 @@ def test_bench_refuses_to_overwrite_a_table_and_keeps_the_printed_report(tmp_pat
     with pytest.raises(SystemExit) as refused:
         bench.main(argv[:-1] + [str(tmp_path / "layer.txt")])
     assert refused.value.code == 2 and ".csv" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_refuses_without_a_gpu_and_names_every_step(tmp_path, capsys):
+    import gpu_check
+
+    assert gpu_check.main(["--out", str(tmp_path / "out")]) == 2
+    assert "CUDA" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    steps = {name: command for name, command, _ in gpu_check.steps(tmp_path)}
+    assert list(steps) == ["cuda_tests", "bench_layer", "bench_train_b128", "bench_train_b1024", "mnist_5_epochs"]
+    assert ["-m", "cuda"] == steps["cuda_tests"][4:6]
+    assert {"eager", "amp", "compile"} <= set(steps["bench_train_b128"])
+    assert sum(allowed for _, _, allowed in gpu_check.steps(tmp_path)) <= 8 * 60

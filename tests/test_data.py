@@ -14,6 +14,7 @@ import torchvision
 from PIL import Image
 
 import data
+import train
 from synthetic import idx_bytes
 
 
@@ -345,7 +346,7 @@ def test_folder_cache_is_invalidated_by_a_changed_file(tmp_path, monkeypatch):
 
 def test_folder_corrupt_cache_is_rebuilt(tmp_path):
     root = tmp_path / "f"
-    written = write_folder(root, {"a": 2})
+    written = write_folder(root, {"a": 2, "b": 2})
     data.load_dataset(f"folder:{root}", tmp_path, val_fraction=0.0)
     (cache_file,) = (tmp_path / "cache").glob("folder-*.pt")
     cache_file.write_bytes(b"half a file")
@@ -367,7 +368,7 @@ def test_folder_unreadable_image_is_named(tmp_path):
 
 def test_folder_truncated_jpeg_is_named(tmp_path):
     root = tmp_path / "f"
-    write_folder(root, {"a": 2}, fmt="jpg", size=32)
+    write_folder(root, {"a": 2, "b": 2}, fmt="jpg", size=32)
     bad = root / "test" / "a" / "001.jpg"
     bad.write_bytes(bad.read_bytes()[:200])
     with pytest.raises(data.DataError) as err:
@@ -393,6 +394,23 @@ def test_folder_with_different_classes_in_test_is_rejected(tmp_path):
     with pytest.raises(data.DataError) as err:
         data.load_dataset(f"folder:{root}", tmp_path)
     assert_one_line(err, "different class", "'b'", "'c'")
+
+
+@pytest.mark.parametrize("train_classes, test_classes, says", [
+    ({"a": 2}, {"a": 1}, "at least two classes"),
+    ({"a": 2, "b": 0}, {"a": 1, "b": 1}, "contains no images"),
+    ({"a": 2, "b": 2}, {"a": 1, "b": 1, "c": 1}, "different class"),
+])
+def test_folder_that_makes_no_classification_task_is_refused_before_anything_is_written(
+        tmp_path, capsys, monkeypatch, train_classes, test_classes, says):
+    monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "f"
+    write_folder(root, train_classes, splits=("train",))
+    write_folder(root, test_classes, splits=("test",))
+    code = train.main(["--dataset", f"folder:{root}", "--out", str(tmp_path / "runs"), "--epochs", "1"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and says in error and len(error.splitlines()) == 1, error
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
 
 
 def test_folder_images_of_different_sizes_need_image_size(tmp_path):
@@ -565,6 +583,7 @@ def test_augmentation_differs_between_batches_and_epochs():
     assert not torch.equal(a0, a1) and not torch.equal(a0, b0)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_loader_on_cuda_matches_cpu():
     split = numbered_split(50, channels=3)

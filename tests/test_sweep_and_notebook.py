@@ -114,3 +114,14 @@ def test_notebook_runs_headless_on_a_tiny_results_folder(tmp_path, tiny_data):
                      "accuracy_vs_experts", "regularisation", "per_expert_loss", "class_expert_heatmap",
                      "routed_images", "vit_accuracy", "cosine_router", "sharpness_curves",
                      "patch_routing_mnist-vit-moe-top2-s0"}
+
+
+def test_the_requirements_give_a_notebook_server_and_seaborn():
+    # what a new user runs after `pip install -r requirements.txt`: jupyter notebook / jupyter lab
+    for module in ("notebook", "jupyterlab"):
+        done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.strip(), (module, done.stderr)
+    import seaborn  # noqa: F401  (the heatmaps of plots.py)
+    requirements = (train.REPO_ROOT / "requirements.txt").read_text().split()
+    assert any(line.startswith("jupyter") for line in requirements)
+    assert any(line.startswith("seaborn") for line in requirements)
