@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experts import DISPATCH_CHOICES
-from moe_model import ARCH_CHOICES, COMBINE_CHOICES, DENSE_MATCH_CHOICES, EXPERT_TYPES, TRUNK_CHOICES, ModelSpec
+from moe_model import ARCH_CHOICES, COMBINE_CHOICES, DENSE_MATCH_CHOICES, EXPERT_TYPES, ModelSpec
 from routers import DROP_POLICIES, GATING_CHOICES, HARD_GRAD_CHOICES, SCORE_CHOICES, TOKEN_CHOICE
 from soft_moe import SLOT_GATINGS
+from trunks import TRUNK_CHOICES
 
 MODEL_CHOICES = ("moe", "dense")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-SCHEDULE_CHOICES = ("cosine", "constant")
+SCHEDULE_CHOICES = ("cosine", "constant", "onecycle")
+OPTIMIZER_CHOICES = ("adamw", "sgd")
 DIST_BACKEND_CHOICES = ("auto", "gloo", "nccl")
 
 
@@ -80,7 +82,9 @@ class Config:
     expert_depth: int = _opt(1, "hidden layers per MLP expert")
     expert_channels: int = _opt(32, "channels of the first conv layer of a CNN expert")
     trunk: str = _opt("none", "shared feature extractor in front of router and experts", TRUNK_CHOICES)
-    trunk_channels: int = _opt(32, "channels of the first conv layer of the CNN trunk")
+    trunk_channels: int = _opt(32, "channels of the first conv layer of the trunk (features: 16x for cnn, 8x for "
+                                   "resnet)")
+    trunk_blocks: int = _opt(1, "resnet trunk: residual blocks per stage (3 stages)")
     dropout: float = _opt(0.0, "dropout after each hidden layer of the experts")
     expert_dispatch: str = _opt("auto", "how MLP experts run their samples: one matmul per expert (grouped), one "
                                         "batched matmul over rows padded to the busiest expert's count "
@@ -103,9 +107,16 @@ class Config:
     # optimisation
     epochs: int = _opt(5, "training epochs")
     batch_size: int = _opt(128, "training batch size (also the evaluation batch for expert-choice)")
-    lr: float = _opt(2e-3, "AdamW learning rate")
-    weight_decay: float = _opt(0.0, "AdamW weight decay")
-    lr_schedule: str = _opt("cosine", "learning-rate schedule over all steps", SCHEDULE_CHOICES)
+    optimizer: str = _opt("adamw", "adamw, or sgd with Nesterov momentum", OPTIMIZER_CHOICES)
+    lr: float = _opt(2e-3, "peak learning rate")
+    momentum: float = _opt(0.9, "sgd: Nesterov momentum")
+    weight_decay: float = _opt(0.0, "weight decay (decoupled for adamw, L2 for sgd)")
+    lr_schedule: str = _opt("cosine", "learning-rate schedule over all steps (onecycle: linear warm-up over "
+                                      "--warmup-fraction of the steps, then linear decay to 0)", SCHEDULE_CHOICES)
+    warmup_fraction: float = _opt(0.2, "onecycle: share of the steps spent warming up")
+    label_smoothing: float = _opt(0.0, "label smoothing of the training cross-entropy (evaluation stays plain)")
+    tta_flip: bool = _opt(False, "evaluate on each image and its mirror image, averaging the logits (for "
+                                 "datasets trained with flips)")
     seed: int = _opt(0, "seed of initialisation, validation split, batch order, augmentation and noise")
     device: str = _opt("auto", "auto picks cuda when available", DEVICE_CHOICES)
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)", type=int)
@@ -209,6 +220,10 @@ def validate(cfg: Config) -> None:
         value = getattr(cfg, name)
         need(value >= 1, f"--{name.replace('_', '-')} must be a positive integer (got {value})")
     need(cfg.lr > 0, f"--lr must be > 0 (got {cfg.lr})")
+    need(0 <= cfg.momentum < 1, f"--momentum must be in [0, 1) (got {cfg.momentum})")
+    need(0 <= cfg.warmup_fraction < 1, f"--warmup-fraction must be in [0, 1) (got {cfg.warmup_fraction})")
+    need(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {cfg.label_smoothing})")
+    need(cfg.trunk_blocks >= 0, f"--trunk-blocks must be >= 0 (got {cfg.trunk_blocks})")
     need(cfg.weight_decay >= 0, f"--weight-decay must be >= 0 (got {cfg.weight_decay})")
     need(0 <= cfg.val_fraction < 1, f"--val-fraction must be in [0, 1) (got {cfg.val_fraction})")
     need(0 <= cfg.dropout < 1, f"--dropout must be in [0, 1) (got {cfg.dropout})")
@@ -225,8 +240,8 @@ def validate(cfg: Config) -> None:
          f"--moe-every {cfg.moe_every} > --vit-depth {cfg.vit_depth} leaves no MoE block; lower --moe-every")
     need(cfg.arch != "vit" or cfg.combine == "logits",
          "--combine probs mixes class distributions; a ViT's MoE layers mix token features: use --combine logits")
-    need(not (cfg.trunk == "cnn" and cfg.expert_type == "cnn"),
-         "--trunk cnn feeds features, not images, to the experts: use --expert-type mlp with it")
+    need(not (cfg.trunk != "none" and cfg.expert_type == "cnn"),
+         f"--trunk {cfg.trunk} feeds features, not images, to the experts: use --expert-type mlp with it")
     slots = cfg.gating == "soft-slots"
     need(not slots or cfg.arch == "vit", "--gating soft-slots mixes an image's tokens into slots; it needs --arch vit")
     need(cfg.slots_per_expert >= 1, f"--slots-per-expert must be >= 1 (got {cfg.slots_per_expert})")

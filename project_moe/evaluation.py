@@ -40,9 +40,12 @@ class SplitResult:
 
 
 @torch.no_grad()
-def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=None) -> SplitResult:
+def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=None,
+             tta_flip: bool = False) -> SplitResult:
     """Loss and accuracy over ``batches`` (an iterable of (x, y)); for an MoE with
     ``detailed``, also every expert's own loss on all samples and on its routed ones.
+    ``tta_flip``: loss and accuracy of the mean of the logits of each image and of its mirror
+    image (the routing statistics stay those of the images as they are).
     ``reduce`` sums a tensor over the processes that evaluate shards of the same batches
     (None: this process evaluates whole batches)."""
     was_training = model.training
@@ -64,6 +67,8 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=Non
             if routes_tokens and detailed:
                 _accumulate(totals, _token_batch_sums(output))
         logits = classifier_logits(output)
+        if tta_flip:
+            logits = (logits + classifier_logits(model(x.flip(-1)))) / 2
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(dim=1) == y).sum()
         count += y.shape[0]

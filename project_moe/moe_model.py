@@ -24,10 +24,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from experts import MLPExperts, ModuleExperts, dispatch_as, mlp
 from routers import Routing, build_router, experts_per_sample
+import trunks
+from trunks import CNNTrunk, ResNetTrunk, trunk_features
 
 ARCH_CHOICES = ("mixture", "vit")
 EXPERT_TYPES = ("mlp", "cnn")
-TRUNK_CHOICES = ("none", "cnn")
 COMBINE_CHOICES = ("logits", "probs")
 DENSE_MATCH_CHOICES = ("params", "active")
 
@@ -49,26 +50,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x).flatten(1))  # (N, 2c*16) -> (N, K)
-
-
-class CNNTrunk(nn.Module):
-    """Shared feature extractor: three conv-BN-ReLU blocks with max-pool, pooled to 2x2,
-    giving (N, 4 * channels * 4) features that both the router and the experts read."""
-
-    def __init__(self, in_channels: int, channels: int = 32):
-        super().__init__()
-        blocks: list[nn.Module] = []
-        width = in_channels
-        for out in (channels, 2 * channels, 4 * channels):
-            blocks += [nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
-                       nn.ReLU(), nn.MaxPool2d(2)]
-            width = out
-        blocks.append(nn.AdaptiveAvgPool2d(2))
-        self.net = nn.Sequential(*blocks)
-        self.out_features = 4 * channels * 4
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x).flatten(1)  # (N, 4c, 2, 2) -> (N, 16c)
 
 
 # ----------------------------------------------------------------------------- the MoE layer
@@ -202,6 +183,7 @@ class ModelSpec:
     expert_channels: int = 32
     trunk: str = "none"
     trunk_channels: int = 32
+    trunk_blocks: int = 1            # residual blocks per stage of --trunk resnet
     dropout: float = 0.0
     expert_dispatch: str = "auto"    # auto | grouped | padded (experts.py)
     shared_experts: int = 0          # experts every sample or token goes through (DeepSeekMoE)
@@ -265,8 +247,8 @@ class DenseClassifier(nn.Module):
         return self.net(self.expert_input(x))
 
 
-def build_trunk(spec: ModelSpec, in_shape) -> CNNTrunk | None:
-    return CNNTrunk(in_shape[0], spec.trunk_channels) if spec.trunk == "cnn" else None
+def build_trunk(spec: ModelSpec, in_shape) -> CNNTrunk | ResNetTrunk | None:
+    return trunks.build_trunk(spec.trunk, in_shape[0], spec.trunk_channels, spec.trunk_blocks)
 
 
 def build_experts(spec: ModelSpec, in_shape, num_classes: int) -> MLPExperts | ModuleExperts:
@@ -274,14 +256,15 @@ def build_experts(spec: ModelSpec, in_shape, num_classes: int) -> MLPExperts | M
     if spec.trunk == "none" and spec.expert_type == "cnn":
         return ModuleExperts([build_expert(spec, in_shape, num_classes, spec.expert_hidden)
                               for _ in range(spec.experts)], num_classes)
-    in_features = 16 * spec.trunk_channels if spec.trunk == "cnn" else math.prod(in_shape)
+    in_features = trunk_features(spec.trunk, spec.trunk_channels) if spec.trunk != "none" else math.prod(in_shape)
     return MLPExperts(spec.experts, in_features, spec.expert_hidden, num_classes, spec.expert_depth, spec.dropout,
                       spec.expert_dispatch)
 
 
 def build_expert(spec: ModelSpec, in_shape, num_classes: int, hidden: int, channels: int | None = None) -> nn.Module:
-    if spec.trunk == "cnn":
-        return mlp(16 * spec.trunk_channels, hidden, num_classes, spec.expert_depth, spec.dropout)
+    if spec.trunk != "none":
+        return mlp(trunk_features(spec.trunk, spec.trunk_channels), hidden, num_classes, spec.expert_depth,
+                   spec.dropout)
     if spec.expert_type == "cnn":
         return SmallCNN(in_shape[0], channels or spec.expert_channels, hidden, num_classes, spec.dropout)
     return mlp(math.prod(in_shape), hidden, num_classes, spec.expert_depth, spec.dropout)

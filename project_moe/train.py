@@ -155,18 +155,37 @@ def aux_coefficients(cfg: Config) -> dict[str, float]:
     return {name: coef for name, coef in coefs.items() if coef != 0}
 
 
+def lr_factor(schedule: str, step: int, total_steps: int, warmup_fraction: float = 0.0) -> float:
+    """The learning rate at ``step`` as a fraction of --lr."""
+    progress = min(step, total_steps) / max(total_steps, 1)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "onecycle":   # linear warm-up from 0, then linear decay to 0
+        if progress < warmup_fraction:
+            return progress / warmup_fraction
+        return (1.0 - progress) / (1.0 - warmup_fraction)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW; the fused kernel when this build has it: an MoE carries E experts' worth of
-    parameters, and on small batches their update, not the forward pass, dominates a step."""
+    """AdamW, or SGD with Nesterov momentum; the fused kernel when this build has it: an MoE
+    carries E experts' worth of parameters, and on small batches their update, not the forward
+    pass, dominates a step."""
+    if cfg.optimizer == "sgd":
+        make = lambda **fused: torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,  # noqa: E731
+                                               nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay, **fused)
+    else:
+        make = lambda **fused: torch.optim.AdamW(model.parameters(), lr=cfg.lr,  # noqa: E731
+                                                 weight_decay=cfg.weight_decay, **fused)
     try:
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        return make(fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return make()
 
 
 def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[str, float],
                cluster: Cluster = distributed.SINGLE_PROCESS, batch_rows: int | None = None,
-               precision: Precision = FULL):
+               precision: Precision = FULL, label_smoothing: float = 0.0):
     """One optimisation step: cross-entropy plus the weighted auxiliary losses of an MoE.
 
     Under torchrun, (x, y) is this rank's share of a global batch of ``batch_rows`` rows: it
@@ -174,6 +193,7 @@ def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[s
     parameters are summed over the ranks, which makes the step the one a single process
     would take on the whole batch (distributed.py).
     ``precision``: the forward pass under autocast (--amp), with loss scaling where it needs one.
+    ``label_smoothing``: of the cross-entropy (which is then what the step returns).
     Raises FloatingPointError, before touching the weights, if the loss is not finite.
     Returns (model output, logits, cross-entropy of the whole batch).
     """
@@ -181,10 +201,10 @@ def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[s
         output = model(x)
         logits = classifier_logits(output)
         if cluster.is_distributed:
-            ce_part = F.cross_entropy(logits, y, reduction="sum") / batch_rows
+            ce_part = F.cross_entropy(logits, y, reduction="sum", label_smoothing=label_smoothing) / batch_rows
             ce = distributed.all_sum(cluster, ce_part.detach())
         else:
-            ce = ce_part = F.cross_entropy(logits, y)
+            ce = ce_part = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         loss = ce_part
         aux = getattr(output, "aux", None)
         if aux:
@@ -234,9 +254,7 @@ class Trainer:
         self.loss_names: tuple[str, ...] | None = None   # what the routers compute (set_loss_names)
 
     def _lr_factor(self, step: int) -> float:
-        if self.cfg.lr_schedule == "constant":
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / max(self.total_steps, 1)))
+        return lr_factor(self.cfg.lr_schedule, step, self.total_steps, self.cfg.warmup_fraction)
 
     # ---- checkpointing (every rank takes part; rank 0 writes)
 
@@ -347,7 +365,7 @@ class Trainer:
             x, y = distributed.shard(cluster, x, y)
             try:
                 output, logits, ce = train_step(model, self.optimizer, x, y, coefs, cluster, batch_rows,
-                                                self.precision)
+                                                self.precision, cfg.label_smoothing)
             except FloatingPointError as error:
                 raise FloatingPointError(f"{error} at epoch {self.epoch + 1}, step {self.global_step + 1}") from None
             if self.cfg.compile and self.compile_seconds is None:
@@ -427,7 +445,7 @@ class Trainer:
     def _evaluate_split(self, split: str, epoch: int) -> SplitResult:
         with self.precision.autocast():
             result = evaluate(self.model, self._eval_batches(split), self.dataset.num_classes,
-                              reduce=distributed.summer(self.cluster))
+                              reduce=distributed.summer(self.cluster), tta_flip=self.cfg.tta_flip)
         self.logs.split(result, split, epoch, self.global_step)
         return result
 

@@ -1,0 +1,87 @@
+"""The CIFAR recipe's pieces: the residual trunk, SGD, the one-cycle schedule, label smoothing
+and flip test-time augmentation, each against its definition."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train
+import trunks
+from config import Config
+from evaluation import evaluate
+from models import build_model
+
+
+def test_resnet_trunk_shapes_and_size():
+    trunk = trunks.ResNetTrunk(3, channels=64, blocks=1)
+    assert trunk(torch.randn(2, 3, 32, 32)).shape == (2, trunk.out_features) == (2, 512)
+    convs = [m for m in trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 + 3 * (1 + 2)                      # stem, then per stage one conv and a block of two
+    # 3x3 convolutions without bias, each followed by batch norm (weight and bias)
+    expected = sum(9 * c.in_channels * c.out_channels + 2 * c.out_channels for c in convs)
+    assert sum(p.numel() for p in trunk.parameters()) == expected
+    assert trunks.ResNetTrunk(1, channels=8, blocks=2)(torch.randn(3, 1, 28, 28)).shape == (3, 64)
+
+
+def test_residual_block_adds_its_input():
+    block = trunks.Residual(4).eval()
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.allclose(block(x), x + block.body(x))
+
+
+@pytest.mark.parametrize("model", ["moe", "dense"])
+def test_models_on_the_resnet_trunk_read_its_features(model):
+    cfg = Config(model=model, trunk="resnet", trunk_channels=8, experts=4, expert_hidden=16)
+    net = build_model(cfg.model_spec(), (3, 32, 32), 10)
+    assert net.trunk.out_features == 64
+    output = net(torch.randn(5, 3, 32, 32))
+    assert (output if torch.is_tensor(output) else output.logits).shape == (5, 10)
+
+
+def test_onecycle_warms_up_linearly_then_decays_linearly_to_zero():
+    factors = [train.lr_factor("onecycle", step, 100, 0.2) for step in range(101)]
+    assert factors[0] == 0.0 and factors[20] == pytest.approx(1.0) and factors[100] == pytest.approx(0.0)
+    assert factors[10] == pytest.approx(0.5) and factors[60] == pytest.approx(0.5)
+    assert train.lr_factor("cosine", 50, 100) == pytest.approx(0.5) and train.lr_factor("constant", 7, 100) == 1.0
+
+
+def test_sgd_is_nesterov_with_the_given_momentum():
+    net = torch.nn.Linear(3, 2)
+    optimizer = train.make_optimizer(net, Config(optimizer="sgd", lr=0.1, momentum=0.8, weight_decay=5e-4))
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.SGD) and group["nesterov"] and group["momentum"] == 0.8
+    assert group["weight_decay"] == 5e-4
+
+
+def test_label_smoothing_enters_the_training_loss():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.randn(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    expected = F.cross_entropy(net(x), y, label_smoothing=0.1)
+    _, _, ce = train.train_step(net, torch.optim.SGD(net.parameters(), lr=0.0), x, y, {}, label_smoothing=0.1)
+    assert torch.allclose(ce, expected)
+
+
+def test_flip_augmentation_at_test_time_averages_the_logits_of_both_images():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    x, y = torch.randn(8, 1, 3, 4), torch.randint(0, 3, (8,))
+    logits = (net(x) + net(x.flip(-1))) / 2
+    result = evaluate(net, [(x, y)], 3, tta_flip=True)
+    assert result.loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+    assert result.acc == pytest.approx((logits.argmax(1) == y).float().mean().item())
+
+
+def test_the_recipe_trains_from_the_command_line(tmp_path, tiny_data):
+    argv = ["--data-dir", str(tiny_data), "--out", str(tmp_path), "--run-name", "r", "--epochs", "2",
+            "--batch-size", "32", "--trunk", "resnet", "--trunk-channels", "8", "--experts", "4",
+            "--expert-hidden", "16", "--optimizer", "sgd", "--lr", "0.05", "--lr-schedule", "onecycle",
+            "--label-smoothing", "0.1", "--tta-flip", "--threads", "1", "--train-eval-size", "50"]
+    assert train.main(argv) == 0
+    metrics = pd.read_csv(tmp_path / "r" / "metrics.csv")
+    assert metrics.train_loss.iloc[-1] < metrics.train_loss.iloc[0] and metrics.val_acc.max() > 0.5   # chance: 0.25
+    assert metrics.lr.iloc[-1] == pytest.approx(0.0, abs=1e-9)          # one-cycle ends at zero
+    config = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert config["trunk"] == "resnet" and config["optimizer"] == "sgd" and config["tta_flip"] is True
