@@ -236,8 +236,12 @@ TRAIN_VARIANTS = {
     "dense_params": dict(model="dense", dense_match="params", gating="hard"),
     "moe_soft": dict(gating="soft"), "moe_hard": dict(gating="hard"),
     "moe_top2": dict(gating="topk", top_k=2), "moe_expert_choice": dict(gating="expert-choice", top_k=1),
+    # the hard MoE with each dispatch forced (moe_hard: --expert-dispatch auto)
+    "moe_hard_grouped": dict(gating="hard", expert_dispatch="grouped"),
+    "moe_hard_padded": dict(gating="hard", expert_dispatch="padded"),
 }
 MODE_VARIANTS = ("dense_active", "dense_params", "moe_hard")   # also timed under --modes amp / compile
+COMPILE_WARMUP_STEPS = 20
 
 
 def bench_train(args) -> list[dict]:
@@ -267,9 +271,11 @@ def bench_train(args) -> list[dict]:
         initial = {k: v.clone() for k, v in model.state_dict().items()}
         if mode == "compile":
             model.compile(dynamic=True if cfg.model == "moe" else None)
-            begin = time.perf_counter()          # compiling: timed apart, on steps that are then undone
+            # Compiling, timed apart on steps that are then undone: the first step traces and
+            # generates code, and the next ones recompile where routed shapes first vary.
+            begin = time.perf_counter()
             optimizer = make_optimizer(model, cfg)
-            for x, y in batches[:3]:
+            for x, y in batches[:COMPILE_WARMUP_STEPS]:
                 train_step(model, optimizer, x, y, aux_coefficients(cfg), precision=precision)
             compile_s[name] = time.perf_counter() - begin
         models[name] = (model, cfg, precision, initial)
