@@ -112,6 +112,51 @@ def table_extensions(summary: pd.DataFrame) -> str:
                    body, "llrrrrr")
 
 
+def _cell(summary: pd.DataFrame, grid: str, label: str, extra: str | None = None) -> str:
+    """Test accuracy (\\%) of one configuration, with its final load CV or dropped share; -- if not run."""
+    match = summary[(summary.grid == grid) & (summary.label == label)]
+    if match.empty:
+        return "--"
+    row = match.iloc[0]
+    text = f"{100 * row.test_acc_mean:.1f}"
+    if extra == "cv":
+        text += f" ({row.final_val_load_cv_mean:.2f})"
+    elif extra == "dropped" and not pd.isna(row.final_val_dropped_mean):
+        text += f" ({100 * row.final_val_dropped_mean:.0f})"
+    return text
+
+
+def table_modern(summary: pd.DataFrame) -> str:
+    """Capacity, loss-free balancing, shared experts and the ViT routers: four small tables in one."""
+    capacity = tabular(
+        ["$c_f$", "top-1 pos.", "top-1 prio.", "top-2 pos.", "top-2 prio."],
+        [[f"{factor:g}"] + [_cell(summary, "capacity", f"{k}-cf{factor:g}-{policy}", "dropped")
+                            for k in ("top1", "top2") for policy in ("position", "priority")]
+         for factor in (0.5, 1.0, 1.25, 2.0)]
+        + [["dropless", _cell(summary, "capacity", "top1-dropless"), "", _cell(summary, "capacity", "top2-dropless"), ""]],
+        "lrrrr")
+    balancing = tabular(
+        ["balancing", "MNIST top-1", "ViT top-1"],
+        [[escape(label)] + [_cell(summary, grid, label, "cv") for grid in ("balancing", "balancing_vit")]
+         for label in ("none", "switch-loss", "loss-free", "both")], "lrr")
+    shared = tabular(
+        ["experts", "routed only", "+1 shared"],
+        [[shape.replace("-", ", ").replace("e", "E=").replace("k", "k=").replace("h", "h=")]
+         + [_cell(summary, "shared", label) for label in (shape, f"{shape}-shared")]
+         for shape in ("e8-k1-h128", "e32-k4-h32", "e64-k8-h16")], "lrr")
+    routers = tabular(
+        ["ViT router", "expert choice", "top-2"],
+        [[score] + [_cell(summary, "vit_routers", f"{gating}-{score}") for gating in ("expert-choice", "topk")]
+         for score in ("linear", "cosine", "attention")]
+        + [["Soft MoE (4 slots)", _cell(summary, "vit_routers", "soft-slots-n4"), ""],
+           ["soft gate ($h/4$)", _cell(summary, "vit_routers", "soft-gate-quarter"), ""]], "lrr")
+    cell = "\\begin{{minipage}}[t]{{{width}\\linewidth}}\\centering\\resizebox{{\\linewidth}}{{!}}{{{body}}}\\end{{minipage}}"
+    return "\n".join([cell.format(width=0.52, body=capacity), "\\hfill",
+                      cell.format(width=0.40, body=balancing), "\\\\[4pt]",
+                      cell.format(width=0.34, body=shared), "\\hfill",
+                      cell.format(width=0.36, body=routers), ""])
+
+
 def table_sharpness(by_label: pd.DataFrame) -> str:
     body = [[escape(r.label), r.split, pm(r.top_eigenvalue_mean, r.top_eigenvalue_std, 1.0),
              pm(r.trace_mean, r.trace_std, 1.0, 1), pm(r.loss_mean, r.loss_std, 1.0, 3), str(r.seeds)]
@@ -204,7 +249,7 @@ def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.
                  patches: pd.DataFrame, bench_repeat: pd.DataFrame | None = None) -> dict[str, str]:
     tables = {"moe_vs_dense": table_moe_vs_dense(summary), "gating": table_gating(summary),
               "experts": table_simple(summary, "experts"), "regularisation": table_simple(summary, "regularisation"),
-              "extensions": table_extensions(summary),
+              "extensions": table_extensions(summary), "modern": table_modern(summary),
               "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
                                  logs.patch_coherence(patches) if not patches.empty else None,
                                  bench_repeat)}
@@ -231,11 +276,9 @@ def build_figures(results: Path, summary: pd.DataFrame, out: Path) -> None:
     metrics, experts = logs.read_all(results, "metrics.csv"), logs.read_all(results, "experts.csv")
     routing, runs = logs.read_all(results, "routing.csv"), logs.run_table(results)
     hard = runs[(runs.grid == "gating") & (runs.label == "hard") & (runs.dataset == "mnist")].sort_values("seed")
-    figures = {"moe_vs_dense": plots.moe_vs_dense(summary, ("moe_vs_dense", "cifar_trunk", "cnn_experts")),
-               "gating_comparison": plots.gating_comparison(summary),
+    # The report's figures; the others of the study are in the notebook.
+    figures = {"gating_comparison": plots.gating_comparison(summary),
                "expert_usage": plots.expert_usage(experts), "balance_over_time": plots.balance_over_time(metrics),
-               "accuracy_vs_experts": plots.accuracy_vs_experts(summary),
-               "regularisation": plots.regularisation_effect(summary),
                "class_expert_heatmap": plots.class_expert_heatmap(routing, hard.run.iloc[0], grid="gating"),
                "per_expert_loss": plots.per_expert_loss_curves(experts, hard.run.iloc[0], grid="gating")}
     patches = logs.read_all(results, "test_patches.csv")

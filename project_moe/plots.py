@@ -376,19 +376,3 @@ def balancing_over_time(metrics: pd.DataFrame, grid: str = "balancing", ax=None)
     ax.legend(fontsize=6, frameon=False)
     return fig
 
-
-def modern_routing(summary: pd.DataFrame, metrics: pd.DataFrame) -> plt.Figure:
-    """The report's one figure for capacity, balancing and shared / fine-grained experts."""
-    fig, axes = plt.subplots(1, 3, figsize=(10.0, 2.9))
-    capacity_tradeoff(summary, ax=axes[0])
-    balancing_over_time(metrics, ax=axes[1])
-    shared = summary[summary.grid == "shared"]
-    if len(shared):
-        _bars(axes[2], shared, list(shared.label), "test_acc", 100)
-        _accuracy_ylim(axes[2], shared)
-        axes[2].set_title("fine-grained and shared experts", fontsize=8)
-        axes[2].set_ylabel("test accuracy (%)")
-    else:
-        axes[2].axis("off")
-    fig.tight_layout()
-    return fig

@@ -1,0 +1,40 @@
+"""The quickstart of the README, as a new user runs it: the accuracy and time it states are those
+of the committed run of record, and a fresh run reaches the same accuracy."""
+import json
+import re
+
+import pytest
+
+import train
+
+RECORD = train.REPO_ROOT / "project_moe" / "results" / "quickstart"
+README = (train.REPO_ROOT / "README.md").read_text()
+
+
+def record() -> dict:
+    (summary,) = RECORD.glob("*/summary.json")
+    return json.loads(summary.read_text())
+
+
+def stated() -> tuple[float, int]:
+    found = re.search(r"test accuracy of ([0-9.]+) after about ([0-9]+) s", README)
+    assert found, "the README's quickstart no longer states the accuracy and time to expect"
+    return float(found.group(1)), int(found.group(2))
+
+
+def test_the_readme_states_the_accuracy_and_time_of_the_run_of_record():
+    summary = record()
+    accuracy, seconds = stated()
+    assert summary["status"] == "completed"
+    assert accuracy == round(summary["test_acc"], 4)
+    assert seconds == round(summary["total_time_s"] / 10) * 10
+
+
+def test_a_fresh_quickstart_run_reaches_the_stated_accuracy(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["--experts", "8", "--gating", "hard", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path)]
+    assert train.main(argv) == 0                       # the quickstart command, with its defaults
+    (summary,) = tmp_path.glob("*/summary.json")
+    accuracy, _ = stated()
+    # the same seed on another CPU may round differently, not learn differently
+    assert json.loads(summary.read_text())["test_acc"] == pytest.approx(accuracy, abs=0.005)
