@@ -119,3 +119,18 @@ def patch_coherence(patches: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     out = frame.groupby(["dataset", "label", "layer"])["share"].agg(["mean", "std"]).reset_index()
     return out.rename(columns={"mean": "share_mean", "std": "share_std"})
+
+
+def time_to_accuracy(metrics: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """For every run of ``metrics`` (metrics.csv rows with the identity columns), the first epoch
+    whose validation accuracy reaches ``threshold`` and the training run's wall seconds at that
+    epoch; NaN for a run that never reaches it."""
+    rows = []
+    for (grid, dataset, label, seed), run in metrics.groupby(["grid", "dataset", "label", "seed"], sort=True):
+        run = run.sort_values("epoch")
+        reached = run[run.val_acc >= threshold]
+        first = reached.iloc[0] if len(reached) else None
+        rows.append({"grid": grid, "dataset": dataset, "label": label, "seed": seed, "threshold": threshold,
+                     "epoch": first.epoch if first is not None else float("nan"),
+                     "wall_time_s": first.wall_time_s if first is not None else float("nan")})
+    return pd.DataFrame(rows)

@@ -376,3 +376,27 @@ def balancing_over_time(metrics: pd.DataFrame, grid: str = "balancing", ax=None)
     ax.legend(fontsize=6, frameon=False)
     return fig
 
+
+
+def convergence(metrics: pd.DataFrame, grid: str, dataset: str) -> plt.Figure:
+    """Validation accuracy against epochs (left) and against training wall seconds (right),
+    mean over seeds with the spread shaded (left) or every seed drawn (right)."""
+    rows = metrics[(metrics.grid == grid) & (metrics.dataset == dataset)]
+    if rows.empty:
+        return _no_runs(f"the {grid} grid on {dataset}")
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(8.0, 3.0), sharey=True)
+    for label, color in zip(sorted(rows.label.unique()), plt.cm.tab10.colors):
+        runs = rows[rows.label == label]
+        curve = runs.groupby("epoch").val_acc
+        mean, std = curve.mean() * 100, curve.std().fillna(0) * 100
+        by_epoch.plot(mean.index, mean, "-o", ms=2.5, color=color, label=label)
+        by_epoch.fill_between(mean.index, mean - std, mean + std, color=color, alpha=0.15)
+        for _, run in runs.groupby("seed"):
+            by_time.plot(run.wall_time_s, run.val_acc * 100, "-", lw=0.9, color=color, alpha=0.8)
+    by_epoch.set_xlabel("epoch")
+    by_epoch.set_ylabel("validation accuracy (%)")
+    by_time.set_xlabel("training wall time (s)")
+    by_epoch.legend(fontsize=6, frameon=False)
+    fig.suptitle(f"{grid} ({dataset})", fontsize=9)
+    fig.tight_layout()
+    return fig

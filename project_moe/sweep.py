@@ -226,12 +226,29 @@ def grid_vit_routers(epochs: int) -> list[RunSpec]:
     return runs
 
 
+def grid_vit_convergence(epochs: int, depth: int = 6, grid: str = "vit_convergence") -> list[RunSpec]:
+    """How fast a ViT with MoE in every second block (blocks 2, 4, 6 of 6) learns against the
+    dense ViT of equal active FLOPs and the one of equal parameters, expert choice and top-2,
+    trained long enough for the validation curves to flatten (CIFAR-10 JPEG and Fashion-MNIST)."""
+    runs = []
+    for dataset, patch in ((CIFAR, 8), (FASHION, 7)):
+        base = dict(VIT, vit_patch=patch, vit_depth=depth, moe_every=2, epochs=epochs)
+        runs += [RunSpec(grid, f"d{depth}-moe-expert-choice", dict(base, gating="expert-choice"), dataset=dataset),
+                 RunSpec(grid, f"d{depth}-moe-top2", base, dataset=dataset),
+                 RunSpec(grid, f"d{depth}-dense-active", dict(base, model="dense", dense_match="active"),
+                         dataset=dataset),
+                 RunSpec(grid, f"d{depth}-dense-params", dict(base, model="dense", dense_match="params"),
+                         dataset=dataset)]
+    return runs
+
+
 def full_grid() -> list[RunSpec]:
     # cheapest first, so that an interrupted sweep has the most configurations complete
     return (grid_moe_vs_dense(5) + grid_gating(5) + grid_regularisation(5) + grid_experts(5) + grid_cifar(5)
             + grid_cnn_experts(5) + grid_cosine(5) + grid_sharpness(5) + grid_vit(3)
             + grid_balancing(5) + grid_capacity(5) + grid_shared(5)
-            + grid_balancing_vit(3) + grid_vit_routers(3) + grid_capacity_vit(3))
+            + grid_balancing_vit(3) + grid_vit_routers(3) + grid_capacity_vit(3)
+            + grid_vit_convergence(15) + grid_vit_convergence(15, depth=12, grid="vit_convergence_deep"))
 
 
 def quick_grid() -> list[RunSpec]:
@@ -243,7 +260,8 @@ def quick_grid() -> list[RunSpec]:
 
 
 GRIDS = ("moe_vs_dense", "gating", "regularisation", "experts", "cifar_trunk", "cnn_experts", "cosine", "sharpness",
-         "vit", "balancing", "capacity", "shared", "balancing_vit", "vit_routers", "capacity_vit")
+         "vit", "balancing", "capacity", "shared", "balancing_vit", "vit_routers", "capacity_vit", "vit_convergence",
+         "vit_convergence_deep")
 KEEP_WEIGHTS = {"sharpness"}   # grids whose model.pt stays (ignored by git) for analysis.py
 
 
