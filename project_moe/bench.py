@@ -267,7 +267,7 @@ def bench_train(args) -> list[dict]:
         model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
         # As in train.py: the losses outside the objective are computed on logging steps only.
         set_loss_names(model, tuple(aux_coefficients(cfg)))
-        precision = Precision(mode == "amp", device)
+        precision, coefs = Precision(mode == "amp", device), aux_coefficients(cfg)
         initial = {k: v.clone() for k, v in model.state_dict().items()}
         if mode == "compile":
             model.compile(dynamic=True if cfg.model == "moe" else None)
@@ -276,18 +276,17 @@ def bench_train(args) -> list[dict]:
             begin = time.perf_counter()
             optimizer = make_optimizer(model, cfg)
             for x, y in batches[:COMPILE_WARMUP_STEPS]:
-                train_step(model, optimizer, x, y, aux_coefficients(cfg), precision=precision)
+                train_step(model, optimizer, x, y, coefs, precision=precision)
             compile_s[name] = time.perf_counter() - begin
-        models[name] = (model, cfg, precision, initial)
+        models[name] = (model, cfg, precision, initial, coefs)
     seconds = {name: [] for name in variants}
     faults = {name: [] for name in variants}   # minor page faults per step: fresh memory touched
     optimizer_ms = {name: [] for name in variants}
     ops = {}                                    # operator calls in one training step
     for round_index in range(args.rounds):
-        for name, (model, cfg, precision, initial) in models.items():
+        for name, (model, cfg, precision, initial, coefs) in models.items():
             model.load_state_dict(initial)       # every round trains from the same weights
             optimizer = make_optimizer(model, cfg)
-            coefs = aux_coefficients(cfg)
             faults_before = minor_page_faults()
             begin = time.perf_counter()
             for x, y in batches:

@@ -215,9 +215,8 @@ class Router(nn.Module):
             # fraction f_i is taken from each sample's top-1 expert.
             top1 = (lambda: torch.bincount(probs.argmax(dim=1), minlength=self.num_experts)) \
                 if sample_index is None else (lambda: chosen)
-            aux = batch_losses(self, logits, probs, weights, top1, load)
-            if self.loss_names is None or "centroid" in self.loss_names:
-                aux["centroid"] = self.batch.batch_independent(self.centroid_overlap())
+            aux = batch_losses(self, logits, probs, weights, top1, load,
+                               lambda: self.batch.batch_independent(self.centroid_overlap()))
         return Routing(logits, probs, weights, sample_index, expert_index, gate, counts, load, aux, dropped)
 
     def _token_choice(self, logits: Tensor, probs: Tensor, top_index: Tensor, top_gate: Tensor,
@@ -247,16 +246,20 @@ class Router(nn.Module):
         return keep[offset:offset + top_index.shape[0]]
 
 
-def batch_losses(layer: nn.Module, logits: Tensor, probs: Tensor, weights: Tensor, top1_counts, load: Tensor):
+def batch_losses(layer: nn.Module, logits: Tensor, probs: Tensor, weights: Tensor, top1_counts, load: Tensor,
+                 centroid) -> dict[str, Tensor]:
     """The auxiliary losses of a routing layer's whole batch (all processes' shards when it is
     split) that ``layer.loss_names`` asks for. ``top1_counts()``: the (E,) assignments of the
-    Switch loss, only computed when that loss is asked for."""
+    Switch loss, and ``centroid()`` the centroid loss, each computed only when asked for."""
     names = aux_losses.wanted(layer.loss_names)
-    if not names:
-        return {}
-    counts = top1_counts() if "balance" in names else None
-    sums = layer.batch.global_sums(aux_losses.routing_sums(logits, probs, weights, counts, load, names))
-    return aux_losses.losses_from_sums(sums, names)
+    losses = {}
+    if names:
+        counts = top1_counts() if "balance" in names else None
+        sums = layer.batch.global_sums(aux_losses.routing_sums(logits, probs, weights, counts, load, names))
+        losses = aux_losses.losses_from_sums(sums, names)
+    if layer.loss_names is None or "centroid" in layer.loss_names:
+        losses["centroid"] = centroid()
+    return losses
 
 
 def set_loss_names(model: nn.Module, names: tuple[str, ...] | None) -> None:

@@ -63,7 +63,5 @@ class SoftMoE(nn.Module):
         aux = {}
         if self.training:   # the classic soft gate's losses, on the combine mass (all batch sums)
             top1 = lambda: torch.bincount(weights.argmax(dim=1), minlength=num_experts)   # noqa: E731
-            aux = batch_losses(self, logits, weights, weights, top1, weights.sum(dim=0))
-            if self.loss_names is None or "centroid" in self.loss_names:
-                aux["centroid"] = weights.new_zeros(())
+            aux = batch_losses(self, logits, weights, weights, top1, weights.sum(dim=0), lambda: weights.new_zeros(()))
         return Routing(logits, weights, weights, None, None, None, counts, weights.sum(dim=0), aux)
