@@ -238,6 +238,20 @@ def unpicked_share(samples: pd.DataFrame) -> pd.Series:
     return (rows.experts_used == 0).groupby(rows.label).mean()
 
 
+def vit_router_sizes() -> str:
+    """\\attnrouterparams and \\vitexpertparams: parameters of the attention router of one MoE
+    block of the study's ViT (sweep.VIT) and of one of its experts."""
+    from config import Config
+    from models import build_model
+    from sweep import VIT
+
+    spec = Config(**dict(VIT, router_score="attention", vit_patch=7)).model_spec()
+    layer = build_model(spec, (1, 28, 28), 10).blocks[1].ffn
+    router = sum(p.numel() for p in layer.router.parameters())
+    return (f"\\newcommand{{\\attnrouterparams}}{{{thousands(router)}}}\n"
+            f"\\newcommand{{\\vitexpertparams}}{{{thousands(layer.experts.params_per_expert())}}}\n")
+
+
 def load_train_bench(results: Path) -> dict[int, pd.DataFrame]:
     """bench_train_b<batch>.csv files: samples/s ratios of training epochs, per batch size."""
     return {int(p.stem.rsplit("_b", 1)[1]): pd.read_csv(p)
@@ -252,7 +266,7 @@ def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.
               "extensions": table_extensions(summary), "modern": table_modern(summary),
               "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
                                  logs.patch_coherence(patches) if not patches.empty else None,
-                                 bench_repeat)}
+                                 bench_repeat) + vit_router_sizes()}
     if bench is not None:
         tables["bench"] = table_bench(bench)
     if sharpness is not None:
