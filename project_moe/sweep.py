@@ -344,6 +344,17 @@ def run_all(runs: list[RunSpec], results: Path, data_dir, device, threads) -> li
     return outcomes
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N): the I-th of N interleaved slices of the run list (1-based)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 1/2, got {text!r}") from None
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"shard I/N needs 1 <= I <= N, got {text!r}")
+    return index, count
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced grid: 1 epoch, fewer configurations")
@@ -356,6 +367,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
     parser.add_argument("--aggregate", action="store_true", help="only write results/summary.csv")
     parser.add_argument("--list", action="store_true", help="print the runs and exit")
+    parser.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N",
+                        help="run only every N-th run of the list, starting at the I-th (1 <= I <= N), so that "
+                             "N processes or machines can share one grid; summary.csv is then rewritten by "
+                             "whichever shard ends last, so run --aggregate once all have finished")
     args = parser.parse_args(argv)
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else len(SEEDS))
     if seeds < 1:
@@ -365,6 +380,8 @@ def main(argv=None) -> int:
         if args.grid:
             runs = [r for r in runs if r.grid in args.grid]
         runs = with_seeds(runs, range(seeds))
+        index, count = args.shard
+        runs = runs[index - 1::count]
         if args.list:
             print("\n".join(f"{r.grid}/{r.name}: {' '.join(r.argv(args.data_dir))}" for r in runs))
             return 0

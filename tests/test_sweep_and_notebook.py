@@ -125,3 +125,19 @@ def test_the_requirements_give_a_notebook_server_and_seaborn():
     requirements = (train.REPO_ROOT / "requirements.txt").read_text().split()
     assert any(line.startswith("jupyter") for line in requirements)
     assert any(line.startswith("seaborn") for line in requirements)
+
+
+def test_shards_split_a_grid_into_disjoint_slices_that_cover_it(capsys):
+    def listed(*extra):
+        assert sweep.main(["--grid", "capacity", "--list", *extra]) == 0
+        return capsys.readouterr().out.splitlines()
+
+    whole = listed()
+    first, second = listed("--shard", "1/2"), listed("--shard", "2/2")
+    assert sorted(first + second) == sorted(whole) and not set(first) & set(second)
+    assert len(first) - len(second) in (0, 1)
+    for bad in ("0/2", "3/2", "two"):
+        with pytest.raises(SystemExit) as exit_info:
+            sweep.main(["--grid", "capacity", "--list", "--shard", bad])
+        assert exit_info.value.code == 2
+    assert "--shard" in capsys.readouterr().err
