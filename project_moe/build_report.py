@@ -47,8 +47,11 @@ def escape(text: str) -> str:
     return str(text).replace("_", "\\_").replace("%", "\\%").replace("#", "\\#")
 
 
-def tabular(header: list[str], rows: list[list[str]], align: str) -> str:
-    lines = [f"\\begin{{tabular}}{{{align}}}", "\\toprule", " & ".join(header) + " \\\\", "\\midrule"]
+def tabular(header: list[str] | list[list[str]], rows: list[list[str]], align: str) -> str:
+    """A booktabs table; ``header`` is one row of column names, or several rows (a grouping row first)."""
+    header_rows = header if header and isinstance(header[0], list) else [header]
+    lines = [f"\\begin{{tabular}}{{{align}}}", "\\toprule", *(" & ".join(row) + " \\\\" for row in header_rows),
+             "\\midrule"]
     lines += [" & ".join(row) + " \\\\" for row in rows]
     lines += ["\\bottomrule", "\\end{tabular}", ""]
     return "\n".join(lines)
@@ -128,13 +131,16 @@ def _cell(summary: pd.DataFrame, grid: str, label: str, extra: str | None = None
 
 def table_modern(summary: pd.DataFrame) -> str:
     """Capacity, loss-free balancing, shared experts and the ViT routers: four small tables in one."""
+    capacity_grids = ("capacity", "capacity_vit")
     capacity = tabular(
-        ["$c_f$", "top-1 pos.", "top-1 prio.", "top-2 pos.", "top-2 prio."],
-        [[f"{factor:g}"] + [_cell(summary, "capacity", f"{k}-cf{factor:g}-{policy}", "dropped")
-                            for k in ("top1", "top2") for policy in ("position", "priority")]
-         for factor in (0.5, 1.0, 1.25, 2.0)]
-        + [["dropless", _cell(summary, "capacity", "top1-dropless"), "", _cell(summary, "capacity", "top2-dropless"), ""]],
-        "lrrrr")
+        [["", "\\multicolumn{4}{c}{MNIST mixture}", "\\multicolumn{4}{c}{Fashion-MNIST ViT}"],
+         ["$c_f$"] + ["top-1 pos.", "top-1 prio.", "top-2 pos.", "top-2 prio."] * len(capacity_grids)],
+        [[f"{factor:g}"] + [_cell(summary, grid, f"{k}-cf{factor:g}-{policy}", "dropped") for grid in capacity_grids
+                              for k in ("top1", "top2") for policy in ("position", "priority")]
+           for factor in (0.5, 1.0, 1.25, 2.0)]
+        + [["dropless"] + [cell for grid in capacity_grids for k in ("top1", "top2")
+                           for cell in (_cell(summary, grid, f"{k}-dropless"), "")]],
+        "l" + "r" * 4 * len(capacity_grids))
     balancing = tabular(
         ["balancing", "MNIST top-1", "ViT top-1"],
         [[escape(label)] + [_cell(summary, grid, label, "cv") for grid in ("balancing", "balancing_vit")]
@@ -151,10 +157,10 @@ def table_modern(summary: pd.DataFrame) -> str:
         + [["Soft MoE (4 slots)", _cell(summary, "vit_routers", "soft-slots-n4"), ""],
            ["soft gate ($h/4$)", _cell(summary, "vit_routers", "soft-gate-quarter"), ""]], "lrr")
     cell = "\\begin{{minipage}}[t]{{{width}\\linewidth}}\\centering\\resizebox{{\\linewidth}}{{!}}{{{body}}}\\end{{minipage}}"
-    return "\n".join([cell.format(width=0.52, body=capacity), "\\hfill",
-                      cell.format(width=0.40, body=balancing), "\\\\[4pt]",
-                      cell.format(width=0.34, body=shared), "\\hfill",
-                      cell.format(width=0.36, body=routers), ""])
+    return "\n".join([cell.format(width=0.9, body=capacity), "\\\\[4pt]",
+                      cell.format(width=0.31, body=balancing), "\\hfill",
+                      cell.format(width=0.30, body=shared), "\\hfill",
+                      cell.format(width=0.31, body=routers), ""])
 
 
 def table_sharpness(by_label: pd.DataFrame) -> str:

@@ -124,6 +124,8 @@ class Config:
                             "router scores, weights, logs and checkpoints stay float32")
     compile: bool = _opt(False, "torch.compile the model's forward pass (its first step, which compiles, is timed "
                                 "apart and left out of samples/s)")
+    channels_last: bool = _opt(False, "keep conv weights and image batches in channels-last (NHWC) memory "
+                                      "layout, which convolution kernels on recent CPUs and GPUs prefer")
     # several processes (under torchrun)
     expert_parallel: bool = _opt(False, "under torchrun: split the experts of every MoE layer over the processes "
                                         "(all-to-all exchange) instead of replicating them")

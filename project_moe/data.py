@@ -557,7 +557,7 @@ class BatchLoader:
     """
 
     def __init__(self, split: Split, batch_size: int, mean, std, *, shuffle: bool, augment: bool, seed: int,
-                 device: torch.device | str = "cpu", drop_last: bool = False):
+                 device: torch.device | str = "cpu", drop_last: bool = False, channels_last: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
@@ -569,13 +569,15 @@ class BatchLoader:
         self.scale, self.shift = 1 / (255 * std_t), mean_t / std_t  # (x/255 - mean)/std as one fma
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.seed, self.drop_last = seed, drop_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x float32 (B, C, H, W), y int64 (B,)) on the device, from batch start_step on."""
+        """Yield (x float32 (B, C, H, W), y int64 (B,)) on the device, from batch start_step on
+        (x in channels-last memory layout if the loader was made with ``channels_last``)."""
         if not 0 <= start_step <= len(self):
             raise ValueError(f"start_step must be in [0, {len(self)}], got {start_step}")
         order = self._order(epoch)
@@ -584,7 +586,7 @@ class BatchLoader:
             x = self.images[idx]
             if self.augment:
                 x = augment_batch(x, torch.Generator().manual_seed(derive_seed("augment", self.seed, epoch, step)))
-            yield x.float() * self.scale - self.shift, self.labels[idx]
+            yield (x.float() * self.scale - self.shift).contiguous(memory_format=self.memory_format), self.labels[idx]
 
     def _order(self, epoch: int) -> torch.Tensor:
         n = len(self.labels)

@@ -46,7 +46,7 @@ ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each e
 ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
 # Settings that may change between a run and its resumption without changing its results.
 RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir", "out", "log_every", "expert_dispatch",
-                         "compile", "expert_parallel", "dist_backend", "dist_timeout"}
+                         "compile", "channels_last", "expert_parallel", "dist_backend", "dist_timeout"}
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PEER_FAILED = 2, 3, 4
 BAD_INPUT = (ConfigError, data.DataError)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -227,6 +227,8 @@ class Trainer:
         self.cfg, self.run_dir, self.dataset, self.device, self.cluster = cfg, run_dir, dataset, device, cluster
         rng_state.seed_everything(cfg.seed)
         model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)     # conv weights only; the rest is not 4-D
         self.cost = cost_report(model, cfg, dataset.in_shape, dataset.num_classes)   # of the whole model
         self.model = distributed.parallelize(model, cluster)
         self.precision = Precision(cfg.amp, device)
@@ -241,7 +243,8 @@ class Trainer:
         self.compile_seconds = None  # the first step's time with --compile (tracing and code generation)
         self.optimizer = make_optimizer(self.model, cfg)
         self.train_loader = data.BatchLoader(dataset.train, cfg.batch_size, dataset.mean, dataset.std,
-                                             shuffle=True, augment=dataset.augment, seed=cfg.seed, device=device)
+                                             shuffle=True, augment=dataset.augment, seed=cfg.seed, device=device,
+                                             channels_last=cfg.channels_last)
         self.total_steps = cfg.epochs * len(self.train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.eval_loaders = evaluation_loaders(cfg, dataset, device)
@@ -505,7 +508,8 @@ def evaluation_loaders(cfg: Config, dataset: data.Dataset, device: torch.device)
     size = cfg.batch_size if batch_dependent else max(cfg.batch_size, 1000)
     splits = {"train": _head(dataset.train, cfg.train_eval_size), "val": dataset.val, "test": dataset.test}
     return {name: data.BatchLoader(split, size, dataset.mean, dataset.std, shuffle=False, augment=False,
-                                   seed=cfg.seed, device=device) for name, split in splits.items()}
+                                   seed=cfg.seed, device=device, channels_last=cfg.channels_last)
+            for name, split in splits.items()}
 
 
 def _head(split: data.Split, size: int) -> data.Split:

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import data
 import train
 import trunks
 from config import Config
@@ -85,3 +86,34 @@ def test_the_recipe_trains_from_the_command_line(tmp_path, tiny_data):
     assert metrics.lr.iloc[-1] == pytest.approx(0.0, abs=1e-9)          # one-cycle ends at zero
     config = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
     assert config["trunk"] == "resnet" and config["optimizer"] == "sgd" and config["tta_flip"] is True
+
+
+def test_channels_last_changes_the_memory_layout_not_the_maths(tmp_path, tiny_data):
+    """--channels-last: NHWC image batches and conv weights; one step computes what the default
+    layout computes, up to float rounding, and a run goes through."""
+    torch.manual_seed(0)
+    cfg = Config(model="dense", trunk="resnet", trunk_channels=4)
+    plain = build_model(cfg.model_spec(), (3, 16, 16), 10)
+    nhwc = build_model(cfg.model_spec(), (3, 16, 16), 10)
+    nhwc.load_state_dict(plain.state_dict())
+    nhwc = nhwc.to(memory_format=torch.channels_last)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    for net, batch in ((plain, x), (nhwc, x.contiguous(memory_format=torch.channels_last))):
+        F.cross_entropy(net(batch), y).backward()
+    assert torch.allclose(nhwc(x.contiguous(memory_format=torch.channels_last)), plain(x), atol=1e-5)
+    for (name, a), b in zip(plain.named_parameters(), nhwc.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in nhwc.parameters())
+
+    split = data.Split(torch.randint(0, 255, (6, 3, 8, 8), dtype=torch.uint8), torch.arange(6))
+    batches = [next(data.BatchLoader(split, 4, (0.5,) * 3, (0.25,) * 3, shuffle=False, augment=True, seed=0,
+                                     channels_last=layout).iter_epoch(0))[0] for layout in (True, False)]
+    assert batches[0].is_contiguous(memory_format=torch.channels_last) and not batches[0].is_contiguous()
+    assert torch.equal(*batches)
+
+    argv = ["--data-dir", str(tiny_data), "--out", str(tmp_path), "--run-name", "nhwc", "--epochs", "1",
+            "--batch-size", "32", "--trunk", "resnet", "--trunk-channels", "4", "--model", "dense",
+            "--channels-last", "--threads", "1", "--train-eval-size", "50"]
+    assert train.main(argv) == 0
+    assert json.loads((tmp_path / "nhwc" / "config.json").read_text())["config"]["channels_last"] is True
