@@ -270,7 +270,8 @@ def dispatch_as(model: nn.Module, dispatch: str):
 
 
 def use_reference_experts(model: nn.Module) -> None:
-    """Run every MLP bank of ``model`` with plain autograd ops (see ``MLPExperts``)."""
+    """Run every MLP bank of ``model`` with plain autograd ops (see ``MLPExperts``); their MoE
+    layers then route with plain autograd ops too (``MoE._fuses_top1``)."""
     for bank in mlp_banks(model):
         bank.fused = False
 

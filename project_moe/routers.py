@@ -193,17 +193,19 @@ class Router(nn.Module):
         return draw((total, *like.shape[1:]), dtype=like.dtype, device=like.device)[offset:offset + like.shape[0]]
 
     def _record(self, logits, probs, weights, sample_index=None, expert_index=None,
-                gate=None, load=None, chosen=None) -> Routing:
+                gate=None, load=None, chosen=None, counts=None) -> Routing:
         """Assemble the record and every auxiliary loss (all cheap, O(N E)). The per-expert
         counts are computed once here: the dispatch, the logs and (for sparse routing) the
         Switch loss share them. ``chosen``: (E,) assignments the router chose before a
-        capacity dropped some (the Switch loss and the load measure the router's choice)."""
+        capacity dropped some (the Switch loss and the load measure the router's choice).
+        ``counts``: the (E,) assignments per expert, where the caller has them already."""
         dropped = None
         if sample_index is None:
             counts = torch.full((self.num_experts,), weights.shape[0], device=weights.device)
             load = weights.sum(dim=0) if load is None else load
         else:
-            counts = torch.bincount(expert_index, minlength=self.num_experts)        # (E,)
+            if counts is None:
+                counts = torch.bincount(expert_index, minlength=self.num_experts)    # (E,)
             if chosen is not None:
                 dropped = chosen - counts
             chosen = (counts if chosen is None else chosen).to(probs.dtype)           # the Switch loss's f, unnormalised
