@@ -120,6 +120,7 @@ class MoE(nn.Module):
         # are added to the routed mixture.
         self.shared = shared
         self.exchange = LOCAL_EXPERTS
+        self.fused_routing = True   # top-1 training steps through fused_routing.py where it applies
 
     def all_expert_outputs(self, x: Tensor) -> Tensor:
         """(N, ...) -> (E, N, K): every expert of the layer on every row."""
@@ -139,9 +140,9 @@ class MoE(nn.Module):
         """Whether a training step takes the fused top-1 path (fused_routing.py): the Switch
         router with linear scores and nothing that moves its choice (capacity, selection bias),
         combining logits, on an MLP bank in its fused mode (not under torch.func) and outside
-        autocast (the router computes in float32 there)."""
+        autocast (the router computes in float32 there); ``fused_routing = False`` turns it off."""
         router = self.router
-        return (self.training and torch.is_grad_enabled() and type(router) is HardRouter
+        return (self.fused_routing and self.training and torch.is_grad_enabled() and type(router) is HardRouter
                 and router.score == "linear" and router.grad == "switch" and not router.bias_rate
                 and router.drop_policy == "dropless" and self.combine == "logits"
                 and getattr(self.experts, "fused", False) and autocast_dtype(x.device.type) is None)

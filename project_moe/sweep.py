@@ -47,7 +47,11 @@ class RunSpec:
         dataset = self.dataset.format(data_dir=data_dir or "data")
         args = ["--dataset", dataset, "--seed", str(self.seed)]
         for key, value in self.flags.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
+            flag = f"--{key.replace('_', '-')}"
+            if isinstance(value, bool):   # a switch: present or absent
+                args += [flag] if value else []
+            else:
+                args += [flag, str(value)]
         return args
 
 
@@ -56,6 +60,28 @@ class RunSpec:
 MNIST_MOE = dict(experts=8, gating="hard", expert_hidden=64, balance_coef=0.1)
 CIFAR = "folder:{data_dir}/cifar10-jpeg"
 CIFAR_HEAD = dict(trunk="cnn", trunk_channels=16, experts=8, expert_hidden=64, balance_coef=0.1, epochs=5)
+
+
+# A fast CIFAR-10 recipe on the residual trunk (README "A CIFAR-10 recipe"), in the manner of the
+# fast-training literature: SGD with Nesterov momentum, a one-cycle schedule, label smoothing,
+# crop + flip augmentation and mirrored test images.
+CIFAR_RECIPE = dict(trunk="resnet", trunk_channels=32, optimizer="sgd", lr=0.2, momentum=0.9, weight_decay=5e-4,
+                    lr_schedule="onecycle", warmup_fraction=0.25, label_smoothing=0.2, tta_flip=True, batch_size=256)
+CIFAR_RECIPE_EPOCHS = 8
+# The classifier heads of Rokah et al. 2026 (arXiv 2601.15021) on that trunk: 8 experts of width
+# 64 (their 512 x 0.125) with dropout 0.1; soft gating balanced by KL(mean gate || uniform),
+# noisy top-2 by Shazeer's importance + load loss (their 0.2); the dense head one MLP of the MoE
+# head's total parameters.
+PAPER_HEADS = {"dense": dict(model="dense", dense_match="params"),
+               "soft": dict(gating="soft", kl_uniform_coef=0.1),
+               "noisy-top2": dict(gating="noisy-topk", top_k=2, cv_coef=0.2)}
+
+
+def grid_cifar_heads(epochs: int) -> list[RunSpec]:
+    """Dense, soft-MoE and sparse-MoE classifier heads trained end to end with the residual trunk
+    under the CIFAR-10 recipe; the weights are kept for ``analysis.py sharpness``."""
+    base = dict(CIFAR_RECIPE, experts=8, expert_hidden=64, dropout=0.1, balance_coef=0.0, epochs=epochs)
+    return [RunSpec("cifar_heads", label, dict(base, **flags), dataset=CIFAR) for label, flags in PAPER_HEADS.items()]
 
 
 def grid_moe_vs_dense(epochs: int, datasets=("mnist", "fashion-mnist")) -> list[RunSpec]:
@@ -247,7 +273,7 @@ def full_grid() -> list[RunSpec]:
     return (grid_moe_vs_dense(5) + grid_gating(5) + grid_regularisation(5) + grid_experts(5) + grid_cifar(5)
             + grid_cnn_experts(5) + grid_cosine(5) + grid_sharpness(5) + grid_vit(3)
             + grid_balancing(5) + grid_capacity(5) + grid_shared(5)
-            + grid_balancing_vit(3) + grid_vit_routers(3) + grid_capacity_vit(3)
+            + grid_balancing_vit(3) + grid_vit_routers(3) + grid_capacity_vit(3) + grid_cifar_heads(CIFAR_RECIPE_EPOCHS)
             + grid_vit_convergence(15) + grid_vit_convergence(15, depth=12, grid="vit_convergence_deep"))
 
 
@@ -260,9 +286,9 @@ def quick_grid() -> list[RunSpec]:
 
 
 GRIDS = ("moe_vs_dense", "gating", "regularisation", "experts", "cifar_trunk", "cnn_experts", "cosine", "sharpness",
-         "vit", "balancing", "capacity", "shared", "balancing_vit", "vit_routers", "capacity_vit", "vit_convergence",
+         "vit", "balancing", "capacity", "shared", "balancing_vit", "vit_routers", "capacity_vit", "cifar_heads", "vit_convergence",
          "vit_convergence_deep")
-KEEP_WEIGHTS = {"sharpness"}   # grids whose model.pt stays (ignored by git) for analysis.py
+KEEP_WEIGHTS = {"sharpness", "cifar_heads"}   # grids whose model.pt stays (ignored by git) for analysis.py
 
 
 def with_seeds(runs: list[RunSpec], seeds) -> list[RunSpec]:

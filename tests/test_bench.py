@@ -42,18 +42,20 @@ def test_bench_train_writes_one_row_per_model_and_the_step_cost_rows(tmp_path, t
     assert bench.main(argv) == 0
     table = pd.read_csv(out).set_index("model")
     assert list(table.index) == ["dense_active", "dense_params", "moe_soft", "moe_hard", "moe_top2",
-                                 "moe_expert_choice", "moe_hard_grouped", "moe_hard_padded",
+                                 "moe_expert_choice", "moe_hard_grouped", "moe_hard_padded", "moe_hard_plain_routing",
                                  "bare_matmuls_dense_active", "bare_matmuls_moe_hard",
                                  "layers_dense_active", "layers_moe_hard_grouped", "layers_moe_hard_padded"]
     assert table.loc["dense_active", "vs_dense_active"] == 1.0
     assert (table.samples_per_s > 0).all()
     assert table.loc["dense_active", "optimizer_vs_dense_active"] == 1.0
-    assert (table.optimizer_vs_dense_active.iloc[:8] > 0).all() and table.optimizer_vs_dense_active.iloc[8:].isna().all()
+    assert (table.optimizer_vs_dense_active.iloc[:9] > 0).all() and table.optimizer_vs_dense_active.iloc[9:].isna().all()
     # the MoE's router, losses and dispatch are extra operations in every step
     assert table.loc["moe_hard", "ops_per_step"] > table.loc["dense_active", "ops_per_step"] > 0
     # one batched product per layer: fewer operations than a product per expert
     assert table.loc["moe_hard_padded", "ops_per_step"] < table.loc["moe_hard_grouped", "ops_per_step"]
-    assert table.ops_per_step.iloc[8:].isna().all()
+    # the same layer with its routing in plain autograd operations dispatches more of them
+    assert table.loc["moe_hard_plain_routing", "ops_per_step"] > table.loc["moe_hard", "ops_per_step"]
+    assert table.ops_per_step.iloc[9:].isna().all()
 
 
 def test_bench_train_adds_amp_rows_beside_the_eager_ones(tmp_path, tiny_data):

@@ -94,6 +94,6 @@ def test_fused_step_dispatches_fewer_operations(dispatch):
     for bank in (fused.experts, plain.experts):   # both with the one-node expert bank: only routing differs
         bank.fused = True
     x, y = torch.randn(64, FEATURES) * 3, torch.randint(0, CLASSES, (64,))
-    plain._fuses_top1 = lambda rows: False
+    plain.fused_routing = False
     counts = [count_ops(lambda: objective(net(x), y).backward()) for net in (fused, plain)]
     assert counts[0] < counts[1] - 10, counts
