@@ -253,7 +253,8 @@ class Trainer:
         routed_shape = (len(self.moe_blocks), cfg.experts) if self.moe_blocks else (cfg.experts,)
         self.accum = EpochSums(routed_shape, device, cluster, drops=cfg.drop_policy != "dropless")
         self.elapsed_before = 0.0   # wall seconds spent in earlier sessions of a resumed run
-        self.stop_signal: int | None = None
+        self.received_signal: int | None = None  # written only by the signal handler
+        self.stop_signal: int | None = None      # the signal every rank agreed to stop on
         self.loss_names: tuple[str, ...] | None = None   # what the routers compute (set_loss_names)
 
     def _lr_factor(self, step: int) -> float:
@@ -350,7 +351,7 @@ class Trainer:
             print(message, file=sys.stderr if error else sys.stdout)
 
     def _on_signal(self, signum, frame) -> None:
-        self.stop_signal = signum  # acted on after the current step, so no step is half-applied
+        self.received_signal = signum  # acted on after the current step, so no step is half-applied
 
     def train_epoch(self) -> None:
         cfg, model, cluster = self.cfg, self.model, self.cluster
@@ -387,8 +388,10 @@ class Trainer:
                     output, y, cfg.experts, distributed.summer(cluster), selection_bias(self.model.moe.router)))
             if bar.disable is False and self.global_step % 20 == 0:
                 bar.set_postfix(self.accum.progress(self.routes), refresh=False)
-            # Every rank stops after the same step, whichever of them the signal reached.
-            self.stop_signal = distributed.agreed_signal(cluster, self.stop_signal)
+            # Every rank stops after the same step, whichever of them the signal reached. The
+            # handler's own field is never assigned here: a signal landing during the all-reduce
+            # would otherwise be overwritten by the answer computed before it arrived.
+            self.stop_signal = distributed.agreed_signal(cluster, self.received_signal)
             if self.stop_signal is not None:
                 self.accum.add_seconds(time.perf_counter() - tick)
                 raise Interrupted

@@ -127,6 +127,25 @@ def test_non_finite_loss_stops_and_keeps_logs(tmp_path, tiny_data, monkeypatch, 
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_signal_arriving_while_the_ranks_agree_still_stops_the_run(tmp_path, tiny_data, monkeypatch):
+    """A signal that lands inside the per-step agreement (in a distributed run: during the
+    all-reduce) must not be lost to the answer computed before it came: the run stops one
+    step later."""
+    agree, calls = train.distributed.agreed_signal, {"n": 0}
+
+    def signal_during_agreement(cluster, signum):
+        answer = agree(cluster, signum)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            signal.raise_signal(signal.SIGTERM)      # the handler runs here, before the answer returns
+        return answer
+
+    monkeypatch.setattr(train.distributed, "agreed_signal", signal_during_agreement)
+    assert train.main(base_args(tmp_path, tiny_data)) == 128 + signal.SIGTERM
+    state = torch.load(tmp_path / "runs" / "run" / "checkpoint.pt", weights_only=True)
+    assert state["global_step"] == 6 and calls["n"] == 6
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_run_resumes_to_identical_logs(tmp_path, monkeypatch, sig):
     monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))

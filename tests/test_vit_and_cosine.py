@@ -154,7 +154,7 @@ def test_interrupted_vit_run_resumes_to_identical_logs(tmp_path, tiny_data, monk
     def stop_at_step_20(self, *args):
         accumulate(self, *args)
         if self.global_step == 20:          # as if SIGTERM arrived during step 20 (of epoch 1)
-            self.stop_signal = signal.SIGTERM
+            self._on_signal(signal.SIGTERM, None)
 
     monkeypatch.setattr(train.Trainer, "_accumulate", stop_at_step_20)
     code, cut = run(tmp_path, tiny_data, *extra, name="cut")
