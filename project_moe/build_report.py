@@ -27,6 +27,7 @@ import pandas as pd  # noqa: E402
 
 import logs  # noqa: E402
 import plots  # noqa: E402
+import published  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPORT = HERE / "report"
@@ -58,8 +59,8 @@ def tabular(header: list[str] | list[list[str]], rows: list[list[str]], align: s
 
 
 def table_moe_vs_dense(summary: pd.DataFrame) -> str:
-    rows = summary[summary.grid.isin(["moe_vs_dense", "cifar_trunk", "cnn_experts"])]
-    grid_rank = {"moe_vs_dense": 0, "cifar_trunk": 1, "cnn_experts": 2}
+    rows = summary[summary.grid.isin(["moe_vs_dense", "cnn_experts"])]
+    grid_rank = {"moe_vs_dense": 0, "cnn_experts": 1}
     dataset_rank = {d: i for i, d in enumerate(plots.DATASET_ORDER)}
     rows = rows.assign(_g=rows.grid.map(grid_rank), _d=rows.dataset.map(dataset_rank))
     rows = rows.sort_values(["_g", "_d"], kind="stable")
@@ -170,6 +171,46 @@ def table_sharpness(by_label: pd.DataFrame) -> str:
     return tabular(["model", "split", "$\\lambda_{\\max}$", "tr$(H)$", "loss", "seeds"], body, "llrrrr")
 
 
+CIFAR_SHARPNESS = (("train", "top_eigenvalue", "paper_top_eigenvalue_train"),
+                   ("train", "trace", "paper_trace_train"),
+                   ("test", "top_eigenvalue", "paper_top_eigenvalue_test"))
+
+
+def _mean_spread(mean: float, std: float, digits: int) -> str:
+    """``mean`` alone when there is no spread (one seed), else mean \\pm std."""
+    return f"{mean:.{digits}f}" if pd.isna(std) else pm(mean, std, 1.0, digits)
+
+
+def table_cifar_heads(summary: pd.DataFrame, sharpness: pd.DataFrame | None) -> str:
+    """The three classifier heads of Rokah et al. (2026) on the residual trunk, ours beside the
+    paper's: test accuracy (mean \\pm std over seeds) and the Hessian's top eigenvalue and trace."""
+    paper = published.ROKAH_2026_HEADS.set_index("label")
+    ours = summary[summary.grid == "cifar_heads"].set_index("label")
+    curvature = sharpness.set_index(["label", "split"]) if sharpness is not None else None
+    body = []
+    for label, published_row in paper.iterrows():
+        cells = [escape(label)]
+        cells.append(pm(ours.at[label, "test_acc_mean"], ours.at[label, "test_acc_std"]) if label in ours.index
+                     else "--")
+        cells.append(f"{published_row.paper_test_acc:.2f}")
+        for split, metric, paper_column in CIFAR_SHARPNESS:
+            if curvature is not None and (label, split) in curvature.index:
+                row = curvature.loc[(label, split)]
+                cells.append(_mean_spread(row[f"{metric}_mean"], row[f"{metric}_std"], 2))
+            else:
+                cells.append("--")
+            cells.append(f"{published_row[paper_column]:.2f}")
+        seeds = [str(int(ours.at[label, "seeds"])) if label in ours.index else "0",
+                 str(int(curvature.loc[(label, "train"), "seeds"])) if curvature is not None
+                 and (label, "train") in curvature.index else "0"]
+        cells.append("/".join(seeds))
+        body.append(cells)
+    groups = ["test acc. (\\%)", "$\\lambda_{\\max}$ train", "tr$(H)$ train", "$\\lambda_{\\max}$ test"]
+    header = [["", *(f"\\multicolumn{{2}}{{c}}{{{g}}}" for g in groups), ""],
+              ["head", *(["ours", "paper"] * len(groups)), "seeds"]]
+    return tabular(header, body, "l" + "rr" * len(groups) + "r")
+
+
 def table_bench(bench: pd.DataFrame) -> str:
     body = []
     for (e, k, mode), group in bench.groupby(["E", "k", "mode"], sort=False):
@@ -183,13 +224,15 @@ def table_bench(bench: pd.DataFrame) -> str:
 
 def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | None,
             train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None = None,
-            coherence: pd.DataFrame | None = None, bench_repeat: pd.DataFrame | None = None) -> str:
+            coherence: pd.DataFrame | None = None, bench_repeat: pd.DataFrame | None = None,
+            cifar_sharpness: pd.DataFrame | None = None) -> str:
     """LaTeX macros for the numbers quoted in the text: \\res (test accuracy, %, mean ± std),
     \\spec (I(expert; class) / H(class)), \\loadcv (final validation load CV), per
-    {grid}{dataset}{label}, \\dropped (% of assignments dropped for capacity, validation, last epoch);
+    {grid}{dataset}{label}, \\dropped (% of assignments dropped for capacity, validation, last epoch),
+    \\minutes (wall minutes per run, mean over seeds), \\params (total parameters);
     \\unpicked{label}: % of test samples no expert took (expert choice)."""
     lines = []
-    for macro in ("res", "spec", "loadcv", "dropped", "unpicked"):
+    for macro in ("res", "spec", "loadcv", "dropped", "minutes", "params", "unpicked"):
         args = "[1]" if macro == "unpicked" else "[3]"
         body = "#1" if macro == "unpicked" else "#1:#2:#3"
         lines.append(f"\\newcommand{{\\{macro}}}{args}{{\\csname {macro}:{body}\\endcsname}}")
@@ -198,7 +241,9 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
         values = {"res": pm(r.test_acc_mean, r.test_acc_std),
                   "spec": pm(r.specialisation_mean, r.specialisation_std, scale=1.0),
                   "loadcv": pm(r.final_val_load_cv_mean, r.final_val_load_cv_std, scale=1.0),
-                  "dropped": f"{100 * r.final_val_dropped_mean:.1f}" if not pd.isna(r.final_val_dropped_mean) else "--"}
+                  "dropped": f"{100 * r.final_val_dropped_mean:.1f}" if not pd.isna(r.final_val_dropped_mean) else "--",
+                  "minutes": f"{r.time_s_mean / 60:.1f}" if not pd.isna(r.time_s_mean) else "--",
+                  "params": thousands(r.params_total)}
         for macro, value in values.items():
             lines.append(f"\\expandafter\\def\\csname {macro}:{key}\\endcsname{{{value}}}")
     for label, share in unpicked.items():
@@ -228,6 +273,11 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     lines.append("\\newcommand{\\topeig}[2]{\\csname topeig:#1:#2\\endcsname}")
     for r in (sharpness.itertuples() if sharpness is not None else []):
         lines.append(f"\\expandafter\\def\\csname topeig:{r.label}:{r.split}\\endcsname{{{r.top_eigenvalue_mean:.2f}}}")
+    lines.append("\\newcommand{\\cifarsharp}[3]{\\csname cifarsharp:#1:#2:#3\\endcsname}")
+    for r in (cifar_sharpness.itertuples() if cifar_sharpness is not None else []):
+        for metric in ("top_eigenvalue", "trace"):
+            lines.append(f"\\expandafter\\def\\csname cifarsharp:{r.label}:{r.split}:{metric}\\endcsname"
+                         f"{{{getattr(r, metric + '_mean'):.2f}}}")
     lines.append("\\newcommand{\\coherence}[3]{\\csname coherence:#1:#2:#3\\endcsname}")
     for r in (coherence.itertuples() if coherence is not None else []):
         key = f"{r.dataset}:{r.label}:{r.layer + 1}"   # blocks numbered from 1 in the text
@@ -266,13 +316,15 @@ def load_train_bench(results: Path) -> dict[int, pd.DataFrame]:
 
 def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.DataFrame,
                  train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None,
-                 patches: pd.DataFrame, bench_repeat: pd.DataFrame | None = None) -> dict[str, str]:
+                 patches: pd.DataFrame, bench_repeat: pd.DataFrame | None = None,
+                 cifar_sharpness: pd.DataFrame | None = None) -> dict[str, str]:
     tables = {"moe_vs_dense": table_moe_vs_dense(summary), "gating": table_gating(summary),
               "experts": table_simple(summary, "experts"), "regularisation": table_simple(summary, "regularisation"),
               "extensions": table_extensions(summary), "modern": table_modern(summary),
               "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
                                  logs.patch_coherence(patches) if not patches.empty else None,
-                                 bench_repeat) + vit_router_sizes()}
+                                 bench_repeat, cifar_sharpness) + vit_router_sizes(),
+              "cifar_heads": table_cifar_heads(summary, cifar_sharpness)}
     if bench is not None:
         tables["bench"] = table_bench(bench)
     if sharpness is not None:
@@ -286,8 +338,10 @@ def load_bench(results: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def load_sharpness(results: Path) -> pd.DataFrame | None:
-    path = results / "sharpness" / "sharpness.csv"
+def load_sharpness(results: Path, name: str = "sharpness") -> pd.DataFrame | None:
+    """Sharpness estimates of results/<name>/sharpness.csv per (label, split), or None when not run;
+    ``sharpness`` holds the MNIST grid, ``sharpness_cifar`` the CIFAR-10 heads."""
+    path = results / name / "sharpness.csv"
     return logs.sharpness_by_label(pd.read_csv(path), results) if path.exists() else None
 
 
@@ -332,7 +386,7 @@ def main(argv=None) -> int:
     sharpness = load_sharpness(args.results)
     patches = logs.read_all(args.results, "test_patches.csv")
     for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
-                                   patches, bench_repeat).items():
+                                   patches, bench_repeat, load_sharpness(args.results, "sharpness_cifar")).items():
         (REPORT / "tables" / f"{name}.tex").write_text(text)
     build_figures(args.results, summary, REPORT / "figures")
     if args.no_pdf:

@@ -50,7 +50,8 @@ def run_table(results: Path) -> pd.DataFrame:
                      "samples_per_s": metrics["samples_per_s"].median(),
                      "final_val_load_cv": metrics["val_load_cv"].iloc[-1],
                      "final_val_dropped": metrics["val_dropped"].iloc[-1] if "val_dropped" in metrics else float("nan"),
-                     "specialisation": test_specialisation(run_dir)})
+                     "specialisation": test_specialisation(run_dir),
+                     "time_s": summary.get("total_time_s", float("nan"))})
     return pd.DataFrame(rows)
 
 
@@ -86,7 +87,7 @@ def test_specialisation(run_dir: Path) -> float:
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, std (ddof=1) and number of seeds per (grid, dataset, label)."""
     numbers = ["test_acc", "test_loss", "best_val_acc", "samples_per_s", "final_val_load_cv", "final_val_dropped",
-               "specialisation"]
+               "specialisation", "time_s"]
     constant = ["model", "gating", "experts", "epochs", "params_total", "params_active", "flops_per_sample"]
     grouped = runs.groupby(["grid", "dataset", "label"], sort=False)
     table = grouped[numbers].agg(["mean", "std"])

@@ -288,6 +288,7 @@ def quick_grid() -> list[RunSpec]:
 GRIDS = ("moe_vs_dense", "gating", "regularisation", "experts", "cifar_trunk", "cnn_experts", "cosine", "sharpness",
          "vit", "balancing", "capacity", "shared", "balancing_vit", "vit_routers", "capacity_vit", "cifar_heads", "vit_convergence",
          "vit_convergence_deep")
+DATASET_TAGS = ("mnist", "fashion-mnist", "cifar10-jpeg")
 KEEP_WEIGHTS = {"sharpness", "cifar_heads"}   # grids whose model.pt stays (ignored by git) for analysis.py
 
 
@@ -385,6 +386,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced grid: 1 epoch, fewer configurations")
     parser.add_argument("--grid", nargs="+", choices=GRIDS, help="run only these grids (default: all)")
+    parser.add_argument("--dataset", nargs="+", metavar="TAG", choices=DATASET_TAGS,
+                        help=f"run only the runs on these datasets ({', '.join(DATASET_TAGS)})")
     parser.add_argument("--seeds", type=int, default=None,
                         help=f"seeds per configuration (default: {len(SEEDS)}, with --quick 2)")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results directory")
@@ -405,6 +408,8 @@ def main(argv=None) -> int:
         runs = quick_grid() if args.quick else full_grid()
         if args.grid:
             runs = [r for r in runs if r.grid in args.grid]
+        if args.dataset:
+            runs = [r for r in runs if r.dataset_tag in args.dataset]
         runs = with_seeds(runs, range(seeds))
         index, count = args.shard
         runs = runs[index - 1::count]

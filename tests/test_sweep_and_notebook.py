@@ -141,3 +141,16 @@ def test_shards_split_a_grid_into_disjoint_slices_that_cover_it(capsys):
             sweep.main(["--grid", "capacity", "--list", "--shard", bad])
         assert exit_info.value.code == 2
     assert "--shard" in capsys.readouterr().err
+
+
+def test_dataset_option_keeps_only_the_runs_on_those_datasets(capsys):
+    assert {r.dataset_tag for r in sweep.full_grid()} == set(sweep.DATASET_TAGS)
+    assert sweep.main(["--grid", "vit_convergence", "--list", "--dataset", "cifar10-jpeg"]) == 0
+    cifar = capsys.readouterr().out.splitlines()
+    assert sweep.main(["--grid", "vit_convergence", "--list"]) == 0
+    whole = capsys.readouterr().out.splitlines()
+    assert cifar and set(cifar) < set(whole)
+    assert all(line.startswith("vit_convergence/cifar10-jpeg-") and "--dataset folder:" in line for line in cifar)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(["--grid", "vit_convergence", "--list", "--dataset", "cifar100"])
+    assert exit_info.value.code == 2
