@@ -275,7 +275,7 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
         lines.append(f"\\expandafter\\def\\csname topeig:{r.label}:{r.split}\\endcsname{{{r.top_eigenvalue_mean:.2f}}}")
     lines.append("\\newcommand{\\cifarsharp}[3]{\\csname cifarsharp:#1:#2:#3\\endcsname}")
     for r in (cifar_sharpness.itertuples() if cifar_sharpness is not None else []):
-        for metric in ("top_eigenvalue", "trace"):
+        for metric in ("top_eigenvalue", "trace", "loss"):
             lines.append(f"\\expandafter\\def\\csname cifarsharp:{r.label}:{r.split}:{metric}\\endcsname"
                          f"{{{getattr(r, metric + '_mean'):.2f}}}")
     lines.append("\\newcommand{\\coherence}[3]{\\csname coherence:#1:#2:#3\\endcsname}")
