@@ -211,6 +211,51 @@ def table_cifar_heads(summary: pd.DataFrame, sharpness: pd.DataFrame | None) -> 
     return tabular(header, body, "l" + "rr" * len(groups) + "r")
 
 
+def convergence_rows(summary: pd.DataFrame, metrics: pd.DataFrame) -> list[dict]:
+    """Per configuration of the ViT convergence grids: its summary row, the target validation
+    accuracy, and the epochs and training minutes each seed took to first reach it
+    (sweep.CONVERGENCE_TARGETS; NaN for a seed that never did)."""
+    from sweep import CONVERGENCE_GRIDS, CONVERGENCE_TARGETS
+
+    rows = []
+    for grid in CONVERGENCE_GRIDS:
+        for dataset, target in CONVERGENCE_TARGETS.items():
+            runs = metrics[(metrics.grid == grid) & (metrics.dataset == dataset)] if len(metrics) else metrics
+            if not len(runs):
+                continue
+            reached = logs.time_to_accuracy(runs, target)
+            for r in summary[(summary.grid == grid) & (summary.dataset == dataset)].itertuples():
+                seeds = reached[reached.label == r.label]
+                rows.append({"summary": r, "target": target, "epochs": seeds.epoch,
+                             "minutes": seeds.wall_time_s / 60})
+    return rows
+
+
+def _reach(values: pd.Series, digits: int) -> str:
+    """Mean \\pm std over the seeds that reached the target, and how many did when not all."""
+    hit = values.dropna()
+    if hit.empty:
+        return "never"
+    text = _mean_spread(hit.mean(), hit.std() if len(hit) > 1 else float("nan"), digits)
+    return text if len(hit) == len(values) else f"{text} ({len(hit)}/{len(values)})"
+
+
+def table_convergence(summary: pd.DataFrame, metrics: pd.DataFrame) -> str:
+    """ViT with MoE every second block against the dense ViTs of equal active FLOPs and of equal
+    parameters: test accuracy (weights of the best validation epoch), and how soon each reaches the
+    target validation accuracy, in epochs and in training minutes."""
+    body = []
+    for row in convergence_rows(summary, metrics):
+        r = row["summary"]
+        depth = r.label.split("-", 1)[0].lstrip("d")
+        body.append([depth, escape(r.dataset), escape(r.label.split("-", 1)[1]), pm(r.test_acc_mean, r.test_acc_std),
+                     f"{100 * row['target']:.0f}", _reach(row["epochs"], 1), _reach(row["minutes"], 1),
+                     f"{r.time_s_mean / 60:.0f}", f"{r.flops_per_sample / 1e6:.1f}", thousands(r.params_total),
+                     str(r.seeds)])
+    return tabular(["blocks", "dataset", "model", "test acc. (\\%)", "target (\\%)", "epochs to target",
+                    "minutes to target", "min/run", "MFLOPs", "params", "seeds"], body, "rllrrrrrrrr")
+
+
 def table_bench(bench: pd.DataFrame) -> str:
     body = []
     for (e, k, mode), group in bench.groupby(["E", "k", "mode"], sort=False):
@@ -225,12 +270,15 @@ def table_bench(bench: pd.DataFrame) -> str:
 def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | None,
             train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None = None,
             coherence: pd.DataFrame | None = None, bench_repeat: pd.DataFrame | None = None,
-            cifar_sharpness: pd.DataFrame | None = None) -> str:
+            cifar_sharpness: pd.DataFrame | None = None, metrics: pd.DataFrame | None = None) -> str:
     """LaTeX macros for the numbers quoted in the text: \\res (test accuracy, %, mean ± std),
     \\spec (I(expert; class) / H(class)), \\loadcv (final validation load CV), per
     {grid}{dataset}{label}, \\dropped (% of assignments dropped for capacity, validation, last epoch),
     \\minutes (wall minutes per run, mean over seeds), \\params (total parameters);
-    \\unpicked{label}: % of test samples no expert took (expert choice)."""
+    \\unpicked{label}: % of test samples no expert took (expert choice); \\curvature{results folder}
+    {label}{split}{top_eigenvalue|trace|loss}: the Hessian estimates of analysis.py; \\reachepochs and
+    \\reachminutes{grid}{dataset}{label}: mean epochs and training minutes to the convergence target
+    (-- unless every seed reached it)."""
     lines = []
     for macro in ("res", "spec", "loadcv", "dropped", "minutes", "params", "unpicked"):
         args = "[1]" if macro == "unpicked" else "[3]"
@@ -270,14 +318,21 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
             if math.isfinite(getattr(r, "ops_per_step", math.nan)):
                 lines.append(f"\\expandafter\\def\\csname trainops:{batch}:{r.model}\\endcsname"
                              f"{{{r.ops_per_step:.0f}}}")
-    lines.append("\\newcommand{\\topeig}[2]{\\csname topeig:#1:#2\\endcsname}")
-    for r in (sharpness.itertuples() if sharpness is not None else []):
-        lines.append(f"\\expandafter\\def\\csname topeig:{r.label}:{r.split}\\endcsname{{{r.top_eigenvalue_mean:.2f}}}")
-    lines.append("\\newcommand{\\cifarsharp}[3]{\\csname cifarsharp:#1:#2:#3\\endcsname}")
-    for r in (cifar_sharpness.itertuples() if cifar_sharpness is not None else []):
-        for metric in ("top_eigenvalue", "trace", "loss"):
-            lines.append(f"\\expandafter\\def\\csname cifarsharp:{r.label}:{r.split}:{metric}\\endcsname"
-                         f"{{{getattr(r, metric + '_mean'):.2f}}}")
+    lines.append("\\newcommand{\\curvature}[4]{\\csname curvature:#1:#2:#3:#4\\endcsname}")
+    for name, table in (("sharpness", sharpness), ("sharpness_cifar", cifar_sharpness)):
+        for r in (table.itertuples() if table is not None else []):
+            for metric in ("top_eigenvalue", "trace", "loss"):
+                lines.append(f"\\expandafter\\def\\csname curvature:{name}:{r.label}:{r.split}:{metric}\\endcsname"
+                             f"{{{getattr(r, metric + '_mean'):.2f}}}")
+    lines.append("\\newcommand{\\reachepochs}[3]{\\csname reachepochs:#1:#2:#3\\endcsname}")
+    lines.append("\\newcommand{\\reachminutes}[3]{\\csname reachminutes:#1:#2:#3\\endcsname}")
+    for row in convergence_rows(summary, metrics if metrics is not None else pd.DataFrame()):
+        r = row["summary"]
+        for macro in ("epochs", "minutes"):
+            hit = row[macro].dropna()
+            value = f"{hit.mean():.1f}" if len(hit) == len(row[macro]) else "--"
+            lines.append(f"\\expandafter\\def\\csname reach{macro}:{r.grid}:{r.dataset}:{r.label}\\endcsname"
+                         f"{{{value}}}")
     lines.append("\\newcommand{\\coherence}[3]{\\csname coherence:#1:#2:#3\\endcsname}")
     for r in (coherence.itertuples() if coherence is not None else []):
         key = f"{r.dataset}:{r.label}:{r.layer + 1}"   # blocks numbered from 1 in the text
@@ -317,14 +372,16 @@ def load_train_bench(results: Path) -> dict[int, pd.DataFrame]:
 def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.DataFrame,
                  train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None,
                  patches: pd.DataFrame, bench_repeat: pd.DataFrame | None = None,
-                 cifar_sharpness: pd.DataFrame | None = None) -> dict[str, str]:
+                 cifar_sharpness: pd.DataFrame | None = None, metrics: pd.DataFrame | None = None) -> dict[str, str]:
+    metrics = metrics if metrics is not None else pd.DataFrame()
     tables = {"moe_vs_dense": table_moe_vs_dense(summary), "gating": table_gating(summary),
               "experts": table_simple(summary, "experts"), "regularisation": table_simple(summary, "regularisation"),
               "extensions": table_extensions(summary), "modern": table_modern(summary),
               "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
                                  logs.patch_coherence(patches) if not patches.empty else None,
-                                 bench_repeat, cifar_sharpness) + vit_router_sizes(),
-              "cifar_heads": table_cifar_heads(summary, cifar_sharpness)}
+                                 bench_repeat, cifar_sharpness, metrics) + vit_router_sizes(),
+              "cifar_heads": table_cifar_heads(summary, cifar_sharpness),
+              "convergence": table_convergence(summary, metrics)}
     if bench is not None:
         tables["bench"] = table_bench(bench)
     if sharpness is not None:
@@ -386,7 +443,8 @@ def main(argv=None) -> int:
     sharpness = load_sharpness(args.results)
     patches = logs.read_all(args.results, "test_patches.csv")
     for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
-                                   patches, bench_repeat, load_sharpness(args.results, "sharpness_cifar")).items():
+                                   patches, bench_repeat, load_sharpness(args.results, "sharpness_cifar"),
+                                   logs.read_all(args.results, "metrics.csv")).items():
         (REPORT / "tables" / f"{name}.tex").write_text(text)
     build_figures(args.results, summary, REPORT / "figures")
     if args.no_pdf:

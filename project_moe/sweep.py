@@ -252,6 +252,12 @@ def grid_vit_routers(epochs: int) -> list[RunSpec]:
     return runs
 
 
+# The validation accuracy whose first epoch measures "how fast" in the convergence grids: a level
+# every model of the grid passes well before its last epoch on that dataset.
+CONVERGENCE_TARGETS = {"cifar10-jpeg": 0.60, "fashion-mnist": 0.88}
+CONVERGENCE_GRIDS = ("vit_convergence", "vit_convergence_deep")
+
+
 def grid_vit_convergence(epochs: int, depth: int = 6, grid: str = "vit_convergence") -> list[RunSpec]:
     """How fast a ViT with MoE in every second block (blocks 2, 4, 6 of 6) learns against the
     dense ViT of equal active FLOPs and the one of equal parameters, expert choice and top-2,

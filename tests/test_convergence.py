@@ -47,3 +47,28 @@ def test_convergence_figure_has_an_epoch_and_a_time_axis():
     assert len(epoch_axis.lines) == 2 and len(time_axis.lines) == 3          # mean per model; every seed
     empty = plots.convergence(metrics, "other", "d")
     assert "no completed runs" in empty.axes[0].texts[0].get_text()
+
+
+def test_report_table_gives_epochs_and_minutes_to_the_target_over_the_seeds_that_reach_it():
+    import build_report
+
+    target = sweep.CONVERGENCE_TARGETS["cifar10-jpeg"]
+    below, above = target - 0.1, target + 0.05
+    curves = {("d6-moe-top2", 0): [below, above, above], ("d6-moe-top2", 1): [below, below, above],
+              ("d6-dense-active", 0): [below, below, below], ("d6-dense-active", 1): [below, below, above]}
+    metrics = metrics_of(curves).assign(grid="vit_convergence", dataset="cifar10-jpeg")
+    summary = pd.DataFrame([{"grid": "vit_convergence", "dataset": "cifar10-jpeg", "label": label, "seeds": 2,
+                             "test_acc_mean": 0.6, "test_acc_std": 0.01, "time_s_mean": 600.0,
+                             "flops_per_sample": 2e7, "params_total": 1000}
+                            for label in ("d6-moe-top2", "d6-dense-active")])
+    rows = {line.split(" & ")[2]: line.split(" & ") for line in
+            build_report.table_convergence(summary, metrics).splitlines() if line.startswith("6 & ")}
+    # top-2: epochs 2 and 3 (2.5 +- 0.71); minutes 20 s / 60 and 31 s / 60 (0.425 +- 0.13)
+    assert rows["moe-top2"][5] == "2.5 $\\pm$ 0.7" and rows["moe-top2"][6] == "0.4 $\\pm$ 0.1"
+    assert rows["dense-active"][5] == "3.0 (1/2)"                              # one seed never got there
+    macros = build_report.numbers(summary.assign(test_loss_mean=0, specialisation_mean=0, specialisation_std=0,
+                                                 final_val_load_cv_mean=0, final_val_load_cv_std=0,
+                                                 final_val_dropped_mean=float("nan")),
+                                  pd.Series(dtype=float), None, {}, metrics=metrics)
+    assert "reachepochs:vit_convergence:cifar10-jpeg:d6-moe-top2\\endcsname{2.5}" in macros
+    assert "reachepochs:vit_convergence:cifar10-jpeg:d6-dense-active\\endcsname{--}" in macros
