@@ -239,10 +239,10 @@ TRAIN_VARIANTS = {
     # the hard MoE with each dispatch forced (moe_hard: --expert-dispatch auto)
     "moe_hard_grouped": dict(gating="hard", expert_dispatch="grouped"),
     "moe_hard_padded": dict(gating="hard", expert_dispatch="padded"),
-    # the hard MoE routing and combining with plain autograd operations (fused_routing.py off)
-    "moe_hard_plain_routing": dict(gating="hard"),
+    # the hard MoE routing and combining with plain autograd operations (fused_routing.py off);
+    # fused_routing is a switch of the MoE layers, not a Config field
+    "moe_hard_plain_routing": dict(gating="hard", fused_routing=False),
 }
-PLAIN_ROUTING_VARIANTS = {"moe_hard_plain_routing"}
 MODE_VARIANTS = ("dense_active", "dense_params", "moe_hard")   # also timed under --modes amp / compile
 COMPILE_WARMUP_STEPS = 20
 
@@ -265,13 +265,14 @@ def bench_train(args) -> list[dict]:
     batches = list(loader.iter_epoch(0))[:args.steps or None]
     models, compile_s = {}, {}
     for name, (overrides, mode) in variants.items():
+        overrides = dict(overrides)
+        fused_routing = overrides.pop("fused_routing", True)
         cfg = Config(experts=8, batch_size=args.batch_size, **overrides)
         torch.manual_seed(0)
         model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
-        if name in PLAIN_ROUTING_VARIANTS:
-            for layer in model.modules():
-                if isinstance(layer, MoE):
-                    layer.fused_routing = False
+        for layer in model.modules():
+            if isinstance(layer, MoE):
+                layer.fused_routing = fused_routing
         # As in train.py: the losses outside the objective are computed on logging steps only.
         set_loss_names(model, tuple(aux_coefficients(cfg)))
         precision, coefs = Precision(mode == "amp", device), aux_coefficients(cfg)
