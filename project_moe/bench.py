@@ -3,6 +3,7 @@
     python bench.py layer    # MoE layer vs (a) dense MLP of the same active FLOPs, (b) soft routing
                              # over all experts, (c) a per-expert loop with boolean masks
     python bench.py train    # samples/s of one MNIST training epoch, MoE vs dense baselines
+    python bench.py train --family vit --data-dir DIR   # the same for the CIFAR-10 ViTs of vit_convergence
     python bench.py ep       # the MoE layer on 1 and 2 processes (expert parallel): compute, all-to-all, bytes
 
 Machines are noisy, so absolute times mean little: candidates and references are interleaved
@@ -245,6 +246,17 @@ TRAIN_VARIANTS = {
 }
 MODE_VARIANTS = ("dense_active", "dense_params", "moe_hard")   # also timed under --modes amp / compile
 COMPILE_WARMUP_STEPS = 20
+FAMILIES = ("mnist", "vit")
+
+
+def vit_convergence_variants(depth: int) -> dict[str, dict]:
+    """--family vit: the CIFAR-10 models of the ViT convergence grid at ``depth`` blocks (their
+    train.py flags, without the epochs), named as the MNIST variants (dense_active, moe_top2, ...)."""
+    from sweep import CIFAR, grid_vit_convergence
+
+    runs = [run for run in grid_vit_convergence(1, depth=depth) if run.dataset == CIFAR]
+    return {run.label.split("-", 1)[1].replace("-", "_"): {k: v for k, v in run.flags.items() if k != "epochs"}
+            for run in runs}
 
 
 def bench_train(args) -> list[dict]:
@@ -253,21 +265,28 @@ def bench_train(args) -> list[dict]:
     from models import build_model
     from precision import Precision
     from routers import set_loss_names
+    from sweep import CIFAR
     from train import aux_coefficients, make_optimizer, train_step
 
     device = resolve(args.device)
-    dataset = data.load_dataset("mnist", data.resolve_data_dir(args.data_dir), seed=0)
-    variants = {name: (overrides, "eager") for name, overrides in TRAIN_VARIANTS.items()}
-    variants.update({f"{name}+{mode}": (TRAIN_VARIANTS[name], mode) for mode in args.modes if mode != "eager"
+    data_dir = data.resolve_data_dir(args.data_dir)
+    if args.family == "vit":
+        dataset = data.load_dataset(CIFAR.format(data_dir=data_dir), data_dir, seed=0)
+        family = vit_convergence_variants(args.vit_depth)
+    else:
+        dataset, family = data.load_dataset("mnist", data_dir, seed=0), TRAIN_VARIANTS
+    variants = {name: (overrides, "eager") for name, overrides in family.items()}
+    variants.update({f"{name}+{mode}": (family[name], mode) for mode in args.modes if mode != "eager"
                      for name in MODE_VARIANTS})
+    # Batches as in training (random crops and flips on CIFAR-10), drawn once: every model times the same ones.
     loader = data.BatchLoader(dataset.train, args.batch_size, dataset.mean, dataset.std, shuffle=True,
-                              augment=False, seed=0, device=device)
+                              augment=dataset.augment and args.family == "vit", seed=0, device=device)
     batches = list(loader.iter_epoch(0))[:args.steps or None]
     models, compile_s = {}, {}
     for name, (overrides, mode) in variants.items():
         overrides = dict(overrides)
         fused_routing = overrides.pop("fused_routing", True)
-        cfg = Config(experts=8, batch_size=args.batch_size, **overrides)
+        cfg = Config(**{"experts": 8, **overrides, "batch_size": args.batch_size})
         torch.manual_seed(0)
         model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
         for layer in model.modules():
@@ -315,8 +334,10 @@ def bench_train(args) -> list[dict]:
     samples = sum(len(y) for _, y in batches)
     reference = statistics.median(seconds["dense_active"])
     rows = []
-    print(f"\nMNIST training ({samples} samples{'' if args.steps is None else f' = {len(batches)} steps'}, "
-          f"batch {args.batch_size}, E=8, MLP experts of hidden {Config().expert_hidden}), {args.rounds} "
+    models_line = (f"E=8, MLP experts of hidden {Config().expert_hidden}" if args.family == "mnist" else
+                   f"the {args.vit_depth}-block ViTs of the convergence grid, E=8 in every second block")
+    print(f"\n{dataset.name} training ({samples} samples{'' if args.steps is None else f' = {len(batches)} steps'}, "
+          f"batch {args.batch_size}, {models_line}), {args.rounds} "
           "interleaved rounds; +amp: bf16 autocast, +compile: torch.compile (compilation timed apart)")
     print(f"  {'model':<24}{'samples/s':>12}{'/ dense_active':>16}  round spread    {'faults/step':>11}"
           f"{'optimiser step / dense_active':>31}{'ops/step':>10}{'compile s':>11}")
@@ -333,7 +354,8 @@ def bench_train(args) -> list[dict]:
         print(f"  {name:<24}{row['samples_per_s']:>12,.0f}{row['vs_dense_active']:>16.3f}  "
               f"[{row['vs_dense_active_min']:.3f}, {row['vs_dense_active_max']:.3f}]  {row['faults_per_step']:>11,.0f}"
               f"{row['optimizer_vs_dense_active']:>31.2f}{row['ops_per_step']:>10,}{row['compile_s']:>11.1f}")
-    rows += step_cost_rows(dataset, args, device)
+    if args.family == "mnist":
+        rows += step_cost_rows(dataset, args, device)
     return rows
 
 
@@ -480,6 +502,10 @@ def main(argv=None) -> int:
                         help="train: time this many steps per round (default: one epoch)")
     parser.add_argument("--modes", nargs="+", default=["eager"], choices=("eager", "amp", "compile"),
                         help="train: also time the dense networks and the hard MoE under --amp and --compile")
+    parser.add_argument("--family", default="mnist", choices=FAMILIES,
+                        help="train: the MNIST mixtures, or the CIFAR-10 ViTs of the convergence grid "
+                             "(vit; needs DIR/cifar10-jpeg)")
+    parser.add_argument("--vit-depth", type=int, default=6, help="train --family vit: blocks of the ViTs")
     parser.add_argument("--csv", type=Path, default=None,
                         help="where to write the table (default: bench_layer.csv or bench_train_b<batch>.csv "
                              "here); the printed report goes beside it as .txt")
@@ -490,10 +516,13 @@ def main(argv=None) -> int:
             parts = spec.split(":")
             if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 1 <= int(parts[1]) <= int(parts[0]):
                 parser.error(f"--config {spec!r}: expected E:K with 1 <= K <= E, e.g. 8:2")
+    if args.family == "vit" and (args.what != "train" or args.modes != ["eager"]):
+        parser.error("--family vit: only with train and --modes eager (amp and compile are timed on MNIST)")
     if args.what == "ep" and (1 not in args.processes or min(args.processes) < 1):
         parser.error("--processes: include 1 (the reference) and only positive counts, e.g. 1 2")
-    path = args.csv or Path({"layer": "bench_layer.csv", "ep": "bench_ep.csv"}.get(args.what,
-                                                                               f"bench_train_b{args.batch_size}.csv"))
+    train_table = (f"bench_train_b{args.batch_size}.csv" if args.family == "mnist" else
+                   f"bench_vit_d{args.vit_depth}_b{args.batch_size}.csv")
+    path = args.csv or Path({"layer": "bench_layer.csv", "ep": "bench_ep.csv"}.get(args.what, train_table))
     if path.suffix != ".csv":
         parser.error(f"--csv {path}: the table's name must end in .csv (the printed report goes beside it as .txt)")
     report = path.with_suffix(".txt")

@@ -211,10 +211,14 @@ def table_cifar_heads(summary: pd.DataFrame, sharpness: pd.DataFrame | None) -> 
     return tabular(header, body, "l" + "rr" * len(groups) + "r")
 
 
-def convergence_rows(summary: pd.DataFrame, metrics: pd.DataFrame) -> list[dict]:
+def convergence_rows(summary: pd.DataFrame, metrics: pd.DataFrame,
+                     step_time: dict[tuple[int, str], float] | None = None) -> list[dict]:
     """Per configuration of the ViT convergence grids: its summary row, the target validation
-    accuracy, and the epochs and training minutes each seed took to first reach it
-    (sweep.CONVERGENCE_TARGETS; NaN for a seed that never did)."""
+    accuracy, the epochs and training minutes each seed took to first reach it
+    (sweep.CONVERGENCE_TARGETS; NaN for a seed that never did), and its training step's time over
+    the dense ViT of equal FLOPs from ``step_time`` ((depth, model) -> ratio, CIFAR-10; NaN where
+    not measured). The grids' runs may span machines; that ratio, measured in one benchmark run,
+    turns epochs into comparable time."""
     from sweep import CONVERGENCE_GRIDS, CONVERGENCE_TARGETS
 
     rows = []
@@ -226,9 +230,23 @@ def convergence_rows(summary: pd.DataFrame, metrics: pd.DataFrame) -> list[dict]
             reached = logs.time_to_accuracy(runs, target)
             for r in summary[(summary.grid == grid) & (summary.dataset == dataset)].itertuples():
                 seeds = reached[reached.label == r.label]
-                rows.append({"summary": r, "target": target, "epochs": seeds.epoch,
-                             "minutes": seeds.wall_time_s / 60})
+                depth, model = r.label.split("-", 1)
+                measured = (step_time or {}) if dataset == "cifar10-jpeg" else {}   # timed on CIFAR-10 only
+                ratio = measured.get((int(depth.lstrip("d")), model), float("nan"))
+                rows.append({"summary": r, "depth": depth.lstrip("d"), "model": model, "target": target,
+                             "epochs": seeds.epoch, "minutes": seeds.wall_time_s / 60, "step_time": ratio})
     return rows
+
+
+def load_vit_step_time(results: Path) -> dict[tuple[int, str], float]:
+    """(depth, model) -> training step time over the dense ViT of equal FLOPs, from the tables of
+    ``bench.py train --family vit`` (results/bench/bench_vit_d<depth>_b128.csv, the grids' batch)."""
+    ratios = {}
+    for path in sorted((results / "bench").glob("bench_vit_d*_b128.csv")):
+        depth = int(path.stem.split("_")[2].lstrip("d"))
+        for r in pd.read_csv(path).itertuples():
+            ratios[(depth, r.model.replace("_", "-"))] = 1.0 / r.vs_dense_active
+    return ratios
 
 
 def _reach(values: pd.Series, digits: int) -> str:
@@ -240,20 +258,23 @@ def _reach(values: pd.Series, digits: int) -> str:
     return text if len(hit) == len(values) else f"{text} ({len(hit)}/{len(values)})"
 
 
-def table_convergence(summary: pd.DataFrame, metrics: pd.DataFrame) -> str:
+def table_convergence(summary: pd.DataFrame, metrics: pd.DataFrame,
+                      step_time: dict[tuple[int, str], float] | None = None) -> str:
     """ViT with MoE every second block against the dense ViTs of equal active FLOPs and of equal
-    parameters: test accuracy (weights of the best validation epoch), and how soon each reaches the
-    target validation accuracy, in epochs and in training minutes."""
+    parameters: test accuracy (weights of the best validation epoch), how soon each reaches the
+    target validation accuracy (epochs; logged training minutes), its step time over the dense
+    ViT of equal FLOPs, and the epochs to target in units of that ViT's epochs."""
     body = []
-    for row in convergence_rows(summary, metrics):
-        r = row["summary"]
-        depth = r.label.split("-", 1)[0].lstrip("d")
-        body.append([depth, escape(r.dataset), escape(r.label.split("-", 1)[1]), pm(r.test_acc_mean, r.test_acc_std),
+    for row in convergence_rows(summary, metrics, step_time):
+        r, ratio = row["summary"], row["step_time"]
+        body.append([row["depth"], escape(r.dataset), escape(row["model"]), pm(r.test_acc_mean, r.test_acc_std),
                      f"{100 * row['target']:.0f}", _reach(row["epochs"], 1), _reach(row["minutes"], 1),
-                     f"{r.time_s_mean / 60:.0f}", f"{r.flops_per_sample / 1e6:.1f}", thousands(r.params_total),
-                     str(r.seeds)])
+                     "--" if math.isnan(ratio) else f"{ratio:.2f}",
+                     "--" if math.isnan(ratio) else _reach(row["epochs"] * ratio, 1),
+                     f"{r.flops_per_sample / 1e6:.1f}", thousands(r.params_total), str(r.seeds)])
     return tabular(["blocks", "dataset", "model", "test acc. (\\%)", "target (\\%)", "epochs to target",
-                    "minutes to target", "min/run", "MFLOPs", "params", "seeds"], body, "rllrrrrrrrr")
+                    "minutes to target", "step time", "time to target", "MFLOPs", "params", "seeds"],
+                   body, "rllrrrrrrrrr")
 
 
 def table_bench(bench: pd.DataFrame) -> str:
@@ -270,15 +291,17 @@ def table_bench(bench: pd.DataFrame) -> str:
 def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | None,
             train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None = None,
             coherence: pd.DataFrame | None = None, bench_repeat: pd.DataFrame | None = None,
-            cifar_sharpness: pd.DataFrame | None = None, metrics: pd.DataFrame | None = None) -> str:
+            cifar_sharpness: pd.DataFrame | None = None, metrics: pd.DataFrame | None = None,
+            step_time: dict[tuple[int, str], float] | None = None) -> str:
     """LaTeX macros for the numbers quoted in the text: \\res (test accuracy, %, mean ± std),
     \\spec (I(expert; class) / H(class)), \\loadcv (final validation load CV), per
     {grid}{dataset}{label}, \\dropped (% of assignments dropped for capacity, validation, last epoch),
     \\minutes (wall minutes per run, mean over seeds), \\params (total parameters);
     \\unpicked{label}: % of test samples no expert took (expert choice); \\curvature{results folder}
     {label}{split}{top_eigenvalue|trace|loss}: the Hessian estimates of analysis.py; \\reachepochs and
-    \\reachminutes{grid}{dataset}{label}: mean epochs and training minutes to the convergence target
-    (-- unless every seed reached it)."""
+    \\reachminutes{grid}{dataset}{label}: mean epochs and training minutes to the convergence target,
+    \\reachtime the epochs times the step time over the dense ViT of equal FLOPs (-- unless every
+    seed reached it)."""
     lines = []
     for macro in ("res", "spec", "loadcv", "dropped", "minutes", "params", "unpicked"):
         args = "[1]" if macro == "unpicked" else "[3]"
@@ -326,11 +349,13 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
                              f"{{{getattr(r, metric + '_mean'):.2f}}}")
     lines.append("\\newcommand{\\reachepochs}[3]{\\csname reachepochs:#1:#2:#3\\endcsname}")
     lines.append("\\newcommand{\\reachminutes}[3]{\\csname reachminutes:#1:#2:#3\\endcsname}")
-    for row in convergence_rows(summary, metrics if metrics is not None else pd.DataFrame()):
+    lines.append("\\newcommand{\\reachtime}[3]{\\csname reachtime:#1:#2:#3\\endcsname}")
+    for row in convergence_rows(summary, metrics if metrics is not None else pd.DataFrame(), step_time):
         r = row["summary"]
-        for macro in ("epochs", "minutes"):
-            hit = row[macro].dropna()
-            value = f"{hit.mean():.1f}" if len(hit) == len(row[macro]) else "--"
+        for macro, values in (("epochs", row["epochs"]), ("minutes", row["minutes"]),
+                              ("time", row["epochs"] * row["step_time"])):
+            hit = values.dropna()
+            value = f"{hit.mean():.1f}" if len(hit) == len(values) else "--"
             lines.append(f"\\expandafter\\def\\csname reach{macro}:{r.grid}:{r.dataset}:{r.label}\\endcsname"
                          f"{{{value}}}")
     lines.append("\\newcommand{\\coherence}[3]{\\csname coherence:#1:#2:#3\\endcsname}")
@@ -372,16 +397,17 @@ def load_train_bench(results: Path) -> dict[int, pd.DataFrame]:
 def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.DataFrame,
                  train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None,
                  patches: pd.DataFrame, bench_repeat: pd.DataFrame | None = None,
-                 cifar_sharpness: pd.DataFrame | None = None, metrics: pd.DataFrame | None = None) -> dict[str, str]:
+                 cifar_sharpness: pd.DataFrame | None = None, metrics: pd.DataFrame | None = None,
+                 vit_step_time: dict[tuple[int, str], float] | None = None) -> dict[str, str]:
     metrics = metrics if metrics is not None else pd.DataFrame()
     tables = {"moe_vs_dense": table_moe_vs_dense(summary), "gating": table_gating(summary),
               "experts": table_simple(summary, "experts"), "regularisation": table_simple(summary, "regularisation"),
               "extensions": table_extensions(summary), "modern": table_modern(summary),
               "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
                                  logs.patch_coherence(patches) if not patches.empty else None,
-                                 bench_repeat, cifar_sharpness, metrics) + vit_router_sizes(),
+                                 bench_repeat, cifar_sharpness, metrics, vit_step_time) + vit_router_sizes(),
               "cifar_heads": table_cifar_heads(summary, cifar_sharpness),
-              "convergence": table_convergence(summary, metrics)}
+              "convergence": table_convergence(summary, metrics, vit_step_time)}
     if bench is not None:
         tables["bench"] = table_bench(bench)
     if sharpness is not None:
@@ -444,7 +470,8 @@ def main(argv=None) -> int:
     patches = logs.read_all(args.results, "test_patches.csv")
     for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
                                    patches, bench_repeat, load_sharpness(args.results, "sharpness_cifar"),
-                                   logs.read_all(args.results, "metrics.csv")).items():
+                                   logs.read_all(args.results, "metrics.csv"),
+                                   load_vit_step_time(args.results)).items():
         (REPORT / "tables" / f"{name}.tex").write_text(text)
     build_figures(args.results, summary, REPORT / "figures")
     if args.no_pdf:

@@ -71,6 +71,30 @@ def test_bench_train_adds_amp_rows_beside_the_eager_ones(tmp_path, tiny_data):
     assert table.compile_s.isna().all()
 
 
+def test_bench_train_times_the_vit_convergence_models_on_an_image_folder(tmp_path, monkeypatch):
+    from test_data import write_folder
+
+    monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))
+    write_folder(tmp_path / "data" / "cifar10-jpeg", {"cat": 12, "dog": 12}, fmt="jpg", size=32)
+    out = tmp_path / "vit.csv"
+    argv = ["train", "--family", "vit", "--data-dir", str(tmp_path / "data"), "--rounds", "1", "--batch-size", "8",
+            "--steps", "2", "--device", "cpu", "--threads", "1", "--csv", str(out)]
+    assert bench.main(argv) == 0
+    table = pd.read_csv(out).set_index("model")
+    assert list(table.index) == ["moe_expert_choice", "moe_top2", "dense_active", "dense_params"]   # no MNIST rows
+    assert table.loc["dense_active", "vs_dense_active"] == 1.0 and (table.samples_per_s > 0).all()
+    # each model is the grid's: routed ViTs hold 8 experts' weights, the params-matched dense ViT as many
+    assert table.loc["moe_top2", "ops_per_step"] > table.loc["dense_active", "ops_per_step"] > 0
+
+
+def test_bench_train_refuses_vit_with_amp_or_outside_train(capsys):
+    for argv in (["train", "--family", "vit", "--modes", "eager", "amp"], ["layer", "--family", "vit"]):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(argv)
+        assert stop.value.code == 2
+        assert "--family vit" in capsys.readouterr().err
+
+
 def test_bench_refuses_to_overwrite_a_table_and_keeps_the_printed_report(tmp_path, capsys):
     out = tmp_path / "layer.csv"
     argv = ["layer", "--config", "2:1", "--samples", "16", "--d-model", "4", "--hidden", "8", "--rounds", "1",

@@ -29,7 +29,8 @@ def test_report_tables_equal_the_results():
     cifar_sharpness = build_report.load_sharpness(RESULTS, "sharpness_cifar")
     for name, text in build_report.build_tables(summary, bench, samples, train_bench, sharpness, patches,
                                                 bench_repeat, cifar_sharpness,
-                                                build_report.logs.read_all(RESULTS, "metrics.csv")).items():
+                                                build_report.logs.read_all(RESULTS, "metrics.csv"),
+                                                build_report.load_vit_step_time(RESULTS)).items():
         committed = (build_report.REPORT / "tables" / f"{name}.tex").read_text()
         assert committed == text, f"report/tables/{name}.tex is stale: run python build_report.py"
 
