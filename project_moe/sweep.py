@@ -253,7 +253,7 @@ def grid_vit_routers(epochs: int) -> list[RunSpec]:
 
 
 # The validation accuracy whose first epoch measures "how fast" in the convergence grids: a level
-# every model of the grid passes well before its last epoch on that dataset.
+# near the end of the curves, so that it separates models that learn at different speeds.
 CONVERGENCE_TARGETS = {"cifar10-jpeg": 0.60, "fashion-mnist": 0.88}
 CONVERGENCE_GRIDS = ("vit_convergence", "vit_convergence_deep")
 
