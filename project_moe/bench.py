@@ -252,10 +252,10 @@ FAMILIES = ("mnist", "vit")
 def vit_convergence_variants(depth: int) -> dict[str, dict]:
     """--family vit: the CIFAR-10 models of the ViT convergence grid at ``depth`` blocks (their
     train.py flags, without the epochs), named as the MNIST variants (dense_active, moe_top2, ...)."""
-    from sweep import CIFAR, grid_vit_convergence
+    from sweep import CIFAR, grid_vit_convergence, split_convergence_label
 
     runs = [run for run in grid_vit_convergence(1, depth=depth) if run.dataset == CIFAR]
-    return {run.label.split("-", 1)[1].replace("-", "_"): {k: v for k, v in run.flags.items() if k != "epochs"}
+    return {split_convergence_label(run.label)[1].replace("-", "_"): {k: v for k, v in run.flags.items() if k != "epochs"}
             for run in runs}
 
 

@@ -219,7 +219,7 @@ def convergence_rows(summary: pd.DataFrame, metrics: pd.DataFrame,
     the dense ViT of equal FLOPs from ``step_time`` ((depth, model) -> ratio, CIFAR-10; NaN where
     not measured). The grids' runs may span machines; that ratio, measured in one benchmark run,
     turns epochs into comparable time."""
-    from sweep import CONVERGENCE_GRIDS, CONVERGENCE_TARGETS
+    from sweep import CONVERGENCE_GRIDS, CONVERGENCE_TARGETS, split_convergence_label
 
     rows = []
     for grid in CONVERGENCE_GRIDS:
@@ -230,10 +230,10 @@ def convergence_rows(summary: pd.DataFrame, metrics: pd.DataFrame,
             reached = logs.time_to_accuracy(runs, target)
             for r in summary[(summary.grid == grid) & (summary.dataset == dataset)].itertuples():
                 seeds = reached[reached.label == r.label]
-                depth, model = r.label.split("-", 1)
+                depth, model = split_convergence_label(r.label)
                 measured = (step_time or {}) if dataset == "cifar10-jpeg" else {}   # timed on CIFAR-10 only
-                ratio = measured.get((int(depth.lstrip("d")), model), float("nan"))
-                rows.append({"summary": r, "depth": depth.lstrip("d"), "model": model, "target": target,
+                ratio = measured.get((depth, model), float("nan"))
+                rows.append({"summary": r, "depth": str(depth), "model": model, "target": target,
                              "epochs": seeds.epoch, "minutes": seeds.wall_time_s / 60, "step_time": ratio})
     return rows
 
@@ -258,14 +258,14 @@ def _reach(values: pd.Series, digits: int) -> str:
     return text if len(hit) == len(values) else f"{text} ({len(hit)}/{len(values)})"
 
 
-def table_convergence(summary: pd.DataFrame, metrics: pd.DataFrame,
-                      step_time: dict[tuple[int, str], float] | None = None) -> str:
+def table_convergence(rows: list[dict]) -> str:
     """ViT with MoE every second block against the dense ViTs of equal active FLOPs and of equal
     parameters: test accuracy (weights of the best validation epoch), how soon each reaches the
     target validation accuracy (epochs; logged training minutes), its step time over the dense
-    ViT of equal FLOPs, and the epochs to target in units of that ViT's epochs."""
+    ViT of equal FLOPs, and the epochs to target in units of that ViT's epochs; ``rows`` from
+    convergence_rows."""
     body = []
-    for row in convergence_rows(summary, metrics, step_time):
+    for row in rows:
         r, ratio = row["summary"], row["step_time"]
         body.append([row["depth"], escape(r.dataset), escape(row["model"]), pm(r.test_acc_mean, r.test_acc_std),
                      f"{100 * row['target']:.0f}", _reach(row["epochs"], 1), _reach(row["minutes"], 1),
@@ -291,8 +291,7 @@ def table_bench(bench: pd.DataFrame) -> str:
 def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | None,
             train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None = None,
             coherence: pd.DataFrame | None = None, bench_repeat: pd.DataFrame | None = None,
-            cifar_sharpness: pd.DataFrame | None = None, metrics: pd.DataFrame | None = None,
-            step_time: dict[tuple[int, str], float] | None = None) -> str:
+            cifar_sharpness: pd.DataFrame | None = None, convergence: list[dict] | None = None) -> str:
     """LaTeX macros for the numbers quoted in the text: \\res (test accuracy, %, mean ± std),
     \\spec (I(expert; class) / H(class)), \\loadcv (final validation load CV), per
     {grid}{dataset}{label}, \\dropped (% of assignments dropped for capacity, validation, last epoch),
@@ -350,7 +349,7 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     lines.append("\\newcommand{\\reachepochs}[3]{\\csname reachepochs:#1:#2:#3\\endcsname}")
     lines.append("\\newcommand{\\reachminutes}[3]{\\csname reachminutes:#1:#2:#3\\endcsname}")
     lines.append("\\newcommand{\\reachtime}[3]{\\csname reachtime:#1:#2:#3\\endcsname}")
-    for row in convergence_rows(summary, metrics if metrics is not None else pd.DataFrame(), step_time):
+    for row in convergence or []:
         r = row["summary"]
         for macro, values in (("epochs", row["epochs"]), ("minutes", row["minutes"]),
                               ("time", row["epochs"] * row["step_time"])):
@@ -399,15 +398,15 @@ def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.
                  patches: pd.DataFrame, bench_repeat: pd.DataFrame | None = None,
                  cifar_sharpness: pd.DataFrame | None = None, metrics: pd.DataFrame | None = None,
                  vit_step_time: dict[tuple[int, str], float] | None = None) -> dict[str, str]:
-    metrics = metrics if metrics is not None else pd.DataFrame()
+    convergence = convergence_rows(summary, metrics if metrics is not None else pd.DataFrame(), vit_step_time)
     tables = {"moe_vs_dense": table_moe_vs_dense(summary), "gating": table_gating(summary),
               "experts": table_simple(summary, "experts"), "regularisation": table_simple(summary, "regularisation"),
               "extensions": table_extensions(summary), "modern": table_modern(summary),
               "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
                                  logs.patch_coherence(patches) if not patches.empty else None,
-                                 bench_repeat, cifar_sharpness, metrics, vit_step_time) + vit_router_sizes(),
+                                 bench_repeat, cifar_sharpness, convergence) + vit_router_sizes(),
               "cifar_heads": table_cifar_heads(summary, cifar_sharpness),
-              "convergence": table_convergence(summary, metrics, vit_step_time)}
+              "convergence": table_convergence(convergence)}
     if bench is not None:
         tables["bench"] = table_bench(bench)
     if sharpness is not None:

@@ -258,6 +258,12 @@ CONVERGENCE_TARGETS = {"cifar10-jpeg": 0.60, "fashion-mnist": 0.88}
 CONVERGENCE_GRIDS = ("vit_convergence", "vit_convergence_deep")
 
 
+def split_convergence_label(label: str) -> tuple[int, str]:
+    """A convergence-grid label as (blocks, model): "d6-moe-top2" -> (6, "moe-top2")."""
+    depth, model = label.split("-", 1)
+    return int(depth.lstrip("d")), model
+
+
 def grid_vit_convergence(epochs: int, depth: int = 6, grid: str = "vit_convergence") -> list[RunSpec]:
     """How fast a ViT with MoE in every second block (blocks 2, 4, 6 of 6) learns against the
     dense ViT of equal active FLOPs and the one of equal parameters, expert choice and top-2,

@@ -62,8 +62,9 @@ def test_report_table_gives_epochs_and_minutes_to_the_target_over_the_seeds_that
                              "flops_per_sample": 2e7, "params_total": 1000}
                             for label in ("d6-moe-top2", "d6-dense-active")])
     step_time = {(6, "moe-top2"): 1.5, (6, "dense-active"): 1.0, (12, "moe-top2"): 9.0}
+    convergence = build_report.convergence_rows(summary, metrics, step_time)
     rows = {line.split(" & ")[2]: line.split(" & ") for line in
-            build_report.table_convergence(summary, metrics, step_time).splitlines() if line.startswith("6 & ")}
+            build_report.table_convergence(convergence).splitlines() if line.startswith("6 & ")}
     # top-2: epochs 2 and 3 (2.5 +- 0.71); minutes 20 s / 60 and 31 s / 60 (0.425 +- 0.13)
     assert rows["moe-top2"][5] == "2.5 $\\pm$ 0.7" and rows["moe-top2"][6] == "0.4 $\\pm$ 0.1"
     # its steps take 1.5 dense-active steps: 3 and 4.5 dense-active epochs to the target
@@ -72,7 +73,7 @@ def test_report_table_gives_epochs_and_minutes_to_the_target_over_the_seeds_that
     macros = build_report.numbers(summary.assign(test_loss_mean=0, specialisation_mean=0, specialisation_std=0,
                                                  final_val_load_cv_mean=0, final_val_load_cv_std=0,
                                                  final_val_dropped_mean=float("nan")),
-                                  pd.Series(dtype=float), None, {}, metrics=metrics, step_time=step_time)
+                                  pd.Series(dtype=float), None, {}, convergence=convergence)
     assert "reachepochs:vit_convergence:cifar10-jpeg:d6-moe-top2\\endcsname{2.5}" in macros
     assert "reachepochs:vit_convergence:cifar10-jpeg:d6-dense-active\\endcsname{--}" in macros
     assert "reachtime:vit_convergence:cifar10-jpeg:d6-moe-top2\\endcsname{3.8}" in macros
