@@ -101,21 +101,6 @@ def table_simple(summary: pd.DataFrame, grid: str) -> str:
     return tabular(["configuration", "test acc. (\\%)", "load CV", "I/H", "params", "seeds"], body, "lrrrrr")
 
 
-def table_extensions(summary: pd.DataFrame) -> str:
-    """ViT with MoE blocks against the dense ViT, and linear against cosine router scores."""
-    body = []
-    for r in summary[summary.grid == "vit"].itertuples():
-        body.append([escape(r.dataset), escape(r.label), pm(r.test_acc_mean, r.test_acc_std),
-                     f"{r.final_val_load_cv_mean:.2f}" if not pd.isna(r.final_val_load_cv_mean) else "--",
-                     thousands(r.params_total), thousands(r.flops_per_sample), str(r.seeds)])
-    for r in summary[summary.grid == "cosine"].itertuples():
-        body.append([escape(r.dataset), escape(r.label), pm(r.test_acc_mean, r.test_acc_std),
-                     f"{r.final_val_load_cv_mean:.2f}", thousands(r.params_total), thousands(r.flops_per_sample),
-                     str(r.seeds)])
-    return tabular(["dataset", "model", "test acc. (\\%)", "load CV", "params", "FLOPs/sample", "seeds"],
-                   body, "llrrrrr")
-
-
 def _cell(summary: pd.DataFrame, grid: str, label: str, extra: str | None = None) -> str:
     """Test accuracy (\\%) of one configuration, with its final load CV or dropped share; -- if not run."""
     match = summary[(summary.grid == grid) & (summary.label == label)]
@@ -300,7 +285,7 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     {label}{split}{top_eigenvalue|trace|loss}: the Hessian estimates of analysis.py; \\reachepochs and
     \\reachminutes{grid}{dataset}{label}: mean epochs and training minutes to the convergence target,
     \\reachtime the epochs times the step time over the dense ViT of equal FLOPs (-- unless every
-    seed reached it)."""
+    seed reached it), \\vitstep{blocks}{model} that step time (CIFAR-10)."""
     lines = []
     for macro in ("res", "spec", "loadcv", "dropped", "minutes", "params", "unpicked"):
         args = "[1]" if macro == "unpicked" else "[3]"
@@ -349,8 +334,12 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     lines.append("\\newcommand{\\reachepochs}[3]{\\csname reachepochs:#1:#2:#3\\endcsname}")
     lines.append("\\newcommand{\\reachminutes}[3]{\\csname reachminutes:#1:#2:#3\\endcsname}")
     lines.append("\\newcommand{\\reachtime}[3]{\\csname reachtime:#1:#2:#3\\endcsname}")
+    lines.append("\\newcommand{\\vitstep}[2]{\\csname vitstep:#1:#2\\endcsname}")
     for row in convergence or []:
         r = row["summary"]
+        if math.isfinite(row["step_time"]):
+            lines.append(f"\\expandafter\\def\\csname vitstep:{row['depth']}:{row['model']}\\endcsname"
+                         f"{{{row['step_time']:.2f}}}")
         for macro, values in (("epochs", row["epochs"]), ("minutes", row["minutes"]),
                               ("time", row["epochs"] * row["step_time"])):
             hit = values.dropna()
@@ -401,7 +390,7 @@ def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.
     convergence = convergence_rows(summary, metrics if metrics is not None else pd.DataFrame(), vit_step_time)
     tables = {"moe_vs_dense": table_moe_vs_dense(summary), "gating": table_gating(summary),
               "experts": table_simple(summary, "experts"), "regularisation": table_simple(summary, "regularisation"),
-              "extensions": table_extensions(summary), "modern": table_modern(summary),
+              "modern": table_modern(summary),
               "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
                                  logs.patch_coherence(patches) if not patches.empty else None,
                                  bench_repeat, cifar_sharpness, convergence) + vit_router_sizes(),

@@ -77,6 +77,7 @@ def test_report_table_gives_epochs_and_minutes_to_the_target_over_the_seeds_that
     assert "reachepochs:vit_convergence:cifar10-jpeg:d6-moe-top2\\endcsname{2.5}" in macros
     assert "reachepochs:vit_convergence:cifar10-jpeg:d6-dense-active\\endcsname{--}" in macros
     assert "reachtime:vit_convergence:cifar10-jpeg:d6-moe-top2\\endcsname{3.8}" in macros
+    assert "vitstep:6:moe-top2\\endcsname{1.50}" in macros
 
 
 def test_vit_step_times_are_read_from_the_benchmark_tables(tmp_path):
