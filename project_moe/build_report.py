@@ -252,7 +252,8 @@ def table_convergence(rows: list[dict]) -> str:
     body = []
     for row in rows:
         r, ratio = row["summary"], row["step_time"]
-        body.append([row["depth"], escape(r.dataset), escape(row["model"]), pm(r.test_acc_mean, r.test_acc_std),
+        body.append([row["depth"], escape(r.dataset), escape(row["model"]),
+                     _mean_spread(100 * r.test_acc_mean, 100 * r.test_acc_std, 2),
                      f"{100 * row['target']:.0f}", _reach(row["epochs"], 1), _reach(row["minutes"], 1),
                      "--" if math.isnan(ratio) else f"{ratio:.2f}",
                      "--" if math.isnan(ratio) else _reach(row["epochs"] * ratio, 1),
@@ -293,7 +294,7 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
         lines.append(f"\\newcommand{{\\{macro}}}{args}{{\\csname {macro}:{body}\\endcsname}}")
     for r in summary.itertuples():
         key = f"{r.grid}:{r.dataset}:{r.label}"
-        values = {"res": pm(r.test_acc_mean, r.test_acc_std),
+        values = {"res": _mean_spread(100 * r.test_acc_mean, 100 * r.test_acc_std, 2),   # one seed: the mean
                   "spec": pm(r.specialisation_mean, r.specialisation_std, scale=1.0),
                   "loadcv": pm(r.final_val_load_cv_mean, r.final_val_load_cv_std, scale=1.0),
                   "dropped": f"{100 * r.final_val_dropped_mean:.1f}" if not pd.isna(r.final_val_dropped_mean) else "--",
@@ -417,6 +418,8 @@ def load_sharpness(results: Path, name: str = "sharpness") -> pd.DataFrame | Non
 
 
 def build_figures(results: Path, summary: pd.DataFrame, out: Path) -> None:
+    from sweep import CONVERGENCE_GRIDS
+
     out.mkdir(parents=True, exist_ok=True)
     metrics, experts = logs.read_all(results, "metrics.csv"), logs.read_all(results, "experts.csv")
     routing, runs = logs.read_all(results, "routing.csv"), logs.run_table(results)
@@ -425,7 +428,9 @@ def build_figures(results: Path, summary: pd.DataFrame, out: Path) -> None:
     figures = {"gating_comparison": plots.gating_comparison(summary),
                "expert_usage": plots.expert_usage(experts), "balance_over_time": plots.balance_over_time(metrics),
                "class_expert_heatmap": plots.class_expert_heatmap(routing, hard.run.iloc[0], grid="gating"),
-               "per_expert_loss": plots.per_expert_loss_curves(experts, hard.run.iloc[0], grid="gating")}
+               "per_expert_loss": plots.per_expert_loss_curves(experts, hard.run.iloc[0], grid="gating"),
+               "vit_convergence": plots.convergence(metrics, CONVERGENCE_GRIDS, "cifar10-jpeg",
+                                                        height=2.4)}
     patches = logs.read_all(results, "test_patches.csv")
     if not patches.empty:
         run = REPORT_PATCH_RUN if REPORT_PATCH_RUN in set(patches.run) else sorted(patches.run)[0]

@@ -378,13 +378,16 @@ def balancing_over_time(metrics: pd.DataFrame, grid: str = "balancing", ax=None)
 
 
 
-def convergence(metrics: pd.DataFrame, grid: str, dataset: str) -> plt.Figure:
+def convergence(metrics: pd.DataFrame, grid: str | tuple[str, ...], dataset: str,
+                height: float = 3.0) -> plt.Figure:
     """Validation accuracy against epochs (left) and against training wall seconds (right),
-    mean over seeds with the spread shaded (left) or every seed drawn (right)."""
-    rows = metrics[(metrics.grid == grid) & (metrics.dataset == dataset)]
+    mean over seeds with the spread shaded (left) or every seed drawn (right); ``grid`` may name
+    several grids whose labels differ (the 6- and 12-block convergence grids)."""
+    grids = (grid,) if isinstance(grid, str) else tuple(grid)
+    rows = metrics[metrics.grid.isin(grids) & (metrics.dataset == dataset)]
     if rows.empty:
-        return _no_runs(f"the {grid} grid on {dataset}")
-    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(8.0, 3.0), sharey=True)
+        return _no_runs(f"the {' and '.join(grids)} grid on {dataset}")
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(8.0, height), sharey=True)
     for label, color in zip(sorted(rows.label.unique()), plt.cm.tab10.colors):
         runs = rows[rows.label == label]
         curve = runs.groupby("epoch").val_acc
@@ -397,6 +400,6 @@ def convergence(metrics: pd.DataFrame, grid: str, dataset: str) -> plt.Figure:
     by_epoch.set_ylabel("validation accuracy (%)")
     by_time.set_xlabel("training wall time (s)")
     by_epoch.legend(fontsize=6, frameon=False)
-    fig.suptitle(f"{grid} ({dataset})", fontsize=9)
+    fig.suptitle(f"{' and '.join(grids)} ({dataset})", fontsize=9)
     fig.tight_layout()
     return fig

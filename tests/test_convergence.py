@@ -47,6 +47,9 @@ def test_convergence_figure_has_an_epoch_and_a_time_axis():
     assert len(epoch_axis.lines) == 2 and len(time_axis.lines) == 3          # mean per model; every seed
     empty = plots.convergence(metrics, "other", "d")
     assert "no completed runs" in empty.axes[0].texts[0].get_text()
+    deeper = metrics_of({("deep", 0): [0.3, 0.4]}).assign(grid="g_deep")
+    both = plots.convergence(pd.concat([metrics, deeper]), ("g", "g_deep"), "d")
+    assert len(both.axes[0].lines) == 3 and len(both.axes[1].lines) == 4
 
 
 def test_report_table_gives_epochs_and_minutes_to_the_target_over_the_seeds_that_reach_it():
@@ -89,3 +92,17 @@ def test_vit_step_times_are_read_from_the_benchmark_tables(tmp_path):
     pd.DataFrame({"model": ["dense_active"], "vs_dense_active": [1.0]}).to_csv(
         tmp_path / "bench" / "bench_vit_d6_b64.csv", index=False)        # not the grids' batch: ignored
     assert build_report.load_vit_step_time(tmp_path) == {(6, "moe-top2"): 2.0, (6, "dense-active"): 1.0}
+
+
+def test_res_macro_of_a_single_seed_run_is_its_accuracy_alone():
+    import build_report
+
+    summary = pd.DataFrame([{"grid": "vit_convergence_deep", "dataset": "cifar10-jpeg", "label": label, "seeds": seeds,
+                             "test_acc_mean": 0.642, "test_acc_std": std, "time_s_mean": 600.0,
+                             "flops_per_sample": 2e7, "params_total": 1000, "test_loss_mean": 0,
+                             "specialisation_mean": 0, "specialisation_std": 0, "final_val_load_cv_mean": 0,
+                             "final_val_load_cv_std": 0, "final_val_dropped_mean": float("nan")}
+                            for label, seeds, std in (("d12-moe-top2", 1, float("nan")), ("d12-dense-active", 2, 0.001))])
+    macros = build_report.numbers(summary, pd.Series(dtype=float), None, {})
+    assert "res:vit_convergence_deep:cifar10-jpeg:d12-moe-top2\\endcsname{64.20}" in macros
+    assert "res:vit_convergence_deep:cifar10-jpeg:d12-dense-active\\endcsname{64.20 $\\pm$ 0.10}" in macros
