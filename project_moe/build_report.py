@@ -417,11 +417,14 @@ def load_sharpness(results: Path, name: str = "sharpness") -> pd.DataFrame | Non
     return logs.sharpness_by_label(pd.read_csv(path), results) if path.exists() else None
 
 
-def build_figures(results: Path, summary: pd.DataFrame, out: Path) -> None:
+def build_figures(results: Path, summary: pd.DataFrame, metrics: pd.DataFrame, patches: pd.DataFrame,
+                  out: Path) -> None:
+    """The report's figures from the logs; ``metrics`` and ``patches`` are the runs' metrics.csv and
+    test_patches.csv, read once by main for the tables too."""
     from sweep import CONVERGENCE_GRIDS
 
     out.mkdir(parents=True, exist_ok=True)
-    metrics, experts = logs.read_all(results, "metrics.csv"), logs.read_all(results, "experts.csv")
+    experts = logs.read_all(results, "experts.csv")
     routing, runs = logs.read_all(results, "routing.csv"), logs.run_table(results)
     hard = runs[(runs.grid == "gating") & (runs.label == "hard") & (runs.dataset == "mnist")].sort_values("seed")
     # The report's figures; the others of the study are in the notebook.
@@ -431,7 +434,6 @@ def build_figures(results: Path, summary: pd.DataFrame, out: Path) -> None:
                "per_expert_loss": plots.per_expert_loss_curves(experts, hard.run.iloc[0], grid="gating"),
                "vit_convergence": plots.convergence(metrics, CONVERGENCE_GRIDS, "cifar10-jpeg",
                                                         height=2.4)}
-    patches = logs.read_all(results, "test_patches.csv")
     if not patches.empty:
         run = REPORT_PATCH_RUN if REPORT_PATCH_RUN in set(patches.run) else sorted(patches.run)[0]
         run_dir = next(results.glob(f"runs/*/{run}"))
@@ -460,13 +462,12 @@ def main(argv=None) -> int:
     (REPORT / "tables").mkdir(parents=True, exist_ok=True)
     samples = logs.read_all(args.results, "test_samples.csv")
     sharpness = load_sharpness(args.results)
-    patches = logs.read_all(args.results, "test_patches.csv")
+    patches, metrics = logs.read_all(args.results, "test_patches.csv"), logs.read_all(args.results, "metrics.csv")
     for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
                                    patches, bench_repeat, load_sharpness(args.results, "sharpness_cifar"),
-                                   logs.read_all(args.results, "metrics.csv"),
-                                   load_vit_step_time(args.results)).items():
+                                   metrics, load_vit_step_time(args.results)).items():
         (REPORT / "tables" / f"{name}.tex").write_text(text)
-    build_figures(args.results, summary, REPORT / "figures")
+    build_figures(args.results, summary, metrics, patches, REPORT / "figures")
     if args.no_pdf:
         return 0
     if shutil.which("pdflatex") is None:
