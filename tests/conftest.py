@@ -1,16 +1,5 @@
-import pathlib
-import sys
-
 import pytest
-
-# Modules in project_moe/ import each other flatly (`import data`), as when run from that directory.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "project_moe"))
-
-from synthetic import write_mnist_layout  # noqa: E402  (needs the path above)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one); run alone with -m cuda")
+from synthetic import write_mnist_layout
 
 
 @pytest.fixture

@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from moelab.models.builder import build_model
+from moelab.models.classifier import classifier_logits
+from moelab.models.spec import ModelSpec
+from moelab.study import sharpness
+from moelab.training import launch
 from torch.func import functional_call, grad
 
-import analysis
-import train
-from models import build_model
-from moe_model import ModelSpec, classifier_logits
-
 matplotlib.use("Agg")
-import plots  # noqa: E402  (after the backend is chosen)
+from moelab.study import plots
 
 SHAPES = {"a": (2,), "b": (3, 1)}   # two tensors, five coordinates in all
 
@@ -49,8 +49,8 @@ def point(seed=1):
 def test_power_iteration_finds_the_dominant_eigenvalue(eigenvalues, expected):
     a_matrix = matrix_with_spectrum(eigenvalues)
     params = point()
-    hvp = analysis.hvp_fn(quadratic(a_matrix), params)
-    estimate = analysis.top_eigenvalue(hvp, params, iters=500, tol=1e-12, generator=torch.Generator().manual_seed(0))
+    hvp = sharpness.hvp_fn(quadratic(a_matrix), params)
+    estimate = sharpness.top_eigenvalue(hvp, params, iters=500, tol=1e-12, generator=torch.Generator().manual_seed(0))
     assert estimate.converged
     assert estimate.value == pytest.approx(expected, rel=1e-4)
     v = torch.cat([estimate.vector[k].flatten() for k in SHAPES])
@@ -60,21 +60,21 @@ def test_power_iteration_finds_the_dominant_eigenvalue(eigenvalues, expected):
 
 def test_power_iteration_reports_no_convergence_when_out_of_iterations():
     params = point()
-    hvp = analysis.hvp_fn(quadratic(matrix_with_spectrum([1.0, 0.99, 0.5, 0.1, 0.0])), params)
-    estimate = analysis.top_eigenvalue(hvp, params, iters=3, tol=1e-14, generator=torch.Generator().manual_seed(0))
+    hvp = sharpness.hvp_fn(quadratic(matrix_with_spectrum([1.0, 0.99, 0.5, 0.1, 0.0])), params)
+    estimate = sharpness.top_eigenvalue(hvp, params, iters=3, tol=1e-14, generator=torch.Generator().manual_seed(0))
     assert not estimate.converged and estimate.iterations == 3
 
 
 def test_hutchinson_trace_is_unbiased_and_exact_for_a_diagonal_hessian():
     a_matrix = matrix_with_spectrum([5.0, 2.0, 0.5, -1.0, -3.0])
     params = point()
-    estimate = analysis.hutchinson_trace(analysis.hvp_fn(quadratic(a_matrix), params), params, probes=400,
+    estimate = sharpness.hutchinson_trace(sharpness.hvp_fn(quadratic(a_matrix), params), params, probes=400,
                                          generator=torch.Generator().manual_seed(0))
     assert len(estimate.samples) == 400 and estimate.stderr > 0
     assert abs(estimate.mean - torch.trace(a_matrix).item()) < 4 * estimate.stderr
 
     diagonal = torch.diag(torch.tensor([3.0, -1.0, 0.25, 7.0, 2.0], dtype=torch.float64))
-    exact = analysis.hutchinson_trace(analysis.hvp_fn(quadratic(diagonal), params), params, probes=5,
+    exact = sharpness.hutchinson_trace(sharpness.hvp_fn(quadratic(diagonal), params), params, probes=5,
                                       generator=torch.Generator().manual_seed(0))
     assert exact.mean == pytest.approx(11.25, abs=1e-12) and exact.stderr == pytest.approx(0.0, abs=1e-12)
 
@@ -95,7 +95,7 @@ def test_reverse_over_reverse_takes_over_when_an_op_has_no_forward_derivative():
             return 3 * x ** 2 * g
 
     params = {"x": torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)}
-    hvp = analysis.hvp_fn(lambda p: Cube.apply(p["x"]).sum(), params)
+    hvp = sharpness.hvp_fn(lambda p: Cube.apply(p["x"]).sum(), params)
     v = {"x": torch.tensor([1.0, 2.0, -4.0], dtype=torch.float64)}
     assert torch.equal(hvp(v)["x"], 6 * params["x"] * v["x"])     # d^2/dx^2 x^3 = 6x, diagonal
 
@@ -111,9 +111,9 @@ def test_hvp_differentiates_attention_twice():
         q = x @ p["w"]
         return F.scaled_dot_product_attention(q, x, x).pow(2).sum()
     eps = 1e-6
-    finite_difference = (grad(loss)(analysis.shifted(params, v, eps))["w"]
-                         - grad(loss)(analysis.shifted(params, v, -eps))["w"]) / (2 * eps)
-    torch.testing.assert_close(analysis.hvp_fn(loss, params)(v)["w"], finite_difference, rtol=1e-6, atol=1e-8)
+    finite_difference = (grad(loss)(sharpness.shifted(params, v, eps))["w"]
+                         - grad(loss)(sharpness.shifted(params, v, -eps))["w"]) / (2 * eps)
+    torch.testing.assert_close(sharpness.hvp_fn(loss, params)(v)["w"], finite_difference, rtol=1e-6, atol=1e-8)
 
 
 # ----------------------------------------------------------------------------- the HVP of an MoE classifier
@@ -150,11 +150,11 @@ def test_moe_hvp_equals_finite_difference_of_gradients(gating, k):
     assert len(x) >= 16
     params = {k: p.detach() for k, p in model.named_parameters()}
     v = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in params.items()}
-    loss = analysis.summed_loss(model, x, y)
-    hv = analysis.hvp_fn(loss, params)(v)
+    loss = sharpness.summed_loss(model, x, y)
+    hv = sharpness.hvp_fn(loss, params)(v)
 
     eps = 1e-5
-    plus, minus = analysis.shifted(params, v, eps), analysis.shifted(params, v, -eps)
+    plus, minus = sharpness.shifted(params, v, eps), sharpness.shifted(params, v, -eps)
     routed = assignments(model, params, x)
     for shifted in (plus, minus):   # finite differences see the same routing as the HVP
         assert all(torch.equal(a, b) for a, b in zip(assignments(model, shifted, x), routed))
@@ -174,11 +174,11 @@ def test_batched_hvp_equals_the_hvp_of_the_mean_loss():
     y = torch.randint(0, 3, (20,), generator=g)
     params = {k: p.detach() for k, p in model.named_parameters()}
     v = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in params.items()}
-    batched = analysis.mean_loss_hvp(model, params, [(x[:8], y[:8]), (x[8:], y[8:])])(v)
+    batched = sharpness.mean_loss_hvp(model, params, [(x[:8], y[:8]), (x[8:], y[8:])])(v)
 
     def mean_loss(p):
         return F.cross_entropy(classifier_logits(functional_call(model, p, (x,))), y)
-    whole = analysis.hvp_fn(mean_loss, params)(v)
+    whole = sharpness.hvp_fn(mean_loss, params)(v)
     for k in params:
         torch.testing.assert_close(batched[k], whole[k], rtol=1e-10, atol=1e-12)
 
@@ -190,7 +190,7 @@ def trained_run(tmp_path, data_dir):
     argv = ["--data-dir", str(data_dir), "--out", str(tmp_path / "runs" / "grid-a"), "--run-name", name,
             "--epochs", "1", "--batch-size", "64", "--experts", "4", "--expert-hidden", "8", "--gating", "topk",
             "--train-eval-size", "64", "--log-every", "0", "--threads", "1"]
-    assert train.main(argv) == 0
+    assert launch.main(argv) == 0
     return tmp_path / "runs" / "grid-a" / name
 
 
@@ -199,11 +199,11 @@ def test_sharpness_command_end_to_end(tmp_path, tiny_data, capsys):
     out = tmp_path / "sharpness"
     argv = ["sharpness", str(run_dir), "--samples", "64", "--iters", "30", "--tol", "1e-3", "--probes", "4",
             "--points", "5", "--radius", "0.5", "--device", "cpu", "--threads", "1", "--out", str(out)]
-    assert analysis.main(argv) == 0
+    assert sharpness.main(argv) == 0
     table = pd.read_csv(out / "sharpness.csv")
     curves = pd.read_csv(out / "sharpness_curves.csv")
-    assert list(table.columns) == analysis.SHARPNESS_COLUMNS
-    assert list(curves.columns) == analysis.CURVE_COLUMNS
+    assert list(table.columns) == sharpness.SHARPNESS_COLUMNS
+    assert list(curves.columns) == sharpness.CURVE_COLUMNS
     assert sorted(table.split) == ["test", "train"] and set(table.run) == {run_dir.name}
     assert set(table.grid) == {"grid-a"} and set(table.gating) == {"topk"}
     assert (table.n_samples == 64).all() and (table.probes == 4).all()
@@ -219,10 +219,10 @@ def test_sharpness_command_end_to_end(tmp_path, tiny_data, capsys):
     assert "top_eigenvalue" not in capsys.readouterr().err
 
     before = {name: (out / name).read_bytes() for name in ("sharpness.csv", "sharpness_curves.csv")}
-    assert analysis.main(argv) == 2                              # no silent overwrite
+    assert sharpness.main(argv) == 2                              # no silent overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert {name: (out / name).read_bytes() for name in before} == before
-    assert analysis.main(argv + ["--overwrite"]) == 0            # same seed, same numbers
+    assert sharpness.main(argv + ["--overwrite"]) == 0            # same seed, same numbers
     assert {name: (out / name).read_bytes() for name in before} == before
 
     fig = plots.sharpness_curves(curves)
@@ -236,7 +236,7 @@ def test_sharpness_rejects_runs_it_cannot_analyse(tmp_path, tiny_data, capsys, w
     if what == "no weights":   # a finished run whose weights were dropped, as sweep.py does
         (run_dir / "config.json").write_text('{"config": {}, "dataset": {}}')
     out = tmp_path / "sharpness"
-    code = analysis.main(["sharpness", str(run_dir), "--device", "cpu", "--out", str(out)])
+    code = sharpness.main(["sharpness", str(run_dir), "--device", "cpu", "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and err.startswith("error: ")
     assert ("model.pt" if what == "no weights" else "config.json") in err

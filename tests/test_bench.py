@@ -3,13 +3,12 @@ their tables. Speed itself is never asserted."""
 import pandas as pd
 import pytest
 import torch
-
-import bench
+from moelab.bench import cli, layer, timing
 
 
 def test_layer_references_compute_the_same_layer():
-    cfg = bench.LayerConfig(samples=64, d_model=8, hidden=16, experts=4, k=2)
-    modules = bench.build_layer_candidates(cfg, torch.device("cpu"))
+    cfg = timing.LayerConfig(samples=64, d_model=8, hidden=16, experts=4, k=2)
+    modules = layer.build_layer_candidates(cfg, torch.device("cpu"))
     x = torch.randn(cfg.samples, cfg.d_model)
     with torch.no_grad():
         moe = modules["moe"](x)
@@ -27,7 +26,7 @@ def test_bench_layer_writes_ratios_for_every_implementation(tmp_path):
     out = tmp_path / "layer.csv"
     argv = ["layer", "--config", "4:2", "--samples", "64", "--d-model", "8", "--hidden", "16", "--rounds", "2",
             "--per-round", "1", "--warmup", "0", "--device", "cpu", "--threads", "1", "--csv", str(out)]
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     table = pd.read_csv(out)
     assert set(table.impl) == {"dense_same_active", "moe", "soft_all_experts", "masked_loop"}
     assert set(table["mode"]) == {"fwd", "fwd+bwd"}
@@ -39,7 +38,7 @@ def test_bench_train_writes_one_row_per_model_and_the_step_cost_rows(tmp_path, t
     out = tmp_path / "train.csv"
     argv = ["train", "--data-dir", str(tiny_data), "--rounds", "1", "--batch-size", "64", "--device", "cpu",
             "--threads", "1", "--csv", str(out)]
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     table = pd.read_csv(out).set_index("model")
     assert list(table.index) == ["dense_active", "dense_params", "moe_soft", "moe_hard", "moe_top2",
                                  "moe_expert_choice", "moe_hard_grouped", "moe_hard_padded", "moe_hard_plain_routing",
@@ -62,7 +61,7 @@ def test_bench_train_adds_amp_rows_beside_the_eager_ones(tmp_path, tiny_data):
     out = tmp_path / "train.csv"
     argv = ["train", "--data-dir", str(tiny_data), "--rounds", "1", "--batch-size", "64", "--steps", "2",
             "--modes", "eager", "amp", "--device", "cpu", "--threads", "1", "--csv", str(out)]
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     table = pd.read_csv(out).set_index("model")
     assert {"dense_active+amp", "dense_params+amp", "moe_hard+amp"} <= set(table.index)
     assert "moe_hard" in table.index and (table.loc[["moe_hard+amp"], "samples_per_s"] > 0).all()
@@ -79,7 +78,7 @@ def test_bench_train_times_the_vit_convergence_models_on_an_image_folder(tmp_pat
     out = tmp_path / "vit.csv"
     argv = ["train", "--family", "vit", "--data-dir", str(tmp_path / "data"), "--rounds", "1", "--batch-size", "8",
             "--steps", "2", "--device", "cpu", "--threads", "1", "--csv", str(out)]
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     table = pd.read_csv(out).set_index("model")
     assert list(table.index) == ["moe_expert_choice", "moe_top2", "dense_active", "dense_params"]   # no MNIST rows
     assert table.loc["dense_active", "vs_dense_active"] == 1.0 and (table.samples_per_s > 0).all()
@@ -90,7 +89,7 @@ def test_bench_train_times_the_vit_convergence_models_on_an_image_folder(tmp_pat
 def test_bench_train_refuses_vit_with_amp_or_outside_train(capsys):
     for argv in (["train", "--family", "vit", "--modes", "eager", "amp"], ["layer", "--family", "vit"]):
         with pytest.raises(SystemExit) as stop:
-            bench.main(argv)
+            cli.main(argv)
         assert stop.value.code == 2
         assert "--family vit" in capsys.readouterr().err
 
@@ -99,26 +98,26 @@ def test_bench_refuses_to_overwrite_a_table_and_keeps_the_printed_report(tmp_pat
     out = tmp_path / "layer.csv"
     argv = ["layer", "--config", "2:1", "--samples", "16", "--d-model", "4", "--hidden", "8", "--rounds", "1",
             "--per-round", "1", "--warmup", "0", "--device", "cpu", "--threads", "1", "--csv", str(out)]
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     report = out.with_suffix(".txt").read_text()
     assert "headline" in report and report in capsys.readouterr().out
     before = out.read_bytes()
     with pytest.raises(SystemExit) as refused:
-        bench.main(argv)
+        cli.main(argv)
     assert refused.value.code == 2 and "--overwrite" in capsys.readouterr().err
     assert out.read_bytes() == before
     out.write_text("stale\n")
-    assert bench.main(argv + ["--overwrite"]) == 0
+    assert cli.main(argv + ["--overwrite"]) == 0
     assert out.read_text() != "stale\n" and "headline" in out.with_suffix(".txt").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.csv", "layer.txt"]   # no temporary file left
     with pytest.raises(SystemExit) as refused:
-        bench.main(argv[:-1] + [str(tmp_path / "layer.txt")])
+        cli.main(argv[:-1] + [str(tmp_path / "layer.txt")])
     assert refused.value.code == 2 and ".csv" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_gpu_check_refuses_without_a_gpu_and_names_every_step(tmp_path, capsys):
-    import gpu_check
+    from moelab.bench import gpu_check
 
     assert gpu_check.main(["--out", str(tmp_path / "out")]) == 2
     assert "CUDA" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -2,23 +2,20 @@
 import math
 
 import pandas as pd
-
-import logs
-import plots
-import sweep
+from moelab.study import grids, logs, plots
 
 
 def test_the_convergence_grids_compare_moe_with_both_dense_vits_at_depth_6_and_12():
     for depth, grid in ((6, "vit_convergence"), (12, "vit_convergence_deep")):
-        runs = sweep.grid_vit_convergence(15, depth=depth, grid=grid)
-        assert {r.dataset for r in runs} == {sweep.CIFAR, sweep.FASHION}
+        runs = grids.grid_vit_convergence(15, depth=depth, grid=grid)
+        assert {r.dataset for r in runs} == {grids.CIFAR, grids.FASHION}
         labels = {r.label for r in runs}
         assert labels == {f"d{depth}-moe-expert-choice", f"d{depth}-moe-top2", f"d{depth}-dense-active",
                           f"d{depth}-dense-params"}
         for run in runs:
             assert run.grid == grid and run.flags["vit_depth"] == depth and run.flags["moe_every"] == 2
             assert run.flags["epochs"] >= 15
-    assert {"vit_convergence", "vit_convergence_deep"} <= set(sweep.GRIDS)
+    assert {"vit_convergence", "vit_convergence_deep"} <= set(grids.GRIDS)
 
 
 def metrics_of(curves: dict) -> pd.DataFrame:
@@ -53,9 +50,9 @@ def test_convergence_figure_has_an_epoch_and_a_time_axis():
 
 
 def test_report_table_gives_epochs_and_minutes_to_the_target_over_the_seeds_that_reach_it():
-    import build_report
+    from moelab.study import report
 
-    target = sweep.CONVERGENCE_TARGETS["cifar10-jpeg"]
+    target = grids.CONVERGENCE_TARGETS["cifar10-jpeg"]
     below, above = target - 0.1, target + 0.05
     curves = {("d6-moe-top2", 0): [below, above, above], ("d6-moe-top2", 1): [below, below, above],
               ("d6-dense-active", 0): [below, below, below], ("d6-dense-active", 1): [below, below, above]}
@@ -65,15 +62,15 @@ def test_report_table_gives_epochs_and_minutes_to_the_target_over_the_seeds_that
                              "flops_per_sample": 2e7, "params_total": 1000}
                             for label in ("d6-moe-top2", "d6-dense-active")])
     step_time = {(6, "moe-top2"): 1.5, (6, "dense-active"): 1.0, (12, "moe-top2"): 9.0}
-    convergence = build_report.convergence_rows(summary, metrics, step_time)
+    convergence = report.convergence_rows(summary, metrics, step_time)
     rows = {line.split(" & ")[2]: line.split(" & ") for line in
-            build_report.table_convergence(convergence).splitlines() if line.startswith("6 & ")}
+            report.table_convergence(convergence).splitlines() if line.startswith("6 & ")}
     # top-2: epochs 2 and 3 (2.5 +- 0.71); minutes 20 s / 60 and 31 s / 60 (0.425 +- 0.13)
     assert rows["moe-top2"][5] == "2.5 $\\pm$ 0.7" and rows["moe-top2"][6] == "0.4 $\\pm$ 0.1"
     # its steps take 1.5 dense-active steps: 3 and 4.5 dense-active epochs to the target
     assert rows["moe-top2"][7] == "1.50" and rows["moe-top2"][8] == "3.8 $\\pm$ 1.1"
     assert rows["dense-active"][5] == "3.0 (1/2)"                              # one seed never got there
-    macros = build_report.numbers(summary.assign(test_loss_mean=0, specialisation_mean=0, specialisation_std=0,
+    macros = report.numbers(summary.assign(test_loss_mean=0, specialisation_mean=0, specialisation_std=0,
                                                  final_val_load_cv_mean=0, final_val_load_cv_std=0,
                                                  final_val_dropped_mean=float("nan")),
                                   pd.Series(dtype=float), None, {}, convergence=convergence)
@@ -84,18 +81,18 @@ def test_report_table_gives_epochs_and_minutes_to_the_target_over_the_seeds_that
 
 
 def test_vit_step_times_are_read_from_the_benchmark_tables(tmp_path):
-    import build_report
+    from moelab.study import report
 
     (tmp_path / "bench").mkdir()
     pd.DataFrame({"model": ["moe_top2", "dense_active"], "vs_dense_active": [0.5, 1.0]}).to_csv(
         tmp_path / "bench" / "bench_vit_d6_b128.csv", index=False)
     pd.DataFrame({"model": ["dense_active"], "vs_dense_active": [1.0]}).to_csv(
         tmp_path / "bench" / "bench_vit_d6_b64.csv", index=False)        # not the grids' batch: ignored
-    assert build_report.load_vit_step_time(tmp_path) == {(6, "moe-top2"): 2.0, (6, "dense-active"): 1.0}
+    assert report.load_vit_step_time(tmp_path) == {(6, "moe-top2"): 2.0, (6, "dense-active"): 1.0}
 
 
 def test_res_macro_of_a_single_seed_run_is_its_accuracy_alone():
-    import build_report
+    from moelab.study import report
 
     summary = pd.DataFrame([{"grid": "vit_convergence_deep", "dataset": "cifar10-jpeg", "label": label, "seeds": seeds,
                              "test_acc_mean": 0.642, "test_acc_std": std, "time_s_mean": 600.0,
@@ -103,6 +100,6 @@ def test_res_macro_of_a_single_seed_run_is_its_accuracy_alone():
                              "specialisation_mean": 0, "specialisation_std": 0, "final_val_load_cv_mean": 0,
                              "final_val_load_cv_std": 0, "final_val_dropped_mean": float("nan")}
                             for label, seeds, std in (("d12-moe-top2", 1, float("nan")), ("d12-dense-active", 2, 0.001))])
-    macros = build_report.numbers(summary, pd.Series(dtype=float), None, {})
+    macros = report.numbers(summary, pd.Series(dtype=float), None, {})
     assert "res:vit_convergence_deep:cifar10-jpeg:d12-moe-top2\\endcsname{64.20}" in macros
     assert "res:vit_convergence_deep:cifar10-jpeg:d12-dense-active\\endcsname{64.20 $\\pm$ 0.10}" in macros

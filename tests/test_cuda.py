@@ -8,11 +8,12 @@ import signal
 import pandas as pd
 import pytest
 import torch
-
-import train
-from experts import MLPExperts, dispatch_as
-from moe_model import MoE
-from routers import GATING_CHOICES, TOKEN_CHOICE, build_router
+from moelab.layers.experts import MLPExperts, dispatch_as
+from moelab.layers.moe import MoE
+from moelab.layers.routers import build_router
+from moelab.layers.routing import GATING_CHOICES, TOKEN_CHOICE
+from moelab.training import launch, trainer
+from moelab.training.step import train_step
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -73,7 +74,7 @@ def test_cuda_forward_equals_cpu_forward():
 
 
 def cli(tmp_path, data_dir, name, *extra) -> int:
-    return train.main(["--data-dir", str(data_dir), "--out", str(tmp_path / "runs"), "--run-name", name,
+    return launch.main(["--data-dir", str(data_dir), "--out", str(tmp_path / "runs"), "--run-name", name,
                        "--epochs", "2", "--batch-size", "32", "--experts", "4", "--expert-hidden", "16",
                        "--train-eval-size", "100", "--device", "cuda", *extra])
 
@@ -91,7 +92,7 @@ def test_training_on_cuda_learns(tmp_path, tiny_data, model, mode):
 
 def test_interrupted_cuda_run_resumes_to_the_same_logs(tmp_path, tiny_data, monkeypatch):
     assert cli(tmp_path, tiny_data, "reference", "--gating", "hard") == 0
-    original, calls = train.train_step, {"n": 0}
+    original, calls = train_step, {"n": 0}
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -99,9 +100,9 @@ def test_interrupted_cuda_run_resumes_to_the_same_logs(tmp_path, tiny_data, monk
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_step", interrupted)
+    monkeypatch.setattr(trainer, "train_step", interrupted)
     assert cli(tmp_path, tiny_data, "cut", "--gating", "hard") == 128 + signal.SIGTERM
-    monkeypatch.setattr(train, "train_step", original)
+    monkeypatch.setattr(trainer, "train_step", original)
     assert cli(tmp_path, tiny_data, "cut", "--gating", "hard", "--resume") == 0
     reference, resumed = (pd.read_csv(tmp_path / "runs" / name / "metrics.csv").drop(columns=TIME_COLUMNS)
                           for name in ("reference", "cut"))

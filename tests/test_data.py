@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from moelab import data
+from moelab.data import images
+from moelab.training import launch
 from PIL import Image
-
-import data
-import train
 from synthetic import idx_bytes
 
 
@@ -23,7 +23,7 @@ def isolated(tmp_path, monkeypatch):
     # Keep every test away from ~/.cache, the repo's data/ and the real 60k embedded MNIST.
     monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MOE_DATA_DIR", raising=False)
-    monkeypatch.setattr(data, "MNIST_ASSET_DIR", tmp_path / "no-embedded-copy")
+    monkeypatch.setattr(images, "MNIST_ASSET_DIR", tmp_path / "no-embedded-copy")
 
 
 @pytest.fixture
@@ -106,8 +106,8 @@ def embedded_fixture(tmp_path, monkeypatch, arrays) -> None:
     asset_dir = tmp_path / "assets"
     write_idx_dir(asset_dir, arrays, gz=True)
     md5 = {name: hashlib.md5(idx_bytes(arr)).hexdigest() for name, arr in arrays.items()}
-    monkeypatch.setattr(data, "MNIST_ASSET_DIR", asset_dir)
-    monkeypatch.setattr(data, "MNIST_MD5", md5)
+    monkeypatch.setattr(images, "MNIST_ASSET_DIR", asset_dir)
+    monkeypatch.setattr(images, "MNIST_MD5", md5)
 
 
 def test_embedded_mnist_is_unpacked_into_data_dir(tmp_path, monkeypatch, offline):
@@ -129,13 +129,13 @@ def test_embedded_mnist_goes_to_cache_dir_when_data_dir_is_unwritable(tmp_path, 
     assert (tmp_path / "cache" / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
     assert len(d.train) + len(d.val) == 30
     # The second load finds the cached copy instead of unpacking again.
-    monkeypatch.setattr(data, "MNIST_ASSET_DIR", tmp_path / "gone")
+    monkeypatch.setattr(images, "MNIST_ASSET_DIR", tmp_path / "gone")
     assert torch.equal(data.load_dataset("mnist", blocker / "data").test.images, d.test.images)
 
 
 def test_embedded_mnist_md5_mismatch_is_reported_and_leaves_nothing(tmp_path, monkeypatch):
     embedded_fixture(tmp_path, monkeypatch, make_idx_arrays())
-    monkeypatch.setitem(data.MNIST_MD5, "train-images-idx3-ubyte", "0" * 32)
+    monkeypatch.setitem(images.MNIST_MD5, "train-images-idx3-ubyte", "0" * 32)
     with pytest.raises(data.DataError) as err:
         data.load_dataset("mnist", tmp_path / "d")
     assert_one_line(err, "train-images-idx3-ubyte.gz", "md5")
@@ -321,7 +321,7 @@ def test_folder_second_load_comes_from_cache(tmp_path, monkeypatch):
     def must_not_decode(path):
         raise AssertionError(f"decoded {path} despite a valid cache")
 
-    monkeypatch.setattr(data, "_decode_file", must_not_decode)
+    monkeypatch.setattr(images, "_decode_file", must_not_decode)
     second = data.load_dataset(f"folder:{root}", tmp_path, val_fraction=0.25)
     for a, b in [(first.train, second.train), (first.val, second.val), (first.test, second.test)]:
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
@@ -337,8 +337,8 @@ def test_folder_cache_is_invalidated_by_a_changed_file(tmp_path, monkeypatch):
     Image.fromarray(new).save(changed)
     os.utime(changed, ns=(10**18, 10**18))  # an mtime no earlier write could have had
     decoded = []
-    real_decode = data._decode_file
-    monkeypatch.setattr(data, "_decode_file", lambda p: decoded.append(p) or real_decode(p))
+    real_decode = images._decode_file
+    monkeypatch.setattr(images, "_decode_file", lambda p: decoded.append(p) or real_decode(p))
     d = data.load_dataset(f"folder:{root}", tmp_path, val_fraction=0.0)
     assert len(decoded) == 8
     assert torch.equal(d.test.images[-1], torch.full((3, 8, 8), 7, dtype=torch.uint8))
@@ -407,7 +407,7 @@ def test_folder_that_makes_no_classification_task_is_refused_before_anything_is_
     root = tmp_path / "f"
     write_folder(root, train_classes, splits=("train",))
     write_folder(root, test_classes, splits=("test",))
-    code = train.main(["--dataset", f"folder:{root}", "--out", str(tmp_path / "runs"), "--epochs", "1"])
+    code = launch.main(["--dataset", f"folder:{root}", "--out", str(tmp_path / "runs"), "--epochs", "1"])
     error = capsys.readouterr().err.strip()
     assert code == 2 and says in error and len(error.splitlines()) == 1, error
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
@@ -445,7 +445,7 @@ def test_resolve_data_dir(tmp_path, monkeypatch):
     assert data.resolve_data_dir(None) == tmp_path / "env"
     assert data.resolve_data_dir(str(tmp_path / "x")) == tmp_path / "x"
     monkeypatch.delenv("MOE_DATA_DIR")
-    assert data.resolve_data_dir(None) == pathlib.Path(data.__file__).resolve().parent.parent / "data"
+    assert data.resolve_data_dir(None) == pathlib.Path(__file__).resolve().parent.parent / "data"   # the repository root
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.0])

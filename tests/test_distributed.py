@@ -23,17 +23,20 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from moelab import distributed
+from moelab.distributed import Cluster
+from moelab.layers.experts import MLPExperts
+from moelab.layers.moe import MoE
+from moelab.layers.routers import build_router
+from moelab.layers.routing import GATING_CHOICES
+from moelab.models.builder import build_model
+from moelab.models.classifier import classifier_logits
+from moelab.paths import REPO_ROOT
+from moelab.training import launch
+from moelab.training.config import Config, ConfigError
+from moelab.training.exits import EXIT_BAD_INPUT
 
-import distributed
-import train
-from config import Config, ConfigError
-from distributed import Cluster
-from experts import MLPExperts
-from models import build_model
-from moe_model import MoE, classifier_logits
-from routers import GATING_CHOICES, build_router
-
-PROJECT = train.REPO_ROOT / "project_moe"
+PROJECT = REPO_ROOT / "project_moe"
 N, D, E, K = 24, 10, 4, 6
 AUX_COEFS = {"balance": 0.1, "cv": 0.1, "z": 0.01, "entropy": 0.05, "kl_uniform": 0.1, "centroid": 0.1}
 TIME_COLUMNS = ["samples_per_s", "epoch_time_s", "wall_time_s"]
@@ -76,8 +79,8 @@ def test_what_cannot_be_split_is_refused(flags, world, message):
 def test_world_that_does_not_divide_the_batch_exits_2_before_creating_files(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    code = train.main(["--batch-size", "33", "--out", str(tmp_path / "runs")])
-    assert code == train.EXIT_BAD_INPUT and not (tmp_path / "runs").exists()
+    code = launch.main(["--batch-size", "33", "--out", str(tmp_path / "runs")])
+    assert code == EXIT_BAD_INPUT and not (tmp_path / "runs").exists()
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--batch-size 33" in err
 
@@ -257,7 +260,7 @@ def assert_same_logs(reference, other, files=("metrics.csv", "experts.csv", "rou
      "--moe-every", "1", "--vit-patch", "7", "--expert-parallel"),
 ], ids=["data-parallel", "expert-parallel", "vit-expert-choice"])
 def test_two_processes_write_the_logs_of_one(tmp_path, tiny_data, extra):
-    assert train.main(run_args(tiny_data, tmp_path / "runs", "one", *extra)) == 0
+    assert launch.main(run_args(tiny_data, tmp_path / "runs", "one", *extra)) == 0
     done = torchrun(run_args(tiny_data, tmp_path / "runs", "two", *extra))
     assert done.returncode == 0, done.stdout + done.stderr
     one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
@@ -275,7 +278,7 @@ def test_two_processes_write_the_logs_of_one(tmp_path, tiny_data, extra):
 def test_killed_rank_stops_the_other_and_the_run_resumes_on_one_or_two_processes(tmp_path, tiny_data):
     extra = ("--gating", "topk", "--expert-parallel", "--epochs", "8")
     runs = tmp_path / "runs"
-    assert train.main(run_args(tiny_data, runs, "reference", *extra)) == 0
+    assert launch.main(run_args(tiny_data, runs, "reference", *extra)) == 0
     launcher = torchrun(run_args(tiny_data, runs, "cut", *extra), wait=False)
     checkpoint = runs / "cut" / "checkpoint.pt"
     deadline = time.monotonic() + 120
@@ -296,7 +299,7 @@ def test_killed_rank_stops_the_other_and_the_run_resumes_on_one_or_two_processes
     again = tmp_path / "again"
     again.mkdir()
     subprocess.run(["cp", "-r", str(cut), str(again / "cut")], check=True)
-    assert train.main(run_args(tiny_data, runs, "cut", *extra, "--resume")) == 0
+    assert launch.main(run_args(tiny_data, runs, "cut", *extra, "--resume")) == 0
     resumed = torchrun(run_args(tiny_data, again, "cut", *extra, "--resume"))
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     for run_dir in (cut, again / "cut"):
@@ -317,8 +320,8 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint(
     assert summary["status"] == "interrupted"
     state = torch.load(runs / "stopped" / "checkpoint.pt", weights_only=True)
     assert state["global_step"] == summary["steps"]
-    assert train.main(run_args(tiny_data, runs, "stopped", *extra, "--resume")) == 0
-    assert train.main(run_args(tiny_data, runs, "reference", *extra)) == 0
+    assert launch.main(run_args(tiny_data, runs, "stopped", *extra, "--resume")) == 0
+    assert launch.main(run_args(tiny_data, runs, "reference", *extra)) == 0
     assert_same_logs(runs / "reference", runs / "stopped")
 
 

@@ -1,10 +1,17 @@
 """Expert banks: the stacked MLP bank and its hand-written backward against plain autograd."""
 import pytest
 import torch
+from moelab.layers.experts import (
+    PADDED_MAX_GROWTH,
+    PADDED_MAX_MEAN_ROWS,
+    GroupedMLP,
+    MLPExperts,
+    choose_dispatch,
+    expert_slices,
+    mlp,
+    padded_positions,
+)
 from torch.utils.flop_counter import FlopCounterMode
-
-from experts import (PADDED_MAX_GROWTH, PADDED_MAX_MEAN_ROWS, GroupedMLP, MLPExperts, ModuleExperts, choose_dispatch,
-                     expert_slices, mlp, padded_positions)
 
 E, D, H, K = 5, 7, 6, 4
 

@@ -3,12 +3,11 @@ import copy
 
 import pytest
 import torch
-
-from bench import count_ops
-from experts import MLPExperts, use_reference_experts
-from fused_routing import Top1Combine, Top1Dispatch
-from moe_model import MoE
-from routers import build_router
+from moelab.bench.timing import count_ops
+from moelab.layers.experts import MLPExperts, use_reference_experts
+from moelab.layers.fused_routing import Top1Combine, Top1Dispatch
+from moelab.layers.moe import MoE
+from moelab.layers.routers import build_router
 
 NUM_EXPERTS, FEATURES, CLASSES = 5, 12, 4
 LOSSES = {"balance": 0.3, "z": 0.05, "cv": 0.2, "entropy": 0.1, "kl_uniform": 0.1}

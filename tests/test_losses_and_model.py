@@ -3,12 +3,13 @@ import math
 
 import pytest
 import torch
-
-import aux_losses
-import stats
-from models import build_model
-from moe_model import ModelSpec, count_params, model_cost, moe_param_counts
-from vit_model import vit_cost
+from moelab import stats
+from moelab.layers import aux_losses
+from moelab.models.builder import build_model
+from moelab.models.classifier import count_params, moe_param_counts
+from moelab.models.cost import model_cost
+from moelab.models.spec import ModelSpec
+from moelab.models.vit import vit_cost
 
 
 def test_switch_balance_loss_hand_example():
@@ -126,7 +127,7 @@ def test_flops_follow_active_experts():
 
 @pytest.mark.parametrize("arch", ["mixture", "vit"])
 def test_shared_experts_count_as_active_and_the_dense_baselines_match_them(arch):
-    from config import Config
+    from moelab.training.config import Config
     base = dict(arch=arch, experts=4, gating="topk", top_k=2, expert_hidden=16, vit_dim=24, vit_heads=2,
                 vit_depth=2, moe_every=1, vit_patch=7)
     plain = Config(**base).model_spec()

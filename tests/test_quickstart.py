@@ -4,11 +4,11 @@ import json
 import re
 
 import pytest
+from moelab.paths import REPO_ROOT
+from moelab.training import launch
 
-import train
-
-RECORD = train.REPO_ROOT / "project_moe" / "results" / "quickstart"
-README = (train.REPO_ROOT / "README.md").read_text()
+RECORD = REPO_ROOT / "project_moe" / "results" / "quickstart"
+README = (REPO_ROOT / "README.md").read_text()
 
 
 def record() -> dict:
@@ -33,7 +33,7 @@ def test_the_readme_states_the_accuracy_and_time_of_the_run_of_record():
 def test_a_fresh_quickstart_run_reaches_the_stated_accuracy(tmp_path, monkeypatch):
     monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))
     argv = ["--experts", "8", "--gating", "hard", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path)]
-    assert train.main(argv) == 0                       # the quickstart command, with its defaults
+    assert launch.main(argv) == 0                       # the quickstart command, with its defaults
     (summary,) = tmp_path.glob("*/summary.json")
     accuracy, _ = stated()
     # the same seed on another CPU may round differently, not learn differently

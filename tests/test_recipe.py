@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-
-import data
-import train
-import trunks
-from config import Config
-from evaluation import evaluate
-from models import build_model
+from moelab import data
+from moelab.models import trunks
+from moelab.models.builder import build_model
+from moelab.training import launch
+from moelab.training.config import Config
+from moelab.training.evaluation import evaluate
+from moelab.training.step import lr_factor, make_optimizer, train_step
 
 
 def test_resnet_trunk_shapes_and_size():
@@ -42,15 +42,15 @@ def test_models_on_the_resnet_trunk_read_its_features(model):
 
 
 def test_onecycle_warms_up_linearly_then_decays_linearly_to_zero():
-    factors = [train.lr_factor("onecycle", step, 100, 0.2) for step in range(101)]
+    factors = [lr_factor("onecycle", step, 100, 0.2) for step in range(101)]
     assert factors[0] == 0.0 and factors[20] == pytest.approx(1.0) and factors[100] == pytest.approx(0.0)
     assert factors[10] == pytest.approx(0.5) and factors[60] == pytest.approx(0.5)
-    assert train.lr_factor("cosine", 50, 100) == pytest.approx(0.5) and train.lr_factor("constant", 7, 100) == 1.0
+    assert lr_factor("cosine", 50, 100) == pytest.approx(0.5) and lr_factor("constant", 7, 100) == 1.0
 
 
 def test_sgd_is_nesterov_with_the_given_momentum():
     net = torch.nn.Linear(3, 2)
-    optimizer = train.make_optimizer(net, Config(optimizer="sgd", lr=0.1, momentum=0.8, weight_decay=5e-4))
+    optimizer = make_optimizer(net, Config(optimizer="sgd", lr=0.1, momentum=0.8, weight_decay=5e-4))
     group = optimizer.param_groups[0]
     assert isinstance(optimizer, torch.optim.SGD) and group["nesterov"] and group["momentum"] == 0.8
     assert group["weight_decay"] == 5e-4
@@ -61,7 +61,7 @@ def test_label_smoothing_enters_the_training_loss():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     x, y = torch.randn(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
     expected = F.cross_entropy(net(x), y, label_smoothing=0.1)
-    _, _, ce = train.train_step(net, torch.optim.SGD(net.parameters(), lr=0.0), x, y, {}, label_smoothing=0.1)
+    _, _, ce = train_step(net, torch.optim.SGD(net.parameters(), lr=0.0), x, y, {}, label_smoothing=0.1)
     assert torch.allclose(ce, expected)
 
 
@@ -80,7 +80,7 @@ def test_the_recipe_trains_from_the_command_line(tmp_path, tiny_data):
             "--batch-size", "32", "--trunk", "resnet", "--trunk-channels", "8", "--experts", "4",
             "--expert-hidden", "16", "--optimizer", "sgd", "--lr", "0.05", "--lr-schedule", "onecycle",
             "--label-smoothing", "0.1", "--tta-flip", "--threads", "1", "--train-eval-size", "50"]
-    assert train.main(argv) == 0
+    assert launch.main(argv) == 0
     metrics = pd.read_csv(tmp_path / "r" / "metrics.csv")
     assert metrics.train_loss.iloc[-1] < metrics.train_loss.iloc[0] and metrics.val_acc.max() > 0.5   # chance: 0.25
     assert metrics.lr.iloc[-1] == pytest.approx(0.0, abs=1e-9)          # one-cycle ends at zero
@@ -115,5 +115,5 @@ def test_channels_last_changes_the_memory_layout_not_the_maths(tmp_path, tiny_da
     argv = ["--data-dir", str(tiny_data), "--out", str(tmp_path), "--run-name", "nhwc", "--epochs", "1",
             "--batch-size", "32", "--trunk", "resnet", "--trunk-channels", "4", "--model", "dense",
             "--channels-last", "--threads", "1", "--train-eval-size", "50"]
-    assert train.main(argv) == 0
+    assert launch.main(argv) == 0
     assert json.loads((tmp_path / "nhwc" / "config.json").read_text())["config"]["channels_last"] is True

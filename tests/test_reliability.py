@@ -8,11 +8,13 @@ import time
 import pandas as pd
 import pytest
 import torch
-
-import train
+from moelab import distributed
+from moelab.paths import REPO_ROOT
+from moelab.training import launch, trainer
+from moelab.training.step import train_step
 from synthetic import write_mnist_layout
 
-REPO = train.REPO_ROOT
+REPO = REPO_ROOT
 TIME_COLUMNS = ["samples_per_s", "epoch_time_s", "wall_time_s"]
 
 
@@ -42,7 +44,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("extra,named", BAD_INPUTS)
 def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, tiny_data, capsys, extra, named):
-    code = train.main(base_args(tmp_path, tiny_data) + extra)
+    code = launch.main(base_args(tmp_path, tiny_data) + extra)
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("error: ") and "\n" not in err and named in err
@@ -63,7 +65,7 @@ def test_unwritable_out_is_rejected(tmp_path, tiny_data, capsys):
     blocker.write_text("not a directory")
     args = base_args(tmp_path, tiny_data)
     args[args.index("--out") + 1] = str(blocker / "runs")
-    assert train.main(args) == 2
+    assert launch.main(args) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "not writable" in err
     assert blocker.read_text() == "not a directory"
@@ -72,7 +74,7 @@ def test_unwritable_out_is_rejected(tmp_path, tiny_data, capsys):
 def finished_run(tmp_path, data_dir, capsys):
     """A completed one-epoch run: its arguments, its directory and the bytes of every file."""
     args = base_args(tmp_path, data_dir) + ["--epochs", "1"]
-    assert train.main(args) == 0
+    assert launch.main(args) == 0
     run_dir = tmp_path / "runs" / "run"
     capsys.readouterr()
     return args, run_dir, snapshot(run_dir)
@@ -84,37 +86,37 @@ def snapshot(run_dir):
 
 def test_existing_run_is_never_overwritten_without_flag(tmp_path, tiny_data, capsys):
     args, run_dir, before = finished_run(tmp_path, tiny_data, capsys)
-    assert train.main(args) == 2
+    assert launch.main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert snapshot(run_dir) == before
-    assert train.main(args + ["--overwrite", "--seed", "3"]) == 0
+    assert launch.main(args + ["--overwrite", "--seed", "3"]) == 0
     assert json.loads((run_dir / "config.json").read_text())["config"]["seed"] == 3
 
 
 def test_resume_with_other_settings_names_the_mismatch(tmp_path, tiny_data, capsys):
-    assert train.main(base_args(tmp_path, tiny_data) + ["--epochs", "1"]) == 0
+    assert launch.main(base_args(tmp_path, tiny_data) + ["--epochs", "1"]) == 0
     capsys.readouterr()
-    assert train.main(base_args(tmp_path, tiny_data) + ["--epochs", "1", "--experts", "6", "--resume"]) == 2
+    assert launch.main(base_args(tmp_path, tiny_data) + ["--epochs", "1", "--experts", "6", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "--experts 4" in err and "--experts 6" in err
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path, tiny_data):
-    assert train.main(base_args(tmp_path, tiny_data) + ["--epochs", "1"]) == 0
+    assert launch.main(base_args(tmp_path, tiny_data) + ["--epochs", "1"]) == 0
     state = torch.load(tmp_path / "runs" / "run" / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and state["step_in_epoch"] == 0
 
 
 def test_non_finite_loss_stops_and_keeps_logs(tmp_path, tiny_data, monkeypatch, capsys):
-    original = train.train_step
+    original = train_step
     calls = {"n": 0}
 
     def poisoned(model, optimizer, x, y, *rest):
         calls["n"] += 1
         return original(model, optimizer, x * float("nan") if calls["n"] > 25 else x, y, *rest)
 
-    monkeypatch.setattr(train, "train_step", poisoned)   # epoch 1 = 17 steps: fails in epoch 2
-    code = train.main(base_args(tmp_path, tiny_data))
+    monkeypatch.setattr(trainer, "train_step", poisoned)   # epoch 1 = 17 steps: fails in epoch 2
+    code = launch.main(base_args(tmp_path, tiny_data))
     run_dir = tmp_path / "runs" / "run"
     assert code == 3
     err = capsys.readouterr().err
@@ -131,7 +133,7 @@ def test_signal_arriving_while_the_ranks_agree_still_stops_the_run(tmp_path, tin
     """A signal that lands inside the per-step agreement (in a distributed run: during the
     all-reduce) must not be lost to the answer computed before it came: the run stops one
     step later."""
-    agree, calls = train.distributed.agreed_signal, {"n": 0}
+    agree, calls = distributed.agreed_signal, {"n": 0}
 
     def signal_during_agreement(cluster, signum):
         answer = agree(cluster, signum)
@@ -140,8 +142,8 @@ def test_signal_arriving_while_the_ranks_agree_still_stops_the_run(tmp_path, tin
             signal.raise_signal(signal.SIGTERM)      # the handler runs here, before the answer returns
         return answer
 
-    monkeypatch.setattr(train.distributed, "agreed_signal", signal_during_agreement)
-    assert train.main(base_args(tmp_path, tiny_data)) == 128 + signal.SIGTERM
+    monkeypatch.setattr(distributed, "agreed_signal", signal_during_agreement)
+    assert launch.main(base_args(tmp_path, tiny_data)) == 128 + signal.SIGTERM
     state = torch.load(tmp_path / "runs" / "run" / "checkpoint.pt", weights_only=True)
     assert state["global_step"] == 6 and calls["n"] == 6
 
@@ -156,7 +158,7 @@ def test_interrupted_run_resumes_to_identical_logs(tmp_path, monkeypatch, sig):
     steps_per_epoch = 338  # 2700 training samples / 8
 
     reference = tmp_path / "runs" / "reference"
-    assert train.main(_renamed(args, "reference")) == 0
+    assert launch.main(_renamed(args, "reference")) == 0
 
     command = [sys.executable, "project_moe/train.py", *_renamed(args, "cut")]
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -201,15 +203,15 @@ def _wait_for_step(path, step, proc, timeout=120.0):
 
 
 def test_resume_from_a_checkpoint_of_another_model_is_refused(tmp_path, tiny_data, capsys):
-    assert train.main(base_args(tmp_path, tiny_data) + ["--epochs", "1", "--run-name", "four"]) == 0
-    assert train.main(base_args(tmp_path, tiny_data) + ["--epochs", "1", "--run-name", "six", "--experts", "6"]) == 0
+    assert launch.main(base_args(tmp_path, tiny_data) + ["--epochs", "1", "--run-name", "four"]) == 0
+    assert launch.main(base_args(tmp_path, tiny_data) + ["--epochs", "1", "--run-name", "six", "--experts", "6"]) == 0
     runs = tmp_path / "runs"
     (runs / "four" / "checkpoint.pt").write_bytes((runs / "six" / "checkpoint.pt").read_bytes())
     summary = runs / "four" / "summary.json"
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "interrupted"}))
     before = (runs / "four" / "metrics.csv").read_bytes()
     capsys.readouterr()
-    assert train.main(base_args(tmp_path, tiny_data) + ["--epochs", "1", "--run-name", "four", "--resume"]) == 2
+    assert launch.main(base_args(tmp_path, tiny_data) + ["--epochs", "1", "--run-name", "four", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "does not fit this run" in err and "\n" not in err.strip()
     assert (runs / "four" / "metrics.csv").read_bytes() == before
@@ -217,6 +219,6 @@ def test_resume_from_a_checkpoint_of_another_model_is_refused(tmp_path, tiny_dat
 
 def test_resuming_a_completed_run_changes_nothing(tmp_path, tiny_data, capsys):
     args, run_dir, before = finished_run(tmp_path, tiny_data, capsys)
-    assert train.main(args + ["--resume"]) == 2
+    assert launch.main(args + ["--resume"]) == 2
     assert "already completed" in capsys.readouterr().err
     assert snapshot(run_dir) == before

@@ -1,17 +1,16 @@
 """The report is generated from the committed results: its tables equal what the aggregation
 of results/ gives today, and the PDF has 4 to 6 pages."""
-import pandas as pd
 import pytest
+from moelab.paths import PROJECT_DIR
+from moelab.study import report
 from pypdf import PdfReader
 
-import build_report
-
-RESULTS = build_report.RESULTS
+RESULTS = report.RESULTS
 pytestmark = pytest.mark.skipif(not (RESULTS / "summary.csv").exists(), reason="no committed results")
 
 
 def test_summary_csv_is_the_aggregation_of_the_run_logs():
-    summary = build_report.load_summary(RESULTS)   # raises if summary.csv and the logs disagree
+    summary = report.load_summary(RESULTS)   # raises if summary.csv and the logs disagree
     # 3 seeds for the core study, 2 for the extension grids (cosine, sharpness, vit), 1 for the
     # 12-block ViTs of vit_convergence_deep (a run costs twice a 6-block one; the report says so)
     summary = summary[summary.grid != "vit_convergence_deep"]
@@ -21,23 +20,23 @@ def test_summary_csv_is_the_aggregation_of_the_run_logs():
 
 
 def test_report_tables_equal_the_results():
-    summary = build_report.load_summary(RESULTS)
-    bench = build_report.load_bench(RESULTS, "bench_layer.csv")
-    bench_repeat = build_report.load_bench(RESULTS, "bench_layer_repeat.csv")
-    samples = build_report.logs.read_all(RESULTS, "test_samples.csv")
-    train_bench = build_report.load_train_bench(RESULTS)
-    sharpness = build_report.load_sharpness(RESULTS)
-    patches = build_report.logs.read_all(RESULTS, "test_patches.csv")
-    cifar_sharpness = build_report.load_sharpness(RESULTS, "sharpness_cifar")
-    for name, text in build_report.build_tables(summary, bench, samples, train_bench, sharpness, patches,
+    summary = report.load_summary(RESULTS)
+    bench = report.load_bench(RESULTS, "bench_layer.csv")
+    bench_repeat = report.load_bench(RESULTS, "bench_layer_repeat.csv")
+    samples = report.logs.read_all(RESULTS, "test_samples.csv")
+    train_bench = report.load_train_bench(RESULTS)
+    sharpness = report.load_sharpness(RESULTS)
+    patches = report.logs.read_all(RESULTS, "test_patches.csv")
+    cifar_sharpness = report.load_sharpness(RESULTS, "sharpness_cifar")
+    for name, text in report.build_tables(summary, bench, samples, train_bench, sharpness, patches,
                                                 bench_repeat, cifar_sharpness,
-                                                build_report.logs.read_all(RESULTS, "metrics.csv"),
-                                                build_report.load_vit_step_time(RESULTS)).items():
-        committed = (build_report.REPORT / "tables" / f"{name}.tex").read_text()
+                                                report.logs.read_all(RESULTS, "metrics.csv"),
+                                                report.load_vit_step_time(RESULTS)).items():
+        committed = (report.REPORT / "tables" / f"{name}.tex").read_text()
         assert committed == text, f"report/tables/{name}.tex is stale: run python build_report.py"
 
 
 def test_report_pdf_has_four_to_six_pages():
-    pdf = build_report.HERE / "report.pdf"
+    pdf = PROJECT_DIR / "report.pdf"
     assert pdf.exists()
     assert 4 <= len(PdfReader(pdf).pages) <= 6

@@ -3,10 +3,15 @@ import math
 
 import pytest
 import torch
-
-from experts import MLPExperts, ModuleExperts
-from moe_model import MoE, mlp
-from routers import GATING_CHOICES, ExpertChoiceRouter, build_router, capacity_keep, update_selection_bias
+from moelab.layers.experts import MLPExperts, ModuleExperts, mlp
+from moelab.layers.moe import MoE
+from moelab.layers.routers import (
+    ExpertChoiceRouter,
+    build_router,
+    capacity_keep,
+    update_selection_bias,
+)
+from moelab.layers.routing import GATING_CHOICES
 
 N, D, E, K = 37, 12, 6, 5
 TOKEN_CHOICE = ("hard", "topk", "noisy-topk", "gumbel")

@@ -5,15 +5,15 @@ import json
 import pandas as pd
 import pytest
 import torch
-
-import aux_losses
-import train
-from experts import MLPExperts
-from models import build_model
-from config import Config
-from moe_model import MoE
-from precision import Precision
-from routers import GATING_CHOICES, build_router, set_loss_names
+from moelab.layers import aux_losses
+from moelab.layers.experts import MLPExperts
+from moelab.layers.moe import MoE
+from moelab.layers.precision import Precision
+from moelab.layers.routers import build_router, set_loss_names
+from moelab.layers.routing import GATING_CHOICES
+from moelab.models.builder import build_model
+from moelab.training import launch
+from moelab.training.config import Config
 
 N, D, E, K = 40, 12, 6, 5
 TIME_COLUMNS = ["samples_per_s", "epoch_time_s", "wall_time_s"]
@@ -44,7 +44,7 @@ def cli(tmp_path, data_dir, name, *extra):
     argv = ["--data-dir", str(data_dir), "--out", str(tmp_path / "runs"), "--run-name", name, "--epochs", "2",
             "--batch-size", "32", "--experts", "4", "--expert-hidden", "16", "--train-eval-size", "100",
             "--threads", "1", *extra]
-    assert train.main(argv) == 0
+    assert launch.main(argv) == 0
     run_dir = tmp_path / "runs" / name
     return pd.read_csv(run_dir / "metrics.csv"), json.loads((run_dir / "summary.json").read_text())
 

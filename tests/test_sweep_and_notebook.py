@@ -7,14 +7,12 @@ import sys
 
 import pandas as pd
 import pytest
-
-import analysis
-import logs
-import sweep
-import train
+from moelab.paths import REPO_ROOT
+from moelab.study import grids, logs, sharpness, sweep
+from moelab.training import launch
 from synthetic import write_mnist_layout
 
-NOTEBOOK = train.REPO_ROOT / "project_moe" / "experiments.ipynb"
+NOTEBOOK = REPO_ROOT / "project_moe" / "experiments.ipynb"
 
 
 @pytest.fixture
@@ -24,14 +22,14 @@ def tiny_data(tmp_path, monkeypatch):
     return tmp_path / "data"
 
 
-def tiny(run: sweep.RunSpec) -> sweep.RunSpec:
+def tiny(run: grids.RunSpec) -> grids.RunSpec:
     flags = dict(run.flags, epochs=1, batch_size=50, expert_hidden=8, train_eval_size=50, threads=1)
-    return sweep.RunSpec(run.grid, run.label, flags, run.seed, run.dataset)
+    return grids.RunSpec(run.grid, run.label, flags, run.seed, run.dataset)
 
 
 def test_sweep_skips_finished_runs_records_failures_and_aggregates(tmp_path, tiny_data, monkeypatch, capsys):
-    good = [tiny(r) for r in sweep.grid_regularisation(1) if r.label in ("none", "balance")]
-    bad = sweep.RunSpec("regularisation", "broken", dict(good[0].flags, top_k=0, gating="topk"))
+    good = [tiny(r) for r in grids.grid_regularisation(1) if r.label in ("none", "balance")]
+    bad = grids.RunSpec("regularisation", "broken", dict(good[0].flags, top_k=0, gating="topk"))
     monkeypatch.setattr(sweep, "quick_grid", lambda: good + [bad])
     args = ["--quick", "--seeds", "2", "--results", str(tmp_path / "results"), "--data-dir", str(tiny_data)]
     assert sweep.main(args) == 1                                   # a failure is reported at the end...
@@ -55,12 +53,12 @@ def test_sweep_skips_finished_runs_records_failures_and_aggregates(tmp_path, tin
 
 
 def test_sweep_resumes_an_interrupted_run(tmp_path, tiny_data):
-    run = tiny(sweep.grid_regularisation(1)[0])
-    run = sweep.RunSpec(run.grid, run.label, dict(run.flags, epochs=2), 0, run.dataset)
+    run = tiny(grids.grid_regularisation(1)[0])
+    run = grids.RunSpec(run.grid, run.label, dict(run.flags, epochs=2), 0, run.dataset)
     out = tmp_path / "results" / "runs" / run.grid
     argv = [*run.argv(str(tiny_data)), "--data-dir", str(tiny_data), "--out", str(out), "--run-name", run.name,
             "--epochs", "1"]
-    assert train.main(argv) == 0                                  # as if stopped after epoch 1 of 2
+    assert launch.main(argv) == 0                                  # as if stopped after epoch 1 of 2
     config_path = out / run.name / "config.json"
     config = json.loads(config_path.read_text())
     config["config"]["epochs"] = 2
@@ -80,19 +78,19 @@ def fixture_results(root, data_dir):
               "experts": {"budget-e1", "budget-e2", "per-expert-e1", "per-expert-e2"},
               "regularisation": {"none", "balance"}, "cosine": {"hard-linear", "hard-cosine"},
               "sharpness": {"dense-active", "hard"}}
-    grid = (sweep.grid_moe_vs_dense(1, datasets=("mnist",)) + sweep.grid_gating(1, datasets=("mnist",))
-            + sweep.grid_experts(1, counts=(1, 2)) + sweep.grid_regularisation(1) + sweep.grid_cosine(1)
-            + sweep.grid_sharpness(1))
+    grid = (grids.grid_moe_vs_dense(1, datasets=("mnist",)) + grids.grid_gating(1, datasets=("mnist",))
+            + grids.grid_experts(1, counts=(1, 2)) + grids.grid_regularisation(1) + grids.grid_cosine(1)
+            + grids.grid_sharpness(1))
     runs = [tiny(r) for r in grid if r.label in wanted.get(r.grid, ())]
-    vit = dict(sweep.VIT, vit_patch=7, vit_dim=16, vit_heads=2, vit_depth=2)
-    runs += [tiny(sweep.RunSpec("vit", "vit-moe-top2", vit)),
-             tiny(sweep.RunSpec("vit", "vit-dense-active", dict(vit, model="dense", dense_match="active")))]
-    for run in sweep.with_seeds(runs, (0, 1)):
+    vit = dict(grids.VIT, vit_patch=7, vit_dim=16, vit_heads=2, vit_depth=2)
+    runs += [tiny(grids.RunSpec("vit", "vit-moe-top2", vit)),
+             tiny(grids.RunSpec("vit", "vit-dense-active", dict(vit, model="dense", dense_match="active")))]
+    for run in grids.with_seeds(runs, (0, 1)):
         out = root / "runs" / run.grid
-        assert train.main([*run.argv(str(data_dir)), "--data-dir", str(data_dir), "--out", str(out),
+        assert launch.main([*run.argv(str(data_dir)), "--data-dir", str(data_dir), "--out", str(out),
                            "--run-name", run.name]) == 0
     sharp = sorted(str(d) for d in (root / "runs" / "sharpness").iterdir() if d.is_dir())[:2]
-    assert analysis.main(["sharpness", *sharp, "--data-dir", str(data_dir), "--samples", "50", "--iters", "5",
+    assert sharpness.main(["sharpness", *sharp, "--data-dir", str(data_dir), "--samples", "50", "--iters", "5",
                           "--probes", "2", "--points", "5", "--threads", "1", "--out",
                           str(root / "sharpness")]) == 0
     logs.aggregate(logs.run_table(root)).to_csv(root / "summary.csv", index=False)
@@ -122,7 +120,7 @@ def test_the_requirements_give_a_notebook_server_and_seaborn():
         done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0 and done.stdout.strip(), (module, done.stderr)
     import seaborn  # noqa: F401  (the heatmaps of plots.py)
-    requirements = (train.REPO_ROOT / "requirements.txt").read_text().split()
+    requirements = (REPO_ROOT / "requirements.txt").read_text().split()
     assert any(line.startswith("jupyter") for line in requirements)
     assert any(line.startswith("seaborn") for line in requirements)
 
@@ -144,7 +142,7 @@ def test_shards_split_a_grid_into_disjoint_slices_that_cover_it(capsys):
 
 
 def test_dataset_option_keeps_only_the_runs_on_those_datasets(capsys):
-    assert {r.dataset_tag for r in sweep.full_grid()} == set(sweep.DATASET_TAGS)
+    assert {r.dataset_tag for r in grids.full_grid()} == set(grids.DATASET_TAGS)
     assert sweep.main(["--grid", "vit_convergence", "--list", "--dataset", "cifar10-jpeg"]) == 0
     cifar = capsys.readouterr().out.splitlines()
     assert sweep.main(["--grid", "vit_convergence", "--list"]) == 0

@@ -7,11 +7,10 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from moelab.paths import REPO_ROOT
+from moelab.training import launch, run_logs
 
-import run_logs
-import train
-
-REPO = train.REPO_ROOT
+REPO = REPO_ROOT
 TIME_COLUMNS = ["samples_per_s", "epoch_time_s", "wall_time_s"]
 
 
@@ -19,7 +18,7 @@ def run(tmp_path, data_dir, *extra, name="run"):
     argv = ["--data-dir", str(data_dir), "--out", str(tmp_path / "runs"), "--run-name", name,
             "--epochs", "2", "--batch-size", "32", "--experts", "4", "--expert-hidden", "16",
             "--train-eval-size", "100", "--log-every", "5", "--threads", "1", *extra]
-    code = train.main(argv)
+    code = launch.main(argv)
     return code, tmp_path / "runs" / name
 
 
@@ -103,7 +102,7 @@ def test_capacity_logs_the_dropped_share_and_per_expert_drops(tmp_path, tiny_dat
 
 
 def test_drop_policy_is_refused_where_nothing_is_dropped(tmp_path, capsys):
-    code = train.main(["--gating", "expert-choice", "--drop-policy", "position", "--out", str(tmp_path / "r")])
+    code = launch.main(["--gating", "expert-choice", "--drop-policy", "position", "--out", str(tmp_path / "r")])
     assert code == 2 and not (tmp_path / "r").exists()
     err = capsys.readouterr().err.strip()
     assert "--drop-policy" in err and "--gating expert-choice" in err and err.count("\n") == 0

@@ -7,15 +7,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import aux_losses
-import stats
-import train
-from config import Config
-from models import build_model
-from experts import MLPExperts
-from routers import GATING_CHOICES, build_router
-from vit_model import ViTClassifier, vit_cost
+from moelab import stats
+from moelab.layers import aux_losses
+from moelab.layers.aux_losses import AUX_NAMES
+from moelab.layers.experts import MLPExperts
+from moelab.layers.routers import build_router
+from moelab.layers.routing import GATING_CHOICES
+from moelab.models.builder import build_model
+from moelab.models.vit import ViTClassifier, vit_cost
+from moelab.training import launch
+from moelab.training.config import Config
+from moelab.training.exits import EXIT_BAD_INPUT
+from moelab.training.trainer import Trainer
 
 SHAPE = (1, 28, 28)
 
@@ -59,7 +62,7 @@ def test_vit_aux_losses_average_the_moe_blocks_and_vanish_in_eval():
     output = model(torch.randn(4, *SHAPE))
     expected = torch.stack([r.aux["balance"] for r in output.routings]).mean()
     assert torch.allclose(output.aux["balance"], expected)
-    assert set(output.aux) == set(train.AUX_NAMES)
+    assert set(output.aux) == set(AUX_NAMES)
     assert model.eval()(torch.randn(4, *SHAPE)).aux == {}
     assert vit(model="dense")(torch.randn(2, *SHAPE)).routings == []
 
@@ -106,7 +109,7 @@ def run(tmp_path, data_dir, *extra, name="vit"):
     argv = ["--data-dir", str(data_dir), "--out", str(tmp_path / "runs"), "--run-name", name, "--arch", "vit",
             "--vit-patch", "7", "--vit-dim", "24", "--vit-heads", "2", "--vit-depth", "2", "--experts", "4",
             "--expert-hidden", "16", "--epochs", "2", "--batch-size", "32", "--threads", "1", *extra]
-    return train.main(argv), tmp_path / "runs" / name
+    return launch.main(argv), tmp_path / "runs" / name
 
 
 def test_vit_run_logs_routing_per_block_and_per_patch(tmp_path, tiny_data):
@@ -136,7 +139,7 @@ def test_vit_run_logs_routing_per_block_and_per_patch(tmp_path, tiny_data):
 def test_vit_and_cosine_bad_flags_give_one_line_errors(tmp_path, tiny_data, capsys, extra, needle):
     code, run_dir = run(tmp_path, tiny_data, *extra)
     err = capsys.readouterr().err.strip()
-    assert code == train.EXIT_BAD_INPUT and not run_dir.exists()
+    assert code == EXIT_BAD_INPUT and not run_dir.exists()
     assert err.startswith("error: ") and needle in err and "\n" not in err
 
 
@@ -149,17 +152,17 @@ def test_interrupted_vit_run_resumes_to_identical_logs(tmp_path, tiny_data, monk
     """A ViT with expert-choice token routing stopped mid-epoch continues to the same logs."""
     extra = ("--gating", "expert-choice", "--batch-size", "16")
     assert run(tmp_path, tiny_data, *extra, name="reference")[0] == 0
-    accumulate = train.Trainer._accumulate
+    accumulate = Trainer._accumulate
 
     def stop_at_step_20(self, *args):
         accumulate(self, *args)
         if self.global_step == 20:          # as if SIGTERM arrived during step 20 (of epoch 1)
             self._on_signal(signal.SIGTERM, None)
 
-    monkeypatch.setattr(train.Trainer, "_accumulate", stop_at_step_20)
+    monkeypatch.setattr(Trainer, "_accumulate", stop_at_step_20)
     code, cut = run(tmp_path, tiny_data, *extra, name="cut")
     assert code == 128 + signal.SIGTERM
-    monkeypatch.setattr(train.Trainer, "_accumulate", accumulate)
+    monkeypatch.setattr(Trainer, "_accumulate", accumulate)
     assert run(tmp_path, tiny_data, *extra, "--resume", name="cut")[0] == 0
     reference = tmp_path / "runs" / "reference"
     for name in ("metrics.csv", "layers.csv", "test_patches.csv"):
@@ -224,7 +227,7 @@ def test_attention_routing_trains_a_vit_with_expert_choice(tmp_path, tiny_data):
 
 def _soft_moe(slots=3, tokens=5, dim=6):
     torch.manual_seed(0)
-    from soft_moe import SoftMoE
+    from moelab.layers.soft_moe import SoftMoE
     return SoftMoE(dim, MLPExperts(4, dim, 8, dim), slots, tokens)
 
 
@@ -246,7 +249,7 @@ def test_soft_moe_weights_are_distributions_and_match_a_per_image_reference():
         assert torch.allclose(out.logits[b * 5:(b + 1) * 5], expected, atol=1e-5)
     weights = out.routing.weights
     assert torch.allclose(weights.sum(dim=1), torch.ones(15), atol=1e-6)
-    assert set(out.aux) == set(train.AUX_NAMES)
+    assert set(out.aux) == set(AUX_NAMES)
 
 
 def test_soft_moe_vit_trains_and_counts_slot_flops(tmp_path, tiny_data):

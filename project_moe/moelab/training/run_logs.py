@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aux_losses import AUX_NAMES
-from evaluation import LAYER_COLUMNS, SplitResult
-from run_files import CSVLog, NullLog
+from ..layers.aux_losses import AUX_NAMES
+from .evaluation import LAYER_COLUMNS, SplitResult
+from .run_files import CSVLog, NullLog
 
 METRICS_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
                    *[f"aux_{name}" for name in AUX_NAMES], "train_load_cv", "val_load_cv",

@@ -1,4 +1,4 @@
-"""Datasets as whole uint8 tensors, and a batch loader that keeps them on the device.
+"""Image datasets as whole uint8 tensors (the batch loader is in loader.py).
 
 Every dataset is decoded once into memory as uint8 (N, C, H, W) plus int64 labels (N,);
 augmentation and normalisation run on whole batches on the device, so an epoch costs a few
@@ -7,7 +7,7 @@ gathers instead of N Python calls into a DataLoader.
 Legend: N samples, B batch, C channels, H height, W width, P crop padding.
 
 Sources (see load_dataset):
-  mnist          data_dir/MNIST/raw/*-ubyte[.gz], else the copy shipped in assets/mnist/
+  mnist          data_dir/MNIST/raw/*-ubyte[.gz], else the copy shipped in moelab/assets/mnist/
   fashion-mnist  data_dir/FashionMNIST/raw/*-ubyte[.gz], else a torchvision download
   cifar10        data_dir/cifar-10-batches-py via torchvision
   folder:PATH    PATH/{train,test}/<class>/<image>, decoded once and cached
@@ -24,16 +24,17 @@ import re
 import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..paths import PACKAGE_DIR, REPO_ROOT
+
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "folder:PATH")
 
 # Module-level so that tests can point them at tiny fixtures instead of the real 60k images.
-MNIST_ASSET_DIR = pathlib.Path(__file__).resolve().parent / "assets" / "mnist"
+MNIST_ASSET_DIR = PACKAGE_DIR / "assets" / "mnist"
 MNIST_MD5 = {  # md5 of the unpacked files, as published with the original dataset
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
@@ -102,7 +103,7 @@ class Dataset:
 
 def resolve_data_dir(arg: str | None) -> pathlib.Path:
     """--data-dir if given, else $MOE_DATA_DIR, else <repo root>/data."""
-    chosen = arg or os.environ.get("MOE_DATA_DIR") or pathlib.Path(__file__).resolve().parent.parent / "data"
+    chosen = arg or os.environ.get("MOE_DATA_DIR") or REPO_ROOT / "data"
     return pathlib.Path(chosen).expanduser().absolute()
 
 
@@ -511,87 +512,3 @@ def _short(err: BaseException) -> str:
     """An exception as a short single line, without C++ source locations."""
     text = " ".join(str(err).split()) or type(err).__name__
     return re.sub(r"^.*\.(?:cpp|h):\d+, ", "", text)[:200]
-
-
-# ----------------------------------------------------------------------------------------------
-# Augmentation and batching
-
-def draw_augment_params(batch: int, generator: torch.Generator, pad: int = 4):
-    """Random crop offsets dy, dx in [0, 2*pad] inside the padded image and flip flags, each (B,)."""
-    dev = generator.device
-    offsets = torch.randint(0, 2 * pad + 1, (2, batch), generator=generator, device=dev)
-    flip = torch.randint(0, 2, (batch,), generator=generator, device=dev).bool()
-    return offsets[0], offsets[1], flip
-
-
-def apply_augment(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
-    """Crop each zero-padded image at (dy, dx) and mirror it where flip is set; one gather for the batch."""
-    b, _, h, w = x.shape
-    dy, dx, flip = dy.to(x.device), dx.to(x.device), flip.to(x.device)
-    padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2P, W+2P)
-    rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
-    cols = torch.arange(w, device=x.device).expand(b, w)  # (B, W)
-    cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]  # a mirrored crop reads its columns backwards
-    batch_idx = torch.arange(b, device=x.device)[:, None, None]  # (B, 1, 1)
-    out = padded.permute(0, 2, 3, 1)[batch_idx, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-    return out.permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
-
-
-def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop after zero padding by `pad` plus random horizontal flip; same shape and dtype."""
-    dy, dx, flip = draw_augment_params(len(x), generator, pad)
-    return apply_augment(x, dy, dx, flip, pad)
-
-
-def derive_seed(*parts) -> int:
-    """A stable 63-bit seed from a tuple of ints/strings (Python's hash() is salted per process)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-class BatchLoader:
-    """Batches of a Split that lives on the device as uint8; normalised float32 comes out.
-
-    Every random draw depends only on (seed, epoch, step), never on what was iterated before,
-    so resuming with iter_epoch(epoch, start_step) reproduces an uninterrupted run exactly.
-    """
-
-    def __init__(self, split: Split, batch_size: int, mean, std, *, shuffle: bool, augment: bool, seed: int,
-                 device: torch.device | str = "cpu", drop_last: bool = False, channels_last: bool = False):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
-        self.images = split.images.to(self.device)  # (N, C, H, W) uint8, copied once
-        self.labels = split.labels.to(self.device)
-        c = self.images.shape[1]
-        mean_t = torch.as_tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
-        std_t = torch.as_tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
-        self.scale, self.shift = 1 / (255 * std_t), mean_t / std_t  # (x/255 - mean)/std as one fma
-        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.seed, self.drop_last = seed, drop_last
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x float32 (B, C, H, W), y int64 (B,)) on the device, from batch start_step on
-        (x in channels-last memory layout if the loader was made with ``channels_last``)."""
-        if not 0 <= start_step <= len(self):
-            raise ValueError(f"start_step must be in [0, {len(self)}], got {start_step}")
-        order = self._order(epoch)
-        for step in range(start_step, len(self)):
-            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-            x = self.images[idx]
-            if self.augment:
-                x = augment_batch(x, torch.Generator().manual_seed(derive_seed("augment", self.seed, epoch, step)))
-            yield (x.float() * self.scale - self.shift).contiguous(memory_format=self.memory_format), self.labels[idx]
-
-    def _order(self, epoch: int) -> torch.Tensor:
-        n = len(self.labels)
-        if not self.shuffle:
-            return torch.arange(n, device=self.device)
-        # Drawn on a CPU generator so the order does not depend on the device type.
-        g = torch.Generator().manual_seed(derive_seed("shuffle", self.seed, epoch))
-        return torch.randperm(n, generator=g).to(self.device)

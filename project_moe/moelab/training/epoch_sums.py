@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-import distributed
-from aux_losses import AUX_NAMES
-from distributed import Cluster
+from .. import distributed
+from ..distributed import Cluster
+from ..layers.aux_losses import AUX_NAMES
 
 
 class EpochSums:

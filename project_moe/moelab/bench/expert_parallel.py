@@ -29,12 +29,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import distributed
-from bench import LayerConfig
-from distributed import Cluster
-from experts import MLPExperts
-from moe_model import MoE
-from routers import build_router
+from .. import distributed
+from ..distributed import Cluster
+from ..layers.experts import MLPExperts
+from ..layers.moe import MoE
+from ..layers.routers import build_router
+from .timing import LayerConfig
 
 
 @dataclass

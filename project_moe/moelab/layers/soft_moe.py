@@ -21,9 +21,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from experts import MLPExperts
-from moe_model import MoEOutput
-from routers import LOCAL_BATCH, Routing, batch_losses
+from .experts import MLPExperts
+from .moe import MoEOutput
+from .routers import batch_losses
+from .routing import LOCAL_BATCH, Routing
 
 SLOT_GATINGS = ("soft-slots",)
 

@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import stats
-from moe_model import MoEClassifier, classifier_logits
-from routers import selection_bias
-from vit_model import ViTClassifier
-
+from .. import stats
+from ..layers.routers import selection_bias
+from ..models.classifier import MoEClassifier, classifier_logits
+from ..models.vit import ViTClassifier
 
 SAMPLES_COLUMNS = ["index", "class", "predicted", "top1_expert", "top1_weight", "experts_used"]
 LAYER_COLUMNS = ["layer", "expert", "n_tokens", "n_routed", "n_dropped", "frac_routed", "mean_gate", "selection_bias"]

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from precision import autocast_dtype, float32_region
+from .precision import autocast_dtype, float32_region
 
 
 def mlp(in_features: int, hidden: int, out_features: int, depth: int = 1, dropout: float = 0.0) -> nn.Sequential:

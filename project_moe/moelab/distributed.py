@@ -33,11 +33,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from config import Config, ConfigError
-from experts import MLPExperts, ModuleExperts
-from moe_model import MoE
-from routers import Router
-from soft_moe import SoftMoE
+from .layers.experts import MLPExperts, ModuleExperts
+from .layers.moe import MoE
+from .layers.routers import Router
+from .layers.soft_moe import SoftMoE
+from .training.config import Config, ConfigError
+
 
 @dataclass
 class Traffic:

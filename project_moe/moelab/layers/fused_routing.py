@@ -26,7 +26,6 @@ Backward, with G = dL/dp (from the auxiliary losses, or 0) and gy = dL/dy:
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 
 class Top1Dispatch(torch.autograd.Function):

@@ -23,13 +23,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from experts import MLPExperts, mlp
-from moe_model import MoE, ModelSpec, count_params, forward_flops, spec_router
-from routers import Routing, experts_per_sample
-from soft_moe import SoftMoE
+from ..layers.experts import mlp
+from ..layers.routers import experts_per_sample
+from ..layers.routing import Routing
+from .classifier import count_params
+from .cost import forward_flops
+from .spec import ModelSpec
+from .transformer import Block, moe_slot
 
 
 def check_vit_fits(spec: ModelSpec, in_shape: tuple[int, int, int]) -> None:
@@ -39,46 +41,6 @@ def check_vit_fits(spec: ModelSpec, in_shape: tuple[int, int, int]) -> None:
     if height % spec.vit_patch or width % spec.vit_patch:
         raise ValueError(f"--vit-patch {spec.vit_patch} does not divide the {height}x{width} images; "
                          f"choose a divisor of {math.gcd(height, width)}")
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention over the T tokens of each image."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch, tokens, dim = x.shape
-        qkv = self.qkv(x).view(batch, tokens, 3, self.heads, dim // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)                                   # each (B, h, T, d/h)
-        mixed = F.scaled_dot_product_attention(q, k, v)                        # (B, h, T, d/h)
-        return self.out(mixed.transpose(1, 2).reshape(batch, tokens, dim))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block; ``ffn`` is an MLP or an MoE layer over tokens."""
-
-    def __init__(self, dim: int, heads: int, ffn: nn.Module):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attention = Attention(dim, heads)
-        self.ffn = ffn
-
-    @property
-    def is_moe(self) -> bool:
-        return isinstance(self.ffn, (MoE, SoftMoE))
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Routing | None]:
-        x = x + self.attention(self.norm1(x))                                  # (B, T, d)
-        h = self.norm2(x)
-        if not self.is_moe:
-            return x + self.ffn(h), None
-        batch, tokens, dim = h.shape
-        out = self.ffn(h.reshape(batch * tokens, dim))                         # tokens routed one by one
-        return x + out.logits.view(batch, tokens, dim), out.routing
 
 
 @dataclass
@@ -123,18 +85,10 @@ class ViTClassifier(nn.Module):
 
     def _ffn(self, block: int) -> nn.Module:
         spec, dim = self.spec, self.spec.vit_dim
-        moe_slot = (block + 1) % spec.moe_every == 0
-        if spec.model == "moe" and moe_slot:
-            experts = MLPExperts(spec.experts, dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout,
-                                 spec.expert_dispatch)
-            tokens = self.grid[0] * self.grid[1]
-            if spec.gating == "soft-slots":
-                return SoftMoE(dim, experts, spec.slots_per_expert, tokens)
-            router = spec_router(spec, dim, tokens=tokens)
-            shared = MLPExperts(spec.shared_experts, dim, spec.expert_hidden, dim, spec.expert_depth, spec.dropout) \
-                if spec.shared_experts else None
-            return MoE(router, experts, combine="logits", shared=shared)
-        return mlp(dim, self.mlp_width(spec, moe_slot, self.grid[0] * self.grid[1]), dim, spec.expert_depth,
+        is_moe_slot = (block + 1) % spec.moe_every == 0
+        if spec.model == "moe" and is_moe_slot:
+            return moe_slot(spec, dim, self.grid[0] * self.grid[1])
+        return mlp(dim, self.mlp_width(spec, is_moe_slot, self.grid[0] * self.grid[1]), dim, spec.expert_depth,
                    spec.dropout)
 
     @staticmethod

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
-
-import stats
 import torch
+
+from .. import stats
 
 
 def dataset_tag(dataset: str) -> str:

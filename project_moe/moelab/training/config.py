@@ -12,11 +12,23 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experts import DISPATCH_CHOICES
-from moe_model import ARCH_CHOICES, COMBINE_CHOICES, DENSE_MATCH_CHOICES, EXPERT_TYPES, ModelSpec
-from routers import DROP_POLICIES, GATING_CHOICES, HARD_GRAD_CHOICES, SCORE_CHOICES, TOKEN_CHOICE
-from soft_moe import SLOT_GATINGS
-from trunks import TRUNK_CHOICES
+from ..layers.experts import DISPATCH_CHOICES
+from ..layers.routing import (
+    DROP_POLICIES,
+    GATING_CHOICES,
+    HARD_GRAD_CHOICES,
+    SCORE_CHOICES,
+    TOKEN_CHOICE,
+)
+from ..layers.soft_moe import SLOT_GATINGS
+from ..models.spec import (
+    ARCH_CHOICES,
+    COMBINE_CHOICES,
+    DENSE_MATCH_CHOICES,
+    EXPERT_TYPES,
+    ModelSpec,
+)
+from ..models.trunks import TRUNK_CHOICES
 
 MODEL_CHOICES = ("moe", "dense")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aux_losses import cv_squared, entropy
+from .layers.aux_losses import cv_squared, entropy
 
 
 def routed_mask(weights: Tensor) -> Tensor:

@@ -1,0 +1,1 @@
+"""Speed benchmarks (layer, training step, expert parallelism) and the GPU check."""

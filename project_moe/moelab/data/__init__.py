@@ -1,0 +1,25 @@
+"""Datasets as whole tensors (images.py), and the batch loader that cuts, augments and
+normalises batches on the device (loader.py)."""
+from .images import (
+                     DATASET_CHOICES,
+                     MNIST_MD5,
+                     DataError,
+                     Dataset,
+                     Split,
+                     channel_stats,
+                     check_dataset_spec,
+                     load_dataset,
+                     resolve_data_dir,
+                     split_train_val,
+)
+from .loader import (
+                     BatchLoader,
+                     apply_augment,
+                     augment_batch,
+                     derive_seed,
+                     draw_augment_params,
+)
+
+__all__ = ["DATASET_CHOICES", "MNIST_MD5", "DataError", "Dataset", "Split", "channel_stats", "check_dataset_spec",
+           "load_dataset", "resolve_data_dir", "split_train_val", "BatchLoader", "apply_augment", "augment_batch",
+           "derive_seed", "draw_augment_params"]

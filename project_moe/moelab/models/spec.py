@@ -1,0 +1,61 @@
+"""What decides a model's architecture: the ModelSpec (a subset of the run config), and the
+router it asks for."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..layers.routers import build_router
+
+ARCH_CHOICES = ("mixture", "vit")
+EXPERT_TYPES = ("mlp", "cnn")
+COMBINE_CHOICES = ("logits", "probs")
+DENSE_MATCH_CHOICES = ("params", "active")
+
+
+
+@dataclass
+class ModelSpec:
+    """Everything that decides the architecture (a subset of the run config)."""
+
+    model: str = "moe"               # moe | dense
+    arch: str = "mixture"            # mixture of expert classifiers | vit (MoE blocks routing tokens)
+    experts: int = 8
+    gating: str = "hard"
+    top_k: int = 2
+    capacity_factor: float = 1.0
+    drop_policy: str = "dropless"    # token choice: dropless | position | priority (routers.py)
+    bias_balance_rate: float = 0.0   # token choice: loss-free balancing step (routers.py)
+    hard_grad: str = "switch"
+    tau: float = 1.0
+    router_score: str = "linear"
+    router_dim: int = 16
+    router_centroids: int = 1
+    expert_type: str = "mlp"
+    expert_hidden: int = 128
+    expert_depth: int = 1
+    expert_channels: int = 32
+    trunk: str = "none"
+    trunk_channels: int = 32
+    trunk_blocks: int = 1            # residual blocks per stage of --trunk resnet
+    dropout: float = 0.0
+    expert_dispatch: str = "auto"    # auto | grouped | padded (experts.py)
+    shared_experts: int = 0          # experts every sample or token goes through (DeepSeekMoE)
+    slots_per_expert: int = 1        # --gating soft-slots (soft_moe.py)
+    combine: str = "logits"
+    dense_match: str = "params"
+    vit_patch: int = 4
+    vit_dim: int = 96
+    vit_depth: int = 4
+    vit_heads: int = 3
+    moe_every: int = 2
+
+
+def spec_router(spec: ModelSpec, in_features: int, tokens: int = 1) -> nn.Module:
+    """The router the spec asks for, reading ``in_features``-wide inputs (``tokens`` per image)."""
+    return build_router(spec.gating, in_features, spec.experts, top_k=spec.top_k,
+                        capacity_factor=spec.capacity_factor, drop_policy=spec.drop_policy,
+                        bias_rate=spec.bias_balance_rate, hard_grad=spec.hard_grad, tau=spec.tau,
+                        score=spec.router_score, score_dim=spec.router_dim, centroids=spec.router_centroids,
+                        tokens=tokens)

@@ -1,0 +1,296 @@
+"""The study's grids: named lists of train.py runs (one configuration x several seeds).
+
+``python sweep.py --list`` prints them; sweep.py runs them (study/sweep.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import logs
+
+SEEDS = (0, 1, 2)
+
+
+@dataclass
+class RunSpec:
+    grid: str          # which study the run belongs to
+    label: str         # the configuration, shared by its seeds
+    flags: dict        # train.py flags (without dashes), values as strings or numbers
+    seed: int = 0
+    dataset: str = "mnist"
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset_tag}-{self.label}-s{self.seed}"
+
+    @property
+    def dataset_tag(self) -> str:
+        return logs.dataset_tag(self.dataset)
+
+    def argv(self, data_dir: str | None) -> list[str]:
+        dataset = self.dataset.format(data_dir=data_dir or "data")
+        args = ["--dataset", dataset, "--seed", str(self.seed)]
+        for key, value in self.flags.items():
+            flag = f"--{key.replace('_', '-')}"
+            if isinstance(value, bool):   # a switch: present or absent
+                args += [flag] if value else []
+            else:
+                args += [flag, str(value)]
+        return args
+
+
+MNIST_MOE = dict(experts=8, gating="hard", expert_hidden=64, balance_coef=0.1)
+CIFAR = "folder:{data_dir}/cifar10-jpeg"
+CIFAR_HEAD = dict(trunk="cnn", trunk_channels=16, experts=8, expert_hidden=64, balance_coef=0.1, epochs=5)
+
+
+# A fast CIFAR-10 recipe on the residual trunk (README "A CIFAR-10 recipe"), in the manner of the
+# fast-training literature: SGD with Nesterov momentum, a one-cycle schedule, label smoothing,
+# crop + flip augmentation and mirrored test images.
+CIFAR_RECIPE = dict(trunk="resnet", trunk_channels=16, channels_last=True, optimizer="sgd", lr=0.2, momentum=0.9, weight_decay=5e-4,
+                    lr_schedule="onecycle", warmup_fraction=0.25, label_smoothing=0.2, tta_flip=True, batch_size=256)
+
+
+CIFAR_RECIPE_EPOCHS = 7
+
+
+# The classifier heads of Rokah et al. 2026 (arXiv 2601.15021) on that trunk: 8 experts of width
+# 64 (their 512 x 0.125) with dropout 0.1; soft gating balanced by KL(mean gate || uniform),
+# noisy top-2 by Shazeer's importance + load loss (their 0.2); the dense head one MLP of the MoE
+# head's total parameters.
+PAPER_HEADS = {"dense": dict(model="dense", dense_match="params"),
+               "soft": dict(gating="soft", kl_uniform_coef=0.1),
+               "noisy-top2": dict(gating="noisy-topk", top_k=2, cv_coef=0.2)}
+
+
+def grid_cifar_heads(epochs: int) -> list[RunSpec]:
+    """Dense, soft-MoE and sparse-MoE classifier heads trained end to end with the residual trunk
+    under the CIFAR-10 recipe; the weights are kept for ``analysis.py sharpness``."""
+    base = dict(CIFAR_RECIPE, experts=8, expert_hidden=64, dropout=0.1, balance_coef=0.0, epochs=epochs)
+    return [RunSpec("cifar_heads", label, dict(base, **flags), dataset=CIFAR) for label, flags in PAPER_HEADS.items()]
+
+
+def grid_moe_vs_dense(epochs: int, datasets=("mnist", "fashion-mnist")) -> list[RunSpec]:
+    runs = []
+    for dataset in datasets:
+        base = dict(MNIST_MOE, epochs=epochs)
+        runs += [RunSpec("moe_vs_dense", "moe-hard", base, dataset=dataset),
+                 RunSpec("moe_vs_dense", "moe-top2", dict(base, gating="topk", top_k=2), dataset=dataset),
+                 RunSpec("moe_vs_dense", "dense-params", dict(base, model="dense", dense_match="params"),
+                         dataset=dataset),
+                 RunSpec("moe_vs_dense", "dense-active", dict(base, model="dense", dense_match="active"),
+                         dataset=dataset)]
+    return runs
+
+
+def grid_cifar(epochs: int) -> list[RunSpec]:
+    base = dict(CIFAR_HEAD, epochs=epochs)
+    return [RunSpec("cifar_trunk", "moe-hard", base, dataset=CIFAR),
+            RunSpec("cifar_trunk", "moe-top2", dict(base, gating="topk", top_k=2), dataset=CIFAR),
+            RunSpec("cifar_trunk", "dense-params", dict(base, model="dense", dense_match="params"), dataset=CIFAR),
+            RunSpec("cifar_trunk", "dense-active", dict(base, model="dense", dense_match="active"), dataset=CIFAR)]
+
+
+def grid_experts(epochs: int, counts=(1, 2, 4, 8, 16)) -> list[RunSpec]:
+    """E at a fixed total budget (E x hidden = 512) and at a fixed expert size (hidden 64)."""
+    runs = []
+    for e in counts:
+        base = dict(MNIST_MOE, experts=e, epochs=epochs)
+        runs.append(RunSpec("experts", f"budget-e{e}", dict(base, expert_hidden=512 // e)))
+        runs.append(RunSpec("experts", f"per-expert-e{e}", dict(base, expert_hidden=64)))
+    return runs
+
+
+def grid_gating(epochs: int, datasets=("mnist", "fashion-mnist")) -> list[RunSpec]:
+    routers = {"soft": {}, "hard": {}, "top2": dict(gating="topk", top_k=2),
+               "noisy-top2": dict(gating="noisy-topk", top_k=2), "gumbel-top1": dict(gating="gumbel", top_k=1),
+               "expert-choice": dict(gating="expert-choice", top_k=1),
+               "expert-choice-2": dict(gating="expert-choice", top_k=2)}
+    runs = []
+    for dataset in datasets:
+        for label, flags in routers.items():
+            runs.append(RunSpec("gating", label, {**MNIST_MOE, "gating": label, "epochs": epochs, **flags},
+                                dataset=dataset))
+    return runs
+
+
+def grid_regularisation(epochs: int) -> list[RunSpec]:
+    none = dict(MNIST_MOE, balance_coef=0.0, epochs=epochs)
+    variants = {"none": {}, "dropout": dict(dropout=0.3), "entropy+": dict(entropy_coef=0.05),
+                "entropy-": dict(entropy_coef=-0.05), "balance": dict(balance_coef=0.1),
+                "cv": dict(cv_coef=0.1), "z-loss": dict(z_coef=1e-3), "kl-uniform": dict(kl_uniform_coef=0.1)}
+    return [RunSpec("regularisation", label, dict(none, **flags)) for label, flags in variants.items()]
+
+
+def grid_cnn_experts(epochs: int) -> list[RunSpec]:
+    """Top-1 MoE of small CNN experts on MNIST pixels, against the parameter-matched dense CNN."""
+    base = dict(experts=8, gating="hard", expert_type="cnn", expert_channels=32, expert_hidden=128,
+                balance_coef=0.1, epochs=epochs)
+    return [RunSpec("cnn_experts", "moe-hard-cnn", base),
+            RunSpec("cnn_experts", "dense-params-cnn", dict(base, model="dense", dense_match="params"))]
+
+
+def grid_cosine(epochs: int) -> list[RunSpec]:
+    """Linear against cosine router scores (X-MoE), with one or four centroids per expert."""
+    scores = {"linear": {}, "cosine": dict(router_score="cosine"),
+              "cosine-4c": dict(router_score="cosine", router_centroids=4, centroid_coef=0.1)}
+    routers = {"hard": {}, "top2": dict(gating="topk", top_k=2)}
+    return [RunSpec("cosine", f"{router}-{score}", dict(MNIST_MOE, epochs=epochs, **router_flags, **score_flags))
+            for router, router_flags in routers.items() for score, score_flags in scores.items()]
+
+
+FASHION = "fashion-mnist"
+VIT = dict(arch="vit", vit_dim=96, vit_depth=4, vit_heads=3, moe_every=2, experts=8, expert_hidden=192,
+           gating="topk", top_k=2, balance_coef=0.05, lr=1e-3)
+
+
+def grid_vit(epochs: int) -> list[RunSpec]:
+    """A 4-block ViT with MoE in blocks 2 and 4 (tokens routed) against the same ViT with dense
+    MLPs of the MoE's active width; 4x4 patch grids (7-pixel patches on 28x28, 8 on 32x32)."""
+    runs = []
+    for dataset, patch in ((FASHION, 7), (CIFAR, 8)):
+        base = dict(VIT, vit_patch=patch, epochs=epochs)
+        runs += [RunSpec("vit", "vit-moe-top2", base, dataset=dataset),
+                 RunSpec("vit", "vit-dense-active", dict(base, model="dense", dense_match="active"), dataset=dataset)]
+        if dataset == FASHION:
+            runs.append(RunSpec("vit", "vit-moe-expert-choice", dict(base, gating="expert-choice"), dataset=dataset))
+    return runs
+
+
+def grid_sharpness(epochs: int) -> list[RunSpec]:
+    """Dense, soft and top-k models whose weights are kept for ``analysis.py sharpness``."""
+    base = dict(MNIST_MOE, epochs=epochs)
+    return [RunSpec("sharpness", "dense-params", dict(base, model="dense", dense_match="params")),
+            RunSpec("sharpness", "dense-active", dict(base, model="dense", dense_match="active")),
+            RunSpec("sharpness", "soft", dict(base, gating="soft")),
+            RunSpec("sharpness", "top2", dict(base, gating="topk", top_k=2)),
+            RunSpec("sharpness", "hard", base)]
+
+
+CAPACITY_ROUTERS = {"top1": dict(gating="hard"), "top2": dict(gating="topk", top_k=2)}
+
+
+def _capacity_variants(grid: str, base: dict, dataset: str) -> list[RunSpec]:
+    runs = []
+    for router, flags in CAPACITY_ROUTERS.items():
+        runs.append(RunSpec(grid, f"{router}-dropless", dict(base, **flags), dataset=dataset))
+        runs += [RunSpec(grid, f"{router}-cf{factor:g}-{policy}",
+                         dict(base, **flags, capacity_factor=factor, drop_policy=policy), dataset=dataset)
+                 for factor in (0.5, 1.0, 1.25, 2.0) for policy in ("position", "priority")]
+    return runs
+
+
+def grid_capacity(epochs: int) -> list[RunSpec]:
+    """Expert capacity C = ceil(cf N k / E) under top-1 and top-2 token choice, dropping by batch
+    position or by router probability, against dropless routing (MNIST mixture)."""
+    return _capacity_variants("capacity", dict(MNIST_MOE, epochs=epochs), "mnist")
+
+
+def grid_capacity_vit(epochs: int) -> list[RunSpec]:
+    """The capacity grid on the Fashion-MNIST ViT (tokens dropped pass through the residual)."""
+    return _capacity_variants("capacity_vit", dict(VIT, vit_patch=7, epochs=epochs), FASHION)
+
+
+def grid_shared(epochs: int) -> list[RunSpec]:
+    """Fine-grained experts (E=8,k=1,h=128 / E=32,k=4,h=32 / E=64,k=8,h=16: the same active and
+    total expert width) without and with one shared expert; with it, one routed expert less per
+    sample (top-1: half-width experts), so that the active parameters stay the same."""
+    shapes = {"e8-k1": (8, 1, 128), "e32-k4": (32, 4, 32), "e64-k8": (64, 8, 16)}
+    runs = []
+    for label, (experts, k, hidden) in shapes.items():
+        base = dict(MNIST_MOE, epochs=epochs, experts=experts, gating="hard" if k == 1 else "topk", top_k=k,
+                    expert_hidden=hidden)
+        shared = dict(base, shared_experts=1, expert_hidden=hidden // 2) if k == 1 else \
+            dict(base, shared_experts=1, top_k=k - 1, gating="hard" if k == 2 else "topk")
+        runs += [RunSpec("shared", f"{label}-h{hidden}", base), RunSpec("shared", f"{label}-h{hidden}-shared", shared)]
+    return runs
+
+
+BALANCING = {"none": dict(balance_coef=0.0), "switch-loss": dict(balance_coef=0.1),
+             "loss-free": dict(balance_coef=0.0, bias_balance_rate=1e-3),
+             "both": dict(balance_coef=0.1, bias_balance_rate=1e-3)}
+
+
+def grid_balancing(epochs: int) -> list[RunSpec]:
+    """Top-1 routing balanced by nothing, the Switch loss, loss-free biases (rate 1e-3, as in
+    Wang et al. 2024) or both (MNIST mixture)."""
+    return [RunSpec("balancing", label, dict(MNIST_MOE, epochs=epochs, gating="hard", **flags))
+            for label, flags in BALANCING.items()]
+
+
+def grid_balancing_vit(epochs: int) -> list[RunSpec]:
+    base = dict(VIT, vit_patch=7, epochs=epochs, gating="hard")
+    return [RunSpec("balancing_vit", label, dict(base, **flags), dataset=FASHION) for label, flags in BALANCING.items()]
+
+
+def grid_vit_routers(epochs: int) -> list[RunSpec]:
+    """Fashion-MNIST ViT (16 tokens): linear, cosine and attention scores under expert choice
+    and top-2; Soft MoE with 4 slots per expert (8 x 4 slots = 2 experts' work per token), the
+    classic soft gate with quarter-width experts and top-2, all three at the same expert FLOPs."""
+    base = dict(VIT, vit_patch=7, epochs=epochs)
+    runs = [RunSpec("vit_routers", f"{gating}-{score}", dict(base, gating=gating, router_score=score), dataset=FASHION)
+            for gating in ("expert-choice", "topk") for score in ("linear", "cosine", "attention")]
+    hidden = VIT["expert_hidden"]
+    runs += [RunSpec("vit_routers", "soft-slots-n4", dict(base, gating="soft-slots", slots_per_expert=4),
+                     dataset=FASHION),
+             RunSpec("vit_routers", "soft-gate-quarter", dict(base, gating="soft", expert_hidden=hidden // 4),
+                     dataset=FASHION)]
+    return runs
+
+
+# The validation accuracy whose first epoch measures "how fast" in the convergence grids: a level
+# near the end of the curves, so that it separates models that learn at different speeds.
+CONVERGENCE_TARGETS = {"cifar10-jpeg": 0.60, "fashion-mnist": 0.88}
+
+
+CONVERGENCE_GRIDS = ("vit_convergence", "vit_convergence_deep")
+
+
+def split_convergence_label(label: str) -> tuple[int, str]:
+    """A convergence-grid label as (blocks, model): "d6-moe-top2" -> (6, "moe-top2")."""
+    depth, model = label.split("-", 1)
+    return int(depth.lstrip("d")), model
+
+
+def grid_vit_convergence(epochs: int, depth: int = 6, grid: str = "vit_convergence") -> list[RunSpec]:
+    """How fast a ViT with MoE in every second block (blocks 2, 4, 6 of 6) learns against the
+    dense ViT of equal active FLOPs and the one of equal parameters, expert choice and top-2,
+    trained long enough for the validation curves to flatten (CIFAR-10 JPEG and Fashion-MNIST)."""
+    runs = []
+    for dataset, patch in ((CIFAR, 8), (FASHION, 7)):
+        base = dict(VIT, vit_patch=patch, vit_depth=depth, moe_every=2, epochs=epochs)
+        runs += [RunSpec(grid, f"d{depth}-moe-expert-choice", dict(base, gating="expert-choice"), dataset=dataset),
+                 RunSpec(grid, f"d{depth}-moe-top2", base, dataset=dataset),
+                 RunSpec(grid, f"d{depth}-dense-active", dict(base, model="dense", dense_match="active"),
+                         dataset=dataset),
+                 RunSpec(grid, f"d{depth}-dense-params", dict(base, model="dense", dense_match="params"),
+                         dataset=dataset)]
+    return runs
+
+
+def full_grid() -> list[RunSpec]:
+    # cheapest first, so that an interrupted sweep has the most configurations complete
+    return (grid_moe_vs_dense(5) + grid_gating(5) + grid_regularisation(5) + grid_experts(5) + grid_cifar(5)
+            + grid_cnn_experts(5) + grid_cosine(5) + grid_sharpness(5) + grid_vit(3)
+            + grid_balancing(5) + grid_capacity(5) + grid_shared(5)
+            + grid_balancing_vit(3) + grid_vit_routers(3) + grid_capacity_vit(3) + grid_cifar_heads(CIFAR_RECIPE_EPOCHS)
+            + grid_vit_convergence(15) + grid_vit_convergence(15, depth=12, grid="vit_convergence_deep"))
+
+
+def quick_grid() -> list[RunSpec]:
+    keep = {"moe-hard", "dense-params", "dense-active", "soft", "hard", "top2", "expert-choice", "budget-e1",
+            "budget-e4", "none", "balance"}
+    runs = (grid_moe_vs_dense(1, datasets=("mnist",)) + grid_gating(1, datasets=("mnist",))
+            + grid_experts(1, counts=(1, 4)) + grid_regularisation(1))
+    return [r for r in runs if r.label in keep]
+
+
+GRIDS = ("moe_vs_dense", "gating", "regularisation", "experts", "cifar_trunk", "cnn_experts", "cosine", "sharpness",
+         "vit", "balancing", "capacity", "shared", "balancing_vit", "vit_routers", "capacity_vit", "cifar_heads", "vit_convergence",
+         "vit_convergence_deep")
+DATASET_TAGS = ("mnist", "fashion-mnist", "cifar10-jpeg")
+KEEP_WEIGHTS = {"sharpness", "cifar_heads"}   # grids whose model.pt stays (ignored by git) for analysis.py
+
+
+def with_seeds(runs: list[RunSpec], seeds) -> list[RunSpec]:
+    return [RunSpec(r.grid, r.label, r.flags, seed, r.dataset) for r in runs for seed in seeds]

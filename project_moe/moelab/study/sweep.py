@@ -1,0 +1,168 @@
+"""The experiment suite: named grids of train.py runs over several seeds, and their aggregation.
+
+    python sweep.py --quick                 # reduced grid, a few minutes on 2 CPU cores
+    python sweep.py --data-dir DIR          # the full grid (DIR holds MNIST/, FashionMNIST/, cifar10-jpeg/)
+    python sweep.py --grid gating experts   # some grids only
+    python sweep.py --aggregate             # results/summary.csv from the runs in results/
+
+Each run is a separate ``train.py`` process writing to results/runs/<grid>/<run-name>/. A run
+whose summary says "completed" is skipped, an interrupted one is resumed, and a failing one
+is recorded and the sweep goes on; the sweep exits non-zero at the end if any run failed.
+Weights (*.pt) are deleted once a run completes: results/ keeps only the compact logs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..paths import PROJECT_DIR
+from . import logs
+from .grids import (
+    DATASET_TAGS,
+    GRIDS,
+    KEEP_WEIGHTS,
+    SEEDS,
+    RunSpec,
+    full_grid,
+    quick_grid,
+    with_seeds,
+)
+
+DEFAULT_RESULTS = PROJECT_DIR / "results"
+
+
+@dataclass
+class Outcome:
+    run: RunSpec
+    status: str          # done | skipped | failed
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def run_status(run_dir: Path) -> str | None:
+    summary = run_dir / "summary.json"
+    if not summary.exists():
+        return None
+    try:
+        return json.loads(summary.read_text()).get("status")
+    except json.JSONDecodeError:
+        return None
+
+
+def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, threads: int | None) -> Outcome:
+    out = results / "runs" / run.grid
+    run_dir = out / run.name
+    log_path = out / f"{run.name}.log"
+    keep = run.grid in KEEP_WEIGHTS
+    if run_status(run_dir) == "completed":
+        _drop_weights_and_log(run_dir, log_path, keep)   # left behind if the sweep itself was killed
+        return Outcome(run, "skipped")
+    argv = [sys.executable, str(PROJECT_DIR / "train.py"), *run.argv(data_dir), "--out", str(out), "--run-name", run.name,
+            "--device", device]
+    if data_dir:
+        argv += ["--data-dir", data_dir]
+    if threads:
+        argv += ["--threads", str(threads)]
+    if (run_dir / "checkpoint.pt").exists():
+        argv.append("--resume")
+    elif run_dir.exists():
+        argv.append("--overwrite")   # a run that died before its first checkpoint: nothing to keep
+    begin = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log:
+        code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_DIR).returncode
+    seconds = time.perf_counter() - begin
+    if code != 0:
+        tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        return Outcome(run, "failed", seconds, f"exit {code}: {tail[0]}")
+    _drop_weights_and_log(run_dir, log_path, keep)
+    return Outcome(run, "done", seconds)
+
+
+def _drop_weights_and_log(run_dir: Path, log_path: Path, keep_model: bool = False) -> None:
+    """results/ keeps the compact logs of a finished run, not its weights (but model.pt where
+    ``keep_model``) or console output."""
+    for weights in run_dir.glob("*.pt"):
+        if not (keep_model and weights.name == "model.pt"):
+            weights.unlink()
+    log_path.unlink(missing_ok=True)
+
+
+def run_all(runs: list[RunSpec], results: Path, data_dir, device, threads) -> list[Outcome]:
+    outcomes = []
+    begin = time.perf_counter()
+    for i, run in enumerate(runs, 1):
+        outcome = execute(run, results, data_dir, device, threads)
+        outcomes.append(outcome)
+        print(f"[{i:>3}/{len(runs)}] {outcome.status:<7} {run.grid:<15} {run.name:<45} "
+              f"{outcome.seconds:7.1f}s  {outcome.detail}", flush=True)
+    failed = [o for o in outcomes if o.status == "failed"]
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} runs finished "
+          f"({sum(o.status == 'skipped' for o in outcomes)} already done) in {time.perf_counter() - begin:.0f}s")
+    if failed:
+        print("failed runs:\n" + "\n".join(f"  {o.run.grid}/{o.run.name}: {o.detail}" for o in failed))
+    return outcomes
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N): the I-th of N interleaved slices of the run list (1-based)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 1/2, got {text!r}") from None
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"shard I/N needs 1 <= I <= N, got {text!r}")
+    return index, count
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="reduced grid: 1 epoch, fewer configurations")
+    parser.add_argument("--grid", nargs="+", choices=GRIDS, help="run only these grids (default: all)")
+    parser.add_argument("--dataset", nargs="+", metavar="TAG", choices=DATASET_TAGS,
+                        help=f"run only the runs on these datasets ({', '.join(DATASET_TAGS)})")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help=f"seeds per configuration (default: {len(SEEDS)}, with --quick 2)")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results directory")
+    parser.add_argument("--data-dir", default=None, help="dataset root passed to train.py")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
+    parser.add_argument("--aggregate", action="store_true", help="only write results/summary.csv")
+    parser.add_argument("--list", action="store_true", help="print the runs and exit")
+    parser.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N",
+                        help="run only every N-th run of the list, starting at the I-th (1 <= I <= N), so that "
+                             "N processes or machines can share one grid; summary.csv is then rewritten by "
+                             "whichever shard ends last, so run --aggregate once all have finished")
+    args = parser.parse_args(argv)
+    seeds = args.seeds if args.seeds is not None else (2 if args.quick else len(SEEDS))
+    if seeds < 1:
+        parser.error(f"--seeds must be >= 1 (got {seeds})")
+    if not args.aggregate:
+        runs = quick_grid() if args.quick else full_grid()
+        if args.grid:
+            runs = [r for r in runs if r.grid in args.grid]
+        if args.dataset:
+            runs = [r for r in runs if r.dataset_tag in args.dataset]
+        runs = with_seeds(runs, range(seeds))
+        index, count = args.shard
+        runs = runs[index - 1::count]
+        if args.list:
+            print("\n".join(f"{r.grid}/{r.name}: {' '.join(r.argv(args.data_dir))}" for r in runs))
+            return 0
+        outcomes = run_all(runs, args.results, args.data_dir, args.device, args.threads)
+    else:
+        outcomes = []
+    table = logs.aggregate(logs.run_table(args.results))
+    args.results.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.results / "summary.csv", index=False)
+    print(f"wrote {args.results / 'summary.csv'} ({len(table)} configurations)")
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

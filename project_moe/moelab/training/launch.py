@@ -1,0 +1,156 @@
+"""One run from its command line: check the input, set up the processes and the run directory,
+then train (trainer.py).
+
+Exit codes: 0 done, 2 bad input, 3 non-finite loss, 4 a peer process failed, 130 / 143
+interrupted by SIGINT / SIGTERM.
+"""
+from __future__ import annotations
+
+import dataclasses
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import data, distributed
+from ..distributed import Cluster
+from ..models.builder import describe_cost
+from ..models.vit import check_vit_fits
+from ..paths import REPO_ROOT
+from .config import Config, ConfigError, parse_args, validate
+from .exits import EXIT_BAD_INPUT, EXIT_PEER_FAILED
+from .run_files import read_json, write_json
+from .trainer import Trainer
+
+# Settings that may change between a run and its resumption without changing its results.
+RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir", "out", "log_every", "expert_dispatch",
+                         "compile", "channels_last", "expert_parallel", "dist_backend", "dist_timeout"}
+
+
+BAD_INPUT = (ConfigError, data.DataError)
+
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``local_rank``: under torchrun, each process of a machine takes its own GPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"process {local_rank} of this machine has no GPU of its own "
+                              f"({torch.cuda.device_count()} visible); start at most that many per node")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment(device: torch.device, cluster: Cluster) -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "platform": platform.platform(), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "threads": torch.get_num_threads(), "processes": cluster.world_size,
+            "dist_backend": cluster.backend, "git_commit": git_commit(), "argv": sys.argv}
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """Check, before any work, that the run directory may be used as asked."""
+    run_dir = cfg.run_dir
+    if cfg.resume:
+        if not (run_dir / "checkpoint.pt").exists():
+            raise ConfigError(f"--resume: no checkpoint at {run_dir / 'checkpoint.pt'}; "
+                              "check --out and --run-name, or start a new run without --resume")
+        check_same_config(cfg, read_json(run_dir / "config.json")["config"])
+        summary = run_dir / "summary.json"
+        if summary.exists() and read_json(summary).get("status") == "completed":
+            raise ConfigError(f"--resume: {run_dir} already completed (see its summary.json); "
+                              "pass --overwrite to train it again, or choose another --run-name")
+    elif run_dir.exists() and not cfg.overwrite:
+        raise ConfigError(f"run directory {run_dir} already exists: pass --resume to continue it, "
+                          "--overwrite to replace it, or choose another --run-name")
+    return run_dir
+
+
+def check_same_config(cfg: Config, saved: dict) -> None:
+    current = dataclasses.asdict(cfg)
+    for key, value in saved.items():
+        if key in RESUMABLE_DIFFERENCES or key not in current or current[key] == value:
+            continue
+        flag = "--" + key.replace("_", "-")
+        raise ConfigError(f"--resume: the checkpoint was trained with {flag} {value}, this command says "
+                          f"{flag} {current[key]}; use the same settings or a new --run-name")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    rank, world_size, local_rank = distributed.world_from_env()
+    try:
+        validate(cfg)
+        data.check_dataset_spec(cfg.dataset)
+        distributed.check_fits_world(cfg, world_size)
+        device = resolve_device(cfg.device, local_rank)
+    except BAD_INPUT as error:
+        if rank == 0:   # every rank parsed the same command line and found the same fault
+            print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    cluster = distributed.start(cfg, device.type)
+    code = EXIT_PEER_FAILED      # until run() returns: an exception leaves the peers in doubt
+    try:
+        code = run(cfg, device, cluster)
+        return code
+    finally:
+        distributed.stop(cluster, peers_alive=code != EXIT_PEER_FAILED)
+
+
+def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
+    try:
+        run_dir = distributed.on_writer(cluster, lambda: prepare_run_dir(cfg), BAD_INPUT)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        # The first process of each machine unpacks or decodes the data, the others then read it.
+        dataset = distributed.local_first(
+            cluster, lambda: data.load_dataset(cfg.dataset, data.resolve_data_dir(cfg.data_dir),
+                                               val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                               image_size=cfg.image_size), BAD_INPUT)
+        if cfg.arch == "vit":
+            try:
+                check_vit_fits(cfg.model_spec(), dataset.in_shape)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+    except BAD_INPUT as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except distributed.RefusedElsewhere:
+        return EXIT_BAD_INPUT      # the rank that refused said why
+    if cluster.is_writer:
+        if cfg.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(cluster)
+    trainer = Trainer(cfg, run_dir, dataset, device, cluster)
+    trainer.say(f"{cfg.dataset} ({dataset.source}): train {len(dataset.train.labels)}, val {len(dataset.val.labels)}, "
+                f"test {len(dataset.test.labels)}; device {device}; {cluster.describe()}\n{describe_cost(trainer.cost)}")
+    if not cfg.resume and cluster.is_writer:
+        write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg),
+                                             "environment": environment(device, cluster),
+                                             "dataset": {"source": dataset.source, "classes": dataset.classes,
+                                                         "in_shape": list(dataset.in_shape)},
+                                             "cost": trainer.cost})
+    return trainer.run(resume=cfg.resume)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
