@@ -33,7 +33,7 @@ from moelab.models.builder import build_model
 from moelab.models.classifier import classifier_logits
 from moelab.paths import REPO_ROOT
 from moelab.training import launch
-from moelab.training.config import Config, ConfigError
+from moelab.training.config import Config
 from moelab.training.exits import EXIT_BAD_INPUT
 
 PROJECT = REPO_ROOT / "project_moe"
@@ -71,9 +71,10 @@ def test_source_to_expert_order_regroups_rows_by_expert():
     (dict(batch_size=32, model="dense", expert_parallel=True), 2, "--model dense"),
 ])
 def test_what_cannot_be_split_is_refused(flags, world, message):
-    with pytest.raises(ConfigError, match=message):
-        distributed.check_fits_world(Config(**flags), world)
-    distributed.check_fits_world(Config(**flags), 1)                 # one process splits nothing
+    cfg = Config(**flags)
+    with pytest.raises(distributed.ParallelismError, match=message):
+        distributed.check_fits_world(cfg.model_spec(), cfg.batch_size, cfg.expert_parallel, world)
+    distributed.check_fits_world(cfg.model_spec(), cfg.batch_size, cfg.expert_parallel, 1)   # one process splits nothing
 
 
 def test_world_that_does_not_divide_the_batch_exits_2_before_creating_files(tmp_path, monkeypatch, capsys):

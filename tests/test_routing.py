@@ -5,12 +5,8 @@ import pytest
 import torch
 from moelab.layers.experts import MLPExperts, ModuleExperts, mlp
 from moelab.layers.moe import MoE
-from moelab.layers.routers import (
-    ExpertChoiceRouter,
-    build_router,
-    capacity_keep,
-    update_selection_bias,
-)
+from moelab.layers.capacity import capacity_keep, update_selection_bias
+from moelab.layers.routers import ExpertChoiceRouter, build_router
 from moelab.layers.routing import GATING_CHOICES
 
 N, D, E, K = 37, 12, 6, 5

@@ -19,6 +19,18 @@ batch with the gradient of its own rows), so that summing the gradients of the r
 parameters over the ranks (:func:`sync_gradients`) gives the single-process gradient, and the
 all-to-all backward gives each expert the sum of every rank's contribution.
 Checkpoints hold the whole model in the single-process layout (:func:`model_state`).
+
+Why not ``DistributedDataParallel`` and ``nn.SyncBatchNorm``: ``nn.SyncBatchNorm`` refuses CPU
+tensors (it accepts only CUDA, HPU, XPU and private-use devices), and this code must train on
+CPU with gloo as it does on CUDA with nccl. DDP averages the gradients over the ranks, while
+here each rank's loss is already its part of the global-batch loss, so the plain sum is the
+one-process gradient with no rescaling; DDP would also need the expert-parallel parameters
+excluded from its all-reduce and ``find_unused_parameters`` for experts that get no rows in a
+step. One flat all-reduce per step (:func:`sync_gradients`) and a 20-line batch norm keep the
+P-process run equal to the one-process run, which the tests check to 1e-5.
+
+This module takes the few settings it needs as arguments (:func:`check_fits_world`,
+:func:`start`); it knows nothing of the command line.
 """
 from __future__ import annotations
 
@@ -37,7 +49,7 @@ from .layers.experts import MLPExperts, ModuleExperts
 from .layers.moe import MoE
 from .layers.routers import Router
 from .layers.soft_moe import SoftMoE
-from .training.config import Config, ConfigError
+from .models.spec import ModelSpec
 
 
 @dataclass
@@ -96,39 +108,45 @@ def world_from_env() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def check_fits_world(cfg: Config, world_size: int) -> None:
+class ParallelismError(ValueError):
+    """A model or batch that cannot be split over the processes (one line, naming the flag)."""
+
+
+def check_fits_world(spec: ModelSpec, batch_size: int, expert_parallel: bool, world_size: int) -> None:
     """Refuse, before any file is created, what cannot be split over ``world_size`` ranks."""
     if world_size == 1:
         return
-    if cfg.batch_size % world_size:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must be a multiple of the "
-                          f"{world_size} processes; choose a multiple of {world_size}")
-    if not cfg.expert_parallel:
+    if batch_size % world_size:
+        raise ParallelismError(f"--batch-size {batch_size} is the global batch and must be a multiple of the "
+                               f"{world_size} processes; choose a multiple of {world_size}")
+    if not expert_parallel:
         return
-    if cfg.model != "moe":
-        raise ConfigError("--expert-parallel splits the experts of an MoE over the processes; drop it for --model dense")
-    if cfg.gating == "soft-slots":
-        raise ConfigError("--expert-parallel exchanges routed rows; --gating soft-slots mixes every token into every "
+    if spec.model != "moe":
+        raise ParallelismError("--expert-parallel splits the experts of an MoE over the processes; drop it for --model dense")
+    if spec.gating == "soft-slots":
+        raise ParallelismError("--expert-parallel exchanges routed rows; --gating soft-slots mixes every token into every "
                           "expert's slots: drop --expert-parallel (data parallel works)")
-    if cfg.arch == "mixture" and cfg.expert_type != "mlp":
-        raise ConfigError("--expert-parallel splits stacked MLP experts; use --expert-type mlp, or drop "
+    if spec.arch == "mixture" and spec.expert_type != "mlp":
+        raise ParallelismError("--expert-parallel splits stacked MLP experts; use --expert-type mlp, or drop "
                           "--expert-parallel (data parallel works with CNN experts)")
-    if cfg.experts % world_size:
-        raise ConfigError(f"--expert-parallel: --experts {cfg.experts} must be a multiple of the {world_size} "
+    if spec.experts % world_size:
+        raise ParallelismError(f"--expert-parallel: --experts {spec.experts} must be a multiple of the {world_size} "
                           f"processes, so that every rank owns the same number of experts")
 
 
-def start(cfg: Config, device_type: str) -> Cluster:
+def start(device_type: str, backend: str = "auto", timeout_s: float = 120.0, expert_parallel: bool = False) -> Cluster:
     """Join the process group that torchrun describes (nothing to join for one process).
-    The timeout bounds how long a rank waits for a peer that died or hangs."""
+    ``backend``: gloo, nccl, or auto (nccl on CUDA, gloo on CPU). The timeout bounds how long a
+    rank waits for a peer that died or hangs."""
     rank, world_size, local_rank = world_from_env()
     if world_size == 1:
         return Cluster()
-    backend = cfg.dist_backend if cfg.dist_backend != "auto" else ("nccl" if device_type == "cuda" else "gloo")
+    if backend == "auto":
+        backend = "nccl" if device_type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.dist_timeout))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return Cluster(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                   backend=backend, expert_parallel=cfg.expert_parallel)
+                   backend=backend, expert_parallel=expert_parallel)
 
 
 def stop(cluster: Cluster, peers_alive: bool = True) -> None:

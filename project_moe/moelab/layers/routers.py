@@ -17,34 +17,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import aux_losses
-from .precision import float32_region
+from . import aux_losses
+from .capacity import CapacityAndBias
 from .routing import GATING_CHOICES, LOCAL_BATCH, TOKEN_CHOICE, Routing
+from .scores import ExpertScores
 
 
-class Router(nn.Module):
-    """Gate g(x) = softmax(s(x)) over expert scores s(x); subclasses decide which experts run.
-
-    ``score="linear"``: s(x) = x W_g (Shazeer 2017, Switch). ``score="cosine"`` (X-MoE, Chi
-    et al. 2022): s_e(x) = max_j cos(P x, c_ej) / t, with P a projection to ``score_dim``
-    dimensions, c_e1..c_em the ``centroids`` learnable embeddings of expert e and a learnable
-    temperature t; scores stay in [-1/t, 1/t] whatever the scale of x, and several
-    centroids let one expert own several regions of the input space.
-    ``score="attention"`` (tokens of images, ``tokens`` T per image): within an image every
-    token looks at the others before choosing. With a query Q(s) = x_s W_q shared by the
-    experts and expert-specific keys K_e(t) = x_t W_k^e, both ``score_dim`` (r) wide,
-    A_e = softmax_t(Q K_e^T / sqrt(r)) and s_e(t) = sum_s A_e[s, t], the attention token t gets
-    from all tokens for expert e (the votes of an image sum to T per expert). The router has
-    d r (E + 1) parameters.
-    """
+class Router(CapacityAndBias, ExpertScores):
+    """Gate g(x) = softmax(s(x)) over expert scores s(x) (scores.py); subclasses decide which
+    experts run. Token choice goes through the capacity and selection bias of capacity.py;
+    ``_record`` assembles the Routing record and the auxiliary losses of the batch."""
 
     def __init__(self, in_features: int, num_experts: int, score: str = "linear", score_dim: int = 16,
                  centroids: int = 1, capacity_factor: float = 1.0, drop_policy: str = "dropless",
                  bias_rate: float = 0.0, tokens: int = 1):
-        super().__init__()
-        self.num_experts = num_experts
-        self.score = score
-        self.tokens = tokens
+        super().__init__(in_features, num_experts, score, score_dim, centroids, tokens)
         self.capacity_factor = capacity_factor
         self.drop_policy = drop_policy
         self.bias_rate = bias_rate
@@ -54,63 +41,9 @@ class Router(nn.Module):
             self.register_buffer("selection_bias", torch.zeros(num_experts))
         self.batch = LOCAL_BATCH
         self.loss_names = None   # the auxiliary losses a training step computes (None: all; set_loss_names)
-        if score == "linear":
-            self.proj = nn.Linear(in_features, num_experts, bias=False)
-        elif score == "attention":
-            self.proj = nn.Linear(in_features, score_dim, bias=False)                  # the shared query W_q
-            bound = 1 / math.sqrt(in_features)                                         # as nn.Linear's init
-            self.keys = nn.Parameter(torch.empty(num_experts, in_features, score_dim).uniform_(-bound, bound))
-        else:
-            self.proj = nn.Linear(in_features, score_dim, bias=False)
-            self.centroids = nn.Parameter(torch.randn(num_experts, centroids, score_dim) / math.sqrt(score_dim))
-            # t starts at 0.07 (as in X-MoE) and is kept >= 0.01 so the softmax cannot saturate.
-            self.log_inv_temperature = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-
-    def router_logits(self, x: Tensor) -> Tensor:
-        # float32 scores and softmax even under autocast (--amp): small logit differences
-        # decide the routing.
-        with float32_region(x.device.type):
-            return self._float32_logits(x)
-
-    def _float32_logits(self, x: Tensor) -> Tensor:
-        if self.score == "attention":
-            return self.attention_votes(x.float())
-        projected = F.linear(x.float(), self.proj.weight.float())              # (N, E) or (N, dim)
-        if self.score == "linear":
-            return projected
-        tokens = F.normalize(projected, dim=-1)                                  # (N, dim)
-        centroids = F.normalize(self.centroids.float(), dim=-1)                  # (E, m, dim)
-        similarity = torch.einsum("nd,emd->nem", tokens, centroids)              # (N, E, m)
-        return similarity.amax(dim=-1) * self.log_inv_temperature.clamp(max=math.log(100.0)).exp()
-
-    def attention_votes(self, x: Tensor) -> Tensor:
-        """(B*T, d) tokens of B images -> (B*T, E): s_e(t) = sum_s softmax_t(Q(s) K_e(t) / sqrt(r))."""
-        if x.shape[0] % self.tokens:
-            raise ValueError(f"attention routing needs whole images of {self.tokens} tokens, got {x.shape[0]} rows")
-        images = x.view(x.shape[0] // self.tokens, self.tokens, -1)            # (B, T, d)
-        query = F.linear(images, self.proj.weight.float())                     # (B, T, r)
-        keys = torch.einsum("btd,edr->bert", images, self.keys.float())        # (B, E, r, T)
-        scale = 1.0 / math.sqrt(query.shape[-1])
-        attention = (torch.einsum("bsr,bert->best", query, keys) * scale).softmax(dim=-1)   # (B, E, S, T) over t
-        return attention.sum(dim=2).transpose(1, 2).reshape(x.shape[0], self.num_experts)   # (B*T, E)
-
-    def centroid_overlap(self) -> Tensor:
-        """Mean squared cosine between distinct centroids (0 for a router without centroids)."""
-        if self.score != "cosine":
-            return self.proj.weight.new_zeros(())
-        return aux_losses.centroid_overlap_loss(self.centroids.flatten(0, 1))
 
     def forward(self, x: Tensor) -> Routing:
         raise NotImplementedError
-
-    def biased_topk(self, scores: Tensor, k: int, values: Tensor) -> tuple[Tensor, Tensor]:
-        """``values`` (N, E) at the k experts of largest ``scores`` + selection bias: (N, k) each.
-        The bias of loss-free balancing (Wang et al. 2024) moves the choice only. The scores are
-        probabilities, bounded as DeepSeek-V3's sigmoid affinities are: a bias on unbounded
-        logits loses the race against a router whose logits keep growing (seen on MNIST: top-1
-        collapsed onto one expert at every rate tried)."""
-        index = (scores + self.selection_bias).topk(k, dim=-1).indices            # (N, k)
-        return values.gather(1, index), index
 
     def batch_noise(self, like: Tensor, draw) -> Tensor:
         """``draw(shape)`` noise for these (n, E) rows, cut from one draw for the whole batch,
@@ -149,33 +82,6 @@ class Router(nn.Module):
                                lambda: self.batch.batch_independent(self.centroid_overlap()))
         return Routing(logits, probs, weights, sample_index, expert_index, gate, counts, load, aux, dropped)
 
-    def _token_choice(self, logits: Tensor, probs: Tensor, top_index: Tensor, top_gate: Tensor,
-                      load: Tensor | None = None) -> Routing:
-        """The record of a (N, k) token choice, after the capacity of each expert (if any)."""
-        if self.drop_policy == "dropless":
-            weights, sample_index, expert_index, gate = token_choice_assignments(top_index, top_gate, self.num_experts)
-            return self._record(logits, probs, weights, sample_index, expert_index, gate, load=load)
-        chosen = torch.bincount(top_index.reshape(-1), minlength=self.num_experts)   # (E,) before capacity
-        keep = self._within_capacity(top_index, probs)
-        weights, sample_index, expert_index, gate = token_choice_assignments(top_index, top_gate * keep,
-                                                                             self.num_experts)
-        kept = keep.reshape(-1)
-        return self._record(logits, probs, weights, sample_index[kept], expert_index[kept], gate[kept],
-                            load=load, chosen=chosen)
-
-    def _within_capacity(self, top_index: Tensor, probs: Tensor) -> Tensor:
-        """(n, k) bool: the assignments that fit their expert's capacity over the whole batch."""
-        priority = probs.detach().gather(1, top_index)                                # (n, k)
-        whole = self.batch.gather_rows(torch.cat([top_index.to(priority.dtype), priority], dim=1))   # (N, 2k)
-        k = top_index.shape[1]
-        keep = capacity_keep(whole[:, :k].long(), whole[:, k:], self.num_experts, self.capacity_factor,
-                             self.drop_policy)                                       # (N, k)
-        if whole.shape[0] == top_index.shape[0]:
-            return keep
-        offset = self.batch.row_span(top_index.shape[0])[0]
-        return keep[offset:offset + top_index.shape[0]]
-
-
 def batch_losses(layer: nn.Module, logits: Tensor, probs: Tensor, weights: Tensor, top1_counts, load: Tensor,
                  centroid) -> dict[str, Tensor]:
     """The auxiliary losses of a routing layer's whole batch (all processes' shards when it is
@@ -199,50 +105,6 @@ def set_loss_names(model: nn.Module, names: tuple[str, ...] | None) -> None:
     for module in model.modules():
         if hasattr(module, "loss_names"):
             module.loss_names = names
-
-
-def capacity_keep(top_index: Tensor, priority: Tensor, num_experts: int, capacity_factor: float,
-                  policy: str) -> Tensor:
-    """(N, k) bool: which token-choice assignments an expert of capacity
-    C = ceil(capacity_factor * N * k / E) keeps.
-
-    Assignments are served in rounds, all first choices before any second choice (GShard,
-    V-MoE); within a round, in batch order (``position``, Switch) or by decreasing router
-    probability ``priority`` (``priority``, V-MoE's batch-priority routing). Each expert
-    keeps its first C assignments in that order.
-    """
-    n, k = top_index.shape
-    capacity = math.ceil(capacity_factor * n * k / num_experts)
-    experts = top_index.t().reshape(-1)                                        # (k*N,) round-major
-    if policy == "priority":
-        rounds = torch.arange(k, device=top_index.device).repeat_interleave(n).to(priority.dtype)
-        order = torch.argsort(2.0 * rounds - priority.t().reshape(-1), stable=True)   # probabilities are in [0, 1]
-    else:
-        order = torch.arange(k * n, device=top_index.device)
-    served = experts[order]                                                    # (k*N,) in serving order
-    by_expert = torch.argsort(served, stable=True)                             # grouped by expert, order kept
-    counts = torch.bincount(served, minlength=num_experts)
-    starts = counts.cumsum(0) - counts                                         # (E,)
-    rank = torch.empty_like(by_expert)
-    rank[by_expert] = torch.arange(k * n, device=top_index.device) - starts[served[by_expert]]
-    keep = torch.empty(k * n, dtype=torch.bool, device=top_index.device)
-    keep[order] = rank < capacity
-    return keep.view(k, n).t()                                                 # (N, k)
-
-
-def token_choice_assignments(top_index: Tensor, top_gate: Tensor, num_experts: int):
-    """Flatten a (N, k) choice into assignments and a dense (N, E) weight matrix.
-
-    Returns weights (N, E), sample_index (N*k,), expert_index (N*k,), gate (N*k,).
-    """
-    num_samples, k = top_index.shape
-    sample_index = torch.arange(num_samples, device=top_index.device)                      # (N,)
-    if k > 1:
-        sample_index = sample_index.unsqueeze(1).expand(num_samples, k).reshape(-1)        # (N*k,)
-    expert_index = top_index.reshape(-1)                                                   # (N*k,)
-    gate = top_gate.reshape(-1)                                                            # (N*k,)
-    weights = top_gate.new_zeros(num_samples, num_experts).scatter(1, top_index, top_gate)  # (N, E)
-    return weights, sample_index, expert_index, gate
 
 
 class SoftRouter(Router):
@@ -437,22 +299,6 @@ def build_router(gating: str, in_features: int, num_experts: int, *, top_k: int 
     if gating == "expert-choice":
         return ExpertChoiceRouter(in_features, num_experts, k=top_k, **settings)
     raise ValueError(f"unknown gating {gating!r}; choose one of {', '.join(GATING_CHOICES)}")
-
-
-def selection_bias(layer: nn.Module) -> list[float]:
-    """Each expert's loss-free balancing bias in a router, or in an MoE layer's router (NaN where
-    there is none), for the logs."""
-    router = getattr(layer, "router", layer)
-    if getattr(router, "bias_rate", 0):
-        return router.selection_bias.tolist()
-    return [float("nan")] * (router.num_experts if isinstance(router, Router) else len(layer.experts))
-
-
-def update_selection_bias(router: Router, chosen: Tensor) -> None:
-    """Loss-free balancing (Wang et al. 2024): after a step, b_e += u * sign(mean load - load_e),
-    with load_e the assignments the router chose for expert e in the step's (whole) batch."""
-    load = chosen.to(router.selection_bias.dtype)                              # (E,)
-    router.selection_bias += router.bias_rate * torch.sign(load.mean() - load)
 
 
 def experts_per_sample(gating: str, num_experts: int, top_k: int, capacity_factor: float,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import stats
-from ..layers.routers import selection_bias
+from ..layers.capacity import selection_bias
 from ..models.classifier import MoEClassifier, classifier_logits
 from ..models.vit import ViTClassifier
 

@@ -31,7 +31,7 @@ RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir",
                          "compile", "channels_last", "expert_parallel", "dist_backend", "dist_timeout"}
 
 
-BAD_INPUT = (ConfigError, data.DataError)
+BAD_INPUT = (ConfigError, data.DataError, distributed.ParallelismError)
 
 
 
@@ -100,13 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         validate(cfg)
         data.check_dataset_spec(cfg.dataset)
-        distributed.check_fits_world(cfg, world_size)
+        distributed.check_fits_world(cfg.model_spec(), cfg.batch_size, cfg.expert_parallel, world_size)
         device = resolve_device(cfg.device, local_rank)
     except BAD_INPUT as error:
         if rank == 0:   # every rank parsed the same command line and found the same fault
             print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    cluster = distributed.start(cfg, device.type)
+    cluster = distributed.start(device.type, cfg.dist_backend, cfg.dist_timeout, cfg.expert_parallel)
     code = EXIT_PEER_FAILED      # until run() returns: an exception leaves the peers in doubt
     try:
         code = run(cfg, device, cluster)

@@ -11,7 +11,7 @@ from .. import distributed
 from ..distributed import Cluster
 from ..layers.aux_losses import AUX_NAMES
 from ..layers.precision import FULL, Precision
-from ..layers.routers import update_selection_bias
+from ..layers.capacity import update_selection_bias
 from ..models.classifier import classifier_logits
 from ..models.vit import ViTOutput
 from .config import Config

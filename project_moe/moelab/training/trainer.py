@@ -16,7 +16,8 @@ from .. import data, distributed, stats
 from ..distributed import Cluster
 from ..layers.aux_losses import AUX_NAMES
 from ..layers.precision import Precision
-from ..layers.routers import selection_bias, set_loss_names
+from ..layers.capacity import selection_bias
+from ..layers.routers import set_loss_names
 from ..models.builder import build_model, cost_report
 from ..models.classifier import MoEClassifier
 from ..models.vit import ViTClassifier
