@@ -6,8 +6,9 @@ from moelab.study import grids, logs, plots
 
 
 def test_the_convergence_grids_compare_moe_with_both_dense_vits_at_depth_6_and_12():
+    assert grids.CONVERGENCE_GRIDS == ("vit_convergence", "vit_convergence_deep")
     for depth, grid in ((6, "vit_convergence"), (12, "vit_convergence_deep")):
-        runs = grids.grid_vit_convergence(15, depth=depth, grid=grid)
+        runs = grids.runs(grid)
         assert {r.dataset for r in runs} == {grids.CIFAR, grids.FASHION}
         labels = {r.label for r in runs}
         assert labels == {f"d{depth}-moe-expert-choice", f"d{depth}-moe-top2", f"d{depth}-dense-active",

@@ -28,7 +28,7 @@ def tiny(run: grids.RunSpec) -> grids.RunSpec:
 
 
 def test_sweep_skips_finished_runs_records_failures_and_aggregates(tmp_path, tiny_data, monkeypatch, capsys):
-    good = [tiny(r) for r in grids.grid_regularisation(1) if r.label in ("none", "balance")]
+    good = [tiny(r) for r in grids.runs("regularisation", 1) if r.label in ("none", "balance")]
     bad = grids.RunSpec("regularisation", "broken", dict(good[0].flags, top_k=0, gating="topk"))
     monkeypatch.setattr(sweep, "quick_grid", lambda: good + [bad])
     args = ["--quick", "--seeds", "2", "--results", str(tmp_path / "results"), "--data-dir", str(tiny_data)]
@@ -53,7 +53,7 @@ def test_sweep_skips_finished_runs_records_failures_and_aggregates(tmp_path, tin
 
 
 def test_sweep_resumes_an_interrupted_run(tmp_path, tiny_data):
-    run = tiny(grids.grid_regularisation(1)[0])
+    run = tiny(grids.runs("regularisation", 1)[0])
     run = grids.RunSpec(run.grid, run.label, dict(run.flags, epochs=2), 0, run.dataset)
     out = tmp_path / "results" / "runs" / run.grid
     argv = [*run.argv(str(tiny_data)), "--data-dir", str(tiny_data), "--out", str(out), "--run-name", run.name,
@@ -78,9 +78,9 @@ def fixture_results(root, data_dir):
               "experts": {"budget-e1", "budget-e2", "per-expert-e1", "per-expert-e2"},
               "regularisation": {"none", "balance"}, "cosine": {"hard-linear", "hard-cosine"},
               "sharpness": {"dense-active", "hard"}}
-    grid = (grids.grid_moe_vs_dense(1, datasets=("mnist",)) + grids.grid_gating(1, datasets=("mnist",))
-            + grids.grid_experts(1, counts=(1, 2)) + grids.grid_regularisation(1) + grids.grid_cosine(1)
-            + grids.grid_sharpness(1))
+    grid = (grids.runs("moe_vs_dense", 1, datasets=("mnist",)) + grids.runs("gating", 1, datasets=("mnist",))
+            + grids.runs("experts", 1, counts=(1, 2)) + grids.runs("regularisation", 1) + grids.runs("cosine", 1)
+            + grids.runs("sharpness", 1))
     runs = [tiny(r) for r in grid if r.label in wanted.get(r.grid, ())]
     vit = dict(grids.VIT, vit_patch=7, vit_dim=16, vit_heads=2, vit_depth=2)
     runs += [tiny(grids.RunSpec("vit", "vit-moe-top2", vit)),
@@ -152,3 +152,10 @@ def test_dataset_option_keeps_only_the_runs_on_those_datasets(capsys):
     with pytest.raises(SystemExit) as exit_info:
         sweep.main(["--grid", "vit_convergence", "--list", "--dataset", "cifar100"])
     assert exit_info.value.code == 2
+
+
+def test_every_run_of_a_grid_carries_the_name_it_is_registered_under():
+    for name in grids.GRIDS:
+        runs = grids.runs(name)
+        assert runs and {run.grid for run in runs} == {name}
+    assert grids.KEEP_WEIGHTS == {"sharpness", "cifar_heads"}

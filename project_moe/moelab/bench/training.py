@@ -38,9 +38,10 @@ FAMILIES = ("mnist", "vit")
 def vit_convergence_variants(depth: int) -> dict[str, dict]:
     """--family vit: the CIFAR-10 models of the ViT convergence grid at ``depth`` blocks (their
     train.py flags, without the epochs), named as the MNIST variants (dense_active, moe_top2, ...)."""
-    from ..study.grids import CIFAR, grid_vit_convergence, split_convergence_label
+    from ..study.grids import CIFAR, split_convergence_label
+    from ..study.grids import runs as grid_runs
 
-    runs = [run for run in grid_vit_convergence(1, depth=depth) if run.dataset == CIFAR]
+    runs = [run for run in grid_runs("vit_convergence", 1, depth=depth) if run.dataset == CIFAR]
     return {split_convergence_label(run.label)[1].replace("-", "_"): {k: v for k, v in run.flags.items() if k != "epochs"}
             for run in runs}
 

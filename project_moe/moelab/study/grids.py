@@ -4,7 +4,8 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 from . import logs
 
@@ -63,45 +64,45 @@ PAPER_HEADS = {"dense": dict(model="dense", dense_match="params"),
                "noisy-top2": dict(gating="noisy-topk", top_k=2, cv_coef=0.2)}
 
 
-def grid_cifar_heads(epochs: int) -> list[RunSpec]:
+def grid_cifar_heads(grid: str, epochs: int) -> list[RunSpec]:
     """Dense, soft-MoE and sparse-MoE classifier heads trained end to end with the residual trunk
     under the CIFAR-10 recipe; the weights are kept for ``analysis.py sharpness``."""
     base = dict(CIFAR_RECIPE, experts=8, expert_hidden=64, dropout=0.1, balance_coef=0.0, epochs=epochs)
-    return [RunSpec("cifar_heads", label, dict(base, **flags), dataset=CIFAR) for label, flags in PAPER_HEADS.items()]
+    return [RunSpec(grid, label, dict(base, **flags), dataset=CIFAR) for label, flags in PAPER_HEADS.items()]
 
 
-def grid_moe_vs_dense(epochs: int, datasets=("mnist", "fashion-mnist")) -> list[RunSpec]:
+def grid_moe_vs_dense(grid: str, epochs: int, datasets=("mnist", "fashion-mnist")) -> list[RunSpec]:
     runs = []
     for dataset in datasets:
         base = dict(MNIST_MOE, epochs=epochs)
-        runs += [RunSpec("moe_vs_dense", "moe-hard", base, dataset=dataset),
-                 RunSpec("moe_vs_dense", "moe-top2", dict(base, gating="topk", top_k=2), dataset=dataset),
-                 RunSpec("moe_vs_dense", "dense-params", dict(base, model="dense", dense_match="params"),
+        runs += [RunSpec(grid, "moe-hard", base, dataset=dataset),
+                 RunSpec(grid, "moe-top2", dict(base, gating="topk", top_k=2), dataset=dataset),
+                 RunSpec(grid, "dense-params", dict(base, model="dense", dense_match="params"),
                          dataset=dataset),
-                 RunSpec("moe_vs_dense", "dense-active", dict(base, model="dense", dense_match="active"),
+                 RunSpec(grid, "dense-active", dict(base, model="dense", dense_match="active"),
                          dataset=dataset)]
     return runs
 
 
-def grid_cifar(epochs: int) -> list[RunSpec]:
+def grid_cifar(grid: str, epochs: int) -> list[RunSpec]:
     base = dict(CIFAR_HEAD, epochs=epochs)
-    return [RunSpec("cifar_trunk", "moe-hard", base, dataset=CIFAR),
-            RunSpec("cifar_trunk", "moe-top2", dict(base, gating="topk", top_k=2), dataset=CIFAR),
-            RunSpec("cifar_trunk", "dense-params", dict(base, model="dense", dense_match="params"), dataset=CIFAR),
-            RunSpec("cifar_trunk", "dense-active", dict(base, model="dense", dense_match="active"), dataset=CIFAR)]
+    return [RunSpec(grid, "moe-hard", base, dataset=CIFAR),
+            RunSpec(grid, "moe-top2", dict(base, gating="topk", top_k=2), dataset=CIFAR),
+            RunSpec(grid, "dense-params", dict(base, model="dense", dense_match="params"), dataset=CIFAR),
+            RunSpec(grid, "dense-active", dict(base, model="dense", dense_match="active"), dataset=CIFAR)]
 
 
-def grid_experts(epochs: int, counts=(1, 2, 4, 8, 16)) -> list[RunSpec]:
+def grid_experts(grid: str, epochs: int, counts=(1, 2, 4, 8, 16)) -> list[RunSpec]:
     """E at a fixed total budget (E x hidden = 512) and at a fixed expert size (hidden 64)."""
     runs = []
     for e in counts:
         base = dict(MNIST_MOE, experts=e, epochs=epochs)
-        runs.append(RunSpec("experts", f"budget-e{e}", dict(base, expert_hidden=512 // e)))
-        runs.append(RunSpec("experts", f"per-expert-e{e}", dict(base, expert_hidden=64)))
+        runs.append(RunSpec(grid, f"budget-e{e}", dict(base, expert_hidden=512 // e)))
+        runs.append(RunSpec(grid, f"per-expert-e{e}", dict(base, expert_hidden=64)))
     return runs
 
 
-def grid_gating(epochs: int, datasets=("mnist", "fashion-mnist")) -> list[RunSpec]:
+def grid_gating(grid: str, epochs: int, datasets=("mnist", "fashion-mnist")) -> list[RunSpec]:
     routers = {"soft": {}, "hard": {}, "top2": dict(gating="topk", top_k=2),
                "noisy-top2": dict(gating="noisy-topk", top_k=2), "gumbel-top1": dict(gating="gumbel", top_k=1),
                "expert-choice": dict(gating="expert-choice", top_k=1),
@@ -109,33 +110,33 @@ def grid_gating(epochs: int, datasets=("mnist", "fashion-mnist")) -> list[RunSpe
     runs = []
     for dataset in datasets:
         for label, flags in routers.items():
-            runs.append(RunSpec("gating", label, {**MNIST_MOE, "gating": label, "epochs": epochs, **flags},
+            runs.append(RunSpec(grid, label, {**MNIST_MOE, "gating": label, "epochs": epochs, **flags},
                                 dataset=dataset))
     return runs
 
 
-def grid_regularisation(epochs: int) -> list[RunSpec]:
+def grid_regularisation(grid: str, epochs: int) -> list[RunSpec]:
     none = dict(MNIST_MOE, balance_coef=0.0, epochs=epochs)
     variants = {"none": {}, "dropout": dict(dropout=0.3), "entropy+": dict(entropy_coef=0.05),
                 "entropy-": dict(entropy_coef=-0.05), "balance": dict(balance_coef=0.1),
                 "cv": dict(cv_coef=0.1), "z-loss": dict(z_coef=1e-3), "kl-uniform": dict(kl_uniform_coef=0.1)}
-    return [RunSpec("regularisation", label, dict(none, **flags)) for label, flags in variants.items()]
+    return [RunSpec(grid, label, dict(none, **flags)) for label, flags in variants.items()]
 
 
-def grid_cnn_experts(epochs: int) -> list[RunSpec]:
+def grid_cnn_experts(grid: str, epochs: int) -> list[RunSpec]:
     """Top-1 MoE of small CNN experts on MNIST pixels, against the parameter-matched dense CNN."""
     base = dict(experts=8, gating="hard", expert_type="cnn", expert_channels=32, expert_hidden=128,
                 balance_coef=0.1, epochs=epochs)
-    return [RunSpec("cnn_experts", "moe-hard-cnn", base),
-            RunSpec("cnn_experts", "dense-params-cnn", dict(base, model="dense", dense_match="params"))]
+    return [RunSpec(grid, "moe-hard-cnn", base),
+            RunSpec(grid, "dense-params-cnn", dict(base, model="dense", dense_match="params"))]
 
 
-def grid_cosine(epochs: int) -> list[RunSpec]:
+def grid_cosine(grid: str, epochs: int) -> list[RunSpec]:
     """Linear against cosine router scores (X-MoE), with one or four centroids per expert."""
     scores = {"linear": {}, "cosine": dict(router_score="cosine"),
               "cosine-4c": dict(router_score="cosine", router_centroids=4, centroid_coef=0.1)}
     routers = {"hard": {}, "top2": dict(gating="topk", top_k=2)}
-    return [RunSpec("cosine", f"{router}-{score}", dict(MNIST_MOE, epochs=epochs, **router_flags, **score_flags))
+    return [RunSpec(grid, f"{router}-{score}", dict(MNIST_MOE, epochs=epochs, **router_flags, **score_flags))
             for router, router_flags in routers.items() for score, score_flags in scores.items()]
 
 
@@ -144,27 +145,27 @@ VIT = dict(arch="vit", vit_dim=96, vit_depth=4, vit_heads=3, moe_every=2, expert
            gating="topk", top_k=2, balance_coef=0.05, lr=1e-3)
 
 
-def grid_vit(epochs: int) -> list[RunSpec]:
+def grid_vit(grid: str, epochs: int) -> list[RunSpec]:
     """A 4-block ViT with MoE in blocks 2 and 4 (tokens routed) against the same ViT with dense
     MLPs of the MoE's active width; 4x4 patch grids (7-pixel patches on 28x28, 8 on 32x32)."""
     runs = []
     for dataset, patch in ((FASHION, 7), (CIFAR, 8)):
         base = dict(VIT, vit_patch=patch, epochs=epochs)
-        runs += [RunSpec("vit", "vit-moe-top2", base, dataset=dataset),
-                 RunSpec("vit", "vit-dense-active", dict(base, model="dense", dense_match="active"), dataset=dataset)]
+        runs += [RunSpec(grid, "vit-moe-top2", base, dataset=dataset),
+                 RunSpec(grid, "vit-dense-active", dict(base, model="dense", dense_match="active"), dataset=dataset)]
         if dataset == FASHION:
-            runs.append(RunSpec("vit", "vit-moe-expert-choice", dict(base, gating="expert-choice"), dataset=dataset))
+            runs.append(RunSpec(grid, "vit-moe-expert-choice", dict(base, gating="expert-choice"), dataset=dataset))
     return runs
 
 
-def grid_sharpness(epochs: int) -> list[RunSpec]:
+def grid_sharpness(grid: str, epochs: int) -> list[RunSpec]:
     """Dense, soft and top-k models whose weights are kept for ``analysis.py sharpness``."""
     base = dict(MNIST_MOE, epochs=epochs)
-    return [RunSpec("sharpness", "dense-params", dict(base, model="dense", dense_match="params")),
-            RunSpec("sharpness", "dense-active", dict(base, model="dense", dense_match="active")),
-            RunSpec("sharpness", "soft", dict(base, gating="soft")),
-            RunSpec("sharpness", "top2", dict(base, gating="topk", top_k=2)),
-            RunSpec("sharpness", "hard", base)]
+    return [RunSpec(grid, "dense-params", dict(base, model="dense", dense_match="params")),
+            RunSpec(grid, "dense-active", dict(base, model="dense", dense_match="active")),
+            RunSpec(grid, "soft", dict(base, gating="soft")),
+            RunSpec(grid, "top2", dict(base, gating="topk", top_k=2)),
+            RunSpec(grid, "hard", base)]
 
 
 CAPACITY_ROUTERS = {"top1": dict(gating="hard"), "top2": dict(gating="topk", top_k=2)}
@@ -180,18 +181,18 @@ def _capacity_variants(grid: str, base: dict, dataset: str) -> list[RunSpec]:
     return runs
 
 
-def grid_capacity(epochs: int) -> list[RunSpec]:
+def grid_capacity(grid: str, epochs: int) -> list[RunSpec]:
     """Expert capacity C = ceil(cf N k / E) under top-1 and top-2 token choice, dropping by batch
     position or by router probability, against dropless routing (MNIST mixture)."""
-    return _capacity_variants("capacity", dict(MNIST_MOE, epochs=epochs), "mnist")
+    return _capacity_variants(grid, dict(MNIST_MOE, epochs=epochs), "mnist")
 
 
-def grid_capacity_vit(epochs: int) -> list[RunSpec]:
+def grid_capacity_vit(grid: str, epochs: int) -> list[RunSpec]:
     """The capacity grid on the Fashion-MNIST ViT (tokens dropped pass through the residual)."""
-    return _capacity_variants("capacity_vit", dict(VIT, vit_patch=7, epochs=epochs), FASHION)
+    return _capacity_variants(grid, dict(VIT, vit_patch=7, epochs=epochs), FASHION)
 
 
-def grid_shared(epochs: int) -> list[RunSpec]:
+def grid_shared(grid: str, epochs: int) -> list[RunSpec]:
     """Fine-grained experts (E=8,k=1,h=128 / E=32,k=4,h=32 / E=64,k=8,h=16: the same active and
     total expert width) without and with one shared expert; with it, one routed expert less per
     sample (top-1: half-width experts), so that the active parameters stay the same."""
@@ -202,7 +203,7 @@ def grid_shared(epochs: int) -> list[RunSpec]:
                     expert_hidden=hidden)
         shared = dict(base, shared_experts=1, expert_hidden=hidden // 2) if k == 1 else \
             dict(base, shared_experts=1, top_k=k - 1, gating="hard" if k == 2 else "topk")
-        runs += [RunSpec("shared", f"{label}-h{hidden}", base), RunSpec("shared", f"{label}-h{hidden}-shared", shared)]
+        runs += [RunSpec(grid, f"{label}-h{hidden}", base), RunSpec(grid, f"{label}-h{hidden}-shared", shared)]
     return runs
 
 
@@ -211,29 +212,29 @@ BALANCING = {"none": dict(balance_coef=0.0), "switch-loss": dict(balance_coef=0.
              "both": dict(balance_coef=0.1, bias_balance_rate=1e-3)}
 
 
-def grid_balancing(epochs: int) -> list[RunSpec]:
+def grid_balancing(grid: str, epochs: int) -> list[RunSpec]:
     """Top-1 routing balanced by nothing, the Switch loss, loss-free biases (rate 1e-3, as in
     Wang et al. 2024) or both (MNIST mixture)."""
-    return [RunSpec("balancing", label, dict(MNIST_MOE, epochs=epochs, gating="hard", **flags))
+    return [RunSpec(grid, label, dict(MNIST_MOE, epochs=epochs, gating="hard", **flags))
             for label, flags in BALANCING.items()]
 
 
-def grid_balancing_vit(epochs: int) -> list[RunSpec]:
+def grid_balancing_vit(grid: str, epochs: int) -> list[RunSpec]:
     base = dict(VIT, vit_patch=7, epochs=epochs, gating="hard")
-    return [RunSpec("balancing_vit", label, dict(base, **flags), dataset=FASHION) for label, flags in BALANCING.items()]
+    return [RunSpec(grid, label, dict(base, **flags), dataset=FASHION) for label, flags in BALANCING.items()]
 
 
-def grid_vit_routers(epochs: int) -> list[RunSpec]:
+def grid_vit_routers(grid: str, epochs: int) -> list[RunSpec]:
     """Fashion-MNIST ViT (16 tokens): linear, cosine and attention scores under expert choice
     and top-2; Soft MoE with 4 slots per expert (8 x 4 slots = 2 experts' work per token), the
     classic soft gate with quarter-width experts and top-2, all three at the same expert FLOPs."""
     base = dict(VIT, vit_patch=7, epochs=epochs)
-    runs = [RunSpec("vit_routers", f"{gating}-{score}", dict(base, gating=gating, router_score=score), dataset=FASHION)
+    runs = [RunSpec(grid, f"{gating}-{score}", dict(base, gating=gating, router_score=score), dataset=FASHION)
             for gating in ("expert-choice", "topk") for score in ("linear", "cosine", "attention")]
     hidden = VIT["expert_hidden"]
-    runs += [RunSpec("vit_routers", "soft-slots-n4", dict(base, gating="soft-slots", slots_per_expert=4),
+    runs += [RunSpec(grid, "soft-slots-n4", dict(base, gating="soft-slots", slots_per_expert=4),
                      dataset=FASHION),
-             RunSpec("vit_routers", "soft-gate-quarter", dict(base, gating="soft", expert_hidden=hidden // 4),
+             RunSpec(grid, "soft-gate-quarter", dict(base, gating="soft", expert_hidden=hidden // 4),
                      dataset=FASHION)]
     return runs
 
@@ -243,7 +244,6 @@ def grid_vit_routers(epochs: int) -> list[RunSpec]:
 CONVERGENCE_TARGETS = {"cifar10-jpeg": 0.60, "fashion-mnist": 0.88}
 
 
-CONVERGENCE_GRIDS = ("vit_convergence", "vit_convergence_deep")
 
 
 def split_convergence_label(label: str) -> tuple[int, str]:
@@ -252,7 +252,7 @@ def split_convergence_label(label: str) -> tuple[int, str]:
     return int(depth.lstrip("d")), model
 
 
-def grid_vit_convergence(epochs: int, depth: int = 6, grid: str = "vit_convergence") -> list[RunSpec]:
+def grid_vit_convergence(grid: str, epochs: int, depth: int = 6) -> list[RunSpec]:
     """How fast a ViT with MoE in every second block (blocks 2, 4, 6 of 6) learns against the
     dense ViT of equal active FLOPs and the one of equal parameters, expert choice and top-2,
     trained long enough for the validation curves to flatten (CIFAR-10 JPEG and Fashion-MNIST)."""
@@ -268,28 +268,60 @@ def grid_vit_convergence(epochs: int, depth: int = 6, grid: str = "vit_convergen
     return runs
 
 
+@dataclass(frozen=True)
+class Grid:
+    """A named grid of the study: ``build(name, epochs, **options)`` gives its runs."""
+
+    build: Callable[..., list[RunSpec]]
+    epochs: int                                   # of the study's runs
+    options: dict = field(default_factory=dict)   # more arguments of ``build``
+    keep_weights: bool = False                    # model.pt stays (ignored by git) for analysis.py
+    convergence: bool = False                     # epochs-to-target table and curves (report, notebook)
+
+
+# The one place where the grids are named, in the order a full sweep runs them: cheapest first,
+# so that an interrupted sweep has the most configurations complete.
+GRIDS: dict[str, Grid] = {
+    "moe_vs_dense": Grid(grid_moe_vs_dense, 5),
+    "gating": Grid(grid_gating, 5),
+    "regularisation": Grid(grid_regularisation, 5),
+    "experts": Grid(grid_experts, 5),
+    "cifar_trunk": Grid(grid_cifar, 5),
+    "cnn_experts": Grid(grid_cnn_experts, 5),
+    "cosine": Grid(grid_cosine, 5),
+    "sharpness": Grid(grid_sharpness, 5, keep_weights=True),
+    "vit": Grid(grid_vit, 3),
+    "balancing": Grid(grid_balancing, 5),
+    "capacity": Grid(grid_capacity, 5),
+    "shared": Grid(grid_shared, 5),
+    "balancing_vit": Grid(grid_balancing_vit, 3),
+    "vit_routers": Grid(grid_vit_routers, 3),
+    "capacity_vit": Grid(grid_capacity_vit, 3),
+    "cifar_heads": Grid(grid_cifar_heads, CIFAR_RECIPE_EPOCHS, keep_weights=True),
+    "vit_convergence": Grid(grid_vit_convergence, 15, convergence=True),
+    "vit_convergence_deep": Grid(grid_vit_convergence, 15, dict(depth=12), convergence=True),
+}
+KEEP_WEIGHTS = {name for name, grid in GRIDS.items() if grid.keep_weights}
+CONVERGENCE_GRIDS = tuple(name for name, grid in GRIDS.items() if grid.convergence)
+DATASET_TAGS = ("mnist", "fashion-mnist", "cifar10-jpeg")
+
+
+def runs(name: str, epochs: int | None = None, **options) -> list[RunSpec]:
+    """The runs of grid ``name`` (seed 0), for the study's epochs unless ``epochs`` is given."""
+    grid = GRIDS[name]
+    return grid.build(name, grid.epochs if epochs is None else epochs, **{**grid.options, **options})
+
+
 def full_grid() -> list[RunSpec]:
-    # cheapest first, so that an interrupted sweep has the most configurations complete
-    return (grid_moe_vs_dense(5) + grid_gating(5) + grid_regularisation(5) + grid_experts(5) + grid_cifar(5)
-            + grid_cnn_experts(5) + grid_cosine(5) + grid_sharpness(5) + grid_vit(3)
-            + grid_balancing(5) + grid_capacity(5) + grid_shared(5)
-            + grid_balancing_vit(3) + grid_vit_routers(3) + grid_capacity_vit(3) + grid_cifar_heads(CIFAR_RECIPE_EPOCHS)
-            + grid_vit_convergence(15) + grid_vit_convergence(15, depth=12, grid="vit_convergence_deep"))
+    return [run for name in GRIDS for run in runs(name)]
 
 
 def quick_grid() -> list[RunSpec]:
     keep = {"moe-hard", "dense-params", "dense-active", "soft", "hard", "top2", "expert-choice", "budget-e1",
             "budget-e4", "none", "balance"}
-    runs = (grid_moe_vs_dense(1, datasets=("mnist",)) + grid_gating(1, datasets=("mnist",))
-            + grid_experts(1, counts=(1, 4)) + grid_regularisation(1))
-    return [r for r in runs if r.label in keep]
-
-
-GRIDS = ("moe_vs_dense", "gating", "regularisation", "experts", "cifar_trunk", "cnn_experts", "cosine", "sharpness",
-         "vit", "balancing", "capacity", "shared", "balancing_vit", "vit_routers", "capacity_vit", "cifar_heads", "vit_convergence",
-         "vit_convergence_deep")
-DATASET_TAGS = ("mnist", "fashion-mnist", "cifar10-jpeg")
-KEEP_WEIGHTS = {"sharpness", "cifar_heads"}   # grids whose model.pt stays (ignored by git) for analysis.py
+    quick = (runs("moe_vs_dense", 1, datasets=("mnist",)) + runs("gating", 1, datasets=("mnist",))
+             + runs("experts", 1, counts=(1, 4)) + runs("regularisation", 1))
+    return [r for r in quick if r.label in keep]
 
 
 def with_seeds(runs: list[RunSpec], seeds) -> list[RunSpec]:
