@@ -7,8 +7,16 @@ import time
 import torch
 from torch import Tensor, nn
 
+from .. import data
 from ..layers.experts import dispatch_as
 from ..layers.moe import MoE
+from ..layers.precision import Precision
+from ..layers.routers import set_loss_names
+from ..models.builder import build_model
+from ..study.grids import CIFAR, split_convergence_label
+from ..study.grids import runs as grid_runs
+from ..training.config import Config
+from ..training.step import aux_coefficients, make_optimizer, train_step
 from .timing import (
     Timer,
     count_ops,
@@ -38,8 +46,6 @@ FAMILIES = ("mnist", "vit")
 def vit_convergence_variants(depth: int) -> dict[str, dict]:
     """--family vit: the CIFAR-10 models of the ViT convergence grid at ``depth`` blocks (their
     train.py flags, without the epochs), named as the MNIST variants (dense_active, moe_top2, ...)."""
-    from ..study.grids import CIFAR, split_convergence_label
-    from ..study.grids import runs as grid_runs
 
     runs = [run for run in grid_runs("vit_convergence", 1, depth=depth) if run.dataset == CIFAR]
     return {split_convergence_label(run.label)[1].replace("-", "_"): {k: v for k, v in run.flags.items() if k != "epochs"}
@@ -47,13 +53,6 @@ def vit_convergence_variants(depth: int) -> dict[str, dict]:
 
 
 def bench_train(args) -> list[dict]:
-    from .. import data
-    from ..layers.precision import Precision
-    from ..layers.routers import set_loss_names
-    from ..models.builder import build_model
-    from ..study.grids import CIFAR
-    from ..training.config import Config
-    from ..training.step import aux_coefficients, make_optimizer, train_step
 
     device = resolve(args.device)
     data_dir = data.resolve_data_dir(args.data_dir)
@@ -168,8 +167,6 @@ def step_cost_rows(dataset, args, device: torch.device) -> list[dict]:
       (``nn.Linear`` for the dense one; the expert bank for the MoE, once with each dispatch),
       still without router, dispatch or optimiser.
     """
-    from ..models.builder import build_model
-    from ..training.config import Config
 
     cfg = Config(experts=8, model="dense", dense_match="active", gating="hard")
     dense = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)

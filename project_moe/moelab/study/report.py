@@ -25,8 +25,11 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..models.builder import build_model  # noqa: E402
 from ..paths import PROJECT_DIR  # noqa: E402
-from ..study import logs, plots, published
+from ..training.config import Config  # noqa: E402
+from . import logs, plots, published  # noqa: E402
+from .grids import CONVERGENCE_GRIDS, CONVERGENCE_TARGETS, VIT, split_convergence_label  # noqa: E402
 
 REPORT = PROJECT_DIR / "report"
 RESULTS = PROJECT_DIR / "results"
@@ -202,7 +205,6 @@ def convergence_rows(summary: pd.DataFrame, metrics: pd.DataFrame,
     the dense ViT of equal FLOPs from ``step_time`` ((depth, model) -> ratio, CIFAR-10; NaN where
     not measured). The grids' runs may span machines; that ratio, measured in one benchmark run,
     turns epochs into comparable time."""
-    from .grids import CONVERGENCE_GRIDS, CONVERGENCE_TARGETS, split_convergence_label
 
     rows = []
     for grid in CONVERGENCE_GRIDS:
@@ -364,9 +366,6 @@ def unpicked_share(samples: pd.DataFrame) -> pd.Series:
 def vit_router_sizes() -> str:
     """\\attnrouterparams and \\vitexpertparams: parameters of the attention router of one MoE
     block of the study's ViT (sweep.VIT) and of one of its experts."""
-    from ..models.builder import build_model
-    from ..training.config import Config
-    from .grids import VIT
 
     spec = Config(**dict(VIT, router_score="attention", vit_patch=7)).model_spec()
     layer = build_model(spec, (1, 28, 28), 10).blocks[1].ffn
@@ -419,7 +418,6 @@ def build_figures(results: Path, summary: pd.DataFrame, metrics: pd.DataFrame, p
                   out: Path) -> None:
     """The report's figures from the logs; ``metrics`` and ``patches`` are the runs' metrics.csv and
     test_patches.csv, read once by main for the tables too."""
-    from .grids import CONVERGENCE_GRIDS
 
     out.mkdir(parents=True, exist_ok=True)
     experts = logs.read_all(results, "experts.csv")

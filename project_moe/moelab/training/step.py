@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from .. import distributed
 from ..distributed import Cluster
 from ..layers.aux_losses import AUX_NAMES
-from ..layers.precision import FULL, Precision
 from ..layers.capacity import update_selection_bias
+from ..layers.precision import FULL, Precision
 from ..models.classifier import classifier_logits
 from ..models.vit import ViTOutput
 from .config import Config
