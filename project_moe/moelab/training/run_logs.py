@@ -1,4 +1,4 @@
-"""The CSV tables of a run directory (schema in README.md). Under torchrun rank 0 writes
+"""The CSV tables of a run directory (schema in docs/run-files.md). Under torchrun rank 0 writes
 them and the other processes' writes go nowhere, so a P-process run writes one set."""
 from __future__ import annotations
 
