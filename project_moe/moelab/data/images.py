@@ -215,7 +215,7 @@ def _load_mnist(data_dir: pathlib.Path, download: bool) -> tuple[Split, Split, l
     files = _find_idx_files(raw_dir)
     if files is None:
         raise DataError(f"MNIST not found: no IDX files in {raw_dir}, the embedded copy {MNIST_ASSET_DIR} is missing "
-                        f"({reason}); restore project_moe/assets/mnist/*.gz or place the 4 original IDX files in {raw_dir}")
+                        f"({reason}); restore project_moe/moelab/assets/mnist/*.gz or place the 4 original IDX files in {raw_dir}")
     return (*_load_idx_splits(files, 10), MNIST_CLASSES, f"MNIST downloaded by torchvision to {raw_dir}")
 
 

@@ -45,7 +45,7 @@ CIFAR = "folder:{data_dir}/cifar10-jpeg"
 CIFAR_HEAD = dict(trunk="cnn", trunk_channels=16, experts=8, expert_hidden=64, balance_coef=0.1, epochs=5)
 
 
-# A fast CIFAR-10 recipe on the residual trunk (README "A CIFAR-10 recipe"), in the manner of the
+# A fast CIFAR-10 recipe on the residual trunk (docs/study.md, "The CIFAR-10 recipe"), in the manner of the
 # fast-training literature: SGD with Nesterov momentum, a one-cycle schedule, label smoothing,
 # crop + flip augmentation and mirrored test images.
 CIFAR_RECIPE = dict(trunk="resnet", trunk_channels=16, channels_last=True, optimizer="sgd", lr=0.2, momentum=0.9, weight_decay=5e-4,
