@@ -216,14 +216,18 @@ def local_first(cluster: Cluster, fn, refusals: tuple[type[Exception], ...]):
     return result
 
 
-def load_on_writer(cluster: Cluster, path, device: torch.device):
-    """``torch.load`` of a run file that rank 0 reads and sends to the others (the run
-    directory need not be on a file system that every machine sees)."""
+def _load_weights(path, map_location):
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_on_writer(cluster: Cluster, path, device: torch.device, load=_load_weights,
+                   refusals: tuple[type[Exception], ...] = ()):
+    """``load(path, map_location)`` of a run file that rank 0 reads and sends to the others (the
+    run directory need not be on a file system that every machine sees); when rank 0 refuses
+    the file (``refusals``), every rank stops, as with on_writer."""
     if not cluster.is_distributed:
-        return torch.load(path, map_location=device, weights_only=True)
-    shared = [torch.load(path, map_location="cpu", weights_only=True) if cluster.is_writer else None]
-    dist.broadcast_object_list(shared, src=0)
-    return shared[0]
+        return load(path, device)
+    return on_writer(cluster, lambda: load(path, "cpu"), refusals)
 
 
 def agreed_signal(cluster: Cluster, signum: int | None) -> int | None:

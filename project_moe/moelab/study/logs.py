@@ -6,13 +6,19 @@ run, so that runs can be grouped by configuration (label) across seeds.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from .. import stats
+from ..training.evaluation import PATCH_COLUMNS, SAMPLES_COLUMNS
+from ..training.run_files import read_config, read_json, read_log
+from ..training.run_logs import LOG_COLUMNS
+
+# Damaged run files are refused (RunFileError): aggregating without them would change the results.
+SET_ASIDE = "restore it from a copy, or move its run directory out of the results folder"
+KNOWN_COLUMNS = {**LOG_COLUMNS, "test_samples.csv": SAMPLES_COLUMNS, "test_patches.csv": PATCH_COLUMNS}
 
 
 def dataset_tag(dataset: str) -> str:
@@ -23,13 +29,13 @@ def dataset_tag(dataset: str) -> str:
 def completed_runs(results: Path) -> list[Path]:
     dirs = []
     for summary in sorted(Path(results).glob("runs/*/*/summary.json")):
-        if json.loads(summary.read_text()).get("status") == "completed":
+        if read_json(summary, SET_ASIDE).get("status") == "completed":
             dirs.append(summary.parent)
     return dirs
 
 
 def run_identity(run_dir: Path) -> dict:
-    config = json.loads((run_dir / "config.json").read_text())["config"]
+    config = read_config(run_dir / "config.json", SET_ASIDE)
     tag = dataset_tag(config["dataset"])
     label = run_dir.name.removeprefix(tag + "-").rsplit("-s", 1)[0]
     return {"grid": run_dir.parent.name, "dataset": tag, "label": label, "seed": config["seed"], "run": run_dir.name}
@@ -39,9 +45,9 @@ def run_table(results: Path) -> pd.DataFrame:
     """One row per completed run: identity, final numbers, parameters and cost."""
     rows = []
     for run_dir in completed_runs(results):
-        summary = json.loads((run_dir / "summary.json").read_text())
-        config = json.loads((run_dir / "config.json").read_text())["config"]
-        metrics = pd.read_csv(run_dir / "metrics.csv")
+        summary = read_json(run_dir / "summary.json", SET_ASIDE)
+        config = read_config(run_dir / "config.json", SET_ASIDE)
+        metrics = read_csv(run_dir / "metrics.csv")
         rows.append({**run_identity(run_dir), "model": config["model"], "gating": config["gating"],
                      "experts": config["experts"], "epochs": config["epochs"],
                      "test_acc": summary["test_acc"], "test_loss": summary["test_loss"],
@@ -61,11 +67,19 @@ def read_all(results: Path, filename: str) -> pd.DataFrame:
     for run_dir in completed_runs(results):
         path = run_dir / filename
         if path.exists() and path.stat().st_size:
-            frame = pd.read_csv(path)
+            frame = read_csv(path)
             for key, value in reversed(run_identity(run_dir).items()):
                 frame.insert(0, key, value)
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def read_csv(path: Path, fix: str = SET_ASIDE) -> pd.DataFrame:
+    """A CSV file of a results folder as a DataFrame; a damaged one (see run_files.read_log;
+    a log of a run may only have its known columns) is refused with RunFileError."""
+    path = Path(path)
+    read_log(path, KNOWN_COLUMNS.get(path.name), fix=fix)
+    return pd.read_csv(path)
 
 
 def test_specialisation(run_dir: Path) -> float:
@@ -73,7 +87,7 @@ def test_specialisation(run_dir: Path) -> float:
     path = run_dir / "routing.csv"
     if not path.exists() or path.stat().st_size == 0:
         return float("nan")
-    routing = pd.read_csv(path)
+    routing = read_csv(path)
     test = routing[routing.split == "test"]
     if test.empty:
         return float("nan")

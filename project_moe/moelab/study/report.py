@@ -28,12 +28,15 @@ import pandas as pd  # noqa: E402
 from ..models.builder import build_model  # noqa: E402
 from ..paths import PROJECT_DIR  # noqa: E402
 from ..training.config import Config  # noqa: E402
+from ..training.exits import EXIT_BAD_INPUT  # noqa: E402
+from ..training.run_files import RunFileError  # noqa: E402
 from . import logs, plots, published  # noqa: E402
 from .grids import CONVERGENCE_GRIDS, CONVERGENCE_TARGETS, VIT, split_convergence_label  # noqa: E402
 
 REPORT = PROJECT_DIR / "report"
 RESULTS = PROJECT_DIR / "results"
 REPORT_PATCH_RUN = "fashion-mnist-vit-moe-top2-s0"   # the ViT whose patch routing the report shows
+REWRITE = "restore it from git, or write it again with the command that made it"   # a damaged table of results/
 
 
 def pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
@@ -229,7 +232,7 @@ def load_vit_step_time(results: Path) -> dict[tuple[int, str], float]:
     ratios = {}
     for path in sorted((results / "bench").glob("bench_vit_d*_b128.csv")):
         depth = int(path.stem.split("_")[2].lstrip("d"))
-        for r in pd.read_csv(path).itertuples():
+        for r in logs.read_csv(path, REWRITE).itertuples():
             ratios[(depth, r.model.replace("_", "-"))] = 1.0 / r.vs_dense_active
     return ratios
 
@@ -376,7 +379,7 @@ def vit_router_sizes() -> str:
 
 def load_train_bench(results: Path) -> dict[int, pd.DataFrame]:
     """bench_train_b<batch>.csv files: samples/s ratios of training epochs, per batch size."""
-    return {int(p.stem.rsplit("_b", 1)[1]): pd.read_csv(p)
+    return {int(p.stem.rsplit("_b", 1)[1]): logs.read_csv(p, REWRITE)
             for p in sorted((results / "bench").glob("bench_train_b*.csv"))}
 
 
@@ -404,14 +407,14 @@ def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.
 def load_bench(results: Path, name: str) -> pd.DataFrame | None:
     """A layer-benchmark table of results/bench/, or None when it was not run."""
     path = results / "bench" / name
-    return pd.read_csv(path) if path.exists() else None
+    return logs.read_csv(path, REWRITE) if path.exists() else None
 
 
 def load_sharpness(results: Path, name: str = "sharpness") -> pd.DataFrame | None:
     """Sharpness estimates of results/<name>/sharpness.csv per (label, split), or None when not run;
     ``sharpness`` holds the MNIST grid, ``sharpness_cifar`` the CIFAR-10 heads."""
     path = results / name / "sharpness.csv"
-    return logs.sharpness_by_label(pd.read_csv(path), results) if path.exists() else None
+    return logs.sharpness_by_label(logs.read_csv(path, REWRITE), results) if path.exists() else None
 
 
 def build_figures(results: Path, summary: pd.DataFrame, metrics: pd.DataFrame, patches: pd.DataFrame,
@@ -433,17 +436,28 @@ def build_figures(results: Path, summary: pd.DataFrame, metrics: pd.DataFrame, p
     if not patches.empty:
         run = REPORT_PATCH_RUN if REPORT_PATCH_RUN in set(patches.run) else sorted(patches.run)[0]
         run_dir = next(results.glob(f"runs/*/{run}"))
-        figures["patch_routing"] = plots.patch_routing(patches, np.load(run_dir / "test_patch_images.npy"), run,
-                                                       n_images=3)
+        figures["patch_routing"] = plots.patch_routing(patches, load_patch_images(run_dir / "test_patch_images.npy"),
+                                                       run, n_images=3)
     for name, figure in figures.items():
         figure.savefig(out / f"{name}.pdf", bbox_inches="tight")
         plots.plt.close(figure)
 
 
+def load_patch_images(path: Path) -> np.ndarray:
+    """A run's test_patch_images.npy; RunFileError if it is missing or damaged."""
+    try:
+        return np.load(path)
+    except FileNotFoundError:
+        raise RunFileError(path, "missing", logs.SET_ASIDE) from None
+    except (OSError, ValueError, EOFError) as error:
+        raise RunFileError(path, f"not a readable .npy array ({type(error).__name__})", logs.SET_ASIDE) from None
+
+
 def load_summary(results: Path) -> pd.DataFrame:
     """The aggregation of the logs; it must equal the committed summary.csv."""
     summary = logs.aggregate(logs.run_table(results))
-    committed = pd.read_csv(results / "summary.csv")
+    committed = logs.read_csv(results / "summary.csv", "restore it from git, or write it again with "
+                              "python sweep.py --aggregate")
     pd.testing.assert_frame_equal(summary.reset_index(drop=True), committed, check_dtype=False, atol=1e-12)
     return committed
 
@@ -453,17 +467,21 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--no-pdf", action="store_true", help="only figures and tables")
     args = parser.parse_args(argv)
-    summary = load_summary(args.results)
-    bench, bench_repeat = (load_bench(args.results, name) for name in ("bench_layer.csv", "bench_layer_repeat.csv"))
-    (REPORT / "tables").mkdir(parents=True, exist_ok=True)
-    samples = logs.read_all(args.results, "test_samples.csv")
-    sharpness = load_sharpness(args.results)
-    patches, metrics = logs.read_all(args.results, "test_patches.csv"), logs.read_all(args.results, "metrics.csv")
-    for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
-                                   patches, bench_repeat, load_sharpness(args.results, "sharpness_cifar"),
-                                   metrics, load_vit_step_time(args.results)).items():
-        (REPORT / "tables" / f"{name}.tex").write_text(text)
-    build_figures(args.results, summary, metrics, patches, REPORT / "figures")
+    try:
+        summary = load_summary(args.results)
+        bench, bench_repeat = (load_bench(args.results, name) for name in ("bench_layer.csv", "bench_layer_repeat.csv"))
+        (REPORT / "tables").mkdir(parents=True, exist_ok=True)
+        samples = logs.read_all(args.results, "test_samples.csv")
+        sharpness = load_sharpness(args.results)
+        patches, metrics = logs.read_all(args.results, "test_patches.csv"), logs.read_all(args.results, "metrics.csv")
+        for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
+                                       patches, bench_repeat, load_sharpness(args.results, "sharpness_cifar"),
+                                       metrics, load_vit_step_time(args.results)).items():
+            (REPORT / "tables" / f"{name}.tex").write_text(text)
+        build_figures(args.results, summary, metrics, patches, REPORT / "figures")
+    except RunFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.no_pdf:
         return 0
     if shutil.which("pdflatex") is None:

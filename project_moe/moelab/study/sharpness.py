@@ -39,7 +39,6 @@ per run, split and t. Exit codes: 0 done, 2 bad input (nothing is written).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ from ..paths import PROJECT_DIR
 from ..training.config import Config, ConfigError
 from ..training.exits import EXIT_BAD_INPUT
 from ..training.launch import resolve_device
-from ..training.run_files import atomic_write_bytes, refuse_to_replace
+from ..training.run_files import RunFileError, atomic_write_bytes, load_checkpoint, read_config, refuse_to_replace
 
 DEFAULT_OUT = PROJECT_DIR / "results" / "sharpness"
 SPLITS = ("train", "test")
@@ -69,6 +68,7 @@ SHARPNESS_COLUMNS = ["run", "grid", "model", "gating", "experts", "top_k", "seed
                      "accuracy", "top_eigenvalue", "power_iterations", "converged", "trace", "trace_stderr",
                      "probes", "params"]
 CURVE_COLUMNS = ["run", "grid", "split", "t", "loss"]
+LEAVE_OUT = "restore it from a copy, or leave that run directory out"   # the way out of a damaged run file
 
 Params = dict[str, Tensor]
 HVP = Callable[[Params], Params]
@@ -250,8 +250,8 @@ def check_run(path: Path) -> Run:
         raise AnalysisError(f"{path} has no model.pt: sharpness needs the trained weights; train the run to the "
                             "end with train.py and keep its weights (sweep.py deletes the *.pt of finished runs)")
     try:
-        cfg = Config(**json.loads(config_path.read_text())["config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        cfg = Config(**read_config(config_path, LEAVE_OUT))   # RunFileError if damaged
+    except (KeyError, TypeError) as error:
         raise AnalysisError(f"{config_path} is not a config.json written by train.py ({error})") from None
     return Run(path, cfg)
 
@@ -259,7 +259,7 @@ def check_run(path: Path) -> Run:
 def load_model(run: Run, dataset: data.Dataset, device: torch.device) -> nn.Module:
     model = build_model(run.cfg.model_spec(), dataset.in_shape, dataset.num_classes)
     try:
-        model.load_state_dict(torch.load(run.path / "model.pt", map_location="cpu", weights_only=True))
+        model.load_state_dict(load_checkpoint(run.path / "model.pt", fix=LEAVE_OUT))   # RunFileError if damaged
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[0]
         raise AnalysisError(f"{run.path / 'model.pt'} does not fit the model of its config.json "
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return sharpness(args)
-    except (AnalysisError, ConfigError, data.DataError) as error:
+    except (AnalysisError, ConfigError, data.DataError, RunFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

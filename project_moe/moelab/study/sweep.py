@@ -13,7 +13,6 @@ Weights (*.pt) are deleted once a run completes: results/ keeps only the compact
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..paths import PROJECT_DIR
+from ..training.exits import EXIT_BAD_INPUT
+from ..training.run_files import RunFileError, read_json
 from . import logs
 from .grids import (
     DATASET_TAGS,
@@ -45,13 +46,12 @@ class Outcome:
 
 
 def run_status(run_dir: Path) -> str | None:
+    """The status in the run's summary.json, None without one; RunFileError if it is damaged."""
     summary = run_dir / "summary.json"
     if not summary.exists():
         return None
-    try:
-        return json.loads(summary.read_text()).get("status")
-    except json.JSONDecodeError:
-        return None
+    fix = f"restore it from a copy, or delete {run_dir} to train the run again"
+    return read_json(summary, fix).get("status")
 
 
 def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, threads: int | None) -> Outcome:
@@ -59,7 +59,11 @@ def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, thre
     run_dir = out / run.name
     log_path = out / f"{run.name}.log"
     keep = run.grid in KEEP_WEIGHTS
-    if run_status(run_dir) == "completed":
+    try:
+        status = run_status(run_dir)
+    except RunFileError as error:     # neither skipped, resumed nor replaced: recorded, and the sweep goes on
+        return Outcome(run, "failed", 0.0, f"error: {error}")
+    if status == "completed":
         _drop_weights_and_log(run_dir, log_path, keep)   # left behind if the sweep itself was killed
         return Outcome(run, "skipped")
     argv = [sys.executable, str(PROJECT_DIR / "train.py"), *run.argv(data_dir), "--out", str(out), "--run-name", run.name,
@@ -157,7 +161,11 @@ def main(argv=None) -> int:
         outcomes = run_all(runs, args.results, args.data_dir, args.device, args.threads)
     else:
         outcomes = []
-    table = logs.aggregate(logs.run_table(args.results))
+    try:
+        table = logs.aggregate(logs.run_table(args.results))
+    except RunFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args.results.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.results / "summary.csv", index=False)
     print(f"wrote {args.results / 'summary.csv'} ({len(table)} configurations)")

@@ -23,7 +23,7 @@ from ..models.vit import check_vit_fits
 from ..paths import REPO_ROOT
 from .config import Config, ConfigError, parse_args, validate
 from .exits import EXIT_BAD_INPUT, EXIT_PEER_FAILED
-from .run_files import read_json, write_json
+from .run_files import RunFileError, read_config, read_json, write_json
 from .trainer import Trainer
 
 # Settings that may change between a run and its resumption without changing its results.
@@ -31,7 +31,7 @@ RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir",
                          "compile", "channels_last", "expert_parallel", "dist_backend", "dist_timeout"}
 
 
-BAD_INPUT = (ConfigError, data.DataError, distributed.ParallelismError)
+BAD_INPUT = (ConfigError, data.DataError, distributed.ParallelismError, RunFileError)
 
 
 
@@ -67,13 +67,14 @@ def environment(device: torch.device, cluster: Cluster) -> dict:
 
 
 def prepare_run_dir(cfg: Config) -> Path:
-    """Check, before any work, that the run directory may be used as asked."""
+    """Check, before any work, that the run directory may be used as asked; its files are read
+    only to resume it (a damaged one: RunFileError), and --overwrite replaces it unread."""
     run_dir = cfg.run_dir
     if cfg.resume:
         if not (run_dir / "checkpoint.pt").exists():
             raise ConfigError(f"--resume: no checkpoint at {run_dir / 'checkpoint.pt'}; "
                               "check --out and --run-name, or start a new run without --resume")
-        check_same_config(cfg, read_json(run_dir / "config.json")["config"])
+        check_same_config(cfg, read_config(run_dir / "config.json"))   # RunFileError if damaged
         summary = run_dir / "summary.json"
         if summary.exists() and read_json(summary).get("status") == "completed":
             raise ConfigError(f"--resume: {run_dir} already completed (see its summary.json); "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..layers.aux_losses import AUX_NAMES
 from .evaluation import LAYER_COLUMNS, SplitResult
-from .run_files import CSVLog, NullLog
+from .run_files import CSVLog, NullLog, read_log
 
 METRICS_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
                    *[f"aux_{name}" for name in AUX_NAMES], "train_load_cv", "val_load_cv",
@@ -14,6 +14,17 @@ METRICS_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss",
 EXPERTS_COLUMNS = ["epoch", "step", "split", "expert", "n_samples", "n_routed", "n_dropped", "frac_routed", "mean_gate",
                    "loss_routed", "acc_routed", "loss_all", "acc_all", "selection_bias"]
 ROUTING_COLUMNS = ["epoch", "step", "split", "expert", "class", "count", "gate_mass", "top1"]
+LAYERS_COLUMNS = ["epoch", "step", "split", *LAYER_COLUMNS]
+LOG_COLUMNS = {"metrics.csv": METRICS_COLUMNS, "experts.csv": EXPERTS_COLUMNS, "routing.csv": ROUTING_COLUMNS,
+               "layers.csv": LAYERS_COLUMNS}   # the logs a resumed run continues
+
+
+def check_logs(run_dir: Path, step: int, layers: bool) -> None:
+    """Refuse (RunFileError) a missing or damaged log of a run to resume from ``step``, before
+    RunLogs and keep_through_step write to any of them."""
+    for name, columns in LOG_COLUMNS.items():
+        if name != "layers.csv" or layers:
+            read_log(Path(run_dir) / name, columns, step)
 
 
 class RunLogs:

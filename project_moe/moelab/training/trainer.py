@@ -34,8 +34,8 @@ from .evaluation import (
     train_batch_expert_rows,
 )
 from .exits import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PEER_FAILED
-from .run_files import atomic_write_bytes, save_checkpoint, write_json
-from .run_logs import RunLogs
+from .run_files import RunFileError, atomic_write_bytes, load_checkpoint, save_checkpoint, write_json
+from .run_logs import RunLogs, check_logs
 from .step import (
     aux_coefficients,
     balance_selection,
@@ -131,16 +131,24 @@ class Trainer:
 
     def run(self, resume: bool) -> int:
         self.started = time.perf_counter()
-        logs = RunLogs(self.run_dir, self.cluster.is_writer, layers=bool(self.moe_blocks))
         if resume:
             path = self.run_dir / "checkpoint.pt"
             try:
-                self.load_state(distributed.load_on_writer(self.cluster, path, self.device))
+                self.load_state(distributed.load_on_writer(self.cluster, path, self.device, load_checkpoint,
+                                                           (RunFileError,)))
+                distributed.on_writer(self.cluster, self._check_files_to_resume, (RunFileError,))
+            except RunFileError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            except distributed.RefusedElsewhere:
+                return EXIT_BAD_INPUT      # rank 0 said why
             except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as error:
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 print(f"error: --resume: {path} does not fit this run ({first_line}); "
                       "resume with the settings it was trained with, or start a new --run-name", file=sys.stderr)
                 return EXIT_BAD_INPUT
+        logs = RunLogs(self.run_dir, self.cluster.is_writer, layers=bool(self.moe_blocks))
+        if resume:
             logs.keep_through_step(self.global_step)
             self.say(f"resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.global_step}")
         self.logs = logs
@@ -164,6 +172,11 @@ class Trainer:
             self.say(f"error: {error}; the last good checkpoint is {self.run_dir / 'checkpoint.pt'}. "
                      "Try a lower --lr or enable the router z-loss (--z-coef 1e-3)", error=True)
             return EXIT_DIVERGED
+        except RunFileError as error:      # best.pt, read back for the test
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except distributed.RefusedElsewhere:
+            return EXIT_BAD_INPUT
         except RuntimeError as error:
             if not distributed.is_peer_failure(self.cluster, error):
                 raise
@@ -176,6 +189,13 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
+
+    def _check_files_to_resume(self) -> None:
+        """Rank 0, before any file of the run is written: the logs cut back to the checkpoint's
+        step, and the best weights, which the test reads at the end, must be readable."""
+        check_logs(self.run_dir, self.global_step, layers=bool(self.moe_blocks))
+        if self.best_epoch > 0:
+            load_checkpoint(self.run_dir / "best.pt")
 
     def say(self, message: str, error: bool = False) -> None:
         """Print once for the whole run (rank 0)."""
@@ -290,7 +310,8 @@ class Trainer:
     def finish(self) -> None:
         """Test once, with the weights that did best on validation."""
         self.save_weights("model.pt")
-        best = distributed.load_on_writer(self.cluster, self.run_dir / "best.pt", self.device)
+        best = distributed.load_on_writer(self.cluster, self.run_dir / "best.pt", self.device, load_checkpoint,
+                                          (RunFileError,))
         distributed.load_model_state(self.model, best["model"], self.cluster)
         test = self._evaluate_split("test", self.best_epoch)
         gather = lambda rows: distributed.gather_rows(self.cluster, rows)  # noqa: E731
