@@ -2,40 +2,35 @@
 logs of the run directory (schema in docs/run-files.md)."""
 from __future__ import annotations
 
-import pickle
 import signal
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import data, distributed, stats
+from .. import data, distributed
 from ..distributed import Cluster
-from ..layers.aux_losses import AUX_NAMES
-from ..layers.precision import Precision
 from ..layers.capacity import selection_bias
+from ..layers.precision import Precision
 from ..layers.routers import set_loss_names
 from ..models.builder import build_model, cost_report
 from ..models.classifier import MoEClassifier
 from ..models.vit import ViTClassifier
 from . import rng_state
+from .checkpointing import Checkpointing
 from .config import Config
 from .epoch_sums import EpochSums
 from .evaluation import (
-    PATCH_COLUMNS,
-    SAMPLES_COLUMNS,
     SplitResult,
     evaluate,
-    patch_routing,
-    sample_routing,
     train_batch_expert_rows,
 )
-from .exits import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_PEER_FAILED
-from .run_files import RunFileError, atomic_write_bytes, load_checkpoint, save_checkpoint, write_json
-from .run_logs import RunLogs, check_logs
+from .exits import EXIT_BAD_INPUT
+from .reporting import Reporting, epoch_line, metrics_row
+from .run_files import RunFileError
+from .run_logs import RunLogs
 from .step import (
     aux_coefficients,
     balance_selection,
@@ -44,16 +39,15 @@ from .step import (
     train_step,
 )
 
-ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees
-ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
-
-
 
 class Interrupted(Exception):
     pass
 
 
-class Trainer:
+class Trainer(Checkpointing, Reporting):
+    """One run's training: the epoch loop (here), checkpoints (checkpointing.py), what it
+    reports (reporting.py)."""
+
     def __init__(self, cfg: Config, run_dir: Path, dataset: data.Dataset, device: torch.device,
                  cluster: Cluster = distributed.SINGLE_PROCESS):
         self.cfg, self.run_dir, self.dataset, self.device, self.cluster = cfg, run_dir, dataset, device, cluster
@@ -92,38 +86,6 @@ class Trainer:
     def _lr_factor(self, step: int) -> float:
         return lr_factor(self.cfg.lr_schedule, step, self.total_steps, self.cfg.warmup_fraction)
 
-    # ---- checkpointing (every rank takes part; rank 0 writes)
-
-    def state(self) -> dict:
-        return {"model": distributed.model_state(self.model, self.cluster),
-                "optimizer": distributed.optimizer_state(self.optimizer, self.model, self.cluster),
-                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "global_step": self.global_step, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
-                "accum": self.accum.state_dict(), "elapsed": self.elapsed(), "rng": rng_state.capture(),
-                "precision": self.precision.state_dict()}
-
-    def load_state(self, state: dict) -> None:
-        distributed.load_model_state(self.model, state["model"], self.cluster)
-        distributed.load_optimizer_state(self.optimizer, self.model, state["optimizer"], self.cluster)
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.global_step = state["global_step"]
-        self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
-        self.accum.load_state_dict(state["accum"])
-        self.elapsed_before = state["elapsed"]
-        rng_state.restore(state["rng"])
-        self.precision.load_state_dict(state.get("precision", {}))
-
-    def save(self) -> None:
-        state = self.state()
-        if self.cluster.is_writer:
-            save_checkpoint(self.run_dir / "checkpoint.pt", state)
-
-    def save_weights(self, name: str, extra: dict | None = None) -> None:
-        weights = distributed.model_state(self.model, self.cluster)
-        if self.cluster.is_writer:
-            save_checkpoint(self.run_dir / name, {"model": weights, **extra} if extra is not None else weights)
-
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
 
@@ -131,22 +93,8 @@ class Trainer:
 
     def run(self, resume: bool) -> int:
         self.started = time.perf_counter()
-        if resume:
-            path = self.run_dir / "checkpoint.pt"
-            try:
-                self.load_state(distributed.load_on_writer(self.cluster, path, self.device, load_checkpoint,
-                                                           (RunFileError,)))
-                distributed.on_writer(self.cluster, self._check_files_to_resume, (RunFileError,))
-            except RunFileError as error:
-                print(f"error: {error}", file=sys.stderr)
-                return EXIT_BAD_INPUT
-            except distributed.RefusedElsewhere:
-                return EXIT_BAD_INPUT      # rank 0 said why
-            except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as error:
-                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                print(f"error: --resume: {path} does not fit this run ({first_line}); "
-                      "resume with the settings it was trained with, or start a new --run-name", file=sys.stderr)
-                return EXIT_BAD_INPUT
+        if resume and (refused := self.resume()) is not None:
+            return refused
         logs = RunLogs(self.run_dir, self.cluster.is_writer, layers=bool(self.moe_blocks))
         if resume:
             logs.keep_through_step(self.global_step)
@@ -160,18 +108,9 @@ class Trainer:
             self.finish()
         except Interrupted:
             self.save()
-            name = signal.Signals(self.stop_signal).name
-            self.write_summary("interrupted", extra={"signal": name})
-            launcher = "torchrun ... train.py" if self.cluster.is_distributed else "python train.py"
-            self.say(f"{name}: stopped after step {self.global_step}; logs and checkpoint saved. "
-                     f"Continue with: {launcher} --resume --out {self.cfg.out} --run-name {self.run_dir.name} "
-                     "and the same settings", error=True)
-            return 128 + self.stop_signal
+            return self.stopped_by_signal()
         except FloatingPointError as error:
-            self.write_summary("diverged", extra={"error": str(error)})
-            self.say(f"error: {error}; the last good checkpoint is {self.run_dir / 'checkpoint.pt'}. "
-                     "Try a lower --lr or enable the router z-loss (--z-coef 1e-3)", error=True)
-            return EXIT_DIVERGED
+            return self.diverged(error)
         except RunFileError as error:      # best.pt, read back for the test
             print(f"error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -180,27 +119,11 @@ class Trainer:
         except RuntimeError as error:
             if not distributed.is_peer_failure(self.cluster, error):
                 raise
-            self.write_summary("failed", extra={"error": _first_line(error)})
-            print(f"error: rank {self.cluster.rank}: the other processes stopped answering ({_first_line(error)}); "
-                  f"the last checkpoint is {self.run_dir / 'checkpoint.pt'}: add --resume to the command to continue",
-                  file=sys.stderr)
-            return EXIT_PEER_FAILED
+            return self.peer_failed(error)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
-
-    def _check_files_to_resume(self) -> None:
-        """Rank 0, before any file of the run is written: the logs cut back to the checkpoint's
-        step, and the best weights, which the test reads at the end, must be readable."""
-        check_logs(self.run_dir, self.global_step, layers=bool(self.moe_blocks))
-        if self.best_epoch > 0:
-            load_checkpoint(self.run_dir / "best.pt")
-
-    def say(self, message: str, error: bool = False) -> None:
-        """Print once for the whole run (rank 0)."""
-        if self.cluster.is_writer:
-            print(message, file=sys.stderr if error else sys.stdout)
 
     def _on_signal(self, signum, frame) -> None:
         self.received_signal = signum  # acted on after the current step, so no step is half-applied
@@ -270,28 +193,14 @@ class Trainer:
         val = self._evaluate_split("val", epoch)
         if self.is_moe and cfg.train_eval_size > 0:
             self._evaluate_split("train", epoch)
-        count = max(a["count"], 1)
-        aux = self.accum.aux_means() if self.routes else [float("nan")] * len(AUX_NAMES)
-        # A ViT's load CV is the mean over its MoE blocks of each block's CV.
-        train_load_cv = stats.load_cv(a["routed"]).mean().item() if self.routes else float("nan")
-        drops = cfg.drop_policy != "dropless"
-        train_dropped = stats.dropped_share(a["routed"], a["dropped"]).item() if drops else float("nan")
-        row = {"epoch": epoch, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
-               "train_loss": (a["loss"] / count).item(), "train_acc": (a["correct"] / count).item(),
-               "val_loss": val.loss, "val_acc": val.acc,
-               **{f"aux_{name}": value for name, value in zip(AUX_NAMES, aux)},
-               "train_load_cv": train_load_cv, "val_load_cv": val.load_cv, "val_gate_entropy": val.gate_entropy,
-               "train_dropped": train_dropped, "val_dropped": val.dropped if drops else float("nan"),
-               "samples_per_s": a["count"] / max(a["train_seconds"], 1e-9), "epoch_time_s": a["train_seconds"],
-               "wall_time_s": self.elapsed()}
+        row = metrics_row(epoch, self.global_step, self.scheduler.get_last_lr()[0], a, val,
+                          self.accum.aux_means() if self.routes else None, drops=cfg.drop_policy != "dropless",
+                          elapsed=self.elapsed())
         self.logs.metrics(row)
         if val.acc > self.best_val_acc:
             self.best_val_acc, self.best_epoch = val.acc, epoch
             self.save_weights("best.pt", {"epoch": epoch})
-        self.say(f"epoch {epoch:>3}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-                 f"val loss {val.loss:.4f} acc {val.acc:.4f}"
-                 + (f"  balance {aux[0]:.3f} load-cv {val.load_cv:.3f}" if self.routes else "")
-                 + f"  {row['samples_per_s']:,.0f} samples/s")
+        self.say(epoch_line(row, cfg.epochs, self.routes))
         self.epoch, self.step_in_epoch = epoch, 0
         self.accum.reset()
         self.save()
@@ -310,41 +219,12 @@ class Trainer:
     def finish(self) -> None:
         """Test once, with the weights that did best on validation."""
         self.save_weights("model.pt")
-        best = distributed.load_on_writer(self.cluster, self.run_dir / "best.pt", self.device, load_checkpoint,
-                                          (RunFileError,))
-        distributed.load_model_state(self.model, best["model"], self.cluster)
+        self.load_best()
         test = self._evaluate_split("test", self.best_epoch)
-        gather = lambda rows: distributed.gather_rows(self.cluster, rows)  # noqa: E731
-        if self.is_moe:
-            self.logs.table("test_samples.csv", SAMPLES_COLUMNS,
-                            sample_routing(self.model, self._eval_batches("test"), ROUTED_SAMPLES, gather))
-        if self.moe_blocks:
-            self.logs.table("test_patches.csv", PATCH_COLUMNS,
-                            patch_routing(self.model, self._eval_batches("test"), ROUTED_PATCH_IMAGES, gather))
-            images = self.dataset.test.images[:ROUTED_PATCH_IMAGES].cpu().numpy()          # (n, C, H, W) uint8
-            if self.cluster.is_writer:
-                atomic_write_bytes(self.run_dir / "test_patch_images.npy", lambda handle: np.save(handle, images))
+        self.write_test_tables()
         self.write_summary("completed", test=test)
         self.say(f"test loss {test.loss:.4f} acc {test.acc:.4f} (weights of epoch {self.best_epoch}, "
                  f"best val acc {self.best_val_acc:.4f}); logs in {self.run_dir}")
-
-    def write_summary(self, status: str, test: SplitResult | None = None, extra: dict | None = None) -> None:
-        if not self.cluster.is_writer:
-            return
-        summary = {"status": status, "epochs_done": self.epoch, "steps": self.global_step,
-                   "test_loss": test.loss if test else None, "test_acc": test.acc if test else None,
-                   "test_dropped": test.dropped if test and self.cfg.drop_policy != "dropless" else None,
-                   "best_val_acc": self.best_val_acc if self.best_epoch > 0 else None,
-                   "best_epoch": self.best_epoch if self.best_epoch > 0 else None,
-                   **self.cost["this"], "cost": self.cost, "total_time_s": self.elapsed(),
-                   "processes": self.cluster.world_size, "precision": self.precision.describe(),
-                   "compile_s": self.compile_seconds, **(extra or {})}
-        write_json(self.run_dir / "summary.json", summary)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def evaluation_loaders(cfg: Config, dataset: data.Dataset, device: torch.device) -> dict[str, data.BatchLoader]:

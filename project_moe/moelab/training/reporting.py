@@ -1,0 +1,110 @@
+"""What a run reports: the metrics.csv row and console line of every epoch, the test-routing
+tables, and summary.json (schemas in docs/run-files.md)."""
+from __future__ import annotations
+
+import signal
+import sys
+
+import numpy as np
+
+from .. import distributed, stats
+from ..layers.aux_losses import AUX_NAMES
+from .evaluation import PATCH_COLUMNS, SAMPLES_COLUMNS, SplitResult, patch_routing, sample_routing
+from .exits import EXIT_DIVERGED, EXIT_PEER_FAILED
+from .run_files import atomic_write_bytes, write_json
+
+ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees
+ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
+
+
+def metrics_row(epoch: int, step: int, lr: float, totals: dict, val: SplitResult, aux: list[float] | None,
+                drops: bool, elapsed: float) -> dict:
+    """The metrics.csv row of an epoch from its training sums (EpochSums.totals), its validation
+    result and the mean auxiliary losses (None for a model without routers)."""
+    count = max(totals["count"], 1)
+    routes = aux is not None
+    aux = aux if routes else [float("nan")] * len(AUX_NAMES)
+    # A ViT's load CV is the mean over its MoE blocks of each block's CV.
+    train_load_cv = stats.load_cv(totals["routed"]).mean().item() if routes else float("nan")
+    train_dropped = stats.dropped_share(totals["routed"], totals["dropped"]).item() if drops else float("nan")
+    return {"epoch": epoch, "step": step, "lr": lr,
+            "train_loss": (totals["loss"] / count).item(), "train_acc": (totals["correct"] / count).item(),
+            "val_loss": val.loss, "val_acc": val.acc,
+            **{f"aux_{name}": value for name, value in zip(AUX_NAMES, aux)},
+            "train_load_cv": train_load_cv, "val_load_cv": val.load_cv, "val_gate_entropy": val.gate_entropy,
+            "train_dropped": train_dropped, "val_dropped": val.dropped if drops else float("nan"),
+            "samples_per_s": totals["count"] / max(totals["train_seconds"], 1e-9),
+            "epoch_time_s": totals["train_seconds"], "wall_time_s": elapsed}
+
+
+def epoch_line(row: dict, epochs: int, routes: bool) -> str:
+    """The console line of an epoch."""
+    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+            + (f"  balance {row['aux_balance']:.3f} load-cv {row['val_load_cv']:.3f}" if routes else "")
+            + f"  {row['samples_per_s']:,.0f} samples/s")
+
+
+class Reporting:
+    """The console and the files a Trainer reports to (rank 0 writes)."""
+
+    def say(self, message: str, error: bool = False) -> None:
+        """Print once for the whole run (rank 0)."""
+        if self.cluster.is_writer:
+            print(message, file=sys.stderr if error else sys.stdout)
+
+    def write_test_tables(self) -> None:
+        """The routing of the first test images (MoE) and of their patches (ViT with MoE blocks)."""
+        gather = lambda rows: distributed.gather_rows(self.cluster, rows)  # noqa: E731
+        if self.is_moe:
+            self.logs.table("test_samples.csv", SAMPLES_COLUMNS,
+                            sample_routing(self.model, self._eval_batches("test"), ROUTED_SAMPLES, gather))
+        if self.moe_blocks:
+            self.logs.table("test_patches.csv", PATCH_COLUMNS,
+                            patch_routing(self.model, self._eval_batches("test"), ROUTED_PATCH_IMAGES, gather))
+            images = self.dataset.test.images[:ROUTED_PATCH_IMAGES].cpu().numpy()          # (n, C, H, W) uint8
+            if self.cluster.is_writer:
+                atomic_write_bytes(self.run_dir / "test_patch_images.npy", lambda handle: np.save(handle, images))
+
+    def write_summary(self, status: str, test: SplitResult | None = None, extra: dict | None = None) -> None:
+        if not self.cluster.is_writer:
+            return
+        summary = {"status": status, "epochs_done": self.epoch, "steps": self.global_step,
+                   "test_loss": test.loss if test else None, "test_acc": test.acc if test else None,
+                   "test_dropped": test.dropped if test and self.cfg.drop_policy != "dropless" else None,
+                   "best_val_acc": self.best_val_acc if self.best_epoch > 0 else None,
+                   "best_epoch": self.best_epoch if self.best_epoch > 0 else None,
+                   **self.cost["this"], "cost": self.cost, "total_time_s": self.elapsed(),
+                   "processes": self.cluster.world_size, "precision": self.precision.describe(),
+                   "compile_s": self.compile_seconds, **(extra or {})}
+        write_json(self.run_dir / "summary.json", summary)
+
+    def stopped_by_signal(self) -> int:
+        """After SIGINT / SIGTERM, with the checkpoint saved: the summary, how to continue, the exit code."""
+        name = signal.Signals(self.stop_signal).name
+        self.write_summary("interrupted", extra={"signal": name})
+        launcher = "torchrun ... train.py" if self.cluster.is_distributed else "python train.py"
+        self.say(f"{name}: stopped after step {self.global_step}; logs and checkpoint saved. "
+                 f"Continue with: {launcher} --resume --out {self.cfg.out} --run-name {self.run_dir.name} "
+                 "and the same settings", error=True)
+        return 128 + self.stop_signal
+
+    def diverged(self, error: FloatingPointError) -> int:
+        self.write_summary("diverged", extra={"error": str(error)})
+        self.say(f"error: {error}; the last good checkpoint is {self.run_dir / 'checkpoint.pt'}. "
+                 "Try a lower --lr or enable the router z-loss (--z-coef 1e-3)", error=True)
+        return EXIT_DIVERGED
+
+    def peer_failed(self, error: RuntimeError) -> int:
+        """Every rank says it: the one that failed may not have."""
+        self.write_summary("failed", extra={"error": _first_line(error)})
+        print(f"error: rank {self.cluster.rank}: the other processes stopped answering ({_first_line(error)}); "
+              f"the last checkpoint is {self.run_dir / 'checkpoint.pt'}: add --resume to the command to continue",
+              file=sys.stderr)
+        return EXIT_PEER_FAILED
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
