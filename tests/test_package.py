@@ -1,0 +1,53 @@
+"""moelab is one importable package: it imports from any directory, imports only itself and
+third-party libraries (never a script of project_moe/), and the scripts are thin command lines."""
+import ast
+import pathlib
+import subprocess
+import sys
+
+import moelab
+
+PACKAGE = pathlib.Path(moelab.__file__).resolve().parent
+SCRIPTS = ("train", "sweep", "analysis", "bench", "build_report", "gpu_check", "moe_model")
+
+
+def test_the_package_imports_from_any_directory_without_the_scripts(tmp_path):
+    every_module = sorted(".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+                          for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
+    code = ("import importlib, sys\n"
+            "from moelab import MoE, build_router\n"
+            f"for name in {every_module!r}:\n"
+            "    importlib.import_module(name)\n"
+            f"loaded = sorted(set({SCRIPTS!r}) & set(sys.modules))\n"
+            "assert not loaded, loaded\n"
+            "print(MoE.__module__, build_router.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["moelab.layers.moe", "moelab.layers.routers"]
+
+
+def test_modules_of_the_package_import_each_other_relatively():
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert node.module.split(".")[0] not in ("moelab", *SCRIPTS), f"{path}: from {node.module} import"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert alias.name.split(".")[0] not in ("moelab", *SCRIPTS), f"{path}: import {alias.name}"
+
+
+def test_scripts_are_command_lines_over_the_package():
+    project = PACKAGE.parent
+    for name in SCRIPTS[:-1]:
+        tree = ast.parse((project / f"{name}.py").read_text())
+        imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert imported and all(module.startswith("moelab.") for module in imported), (name, imported)
+        assert len([node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]) == 0, name
+
+
+def test_the_shipped_mnist_copy_is_package_data():
+    assets = sorted(p.name for p in (PACKAGE / "assets" / "mnist").iterdir())
+    assert assets == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",
+                      "train-labels-idx1-ubyte.gz"]
+    pyproject = (PACKAGE.parent.parent / "pyproject.toml").read_text()
+    assert 'moelab = ["assets/mnist/*.gz"]' in pyproject
