@@ -4,6 +4,7 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
+from PIL import Image
 
 MNIST_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
                "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -17,14 +18,34 @@ def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
 
 
 def learnable_images(n: int, num_classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """28x28 noise with a bright 7x7 block whose position encodes the class."""
+    """28x28 noise (0-89) with a bright shape (+160) whose form encodes the class: a horizontal bar,
+    a vertical bar, a square ring, a bar at each side.
+
+    Each shape is its own mirror image, so an image and its mirror (a flip augmentation,
+    --tta-flip) show the same class; and each has its own form, not only its own place, so a
+    convolutional trunk that pools over positions and sees random crops tells them apart too."""
+    if not 2 <= num_classes <= len(SHAPES):
+        raise ValueError(f"learnable_images draws 2 to {len(SHAPES)} classes, not {num_classes}")
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_classes, n)
     images = rng.integers(0, 90, (n, 28, 28))
     for c in range(num_classes):
-        row, col = divmod(c, 4)
-        images[labels == c, 3 + 7 * row: 10 + 7 * row, 7 * col: 7 * col + 7] += 160
+        images[labels == c] += 160 * SHAPES[c]
     return images.clip(0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+
+def _shapes() -> np.ndarray:
+    shapes = np.zeros((4, 28, 28), dtype=np.int64)
+    shapes[0, 12:16, 4:24] = 1                                  # horizontal bar
+    shapes[1, 4:24, 12:16] = 1                                  # vertical bar
+    shapes[2, 6:22, 6:22] = 1
+    shapes[2, 10:18, 10:18] = 0                                 # square ring
+    shapes[3, 4:24, 1:5] = shapes[3, 4:24, 23:27] = 1           # a bar at each side
+    assert (shapes == shapes[:, :, ::-1]).all()                 # each its own mirror image
+    return shapes
+
+
+SHAPES = _shapes()
 
 
 def write_mnist_layout(root: pathlib.Path, n_train: int = 600, n_test: int = 200, folder: str = "MNIST",
@@ -38,3 +59,17 @@ def write_mnist_layout(root: pathlib.Path, n_train: int = 600, n_test: int = 200
     for key, name in MNIST_FILES.items():
         (raw / name).write_bytes(idx_bytes(arrays[key]))
     return raw
+
+
+def write_folder_layout(root: pathlib.Path, n_train: int = 600, n_test: int = 200, seed: int = 0) -> pathlib.Path:
+    """Write the same learnable images in 3 channels as root/{train,test}/<class>/NNNN.png, the
+    --dataset folder:PATH layout (3-channel data is trained with crop + flip augmentation)."""
+    root = pathlib.Path(root)
+    for split, n, split_seed in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        images, labels = learnable_images(n, seed=split_seed)
+        for c in range(4):
+            (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)
+        for i, (image, label) in enumerate(zip(images, labels)):
+            rgb = np.repeat(image[:, :, None], 3, axis=2)
+            Image.fromarray(rgb, "RGB").save(root / split / f"c{label}" / f"{i:04d}.png")
+    return root

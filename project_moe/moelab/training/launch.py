@@ -131,6 +131,10 @@ def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
                 check_vit_fits(cfg.model_spec(), dataset.in_shape)
             except ValueError as error:
                 raise ConfigError(str(error)) from None
+        if cfg.tta_flip and not dataset.augment:
+            raise ConfigError("--tta-flip averages each image with its mirror, which is only meaningful for data "
+                              f"trained with flip augmentation (3-channel images; {cfg.dataset} has "
+                              f"{dataset.in_shape[0]}-channel images); drop --tta-flip")
     except BAD_INPUT as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
