@@ -66,6 +66,8 @@ def test_learns_synthetic_data(tmp_path, tiny_data, extra):
     code, run_dir = run(tmp_path, tiny_data, *extra, "--epochs", "4", "--balance-coef", "0.1", "--lr", "3e-3")
     assert code == 0
     metrics = pd.read_csv(run_dir / "metrics.csv")
+    # measured on an Intel Xeon: test acc 1.00 for each model and seeds 0-9, a margin of 0.05 (10 of the 200
+    # test images); train loss (seed 0) from 0.23-0.47 to below 0.0003
     assert metrics.train_loss.iloc[-1] < metrics.train_loss.iloc[0]
     assert json.loads((run_dir / "summary.json").read_text())["test_acc"] >= 0.95
 
