@@ -189,6 +189,7 @@ def _layer_worker(rank: int, store: str) -> None:
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.slow
 def test_parallel_layer_equals_one_process_for_every_router_and_dispatch(tmp_path):
     spawn_two_ranks(_layer_worker, tmp_path)
 
@@ -219,6 +220,7 @@ def _batchnorm_worker(rank: int, store: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sync_batchnorm_uses_the_statistics_of_the_whole_batch(tmp_path):
     spawn_two_ranks(_batchnorm_worker, tmp_path)
 
@@ -254,6 +256,7 @@ def assert_same_logs(reference, other, files=("metrics.csv", "experts.csv", "rou
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=LOG_RTOL, atol=LOG_ATOL, obj=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [
     ("--gating", "topk"),
     ("--gating", "topk", "--expert-parallel"),
@@ -276,6 +279,7 @@ def test_two_processes_write_the_logs_of_one(tmp_path, tiny_data, extra):
     assert {k: v.shape for k, v in whole.items()} == {k: v.shape for k, v in single.items()}
 
 
+@pytest.mark.slow
 def test_killed_rank_stops_the_other_and_the_run_resumes_on_one_or_two_processes(tmp_path, tiny_data):
     extra = ("--gating", "topk", "--expert-parallel", "--epochs", "8")
     runs = tmp_path / "runs"
@@ -307,6 +311,7 @@ def test_killed_rank_stops_the_other_and_the_run_resumes_on_one_or_two_processes
         assert_same_logs(runs / "reference", run_dir)
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path, tiny_data):
     extra = ("--gating", "hard", "--epochs", "8")
     runs = tmp_path / "runs"
@@ -326,6 +331,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint(
     assert_same_logs(runs / "reference", runs / "stopped")
 
 
+@pytest.mark.slow
 def test_two_node_launch_on_one_machine_writes_one_set_of_logs(tmp_path, tiny_data):
     port = free_port()
     args = run_args(tiny_data, tmp_path / "runs", "nodes", "--gating", "topk", "--expert-parallel", "--epochs", "1")

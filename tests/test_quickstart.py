@@ -30,6 +30,7 @@ def test_the_readme_states_the_accuracy_and_time_of_the_run_of_record():
     assert seconds == round(summary["total_time_s"] / 10) * 10
 
 
+@pytest.mark.slow
 def test_a_fresh_quickstart_run_reaches_the_stated_accuracy(tmp_path, monkeypatch):
     monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))
     argv = ["--experts", "8", "--gating", "hard", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path)]

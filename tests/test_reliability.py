@@ -148,6 +148,7 @@ def test_signal_arriving_while_the_ranks_agree_still_stops_the_run(tmp_path, tin
     assert state["global_step"] == 6 and calls["n"] == 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_run_resumes_to_identical_logs(tmp_path, monkeypatch, sig):
     monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))

@@ -27,6 +27,7 @@ def tiny(run: grids.RunSpec) -> grids.RunSpec:
     return grids.RunSpec(run.grid, run.label, flags, run.seed, run.dataset)
 
 
+@pytest.mark.slow
 def test_sweep_skips_finished_runs_records_failures_and_aggregates(tmp_path, tiny_data, monkeypatch, capsys):
     good = [tiny(r) for r in grids.runs("regularisation", 1) if r.label in ("none", "balance")]
     bad = grids.RunSpec("regularisation", "broken", dict(good[0].flags, top_k=0, gating="topk"))
@@ -96,6 +97,7 @@ def fixture_results(root, data_dir):
     logs.aggregate(logs.run_table(root)).to_csv(root / "summary.csv", index=False)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("jupyter") is None, reason="jupyter is not installed")
 def test_notebook_runs_headless_on_a_tiny_results_folder(tmp_path, tiny_data):
     results, figures = tmp_path / "results", tmp_path / "figures"
