@@ -127,8 +127,8 @@ class Config:
                                       "--warmup-fraction of the steps, then linear decay to 0)", SCHEDULE_CHOICES)
     warmup_fraction: float = _opt(0.2, "onecycle: share of the steps spent warming up")
     label_smoothing: float = _opt(0.0, "label smoothing of the training cross-entropy (evaluation stays plain)")
-    tta_flip: bool = _opt(False, "evaluate on each image and its mirror image, averaging the logits (for "
-                                 "datasets trained with flips)")
+    tta_flip: bool = _opt(False, "evaluate on each image and its mirror image, averaging the logits; "
+                                 "only for 3-channel data, trained with flips (refused otherwise)")
     seed: int = _opt(0, "seed of initialisation, validation split, batch order, augmentation and noise")
     device: str = _opt("auto", "auto picks cuda when available", DEVICE_CHOICES)
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)", type=int)
