@@ -20,8 +20,16 @@ uses, and says where each one is:
 """
 from moelab.layers.experts import MLPExperts, ModuleExperts, mlp
 from moelab.layers.moe import MoE, MoEOutput
-from moelab.layers.routers import (ExpertChoiceRouter, GumbelTopKRouter, HardRouter, NoisyTopKRouter, Router,
-                                   SoftRouter, TopKRouter, build_router)
+from moelab.layers.routers import (
+                                   ExpertChoiceRouter,
+                                   GumbelTopKRouter,
+                                   HardRouter,
+                                   NoisyTopKRouter,
+                                   Router,
+                                   SoftRouter,
+                                   TopKRouter,
+                                   build_router,
+)
 from moelab.layers.routing import GATING_CHOICES, Routing
 from moelab.models.builder import build_model
 from moelab.models.classifier import DenseClassifier, MoEClassifier, build_dense_matched, classifier_logits

@@ -7,12 +7,13 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call, grad
+
 from moelab.models.builder import build_model
 from moelab.models.classifier import classifier_logits
 from moelab.models.spec import ModelSpec
 from moelab.study import sharpness
 from moelab.training import launch
-from torch.func import functional_call, grad
 
 matplotlib.use("Agg")
 from moelab.study import plots

@@ -3,6 +3,7 @@ their tables. Speed itself is never asserted."""
 import pandas as pd
 import pytest
 import torch
+
 from moelab.bench import cli, layer, timing
 
 

@@ -2,6 +2,7 @@
 import math
 
 import pandas as pd
+
 from moelab.study import grids, logs, plots
 
 

@@ -8,6 +8,7 @@ import signal
 import pandas as pd
 import pytest
 import torch
+
 from moelab.layers.experts import MLPExperts, dispatch_as
 from moelab.layers.moe import MoE
 from moelab.layers.routers import build_router

@@ -9,10 +9,11 @@ import sys
 
 import pandas as pd
 import pytest
+from synthetic import write_mnist_layout
+
 from moelab.paths import REPO_ROOT
 from moelab.study import grids, report, sharpness, sweep
 from moelab.training import launch
-from synthetic import write_mnist_layout
 
 FLAGS = dict(epochs=1, batch_size=32, experts=4, expert_hidden=16, train_eval_size=50, threads=1)
 

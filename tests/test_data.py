@@ -11,11 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from PIL import Image
+from synthetic import idx_bytes
+
 from moelab import data
 from moelab.data import images
 from moelab.training import launch
-from PIL import Image
-from synthetic import idx_bytes
 
 
 @pytest.fixture(autouse=True)

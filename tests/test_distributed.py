@@ -23,6 +23,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
 from moelab import distributed
 from moelab.distributed import Cluster
 from moelab.layers.experts import MLPExperts

@@ -1,6 +1,8 @@
 """Expert banks: the stacked MLP bank and its hand-written backward against plain autograd."""
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from moelab.layers.experts import (
     PADDED_MAX_GROWTH,
     PADDED_MAX_MEAN_ROWS,
@@ -11,7 +13,6 @@ from moelab.layers.experts import (
     mlp,
     padded_positions,
 )
-from torch.utils.flop_counter import FlopCounterMode
 
 E, D, H, K = 5, 7, 6, 4
 

@@ -3,6 +3,7 @@ import copy
 
 import pytest
 import torch
+
 from moelab.bench.timing import count_ops
 from moelab.layers.experts import MLPExperts, use_reference_experts
 from moelab.layers.fused_routing import Top1Combine, Top1Dispatch

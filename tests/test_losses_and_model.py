@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+
 from moelab import stats
 from moelab.layers import aux_losses
 from moelab.models.builder import build_model

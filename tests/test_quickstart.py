@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+
 from moelab.paths import REPO_ROOT
 from moelab.training import launch
 

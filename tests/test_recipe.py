@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import write_folder_layout
+
 from moelab import data
 from moelab.models import trunks
 from moelab.models.builder import build_model
@@ -13,7 +15,6 @@ from moelab.training import launch
 from moelab.training.config import Config
 from moelab.training.evaluation import evaluate
 from moelab.training.step import lr_factor, make_optimizer, train_step
-from synthetic import write_folder_layout
 
 
 def test_resnet_trunk_shapes_and_size():

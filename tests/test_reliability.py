@@ -8,11 +8,12 @@ import time
 import pandas as pd
 import pytest
 import torch
+from synthetic import write_mnist_layout
+
 from moelab import distributed
 from moelab.paths import REPO_ROOT
 from moelab.training import launch, trainer
 from moelab.training.step import train_step
-from synthetic import write_mnist_layout
 
 REPO = REPO_ROOT
 TIME_COLUMNS = ["samples_per_s", "epoch_time_s", "wall_time_s"]

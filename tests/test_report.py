@@ -1,9 +1,10 @@
 """The report is generated from the committed results: its tables equal what the aggregation
 of results/ gives today, and the PDF has 4 to 6 pages."""
 import pytest
+from pypdf import PdfReader
+
 from moelab.paths import PROJECT_DIR
 from moelab.study import report
-from pypdf import PdfReader
 
 RESULTS = report.RESULTS
 pytestmark = pytest.mark.skipif(not (RESULTS / "summary.csv").exists(), reason="no committed results")

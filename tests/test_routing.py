@@ -3,9 +3,10 @@ import math
 
 import pytest
 import torch
+
+from moelab.layers.capacity import capacity_keep, update_selection_bias
 from moelab.layers.experts import MLPExperts, ModuleExperts, mlp
 from moelab.layers.moe import MoE
-from moelab.layers.capacity import capacity_keep, update_selection_bias
 from moelab.layers.routers import ExpertChoiceRouter, build_router
 from moelab.layers.routing import GATING_CHOICES
 

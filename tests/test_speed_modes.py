@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+
 from moelab.layers import aux_losses
 from moelab.layers.experts import MLPExperts
 from moelab.layers.moe import MoE

@@ -7,10 +7,11 @@ import sys
 
 import pandas as pd
 import pytest
+from synthetic import write_mnist_layout
+
 from moelab.paths import REPO_ROOT
 from moelab.study import grids, logs, sharpness, sweep
 from moelab.training import launch
-from synthetic import write_mnist_layout
 
 NOTEBOOK = REPO_ROOT / "project_moe" / "experiments.ipynb"
 

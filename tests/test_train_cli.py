@@ -7,6 +7,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
+
 from moelab.paths import REPO_ROOT
 from moelab.training import launch, run_logs
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from moelab import stats
 from moelab.layers import aux_losses
 from moelab.layers.aux_losses import AUX_NAMES

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import torch
 
+from ..training.config import ConfigError
+from ..training.device import resolve_device
 from ..training.run_files import atomic_write_bytes, refuse_to_replace
 from .layer import bench_layer
-from .timing import Tee, machine_line, resolve, write_csv
+from .timing import Tee, machine_line, write_csv
 from .training import FAMILIES, bench_train
 
 DEFAULT_GRID = ("8:1", "8:2", "32:2")
@@ -75,7 +77,10 @@ def main(argv=None) -> int:
     if refusal:
         parser.exit(2, f"bench.py: error: {refusal}\n")
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    device = resolve(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as error:
+        parser.exit(2, f"bench.py: error: {error}\n")
     printed = io.StringIO()
     with contextlib.redirect_stdout(Tee(sys.stdout, printed)):
         print(machine_line(device))

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from ..layers.experts import MLPExperts, mlp
 from ..layers.moe import MoE
 from ..layers.routers import build_router
-from .timing import LayerConfig, Timer, interleaved_times, ratio_with_spread, resolve
+from ..training.device import resolve_device
+from .timing import LayerConfig, Timer, interleaved_times, ratio_with_spread
 
 
 class MaskedLoopMoE(nn.Module):
@@ -60,7 +61,7 @@ def layer_step(module: nn.Module, x: Tensor, train: bool):
 
 
 def bench_layer(args) -> list[dict]:
-    device = resolve(args.device)
+    device = resolve_device(args.device)
     timer = Timer(device)
     rows = []
     for spec in args.config:

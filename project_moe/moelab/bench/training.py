@@ -16,6 +16,7 @@ from ..models.builder import build_model
 from ..study.grids import CIFAR, split_convergence_label
 from ..study.grids import runs as grid_runs
 from ..training.config import Config
+from ..training.device import resolve_device
 from ..training.step import aux_coefficients, make_optimizer, train_step
 from .timing import (
     Timer,
@@ -23,7 +24,6 @@ from .timing import (
     interleaved_times,
     minor_page_faults,
     ratio_with_spread,
-    resolve,
 )
 
 TRAIN_VARIANTS = {
@@ -54,7 +54,7 @@ def vit_convergence_variants(depth: int) -> dict[str, dict]:
 
 def bench_train(args) -> list[dict]:
 
-    device = resolve(args.device)
+    device = resolve_device(args.device)
     data_dir = data.resolve_data_dir(args.data_dir)
     if args.family == "vit":
         dataset = data.load_dataset(CIFAR.format(data_dir=data_dir), data_dir, seed=0)

@@ -58,8 +58,8 @@ from ..models.builder import build_model
 from ..models.classifier import classifier_logits, count_params
 from ..paths import PROJECT_DIR
 from ..training.config import Config, ConfigError
+from ..training.device import resolve_device
 from ..training.exits import EXIT_BAD_INPUT
-from ..training.launch import resolve_device
 from ..training.run_files import RunFileError, atomic_write_bytes, load_checkpoint, read_config, refuse_to_replace
 
 DEFAULT_OUT = PROJECT_DIR / "results" / "sharpness"

@@ -22,6 +22,7 @@ from ..models.builder import describe_cost
 from ..models.vit import check_vit_fits
 from ..paths import REPO_ROOT
 from .config import Config, ConfigError, parse_args, validate
+from .device import resolve_device
 from .exits import EXIT_BAD_INPUT, EXIT_PEER_FAILED
 from .run_files import RunFileError, read_config, read_json, write_json
 from .trainer import Trainer
@@ -34,20 +35,6 @@ RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir",
 BAD_INPUT = (ConfigError, data.DataError, distributed.ParallelismError, RunFileError)
 
 
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``local_rank``: under torchrun, each process of a machine takes its own GPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"process {local_rank} of this machine has no GPU of its own "
-                              f"({torch.cuda.device_count()} visible); start at most that many per node")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
 
 
 def git_commit() -> str | None:
