@@ -2,11 +2,7 @@
 
     cd project_moe && python train.py --experts 8 --gating hard
 
-writes runs/<run-name>/{config.json, metrics.csv, experts.csv, routing.csv, summary.json,
-model.pt} (schema in docs/run-files.md), plus checkpoint.pt / best.pt for --resume and model selection.
-Exit codes: 0 done, 2 bad input, 3 non-finite loss, 130 / 143 interrupted by SIGINT / SIGTERM.
-
-The code is in moelab/training/launch.py; this file is its command line.
+Usage and options: ``python train.py --help``. The code is in moelab/training/launch.py.
 """
 import sys
 
