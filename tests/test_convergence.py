@@ -52,7 +52,7 @@ def test_convergence_figure_has_an_epoch_and_a_time_axis():
 
 
 def test_report_table_gives_epochs_and_minutes_to_the_target_over_the_seeds_that_reach_it():
-    from moelab.study import report
+    from moelab.study import report_tables
 
     target = grids.CONVERGENCE_TARGETS["cifar10-jpeg"]
     below, above = target - 0.1, target + 0.05
@@ -64,15 +64,15 @@ def test_report_table_gives_epochs_and_minutes_to_the_target_over_the_seeds_that
                              "flops_per_sample": 2e7, "params_total": 1000}
                             for label in ("d6-moe-top2", "d6-dense-active")])
     step_time = {(6, "moe-top2"): 1.5, (6, "dense-active"): 1.0, (12, "moe-top2"): 9.0}
-    convergence = report.convergence_rows(summary, metrics, step_time)
+    convergence = report_tables.convergence_rows(summary, metrics, step_time)
     rows = {line.split(" & ")[2]: line.split(" & ") for line in
-            report.table_convergence(convergence).splitlines() if line.startswith("6 & ")}
+            report_tables.table_convergence(convergence).splitlines() if line.startswith("6 & ")}
     # top-2: epochs 2 and 3 (2.5 +- 0.71); minutes 20 s / 60 and 31 s / 60 (0.425 +- 0.13)
     assert rows["moe-top2"][5] == "2.5 $\\pm$ 0.7" and rows["moe-top2"][6] == "0.4 $\\pm$ 0.1"
     # its steps take 1.5 dense-active steps: 3 and 4.5 dense-active epochs to the target
     assert rows["moe-top2"][7] == "1.50" and rows["moe-top2"][8] == "3.8 $\\pm$ 1.1"
     assert rows["dense-active"][5] == "3.0 (1/2)"                              # one seed never got there
-    macros = report.numbers(summary.assign(test_loss_mean=0, specialisation_mean=0, specialisation_std=0,
+    macros = report_tables.numbers(summary.assign(test_loss_mean=0, specialisation_mean=0, specialisation_std=0,
                                                  final_val_load_cv_mean=0, final_val_load_cv_std=0,
                                                  final_val_dropped_mean=float("nan")),
                                   pd.Series(dtype=float), None, {}, convergence=convergence)
@@ -94,7 +94,7 @@ def test_vit_step_times_are_read_from_the_benchmark_tables(tmp_path):
 
 
 def test_res_macro_of_a_single_seed_run_is_its_accuracy_alone():
-    from moelab.study import report
+    from moelab.study import report_tables
 
     summary = pd.DataFrame([{"grid": "vit_convergence_deep", "dataset": "cifar10-jpeg", "label": label, "seeds": seeds,
                              "test_acc_mean": 0.642, "test_acc_std": std, "time_s_mean": 600.0,
@@ -102,6 +102,6 @@ def test_res_macro_of_a_single_seed_run_is_its_accuracy_alone():
                              "specialisation_mean": 0, "specialisation_std": 0, "final_val_load_cv_mean": 0,
                              "final_val_load_cv_std": 0, "final_val_dropped_mean": float("nan")}
                             for label, seeds, std in (("d12-moe-top2", 1, float("nan")), ("d12-dense-active", 2, 0.001))])
-    macros = report.numbers(summary, pd.Series(dtype=float), None, {})
+    macros = report_tables.numbers(summary, pd.Series(dtype=float), None, {})
     assert "res:vit_convergence_deep:cifar10-jpeg:d12-moe-top2\\endcsname{64.20}" in macros
     assert "res:vit_convergence_deep:cifar10-jpeg:d12-dense-active\\endcsname{64.20 $\\pm$ 0.10}" in macros

@@ -4,7 +4,7 @@ import pytest
 from pypdf import PdfReader
 
 from moelab.paths import PROJECT_DIR
-from moelab.study import report
+from moelab.study import report, report_tables
 
 RESULTS = report.RESULTS
 pytestmark = pytest.mark.skipif(not (RESULTS / "summary.csv").exists(), reason="no committed results")
@@ -29,7 +29,7 @@ def test_report_tables_equal_the_results():
     sharpness = report.load_sharpness(RESULTS)
     patches = report.logs.read_all(RESULTS, "test_patches.csv")
     cifar_sharpness = report.load_sharpness(RESULTS, "sharpness_cifar")
-    for name, text in report.build_tables(summary, bench, samples, train_bench, sharpness, patches,
+    for name, text in report_tables.build_tables(summary, bench, samples, train_bench, sharpness, patches,
                                                 bench_repeat, cifar_sharpness,
                                                 report.logs.read_all(RESULTS, "metrics.csv"),
                                                 report.load_vit_step_time(RESULTS)).items():

@@ -1,0 +1,360 @@
+"""The report's tables and the numbers its text quotes, as LaTeX, from the aggregated results
+(pure functions of DataFrames; report.py reads the results and writes the files)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ..models.builder import build_model
+from ..training.config import Config
+from . import logs, plots, published
+from .grids import CONVERGENCE_GRIDS, CONVERGENCE_TARGETS, VIT, split_convergence_label
+
+
+def pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
+    std_text = "--" if pd.isna(std) else f"{scale * std:.{digits}f}"
+    return f"{scale * mean:.{digits}f} $\\pm$ {std_text}"
+
+
+def thousands(value: float) -> str:
+    return f"{value:,.0f}".replace(",", "\\,")
+
+
+def escape(text: str) -> str:
+    return str(text).replace("_", "\\_").replace("%", "\\%").replace("#", "\\#")
+
+
+def tabular(header: list[str] | list[list[str]], rows: list[list[str]], align: str) -> str:
+    """A booktabs table; ``header`` is one row of column names, or several rows (a grouping row first)."""
+    header_rows = header if header and isinstance(header[0], list) else [header]
+    lines = [f"\\begin{{tabular}}{{{align}}}", "\\toprule", *(" & ".join(row) + " \\\\" for row in header_rows),
+             "\\midrule"]
+    lines += [" & ".join(row) + " \\\\" for row in rows]
+    lines += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def table_moe_vs_dense(summary: pd.DataFrame) -> str:
+    rows = summary[summary.grid.isin(["moe_vs_dense", "cnn_experts"])]
+    grid_rank = {"moe_vs_dense": 0, "cnn_experts": 1}
+    dataset_rank = {d: i for i, d in enumerate(plots.DATASET_ORDER)}
+    rows = rows.assign(_g=rows.grid.map(grid_rank), _d=rows.dataset.map(dataset_rank))
+    rows = rows.sort_values(["_g", "_d"], kind="stable")
+    body = [[escape(r.dataset), escape(r.label), pm(r.test_acc_mean, r.test_acc_std), str(r.seeds),
+             thousands(r.params_total), thousands(r.params_active), thousands(r.flops_per_sample)]
+            for r in rows.itertuples()]
+    return tabular(["dataset", "model", "test acc. (\\%)", "seeds", "params", "active", "FLOPs/sample"],
+                   body, "llrrrrr")
+
+
+def table_gating(summary: pd.DataFrame) -> str:
+    rows = summary[summary.grid == "gating"]
+    datasets = plots._ordered(rows.dataset, plots.DATASET_ORDER)
+    labels = plots._ordered(rows.label, plots.GATING_ORDER)
+    body = []
+    for label in labels:
+        cells = [escape(label)]
+        for dataset in datasets:
+            match = rows[(rows.dataset == dataset) & (rows.label == label)]
+            cells.append(pm(match.test_acc_mean.iloc[0], match.test_acc_std.iloc[0]) if len(match) else "--")
+        reference = rows[(rows.dataset == datasets[0]) & (rows.label == label)]
+        if len(reference):
+            first = reference.iloc[0]
+            cells += [f"{first.specialisation_mean:.2f}", f"{first.final_val_load_cv_mean:.2f}",
+                      thousands(first.samples_per_s_mean), str(first.seeds)]
+        else:
+            cells += ["--"] * 4
+        body.append(cells)
+    header = ["router", *[f"{escape(d)} (\\%)" for d in datasets],
+              f"I/H ({escape(datasets[0])})", "load CV", "samples/s", "seeds"]
+    return tabular(header, body, "l" + "r" * (len(header) - 1))
+
+
+def table_simple(summary: pd.DataFrame, grid: str) -> str:
+    rows = summary[summary.grid == grid]
+    body = [[escape(r.label), pm(r.test_acc_mean, r.test_acc_std), f"{r.final_val_load_cv_mean:.2f}",
+             f"{r.specialisation_mean:.2f}", thousands(r.params_total), str(r.seeds)] for r in rows.itertuples()]
+    return tabular(["configuration", "test acc. (\\%)", "load CV", "I/H", "params", "seeds"], body, "lrrrrr")
+
+
+def _cell(summary: pd.DataFrame, grid: str, label: str, extra: str | None = None) -> str:
+    """Test accuracy (\\%) of one configuration, with its final load CV or dropped share; -- if not run."""
+    match = summary[(summary.grid == grid) & (summary.label == label)]
+    if match.empty:
+        return "--"
+    row = match.iloc[0]
+    text = f"{100 * row.test_acc_mean:.1f}"
+    if extra == "cv":
+        text += f" ({row.final_val_load_cv_mean:.2f})"
+    elif extra == "dropped" and not pd.isna(row.final_val_dropped_mean):
+        text += f" ({100 * row.final_val_dropped_mean:.0f})"
+    return text
+
+
+def table_modern(summary: pd.DataFrame) -> str:
+    """Capacity, loss-free balancing, shared experts and the ViT routers: four small tables in one."""
+    capacity_grids = ("capacity", "capacity_vit")
+    capacity = tabular(
+        [["", "\\multicolumn{4}{c}{MNIST mixture}", "\\multicolumn{4}{c}{Fashion-MNIST ViT}"],
+         ["$c_f$"] + ["top-1 pos.", "top-1 prio.", "top-2 pos.", "top-2 prio."] * len(capacity_grids)],
+        [[f"{factor:g}"] + [_cell(summary, grid, f"{k}-cf{factor:g}-{policy}", "dropped") for grid in capacity_grids
+                              for k in ("top1", "top2") for policy in ("position", "priority")]
+           for factor in (0.5, 1.0, 1.25, 2.0)]
+        + [["dropless"] + [cell for grid in capacity_grids for k in ("top1", "top2")
+                           for cell in (_cell(summary, grid, f"{k}-dropless"), "")]],
+        "l" + "r" * 4 * len(capacity_grids))
+    balancing = tabular(
+        ["balancing", "MNIST top-1", "ViT top-1"],
+        [[escape(label)] + [_cell(summary, grid, label, "cv") for grid in ("balancing", "balancing_vit")]
+         for label in ("none", "switch-loss", "loss-free", "both")], "lrr")
+    shared = tabular(
+        ["experts", "routed only", "+1 shared"],
+        [[shape.replace("-", ", ").replace("e", "E=").replace("k", "k=").replace("h", "h=")]
+         + [_cell(summary, "shared", label) for label in (shape, f"{shape}-shared")]
+         for shape in ("e8-k1-h128", "e32-k4-h32", "e64-k8-h16")], "lrr")
+    routers = tabular(
+        ["ViT router", "expert choice", "top-2"],
+        [[score] + [_cell(summary, "vit_routers", f"{gating}-{score}") for gating in ("expert-choice", "topk")]
+         for score in ("linear", "cosine", "attention")]
+        + [["Soft MoE (4 slots)", _cell(summary, "vit_routers", "soft-slots-n4"), ""],
+           ["soft gate ($h/4$)", _cell(summary, "vit_routers", "soft-gate-quarter"), ""]], "lrr")
+    cell = "\\begin{{minipage}}[t]{{{width}\\linewidth}}\\centering\\resizebox{{\\linewidth}}{{!}}{{{body}}}\\end{{minipage}}"
+    return "\n".join([cell.format(width=0.9, body=capacity), "\\\\[4pt]",
+                      cell.format(width=0.31, body=balancing), "\\hfill",
+                      cell.format(width=0.30, body=shared), "\\hfill",
+                      cell.format(width=0.31, body=routers), ""])
+
+
+def table_sharpness(by_label: pd.DataFrame) -> str:
+    body = [[escape(r.label), r.split, pm(r.top_eigenvalue_mean, r.top_eigenvalue_std, 1.0),
+             pm(r.trace_mean, r.trace_std, 1.0, 1), pm(r.loss_mean, r.loss_std, 1.0, 3), str(r.seeds)]
+            for r in by_label.itertuples()]
+    return tabular(["model", "split", "$\\lambda_{\\max}$", "tr$(H)$", "loss", "seeds"], body, "llrrrr")
+
+
+CIFAR_SHARPNESS = (("train", "top_eigenvalue", "paper_top_eigenvalue_train"),
+                   ("train", "trace", "paper_trace_train"),
+                   ("test", "top_eigenvalue", "paper_top_eigenvalue_test"))
+
+
+def _mean_spread(mean: float, std: float, digits: int) -> str:
+    """``mean`` alone when there is no spread (one seed), else mean \\pm std."""
+    return f"{mean:.{digits}f}" if pd.isna(std) else pm(mean, std, 1.0, digits)
+
+
+def table_cifar_heads(summary: pd.DataFrame, sharpness: pd.DataFrame | None) -> str:
+    """The three classifier heads of Rokah et al. (2026) on the residual trunk, ours beside the
+    paper's: test accuracy (mean \\pm std over seeds) and the Hessian's top eigenvalue and trace."""
+    paper = published.ROKAH_2026_HEADS.set_index("label")
+    ours = summary[summary.grid == "cifar_heads"].set_index("label")
+    curvature = sharpness.set_index(["label", "split"]) if sharpness is not None else None
+    body = []
+    for label, published_row in paper.iterrows():
+        cells = [escape(label)]
+        cells.append(pm(ours.at[label, "test_acc_mean"], ours.at[label, "test_acc_std"]) if label in ours.index
+                     else "--")
+        cells.append(f"{published_row.paper_test_acc:.2f}")
+        for split, metric, paper_column in CIFAR_SHARPNESS:
+            if curvature is not None and (label, split) in curvature.index:
+                row = curvature.loc[(label, split)]
+                cells.append(_mean_spread(row[f"{metric}_mean"], row[f"{metric}_std"], 2))
+            else:
+                cells.append("--")
+            cells.append(f"{published_row[paper_column]:.2f}")
+        seeds = [str(int(ours.at[label, "seeds"])) if label in ours.index else "0",
+                 str(int(curvature.loc[(label, "train"), "seeds"])) if curvature is not None
+                 and (label, "train") in curvature.index else "0"]
+        cells.append("/".join(seeds))
+        body.append(cells)
+    groups = ["test acc. (\\%)", "$\\lambda_{\\max}$ train", "tr$(H)$ train", "$\\lambda_{\\max}$ test"]
+    header = [["", *(f"\\multicolumn{{2}}{{c}}{{{g}}}" for g in groups), ""],
+              ["head", *(["ours", "paper"] * len(groups)), "seeds"]]
+    return tabular(header, body, "l" + "rr" * len(groups) + "r")
+
+
+def convergence_rows(summary: pd.DataFrame, metrics: pd.DataFrame,
+                     step_time: dict[tuple[int, str], float] | None = None) -> list[dict]:
+    """Per configuration of the ViT convergence grids: its summary row, the target validation
+    accuracy, the epochs and training minutes each seed took to first reach it
+    (sweep.CONVERGENCE_TARGETS; NaN for a seed that never did), and its training step's time over
+    the dense ViT of equal FLOPs from ``step_time`` ((depth, model) -> ratio, CIFAR-10; NaN where
+    not measured). The grids' runs may span machines; that ratio, measured in one benchmark run,
+    turns epochs into comparable time."""
+
+    rows = []
+    for grid in CONVERGENCE_GRIDS:
+        for dataset, target in CONVERGENCE_TARGETS.items():
+            runs = metrics[(metrics.grid == grid) & (metrics.dataset == dataset)] if len(metrics) else metrics
+            if not len(runs):
+                continue
+            reached = logs.time_to_accuracy(runs, target)
+            for r in summary[(summary.grid == grid) & (summary.dataset == dataset)].itertuples():
+                seeds = reached[reached.label == r.label]
+                depth, model = split_convergence_label(r.label)
+                measured = (step_time or {}) if dataset == "cifar10-jpeg" else {}   # timed on CIFAR-10 only
+                ratio = measured.get((depth, model), float("nan"))
+                rows.append({"summary": r, "depth": str(depth), "model": model, "target": target,
+                             "epochs": seeds.epoch, "minutes": seeds.wall_time_s / 60, "step_time": ratio})
+    return rows
+
+
+def _reach(values: pd.Series, digits: int) -> str:
+    """Mean \\pm std over the seeds that reached the target, and how many did when not all."""
+    hit = values.dropna()
+    if hit.empty:
+        return "never"
+    text = _mean_spread(hit.mean(), hit.std() if len(hit) > 1 else float("nan"), digits)
+    return text if len(hit) == len(values) else f"{text} ({len(hit)}/{len(values)})"
+
+
+def table_convergence(rows: list[dict]) -> str:
+    """ViT with MoE every second block against the dense ViTs of equal active FLOPs and of equal
+    parameters: test accuracy (weights of the best validation epoch), how soon each reaches the
+    target validation accuracy (epochs; logged training minutes), its step time over the dense
+    ViT of equal FLOPs, and the epochs to target in units of that ViT's epochs; ``rows`` from
+    convergence_rows."""
+    body = []
+    for row in rows:
+        r, ratio = row["summary"], row["step_time"]
+        body.append([row["depth"], escape(r.dataset), escape(row["model"]),
+                     _mean_spread(100 * r.test_acc_mean, 100 * r.test_acc_std, 2),
+                     f"{100 * row['target']:.0f}", _reach(row["epochs"], 1), _reach(row["minutes"], 1),
+                     "--" if math.isnan(ratio) else f"{ratio:.2f}",
+                     "--" if math.isnan(ratio) else _reach(row["epochs"] * ratio, 1),
+                     f"{r.flops_per_sample / 1e6:.1f}", thousands(r.params_total), str(r.seeds)])
+    return tabular(["blocks", "dataset", "model", "test acc. (\\%)", "target (\\%)", "epochs to target",
+                    "minutes to target", "step time", "time to target", "MFLOPs", "params", "seeds"],
+                   body, "rllrrrrrrrrr")
+
+
+def table_bench(bench: pd.DataFrame) -> str:
+    body = []
+    for (e, k, mode), group in bench.groupby(["E", "k", "mode"], sort=False):
+        ratios = group.set_index("impl")
+        moe, loop, soft = ratios.loc["moe"], ratios.loc["masked_loop"], ratios.loc["soft_all_experts"]
+        body.append([f"{k} of {e}", mode, f"{moe.vs_dense:.2f} [{moe.vs_dense_min:.2f}, {moe.vs_dense_max:.2f}]",
+                     f"{loop.vs_dense:.2f}", f"{soft.vs_dense:.1f}", f"{1 / moe.vs_soft:.1f}"])
+    return tabular(["top-$k$ of $E$", "pass", "MoE / dense (a)", "mask loop / (a)", "soft / (a)", "soft / MoE"],
+                   body, "llrrrr")
+
+
+def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | None,
+            train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None = None,
+            coherence: pd.DataFrame | None = None, bench_repeat: pd.DataFrame | None = None,
+            cifar_sharpness: pd.DataFrame | None = None, convergence: list[dict] | None = None) -> str:
+    """LaTeX macros for the numbers quoted in the text: \\res (test accuracy, %, mean ± std),
+    \\spec (I(expert; class) / H(class)), \\loadcv (final validation load CV), per
+    {grid}{dataset}{label}, \\dropped (% of assignments dropped for capacity, validation, last epoch),
+    \\minutes (wall minutes per run, mean over seeds), \\params (total parameters);
+    \\unpicked{label}: % of test samples no expert took (expert choice); \\curvature{results folder}
+    {label}{split}{top_eigenvalue|trace|loss}: the Hessian estimates of analysis.py; \\reachepochs and
+    \\reachminutes{grid}{dataset}{label}: mean epochs and training minutes to the convergence target,
+    \\reachtime the epochs times the step time over the dense ViT of equal FLOPs (-- unless every
+    seed reached it), \\vitstep{blocks}{model} that step time (CIFAR-10)."""
+    lines = []
+    for macro in ("res", "spec", "loadcv", "dropped", "minutes", "params", "unpicked"):
+        args = "[1]" if macro == "unpicked" else "[3]"
+        body = "#1" if macro == "unpicked" else "#1:#2:#3"
+        lines.append(f"\\newcommand{{\\{macro}}}{args}{{\\csname {macro}:{body}\\endcsname}}")
+    for r in summary.itertuples():
+        key = f"{r.grid}:{r.dataset}:{r.label}"
+        values = {"res": _mean_spread(100 * r.test_acc_mean, 100 * r.test_acc_std, 2),   # one seed: the mean
+                  "spec": pm(r.specialisation_mean, r.specialisation_std, scale=1.0),
+                  "loadcv": pm(r.final_val_load_cv_mean, r.final_val_load_cv_std, scale=1.0),
+                  "dropped": f"{100 * r.final_val_dropped_mean:.1f}" if not pd.isna(r.final_val_dropped_mean) else "--",
+                  "minutes": f"{r.time_s_mean / 60:.1f}" if not pd.isna(r.time_s_mean) else "--",
+                  "params": thousands(r.params_total)}
+        for macro, value in values.items():
+            lines.append(f"\\expandafter\\def\\csname {macro}:{key}\\endcsname{{{value}}}")
+    for label, share in unpicked.items():
+        lines.append(f"\\expandafter\\def\\csname unpicked:{label}\\endcsname{{{100 * share:.1f}}}")
+    if bench is not None:
+        lines.append("\\newcommand{\\bench}[3]{\\csname bench:#1:#2:#3\\endcsname}")
+        lines.append("\\newcommand{\\benchsoft}[2]{\\csname benchsoft:#1:#2\\endcsname}")
+        for r in bench[bench.impl == "moe"].itertuples():
+            lines.append(f"\\expandafter\\def\\csname bench:{r.E}:{r.k}:{r.mode}\\endcsname{{{r.vs_dense:.2f}}}")
+            if r.mode == "fwd+bwd":
+                lines.append(f"\\expandafter\\def\\csname benchsoft:{r.E}:{r.k}\\endcsname{{{1 / r.vs_soft:.1f}}}")
+    lines.append("\\newcommand{\\benchrepeat}[3]{\\csname benchrepeat:#1:#2:#3\\endcsname}")
+    for r in (bench_repeat[bench_repeat.impl == "moe"].itertuples() if bench_repeat is not None else []):
+        lines.append(f"\\expandafter\\def\\csname benchrepeat:{r.E}:{r.k}:{r.mode}\\endcsname{{{r.vs_dense:.2f}}}")
+    lines.append("\\newcommand{\\trainratio}[2]{\\csname train:#1:#2\\endcsname}")
+    lines.append("\\newcommand{\\trainopt}[2]{\\csname trainopt:#1:#2\\endcsname}")
+    lines.append("\\newcommand{\\trainops}[2]{\\csname trainops:#1:#2\\endcsname}")
+    for batch, table in train_bench.items():
+        for r in table.itertuples():
+            lines.append(f"\\expandafter\\def\\csname train:{batch}:{r.model}\\endcsname{{{r.vs_dense_active:.2f}}}")
+            if math.isfinite(r.optimizer_vs_dense_active):
+                lines.append(f"\\expandafter\\def\\csname trainopt:{batch}:{r.model}\\endcsname"
+                             f"{{{r.optimizer_vs_dense_active:.1f}}}")
+            if math.isfinite(getattr(r, "ops_per_step", math.nan)):
+                lines.append(f"\\expandafter\\def\\csname trainops:{batch}:{r.model}\\endcsname"
+                             f"{{{r.ops_per_step:.0f}}}")
+    lines.append("\\newcommand{\\curvature}[4]{\\csname curvature:#1:#2:#3:#4\\endcsname}")
+    for name, table in (("sharpness", sharpness), ("sharpness_cifar", cifar_sharpness)):
+        for r in (table.itertuples() if table is not None else []):
+            for metric in ("top_eigenvalue", "trace", "loss"):
+                lines.append(f"\\expandafter\\def\\csname curvature:{name}:{r.label}:{r.split}:{metric}\\endcsname"
+                             f"{{{getattr(r, metric + '_mean'):.2f}}}")
+    lines.append("\\newcommand{\\reachepochs}[3]{\\csname reachepochs:#1:#2:#3\\endcsname}")
+    lines.append("\\newcommand{\\reachminutes}[3]{\\csname reachminutes:#1:#2:#3\\endcsname}")
+    lines.append("\\newcommand{\\reachtime}[3]{\\csname reachtime:#1:#2:#3\\endcsname}")
+    lines.append("\\newcommand{\\vitstep}[2]{\\csname vitstep:#1:#2\\endcsname}")
+    for row in convergence or []:
+        r = row["summary"]
+        if math.isfinite(row["step_time"]):
+            lines.append(f"\\expandafter\\def\\csname vitstep:{row['depth']}:{row['model']}\\endcsname"
+                         f"{{{row['step_time']:.2f}}}")
+        for macro, values in (("epochs", row["epochs"]), ("minutes", row["minutes"]),
+                              ("time", row["epochs"] * row["step_time"])):
+            hit = values.dropna()
+            value = f"{hit.mean():.1f}" if len(hit) == len(values) else "--"
+            lines.append(f"\\expandafter\\def\\csname reach{macro}:{r.grid}:{r.dataset}:{r.label}\\endcsname"
+                         f"{{{value}}}")
+    lines.append("\\newcommand{\\coherence}[3]{\\csname coherence:#1:#2:#3\\endcsname}")
+    for r in (coherence.itertuples() if coherence is not None else []):
+        key = f"{r.dataset}:{r.label}:{r.layer + 1}"   # blocks numbered from 1 in the text
+        lines.append(f"\\expandafter\\def\\csname coherence:{key}\\endcsname{{{100 * r.share_mean:.0f}}}")
+    runs = int(summary.seeds.sum())
+    lines.append(f"\\newcommand{{\\numruns}}{{{runs}}}")
+    lines.append(f"\\newcommand{{\\numconfigs}}{{{len(summary)}}}")
+    return "\n".join(lines) + "\n"
+
+
+def unpicked_share(samples: pd.DataFrame) -> pd.Series:
+    """Share of the logged test samples that no expert processed, per gating-grid label (MNIST)."""
+    rows = samples[(samples.grid == "gating") & (samples.dataset == "mnist")]
+    return (rows.experts_used == 0).groupby(rows.label).mean()
+
+
+def vit_router_sizes() -> str:
+    """\\attnrouterparams and \\vitexpertparams: parameters of the attention router of one MoE
+    block of the study's ViT (sweep.VIT) and of one of its experts."""
+
+    spec = Config(**dict(VIT, router_score="attention", vit_patch=7)).model_spec()
+    layer = build_model(spec, (1, 28, 28), 10).blocks[1].ffn
+    router = sum(p.numel() for p in layer.router.parameters())
+    return (f"\\newcommand{{\\attnrouterparams}}{{{thousands(router)}}}\n"
+            f"\\newcommand{{\\vitexpertparams}}{{{thousands(layer.experts.params_per_expert())}}}\n")
+
+
+def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.DataFrame,
+                 train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None,
+                 patches: pd.DataFrame, bench_repeat: pd.DataFrame | None = None,
+                 cifar_sharpness: pd.DataFrame | None = None, metrics: pd.DataFrame | None = None,
+                 vit_step_time: dict[tuple[int, str], float] | None = None) -> dict[str, str]:
+    convergence = convergence_rows(summary, metrics if metrics is not None else pd.DataFrame(), vit_step_time)
+    tables = {"moe_vs_dense": table_moe_vs_dense(summary), "gating": table_gating(summary),
+              "experts": table_simple(summary, "experts"), "regularisation": table_simple(summary, "regularisation"),
+              "modern": table_modern(summary),
+              "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
+                                 logs.patch_coherence(patches) if not patches.empty else None,
+                                 bench_repeat, cifar_sharpness, convergence) + vit_router_sizes(),
+              "cifar_heads": table_cifar_heads(summary, cifar_sharpness),
+              "convergence": table_convergence(convergence)}
+    if bench is not None:
+        tables["bench"] = table_bench(bench)
+    if sharpness is not None:
+        tables["sharpness"] = table_sharpness(sharpness)
+    return tables
