@@ -162,3 +162,11 @@ def test_every_run_of_a_grid_carries_the_name_it_is_registered_under():
         runs = grids.runs(name)
         assert runs and {run.grid for run in runs} == {name}
     assert grids.KEEP_WEIGHTS == {"sharpness", "cifar_heads"}
+
+
+def test_aggregating_a_folder_without_completed_runs_exits_2_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "runs" / "gating").mkdir(parents=True)
+    assert sweep.main(["--aggregate", "--results", str(tmp_path)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error: no completed run under") and "\n" not in message
+    assert not (tmp_path / "summary.csv").exists()

@@ -162,10 +162,15 @@ def main(argv=None) -> int:
     else:
         outcomes = []
     try:
-        table = logs.aggregate(logs.run_table(args.results))
+        finished = logs.run_table(args.results)
     except RunFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if finished.empty:
+        print(f"error: no completed run under {args.results / 'runs'}: run the grids first (python sweep.py), "
+              "or point --results at the folder that holds them", file=sys.stderr)
+        return EXIT_BAD_INPUT if args.aggregate else 1
+    table = logs.aggregate(finished)
     args.results.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.results / "summary.csv", index=False)
     print(f"wrote {args.results / 'summary.csv'} ({len(table)} configurations)")
