@@ -3,8 +3,8 @@
     y(x) = sum_i g_i(x) E_i(x)
 
 The definitions live in the ``moelab`` package, so that an installed copy (``pip install -e .``)
-works without this folder's scripts; this file gathers them under the names the course brief
-uses, and says where each one is:
+works without this folder's scripts; this file gathers them under one name,
+and says where each one is:
 
     experts        moelab/layers/experts.py     MLPExperts (stacked MLPs, sparse dispatch), ModuleExperts
     gating         moelab/layers/routers.py     build_router and the six routers; the Routing record

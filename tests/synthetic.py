@@ -1,4 +1,4 @@
-"""Tiny datasets written in the real on-disk formats, for tests that go through data.py."""
+"""Tiny datasets written in the real on-disk formats, for tests that go through moelab.data."""
 from __future__ import annotations
 
 import pathlib

@@ -1,4 +1,4 @@
-"""Tests for data.py on tiny datasets written in the real on-disk formats (IDX, ImageFolder)."""
+"""Tests for moelab.data on tiny datasets written in the real on-disk formats (IDX, ImageFolder)."""
 
 import gzip
 import hashlib

@@ -211,7 +211,7 @@ def test_attention_router_parameters_are_d_r_times_experts_plus_one():
     for gating in ("topk", "expert-choice"):
         router = _attention_router(gating, dim=96, rank=16)
         assert sum(p.numel() for p in router.parameters()) == 96 * 16 * (4 + 1)
-    # The figures README.md quotes: the default ViT's router (E=8, r=16) and one of its experts.
+    # The figures docs/models.md quotes: the default ViT's router (E=8, r=16) and one of its experts.
     router = build_router("topk", 96, 8, score="attention", score_dim=16, tokens=49)
     assert sum(p.numel() for p in router.parameters()) == 13_824
     assert MLPExperts(8, 96, 128, 96).params_per_expert() == 24_800

@@ -216,12 +216,7 @@ def local_first(cluster: Cluster, fn, refusals: tuple[type[Exception], ...]):
     return result
 
 
-def _load_weights(path, map_location):
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def load_on_writer(cluster: Cluster, path, device: torch.device, load=_load_weights,
-                   refusals: tuple[type[Exception], ...] = ()):
+def load_on_writer(cluster: Cluster, path, device: torch.device, load, refusals: tuple[type[Exception], ...] = ()):
     """``load(path, map_location)`` of a run file that rank 0 reads and sends to the others (the
     run directory need not be on a file system that every machine sees); when rank 0 refuses
     the file (``refusals``), every rank stops, as with on_writer."""

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ..training.config import ConfigError
+from ..training.config import DEVICE_CHOICES, ConfigError
 from ..training.device import resolve_device
+from ..training.exits import EXIT_BAD_INPUT
 from ..training.run_files import atomic_write_bytes, refuse_to_replace
 from .layer import bench_layer
 from .timing import Tee, machine_line, write_csv
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--per-round", type=int, default=4, help="layer: timed calls per round and candidate")
     parser.add_argument("--warmup", type=int, default=3, help="layer: untimed calls first")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--data-dir", default=None, help="train: dataset root, as for train.py")
     parser.add_argument("--batch-size", type=int, default=128, help="train: batch size")
@@ -75,12 +76,12 @@ def main(argv=None) -> int:
     report = path.with_suffix(".txt")
     refusal = refuse_to_replace((path, report), args.overwrite, "--csv to write elsewhere")
     if refusal:
-        parser.exit(2, f"bench.py: error: {refusal}\n")
+        parser.exit(EXIT_BAD_INPUT, f"bench.py: error: {refusal}\n")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     try:
         device = resolve_device(args.device)
     except ConfigError as error:
-        parser.exit(2, f"bench.py: error: {error}\n")
+        parser.exit(EXIT_BAD_INPUT, f"bench.py: error: {error}\n")
     printed = io.StringIO()
     with contextlib.redirect_stdout(Tee(sys.stdout, printed)):
         print(machine_line(device))
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
             )
             rows = bench_expert_parallel(args)
         else:
-            rows = bench_layer(args) if args.what == "layer" else bench_train(args)
+            rows = bench_layer(args, device) if args.what == "layer" else bench_train(args, device)
         print(f"\nwrote {path} and {report.name}")
     # Written only once the run is over, each atomically: a failed run leaves the previous files intact.
     path.parent.mkdir(parents=True, exist_ok=True)

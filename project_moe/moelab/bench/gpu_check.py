@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ..paths import PROJECT_DIR
+from ..paths import PROJECT_DIR, REPO_ROOT
+from ..training.exits import EXIT_BAD_INPUT
 
 
 def default_out() -> Path:
@@ -41,7 +42,7 @@ def steps(out: Path) -> list[tuple[str, list[str], int]]:
     bench_train = [python, "bench.py", "train", "--device", "cuda", "--rounds", "3", "--steps", "100",
                    "--modes", "eager", "amp", "compile"]
     return [
-        ("cuda_tests", [python, "-m", "pytest", "-q", "-m", "cuda", str(PROJECT_DIR.parent / "tests")], 150),
+        ("cuda_tests", [python, "-m", "pytest", "-q", "-m", "cuda", str(REPO_ROOT / "tests")], 150),
         ("bench_layer", [python, "bench.py", "layer", "--device", "cuda", "--csv", str(out / "bench_layer.csv")], 45),
         ("bench_train_b128", bench_train + ["--batch-size", "128", "--csv", str(out / "bench_train_b128.csv")], 110),
         ("bench_train_b1024", bench_train + ["--batch-size", "1024", "--csv", str(out / "bench_train_b1024.csv")], 110),
@@ -57,11 +58,11 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("error: gpu_check.py needs a CUDA device and this machine has none; run it on a GPU machine",
               file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     out = (args.out or default_out()).resolve()
     if out.exists() and any(out.iterdir()):
         print(f"error: {out} is not empty; pass --out to write elsewhere", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     out.mkdir(parents=True, exist_ok=True)
     record = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "steps": []}
     for name, command, allowed in steps(out):

@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from ..layers.experts import MLPExperts, mlp
 from ..layers.moe import MoE
 from ..layers.routers import build_router
-from ..training.device import resolve_device
 from .timing import LayerConfig, Timer, interleaved_times, ratio_with_spread
 
 
@@ -60,8 +59,7 @@ def layer_step(module: nn.Module, x: Tensor, train: bool):
     return run_train
 
 
-def bench_layer(args) -> list[dict]:
-    device = resolve_device(args.device)
+def bench_layer(args, device: torch.device) -> list[dict]:
     timer = Timer(device)
     rows = []
     for spec in args.config:

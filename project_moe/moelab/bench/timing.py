@@ -104,7 +104,6 @@ def minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -118,7 +117,7 @@ def cpu_name() -> str:
 def machine_line(device: torch.device) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {os.cpu_count()} cores"
     return (f"{time.strftime('%Y-%m-%d')}  {name}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
-            f"device {device}")
+            f"device {device.type}")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -146,4 +145,3 @@ class Tee:
 
     def __getattr__(self, name: str):
         return getattr(self.streams[0], name)   # isatty, encoding, ...: those of the console
-

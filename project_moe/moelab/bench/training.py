@@ -16,7 +16,6 @@ from ..models.builder import build_model
 from ..study.grids import CIFAR, split_convergence_label
 from ..study.grids import runs as grid_runs
 from ..training.config import Config
-from ..training.device import resolve_device
 from ..training.step import aux_coefficients, make_optimizer, train_step
 from .timing import (
     Timer,
@@ -52,9 +51,8 @@ def vit_convergence_variants(depth: int) -> dict[str, dict]:
             for run in runs}
 
 
-def bench_train(args) -> list[dict]:
+def bench_train(args, device: torch.device) -> list[dict]:
 
-    device = resolve_device(args.device)
     data_dir = data.resolve_data_dir(args.data_dir)
     if args.family == "vit":
         dataset = data.load_dataset(CIFAR.format(data_dir=data_dir), data_dir, seed=0)
@@ -78,7 +76,7 @@ def bench_train(args) -> list[dict]:
         for layer in model.modules():
             if isinstance(layer, MoE):
                 layer.fused_routing = fused_routing
-        # As in train.py: the losses outside the objective are computed on logging steps only.
+        # As in the trainer (Trainer._choose_losses): the losses outside the objective are computed on logging steps only.
         set_loss_names(model, tuple(aux_coefficients(cfg)))
         precision, coefs = Precision(mode == "amp", device), aux_coefficients(cfg)
         initial = {k: v.clone() for k, v in model.state_dict().items()}

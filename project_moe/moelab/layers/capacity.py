@@ -29,7 +29,6 @@ class CapacityAndBias:
         index = (scores + self.selection_bias).topk(k, dim=-1).indices            # (N, k)
         return values.gather(1, index), index
 
-
     def _token_choice(self, logits: Tensor, probs: Tensor, top_index: Tensor, top_gate: Tensor,
                       load: Tensor | None = None) -> Routing:
         """The record of a (N, k) token choice, after the capacity of each expert (if any)."""
@@ -44,7 +43,6 @@ class CapacityAndBias:
         return self._record(logits, probs, weights, sample_index[kept], expert_index[kept], gate[kept],
                             load=load, chosen=chosen)
 
-
     def _within_capacity(self, top_index: Tensor, probs: Tensor) -> Tensor:
         """(n, k) bool: the assignments that fit their expert's capacity over the whole batch."""
         priority = probs.detach().gather(1, top_index)                                # (n, k)
@@ -56,7 +54,6 @@ class CapacityAndBias:
             return keep
         offset = self.batch.row_span(top_index.shape[0])[0]
         return keep[offset:offset + top_index.shape[0]]
-
 
 
 def capacity_keep(top_index: Tensor, priority: Tensor, num_experts: int, capacity_factor: float,
@@ -88,7 +85,6 @@ def capacity_keep(top_index: Tensor, priority: Tensor, num_experts: int, capacit
     return keep.view(k, n).t()                                                 # (N, k)
 
 
-
 def token_choice_assignments(top_index: Tensor, top_gate: Tensor, num_experts: int):
     """Flatten a (N, k) choice into assignments and a dense (N, E) weight matrix.
 
@@ -104,7 +100,6 @@ def token_choice_assignments(top_index: Tensor, top_gate: Tensor, num_experts: i
     return weights, sample_index, expert_index, gate
 
 
-
 def selection_bias(layer: nn.Module) -> list[float]:
     """Each expert's loss-free balancing bias in a router, or in an MoE layer's router (NaN where
     there is none), for the logs."""
@@ -114,10 +109,8 @@ def selection_bias(layer: nn.Module) -> list[float]:
     return [float("nan")] * (router.num_experts if isinstance(router, CapacityAndBias) else len(layer.experts))
 
 
-
 def update_selection_bias(router: nn.Module, chosen: Tensor) -> None:
     """Loss-free balancing (Wang et al. 2024): after a step, b_e += u * sign(mean load - load_e),
     with load_e the assignments the router chose for expert e in the step's (whole) batch."""
     load = chosen.to(router.selection_bias.dtype)                              # (E,)
     router.selection_bias += router.bias_rate * torch.sign(load.mean() - load)
-

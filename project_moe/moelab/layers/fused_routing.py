@@ -12,7 +12,7 @@ batches that fixed cost, not the arithmetic, sets the speed. Here the layer is t
     experts        x_sorted -> out_sorted (experts.py, already one node)
     Top1Combine    y(order[m]) = g_sorted(m) out_sorted(m)
 
-with hand-written backwards (the maths below). The plain layer (moe_model.MoE._sparse) stays
+with hand-written backwards (the maths below). The plain layer (layers/moe.py MoE._sparse) stays
 the reference: it is what ``torch.func`` differentiates and what the tests compare these
 nodes with.
 

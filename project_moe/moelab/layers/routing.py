@@ -16,7 +16,6 @@ HARD_GRAD_CHOICES = ("switch", "ste")
 SCORE_CHOICES = ("linear", "cosine", "attention")
 
 
-
 @dataclass
 class Routing:
     """What a router decided for one batch.

@@ -55,7 +55,6 @@ class ExpertScores(nn.Module):
         with float32_region(x.device.type):
             return self._float32_logits(x)
 
-
     def _float32_logits(self, x: Tensor) -> Tensor:
         if self.score == "attention":
             return self.attention_votes(x.float())
@@ -66,7 +65,6 @@ class ExpertScores(nn.Module):
         centroids = F.normalize(self.centroids.float(), dim=-1)                  # (E, m, dim)
         similarity = torch.einsum("nd,emd->nem", tokens, centroids)              # (N, E, m)
         return similarity.amax(dim=-1) * self.log_inv_temperature.clamp(max=math.log(100.0)).exp()
-
 
     def attention_votes(self, x: Tensor) -> Tensor:
         """(B*T, d) tokens of B images -> (B*T, E): s_e(t) = sum_s softmax_t(Q(s) K_e(t) / sqrt(r))."""
@@ -79,10 +77,8 @@ class ExpertScores(nn.Module):
         attention = (torch.einsum("bsr,bert->best", query, keys) * scale).softmax(dim=-1)   # (B, E, S, T) over t
         return attention.sum(dim=2).transpose(1, 2).reshape(x.shape[0], self.num_experts)   # (B*T, E)
 
-
     def centroid_overlap(self) -> Tensor:
         """Mean squared cosine between distinct centroids (0 for a router without centroids)."""
         if self.score != "cosine":
             return self.proj.weight.new_zeros(())
         return aux_losses.centroid_overlap_loss(self.centroids.flatten(0, 1))
-

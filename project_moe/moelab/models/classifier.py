@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.experts import MLPExperts, ModuleExperts, mlp
@@ -145,7 +144,3 @@ def build_dense_matched(spec: ModelSpec, in_shape, num_classes: int, target_para
 def classifier_logits(output) -> Tensor:
     """Logits of any model kind (MoE models return a record, dense nets a tensor)."""
     return output if isinstance(output, Tensor) else output.logits
-
-
-def cross_entropy(output, target: Tensor) -> Tensor:
-    return F.cross_entropy(classifier_logits(output), target)

@@ -14,7 +14,6 @@ COMBINE_CHOICES = ("logits", "probs")
 DENSE_MATCH_CHOICES = ("params", "active")
 
 
-
 @dataclass
 class ModelSpec:
     """Everything that decides the architecture (a subset of the run config)."""
@@ -25,8 +24,8 @@ class ModelSpec:
     gating: str = "hard"
     top_k: int = 2
     capacity_factor: float = 1.0
-    drop_policy: str = "dropless"    # token choice: dropless | position | priority (routers.py)
-    bias_balance_rate: float = 0.0   # token choice: loss-free balancing step (routers.py)
+    drop_policy: str = "dropless"    # token choice: dropless | position | priority (capacity.py)
+    bias_balance_rate: float = 0.0   # token choice: loss-free balancing step (capacity.py)
     hard_grad: str = "switch"
     tau: float = 1.0
     router_score: str = "linear"

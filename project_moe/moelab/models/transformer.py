@@ -55,7 +55,6 @@ class Block(nn.Module):
         return x + out.logits.view(batch, tokens, dim), out.routing
 
 
-
 def moe_slot(spec: ModelSpec, dim: int, tokens: int) -> nn.Module:
     """The MoE layer of a block: E expert MLPs d -> expert_hidden -> d over the (N, d) token matrix,
     routed token by token (or Soft MoE over slots), with the spec's shared experts."""

@@ -244,8 +244,6 @@ def grid_vit_routers(grid: str, epochs: int) -> list[RunSpec]:
 CONVERGENCE_TARGETS = {"cifar10-jpeg": 0.60, "fashion-mnist": 0.88}
 
 
-
-
 def split_convergence_label(label: str) -> tuple[int, str]:
     """A convergence-grid label as (blocks, model): "d6-moe-top2" -> (6, "moe-top2")."""
     depth, model = label.split("-", 1)

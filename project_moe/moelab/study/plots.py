@@ -377,7 +377,6 @@ def balancing_over_time(metrics: pd.DataFrame, grid: str = "balancing", ax=None)
     return fig
 
 
-
 def convergence(metrics: pd.DataFrame, grid: str | tuple[str, ...], dataset: str,
                 height: float = 3.0) -> plt.Figure:
     """Validation accuracy against epochs (left) and against training wall seconds (right),

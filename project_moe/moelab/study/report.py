@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     if shutil.which("pdflatex") is None:
         print("error: pdflatex not found; install TeX Live (Debian: apt-get install texlive-latex-base "
               "texlive-latex-recommended texlive-fonts-recommended) or run with --no-pdf", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     for _ in range(2):  # twice, for references
         proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"], cwd=REPORT,
                               capture_output=True, text=True)

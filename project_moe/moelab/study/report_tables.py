@@ -1,5 +1,5 @@
 """The report's tables and the numbers its text quotes, as LaTeX, from the aggregated results
-(pure functions of DataFrames; report.py reads the results and writes the files)."""
+(functions of DataFrames that write nothing; report.py reads the results and writes the files)."""
 from __future__ import annotations
 
 import math
@@ -177,7 +177,7 @@ def convergence_rows(summary: pd.DataFrame, metrics: pd.DataFrame,
                      step_time: dict[tuple[int, str], float] | None = None) -> list[dict]:
     """Per configuration of the ViT convergence grids: its summary row, the target validation
     accuracy, the epochs and training minutes each seed took to first reach it
-    (sweep.CONVERGENCE_TARGETS; NaN for a seed that never did), and its training step's time over
+    (grids.CONVERGENCE_TARGETS; NaN for a seed that never did), and its training step's time over
     the dense ViT of equal FLOPs from ``step_time`` ((depth, model) -> ratio, CIFAR-10; NaN where
     not measured). The grids' runs may span machines; that ratio, measured in one benchmark run,
     turns epochs into comparable time."""
@@ -330,7 +330,7 @@ def unpicked_share(samples: pd.DataFrame) -> pd.Series:
 
 def vit_router_sizes() -> str:
     """\\attnrouterparams and \\vitexpertparams: parameters of the attention router of one MoE
-    block of the study's ViT (sweep.VIT) and of one of its experts."""
+    block of the study's ViT (grids.VIT) and of one of its experts."""
 
     spec = Config(**dict(VIT, router_score="attention", vit_patch=7)).model_spec()
     layer = build_model(spec, (1, 28, 28), 10).blocks[1].ffn

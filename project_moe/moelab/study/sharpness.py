@@ -57,7 +57,7 @@ from ..layers.experts import use_reference_experts
 from ..models.builder import build_model
 from ..models.classifier import classifier_logits, count_params
 from ..paths import PROJECT_DIR
-from ..training.config import Config, ConfigError
+from ..training.config import DEVICE_CHOICES, Config, ConfigError
 from ..training.device import resolve_device
 from ..training.exits import EXIT_BAD_INPUT
 from ..training.run_files import RunFileError, atomic_write_bytes, load_checkpoint, read_config, refuse_to_replace
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="seed of the power-iteration start and the probes (%(default)s)")
     add("--data-dir", default=None,
         help="dataset root (default: the run's --data-dir, else $MOE_DATA_DIR, else data/ at the repo root)")
-    add("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto picks cuda when available")
+    add("--device", default="auto", choices=DEVICE_CHOICES, help="auto picks cuda when available")
     add("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     add("--out", type=Path, default=DEFAULT_OUT,
         help="directory of sharpness.csv and sharpness_curves.csv (default: results/sharpness in project_moe/)")

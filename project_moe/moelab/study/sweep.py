@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import PROJECT_DIR
+from ..paths import IN_CHECKOUT, PACKAGE_DIR, PROJECT_DIR
+from ..training.config import DEVICE_CHOICES
 from ..training.exits import EXIT_BAD_INPUT
 from ..training.run_files import RunFileError, read_json
 from . import logs
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
                         help=f"seeds per configuration (default: {len(SEEDS)}, with --quick 2)")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results directory")
     parser.add_argument("--data-dir", default=None, help="dataset root passed to train.py")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
     parser.add_argument("--aggregate", action="store_true", help="only write results/summary.csv")
     parser.add_argument("--list", action="store_true", help="print the runs and exit")
@@ -158,6 +159,11 @@ def main(argv=None) -> int:
         if args.list:
             print("\n".join(f"{r.grid}/{r.name}: {' '.join(r.argv(args.data_dir))}" for r in runs))
             return 0
+        if not IN_CHECKOUT:
+            print(f"error: the sweep runs train.py of a checkout, and this copy of moelab ({PACKAGE_DIR}) is installed "
+                  "without one; "
+                  "run sweep.py from project_moe/ of the repository", file=sys.stderr)
+            return EXIT_BAD_INPUT
         outcomes = run_all(runs, args.results, args.data_dir, args.device, args.threads)
     else:
         outcomes = []

@@ -2,12 +2,11 @@
 weights of the best and of the last epoch, and what --resume reads back before anything is written."""
 from __future__ import annotations
 
-import pickle
 import sys
 
 from .. import distributed
 from . import rng_state
-from .exits import EXIT_BAD_INPUT
+from .exits import EXIT_BAD_INPUT, first_line
 from .run_files import RunFileError, load_checkpoint, save_checkpoint
 from .run_logs import check_logs
 
@@ -65,9 +64,8 @@ class Checkpointing:
             return EXIT_BAD_INPUT
         except distributed.RefusedElsewhere:
             return EXIT_BAD_INPUT      # rank 0 said why
-        except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            print(f"error: --resume: {path} does not fit this run ({first_line}); "
+        except (RuntimeError, KeyError, ValueError) as error:
+            print(f"error: --resume: {path} does not fit this run ({first_line(error)}); "
                   "resume with the settings it was trained with, or start a new --run-name", file=sys.stderr)
             return EXIT_BAD_INPUT
         return None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..paths import REPO_ROOT
 from .config import build_parser
+from .exits import EXIT_BAD_INPUT
 
 BEGIN = "<!-- BEGIN GENERATED: python -m moelab.training.cli_reference -->"
 END = "<!-- END GENERATED -->"
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         wanted = render(current)
     except ValueError as error:
         print(f"{args.page}: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if args.check:
         if current != wanted:
             print(f"{args.page} is out of date with train.py's flags; run: {REGENERATE}", file=sys.stderr)

@@ -35,8 +35,6 @@ RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir",
 BAD_INPUT = (ConfigError, data.DataError, distributed.ParallelismError, RunFileError)
 
 
-
-
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)

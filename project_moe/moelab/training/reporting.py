@@ -10,7 +10,7 @@ import numpy as np
 from .. import distributed, stats
 from ..layers.aux_losses import AUX_NAMES
 from .evaluation import PATCH_COLUMNS, SAMPLES_COLUMNS, SplitResult, patch_routing, sample_routing
-from .exits import EXIT_DIVERGED, EXIT_PEER_FAILED
+from .exits import EXIT_DIVERGED, EXIT_PEER_FAILED, first_line
 from .run_files import atomic_write_bytes, write_json
 
 ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees
@@ -97,14 +97,8 @@ class Reporting:
 
     def peer_failed(self, error: RuntimeError) -> int:
         """Every rank says it: the one that failed may not have."""
-        self.write_summary("failed", extra={"error": _first_line(error)})
-        print(f"error: rank {self.cluster.rank}: the other processes stopped answering ({_first_line(error)}); "
+        self.write_summary("failed", extra={"error": first_line(error)})
+        print(f"error: rank {self.cluster.rank}: the other processes stopped answering ({first_line(error)}); "
               f"the last checkpoint is {self.run_dir / 'checkpoint.pt'}: add --resume to the command to continue",
               file=sys.stderr)
         return EXIT_PEER_FAILED
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-

@@ -22,19 +22,20 @@ LOG_COLUMNS = {"metrics.csv": METRICS_COLUMNS, "experts.csv": EXPERTS_COLUMNS, "
 def check_logs(run_dir: Path, step: int, layers: bool) -> None:
     """Refuse (RunFileError) a missing or damaged log of a run to resume from ``step``, before
     RunLogs and keep_through_step write to any of them."""
-    for name, columns in LOG_COLUMNS.items():
-        if name != "layers.csv" or layers:
-            read_log(Path(run_dir) / name, columns, step)
+    for name, columns in logs_of_run(layers).items():
+        read_log(Path(run_dir) / name, columns, step)
+
+
+def logs_of_run(layers: bool) -> dict[str, list[str]]:
+    """The CSV logs of a run and their columns: layers.csv only for a ViT with MoE blocks."""
+    return {name: columns for name, columns in LOG_COLUMNS.items() if name != "layers.csv" or layers}
 
 
 class RunLogs:
     def __init__(self, run_dir: Path, writer: bool, layers: bool):
         self.run_dir, self.log = Path(run_dir), CSVLog if writer else NullLog
-        self.tables = {"metrics": self.log(self.run_dir / "metrics.csv", METRICS_COLUMNS),
-                       "experts": self.log(self.run_dir / "experts.csv", EXPERTS_COLUMNS),
-                       "routing": self.log(self.run_dir / "routing.csv", ROUTING_COLUMNS)}
-        if layers:
-            self.tables["layers"] = self.log(self.run_dir / "layers.csv", ["epoch", "step", "split", *LAYER_COLUMNS])
+        self.tables = {name.removesuffix(".csv"): self.log(self.run_dir / name, columns)
+                       for name, columns in logs_of_run(layers).items()}
 
     def keep_through_step(self, step: int) -> None:
         """Drop rows after ``step``: the work a resumed run will redo."""
