@@ -47,8 +47,7 @@ class Checkpointing:
 
     def load_best(self) -> None:
         """The weights of the best validation epoch, back into the model (for the test)."""
-        best = distributed.load_on_writer(self.cluster, self.run_dir / "best.pt", self.device, load_checkpoint,
-                                          (RunFileError,))
+        best = self._read_on_writer("best.pt")
         distributed.load_model_state(self.model, best["model"], self.cluster)
 
     def resume(self) -> int | None:
@@ -56,8 +55,7 @@ class Checkpointing:
         the exit code when the run cannot be resumed."""
         path = self.run_dir / "checkpoint.pt"
         try:
-            self.load_state(distributed.load_on_writer(self.cluster, path, self.device, load_checkpoint,
-                                                       (RunFileError,)))
+            self.load_state(self._read_on_writer("checkpoint.pt"))
             distributed.on_writer(self.cluster, self._check_files_to_resume, (RunFileError,))
         except RunFileError as error:
             print(f"error: {error}", file=sys.stderr)
@@ -69,6 +67,12 @@ class Checkpointing:
                   "resume with the settings it was trained with, or start a new --run-name", file=sys.stderr)
             return EXIT_BAD_INPUT
         return None
+
+    def _read_on_writer(self, name: str) -> dict:
+        """A checkpoint of the run directory, read by rank 0 and sent to every rank (RunFileError
+        on rank 0, RefusedElsewhere on the others, when it is damaged)."""
+        return distributed.load_on_writer(self.cluster, self.run_dir / name, self.device, load_checkpoint,
+                                          (RunFileError,))
 
     def _check_files_to_resume(self) -> None:
         """Rank 0, before any file of the run is written: the logs cut back to the checkpoint's
