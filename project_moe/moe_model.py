@@ -35,9 +35,10 @@ from moelab.models.builder import build_model
 from moelab.models.classifier import DenseClassifier, MoEClassifier, build_dense_matched, classifier_logits
 from moelab.models.cost import model_cost
 from moelab.models.spec import ModelSpec
+from moelab.models.text import ByteTransformer
 from moelab.models.vit import ViTClassifier
 
 __all__ = ["MLPExperts", "ModuleExperts", "mlp", "MoE", "MoEOutput", "Router", "SoftRouter", "HardRouter",
            "TopKRouter", "NoisyTopKRouter", "GumbelTopKRouter", "ExpertChoiceRouter", "build_router", "GATING_CHOICES",
            "Routing", "build_model", "DenseClassifier", "MoEClassifier", "build_dense_matched", "classifier_logits",
-           "model_cost", "ModelSpec", "ViTClassifier"]
+           "model_cost", "ModelSpec", "ViTClassifier", "ByteTransformer"]

@@ -45,9 +45,11 @@ def test_scripts_are_command_lines_over_the_package():
         assert len([node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]) == 0, name
 
 
-def test_the_shipped_mnist_copy_is_package_data():
+def test_the_shipped_mnist_copy_and_text_corpus_are_package_data():
     assets = sorted(p.name for p in (PACKAGE / "assets" / "mnist").iterdir())
     assert assets == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",
                       "train-labels-idx1-ubyte.gz"]
+    assert sorted(p.name for p in (PACKAGE / "assets" / "text").iterdir()) == ["LICENSE.txt",
+                                                                              "cpython-3.11.7-lib.tar.xz"]
     pyproject = (PACKAGE.parent.parent / "pyproject.toml").read_text()
-    assert 'moelab = ["assets/mnist/*.gz"]' in pyproject
+    assert 'moelab = ["assets/mnist/*.gz", "assets/text/*.tar.xz", "assets/text/LICENSE.txt"]' in pyproject

@@ -4,6 +4,7 @@
                              # over all experts, (c) a per-expert loop with boolean masks
     python bench.py train    # samples/s of one MNIST training epoch, MoE vs dense baselines
     python bench.py train --family vit --data-dir DIR   # the same for the CIFAR-10 ViTs of vit_convergence
+    python bench.py train --family lm   # the byte-level language models of the lm grid (batch 32 x 128 bytes)
     python bench.py ep       # the MoE layer on 1 and 2 processes (expert parallel): compute, all-to-all, bytes
 
 Machines are noisy, so absolute times mean little: candidates and references are interleaved
@@ -45,31 +46,33 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--data-dir", default=None, help="train: dataset root, as for train.py")
-    parser.add_argument("--batch-size", type=int, default=128, help="train: batch size")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="train: batch size (default 128; --family lm: 32 windows, as in the lm grid)")
     parser.add_argument("--steps", type=int, default=None,
                         help="train: time this many steps per round (default: one epoch)")
     parser.add_argument("--modes", nargs="+", default=["eager"], choices=("eager", "amp", "compile"),
                         help="train: also time the dense networks and the hard MoE under --amp and --compile")
     parser.add_argument("--family", default="mnist", choices=FAMILIES,
-                        help="train: the MNIST mixtures, or the CIFAR-10 ViTs of the convergence grid "
-                             "(vit; needs DIR/cifar10-jpeg)")
+                        help="train: the MNIST mixtures, the CIFAR-10 ViTs of the convergence grid "
+                             "(vit; needs DIR/cifar10-jpeg), or the language models of the lm grid (lm)")
     parser.add_argument("--vit-depth", type=int, default=6, help="train --family vit: blocks of the ViTs")
     parser.add_argument("--csv", type=Path, default=None,
                         help="where to write the table (default: bench_layer.csv or bench_train_b<batch>.csv "
                              "here); the printed report goes beside it as .txt")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing table")
     args = parser.parse_args(argv)
+    args.batch_size = args.batch_size or (32 if args.family == "lm" else 128)
     if args.what in ("layer", "ep"):
         for spec in args.config:
             parts = spec.split(":")
             if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 1 <= int(parts[1]) <= int(parts[0]):
                 parser.error(f"--config {spec!r}: expected E:K with 1 <= K <= E, e.g. 8:2")
-    if args.family == "vit" and (args.what != "train" or args.modes != ["eager"]):
-        parser.error("--family vit: only with train and --modes eager (amp and compile are timed on MNIST)")
+    if args.family != "mnist" and (args.what != "train" or args.modes != ["eager"]):
+        parser.error(f"--family {args.family}: only with train and --modes eager (amp and compile are timed on MNIST)")
     if args.what == "ep" and (1 not in args.processes or min(args.processes) < 1):
         parser.error("--processes: include 1 (the reference) and only positive counts, e.g. 1 2")
-    train_table = (f"bench_train_b{args.batch_size}.csv" if args.family == "mnist" else
-                   f"bench_vit_d{args.vit_depth}_b{args.batch_size}.csv")
+    train_table = {"mnist": f"bench_train_b{args.batch_size}.csv", "lm": f"bench_lm_b{args.batch_size}.csv",
+                   "vit": f"bench_vit_d{args.vit_depth}_b{args.batch_size}.csv"}[args.family]
     path = args.csv or Path({"layer": "bench_layer.csv", "ep": "bench_ep.csv"}.get(args.what, train_table))
     if path.suffix != ".csv":
         parser.error(f"--csv {path}: the table's name must end in .csv (the printed report goes beside it as .txt)")

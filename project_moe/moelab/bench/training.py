@@ -13,7 +13,7 @@ from ..layers.moe import MoE
 from ..layers.precision import Precision
 from ..layers.routers import set_loss_names
 from ..models.builder import build_model
-from ..study.grids import CIFAR, split_convergence_label
+from ..study.grids import CIFAR, LM_BASE, LM_VARIANTS, split_convergence_label
 from ..study.grids import runs as grid_runs
 from ..training.config import Config
 from ..training.step import aux_coefficients, make_optimizer, train_step
@@ -39,7 +39,7 @@ TRAIN_VARIANTS = {
 }
 MODE_VARIANTS = ("dense_active", "dense_params", "moe_hard")   # also timed under --modes amp / compile
 COMPILE_WARMUP_STEPS = 20
-FAMILIES = ("mnist", "vit")
+FAMILIES = ("mnist", "vit", "lm")
 
 
 def vit_convergence_variants(depth: int) -> dict[str, dict]:
@@ -51,21 +51,36 @@ def vit_convergence_variants(depth: int) -> dict[str, dict]:
             for run in runs}
 
 
+def lm_variants() -> dict[str, dict]:
+    """--family lm: the language models of the lm grid (their train.py flags, without the epochs),
+    named as the MNIST variants (dense_active, top2_e8, ...)."""
+    return {name.replace("-", "_"): {**LM_BASE, **flags} for name, flags in LM_VARIANTS.items()}
+
+
 def bench_train(args, device: torch.device) -> list[dict]:
 
     data_dir = data.resolve_data_dir(args.data_dir)
     if args.family == "vit":
         dataset = data.load_dataset(CIFAR.format(data_dir=data_dir), data_dir, seed=0)
         family = vit_convergence_variants(args.vit_depth)
+    elif args.family == "lm":
+        dataset = data.load_dataset(LM_BASE["dataset"], data_dir, seed=0, context=LM_BASE["context"],
+                                    val_fraction=LM_BASE["val_fraction"])
+        family = lm_variants()
     else:
         dataset, family = data.load_dataset("mnist", data_dir, seed=0), TRAIN_VARIANTS
     variants = {name: (overrides, "eager") for name, overrides in family.items()}
     variants.update({f"{name}+{mode}": (family[name], mode) for mode in args.modes if mode != "eager"
                      for name in MODE_VARIANTS})
     # Batches as in training (random crops and flips on CIFAR-10), drawn once: every model times the same ones.
-    loader = data.BatchLoader(dataset.train, args.batch_size, dataset.mean, dataset.std, shuffle=True,
-                              augment=dataset.augment and args.family == "vit", seed=0, device=device)
-    batches = list(loader.iter_epoch(0))[:args.steps or None]
+    if args.family == "lm":     # windows of the byte stream; the rows of a step are its B x T next bytes
+        loader = data.loader_for(dataset, dataset.train, args.batch_size, shuffle=True, seed=0, device=device,
+                                 steps=args.steps or 30)
+        batches = [(x, y.reshape(-1)) for x, y in loader.iter_epoch(0)]
+    else:
+        loader = data.BatchLoader(dataset.train, args.batch_size, dataset.mean, dataset.std, shuffle=True,
+                                  augment=dataset.augment and args.family == "vit", seed=0, device=device)
+        batches = list(loader.iter_epoch(0))[:args.steps or None]
     models, compile_s = {}, {}
     for name, (overrides, mode) in variants.items():
         overrides = dict(overrides)
@@ -118,8 +133,9 @@ def bench_train(args, device: torch.device) -> list[dict]:
     samples = sum(len(y) for _, y in batches)
     reference = statistics.median(seconds["dense_active"])
     rows = []
-    models_line = (f"E=8, MLP experts of hidden {Config().expert_hidden}" if args.family == "mnist" else
-                   f"the {args.vit_depth}-block ViTs of the convergence grid, E=8 in every second block")
+    models_line = {"mnist": f"E=8, MLP experts of hidden {Config().expert_hidden}",
+                   "vit": f"the {args.vit_depth}-block ViTs of the convergence grid, E=8 in every second block",
+                   "lm": "the byte-level language models of the lm grid (samples are predicted bytes)"}[args.family]
     print(f"\n{dataset.name} training ({samples} samples{'' if args.steps is None else f' = {len(batches)} steps'}, "
           f"batch {args.batch_size}, {models_line}), {args.rounds} "
           "interleaved rounds; +amp: bf16 autocast, +compile: torch.compile (compilation timed apart)")

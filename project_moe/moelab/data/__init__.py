@@ -14,12 +14,16 @@ from .images import (
 )
 from .loader import (
                      BatchLoader,
+                     StreamLoader,
                      apply_augment,
                      augment_batch,
                      derive_seed,
                      draw_augment_params,
+                     loader_for,
 )
+from .text import KINDS, Stream, TextDataset, is_language_dataset, is_text_dataset, load_text_dataset
 
 __all__ = ["DATASET_CHOICES", "MNIST_MD5", "DataError", "Dataset", "Split", "channel_stats", "check_dataset_spec",
            "load_dataset", "resolve_data_dir", "split_train_val", "BatchLoader", "apply_augment", "augment_batch",
-           "derive_seed", "draw_augment_params"]
+           "derive_seed", "draw_augment_params", "StreamLoader", "loader_for", "TextDataset", "Stream", "KINDS",
+           "is_text_dataset", "is_language_dataset", "load_text_dataset"]

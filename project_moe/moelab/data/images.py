@@ -11,6 +11,7 @@ Sources (see load_dataset):
   fashion-mnist  data_dir/FashionMNIST/raw/*-ubyte[.gz], else a torchvision download
   cifar10        data_dir/cifar-10-batches-py via torchvision
   folder:PATH    PATH/{train,test}/<class>/<image>, decoded once and cached
+  python-stdlib, text:PATH, csv-text:PATH   byte-level text (text.py)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 
 from ..paths import PACKAGE_DIR, REPO_ROOT
 
-DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "folder:PATH")
+DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "folder:PATH", "python-stdlib", "text:PATH", "csv-text:PATH")
 
 # Module-level so that tests can point them at tiny fixtures instead of the real 60k images.
 MNIST_ASSET_DIR = PACKAGE_DIR / "assets" / "mnist"
@@ -62,12 +63,12 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # (N, C, H, W) uint8
+    images: torch.Tensor  # (N, C, H, W) uint8, or (N, T) uint8 byte sequences (text classification)
     labels: torch.Tensor  # (N,) int64
 
     def __post_init__(self):
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"Split.images must be uint8 (N, C, H, W), "
+        if self.images.dtype != torch.uint8 or self.images.dim() not in (2, 4):
+            raise ValueError(f"Split.images must be uint8 (N, C, H, W) or (N, T), "
                              f"got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
             raise ValueError(f"Split.labels must be int64 of shape ({len(self.images)},), "
@@ -114,7 +115,14 @@ def cache_dir() -> pathlib.Path:
 
 def check_dataset_spec(name: str) -> None:
     """Fail fast on a bad --dataset value, before any loading; creates nothing."""
-    if name in DATASET_CHOICES[:3]:
+    if name in DATASET_CHOICES[:3] or name == "python-stdlib":
+        return
+    if name.startswith(("text:", "csv-text:")):
+        kind, _, path = name.partition(":")
+        if not path:
+            raise DataError(f"--dataset {kind}: needs a path, e.g. --dataset {kind}:/data/corpus")
+        if not pathlib.Path(path).expanduser().exists():
+            raise DataError(f"--dataset {name}: no such file or folder")
         return
     if not name.startswith("folder:"):
         raise DataError(f"unknown dataset {name!r}; --dataset must be one of {', '.join(DATASET_CHOICES)}")
@@ -460,9 +468,14 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
 # Putting a dataset together
 
 def load_dataset(name: str, data_dir: pathlib.Path, val_fraction: float = 0.1, seed: int = 0,
-                 download: bool = True, image_size: int | None = None) -> Dataset:
-    """Load train/test, carve a seeded validation split off train, compute train mean/std."""
+                 download: bool = True, image_size: int | None = None, context: int = 128):
+    """Load train/test, carve a seeded validation split off train, compute train mean/std.
+    Text datasets (text.py; ``context`` bytes per sequence) return a TextDataset for a language
+    model, a Dataset of byte sequences for classification."""
     check_dataset_spec(name)
+    if name == "python-stdlib" or name.startswith(("text:", "csv-text:")):
+        from .text import load_text_dataset  # text.py builds on this module's Split and Dataset
+        return load_text_dataset(name, context, val_fraction, seed)
     if not 0 <= val_fraction < 1:
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if image_size is not None and image_size < 1:

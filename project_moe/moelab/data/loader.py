@@ -61,10 +61,12 @@ class BatchLoader:
         self.device = torch.device(device)
         self.images = split.images.to(self.device)  # (N, C, H, W) uint8, copied once
         self.labels = split.labels.to(self.device)
-        c = self.images.shape[1]
-        mean_t = torch.as_tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
-        std_t = torch.as_tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
-        self.scale, self.shift = 1 / (255 * std_t), mean_t / std_t  # (x/255 - mean)/std as one fma
+        self.tokens = self.images.dim() == 2          # byte sequences: no normalisation, int64 out
+        if not self.tokens:
+            c = self.images.shape[1]
+            mean_t = torch.as_tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+            std_t = torch.as_tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+            self.scale, self.shift = 1 / (255 * std_t), mean_t / std_t  # (x/255 - mean)/std as one fma
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.seed, self.drop_last = seed, drop_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -75,13 +77,17 @@ class BatchLoader:
 
     def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (x float32 (B, C, H, W), y int64 (B,)) on the device, from batch start_step on
-        (x in channels-last memory layout if the loader was made with ``channels_last``)."""
+        (x in channels-last memory layout if the loader was made with ``channels_last``); for
+        byte sequences x is int64 (B, T)."""
         if not 0 <= start_step <= len(self):
             raise ValueError(f"start_step must be in [0, {len(self)}], got {start_step}")
         order = self._order(epoch)
         for step in range(start_step, len(self)):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
             x = self.images[idx]
+            if self.tokens:
+                yield x.long(), self.labels[idx]
+                continue
             if self.augment:
                 x = augment_batch(x, torch.Generator().manual_seed(derive_seed("augment", self.seed, epoch, step)))
             yield (x.float() * self.scale - self.shift).contiguous(memory_format=self.memory_format), self.labels[idx]
@@ -93,3 +99,60 @@ class BatchLoader:
         # Drawn on a CPU generator so the order does not depend on the device type.
         g = torch.Generator().manual_seed(derive_seed("shuffle", self.seed, epoch))
         return torch.randperm(n, generator=g).to(self.device)
+
+
+class StreamLoader:
+    """Windows of a byte stream for a language model: x (B, T) int64 and its next bytes y (B, T).
+
+    Training (``shuffle``): ``steps`` batches per epoch of windows starting at random offsets,
+    drawn from (seed, epoch, step) only, so that a resumed run sees the same windows. Evaluation:
+    the stream cut into consecutive windows in order (the first bytes of each window are
+    predicted from a short context, as in any windowed evaluation), each with the kinds of its
+    input bytes, (B, T) int64: batches are (x, y, kinds).
+    """
+
+    def __init__(self, stream, batch_size: int, context: int, *, shuffle: bool, seed: int, steps: int = 0,
+                 device: torch.device | str = "cpu"):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.tokens = stream.tokens.to(self.device)             # (n,) uint8
+        self.kinds = stream.kinds.to(self.device)               # (n,) uint8
+        self.batch_size, self.context, self.shuffle, self.seed = batch_size, context, shuffle, seed
+        self.windows = (len(self.tokens) - 1) // context        # evaluation: consecutive windows
+        # Training: one epoch is ``steps`` batches, or by default as many as cover the stream once.
+        self.steps = steps or max(1, (len(self.tokens) - 1) // (batch_size * context))
+        self.offsets = torch.arange(context + 1, device=self.device)   # (T + 1,)
+
+    def __len__(self) -> int:
+        return self.steps if self.shuffle else math.ceil(self.windows / self.batch_size)
+
+    def iter_epoch(self, epoch: int, start_step: int = 0):
+        if not 0 <= start_step <= len(self):
+            raise ValueError(f"start_step must be in [0, {len(self)}], got {start_step}")
+        last_start = len(self.tokens) - self.context - 1
+        for step in range(start_step, len(self)):
+            if self.shuffle:
+                g = torch.Generator().manual_seed(derive_seed("windows", self.seed, epoch, step))
+                starts = torch.randint(0, last_start + 1, (self.batch_size,), generator=g).to(self.device)
+            else:
+                first = step * self.batch_size
+                starts = torch.arange(first, min(first + self.batch_size, self.windows), device=self.device) \
+                    * self.context
+            window = self.tokens[starts[:, None] + self.offsets].long()           # (B, T + 1)
+            x, y = window[:, :-1], window[:, 1:]
+            if self.shuffle:
+                yield x, y
+            else:
+                yield x, y, self.kinds[starts[:, None] + self.offsets[:-1]].long()
+
+
+def loader_for(dataset, split, batch_size: int, *, shuffle: bool, seed: int, device, steps: int = 0,
+               channels_last: bool = False):
+    """The loader of one split of any dataset: a StreamLoader for a language model's byte
+    stream, a BatchLoader (images or byte sequences) otherwise."""
+    if hasattr(split, "kinds"):
+        return StreamLoader(split, batch_size, dataset.context, shuffle=shuffle, seed=seed, steps=steps,
+                            device=device)
+    return BatchLoader(split, batch_size, dataset.mean, dataset.std, shuffle=shuffle, augment=shuffle and
+                       dataset.augment, seed=seed, device=device, channels_last=channels_last)

@@ -10,12 +10,16 @@ from torch import nn
 from .classifier import MoEClassifier, build_dense_matched, moe_param_counts
 from .cost import model_cost
 from .spec import ModelSpec
+from .text import ByteTransformer, text_cost
 from .vit import ViTClassifier, vit_cost
 
 
-def build_model(spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def build_model(spec: ModelSpec, in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """``in_shape``: (C, H, W) of an image, or (T,) of a byte sequence for --arch gpt."""
     if spec.arch == "vit":
         return ViTClassifier(spec, in_shape, num_classes)
+    if spec.arch == "gpt":
+        return ByteTransformer(spec, in_shape[0], num_classes, spec.causal)
     moe = MoEClassifier(spec, in_shape, num_classes)
     if spec.model == "moe":
         return moe
@@ -26,13 +30,13 @@ def build_model(spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: in
 
 def cost_report(model, spec: ModelSpec, in_shape, num_classes: int) -> dict:
     """Parameters and FLOPs of this model and of the models it is compared with."""
-    if spec.arch == "vit":
+    if spec.arch in ("vit", "gpt"):
+        cost = (lambda m: vit_cost(m, in_shape)) if spec.arch == "vit" else text_cost
         variants = {"moe": dataclasses.replace(spec, model="moe"),
                     "dense_params": dataclasses.replace(spec, model="dense", dense_match="params"),
                     "dense_active": dataclasses.replace(spec, model="dense", dense_match="active")}
-        return {"this": vit_cost(model, in_shape),
-                **{name: vit_cost(build_model(variant, in_shape, num_classes), in_shape)
-                   for name, variant in variants.items()}}
+        return {"this": cost(model),
+                **{name: cost(build_model(variant, in_shape, num_classes)) for name, variant in variants.items()}}
     moe = model if isinstance(model, MoEClassifier) else MoEClassifier(dataclasses.replace(spec, model="moe"),
                                                                       in_shape, num_classes)
     counts = moe_param_counts(moe)

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..layers.routers import build_router
 
-ARCH_CHOICES = ("mixture", "vit")
+ARCH_CHOICES = ("mixture", "vit", "gpt")
 EXPERT_TYPES = ("mlp", "cnn")
 COMBINE_CHOICES = ("logits", "probs")
 DENSE_MATCH_CHOICES = ("params", "active")
@@ -19,7 +19,7 @@ class ModelSpec:
     """Everything that decides the architecture (a subset of the run config)."""
 
     model: str = "moe"               # moe | dense
-    arch: str = "mixture"            # mixture of expert classifiers | vit (MoE blocks routing tokens)
+    arch: str = "mixture"            # mixture of expert classifiers | vit | gpt (MoE blocks routing tokens)
     experts: int = 8
     gating: str = "hard"
     top_k: int = 2
@@ -49,6 +49,7 @@ class ModelSpec:
     vit_depth: int = 4
     vit_heads: int = 3
     moe_every: int = 2
+    causal: bool = False             # gpt: a causal language model (text: data), not a text classifier
 
 
 def spec_router(spec: ModelSpec, in_features: int, tokens: int = 1) -> nn.Module:

@@ -279,6 +279,30 @@ class Grid:
 
 # The one place where the grids are named, in the order a full sweep runs them: cheapest first,
 # so that an interrupted sweep has the most configurations complete.
+# The byte-level language model of the lm grid (docs/text.md): width 128, 4 blocks, MoE in
+# blocks 2 and 4, 32 windows of 128 bytes a step, every MoE of active width 512 (4 x d).
+LM_BASE = dict(arch="gpt", dataset="python-stdlib", vit_dim=128, vit_heads=4, vit_depth=4, moe_every=2, context=128,
+               batch_size=32, lr=2e-3, lr_schedule="onecycle", warmup_fraction=0.05, val_fraction=0.025,
+               steps_per_epoch=250, balance_coef=0.01)
+LM_VARIANTS = {
+    "dense-active": dict(model="dense", dense_match="active", gating="topk", top_k=2, expert_hidden=256),
+    "dense-params": dict(model="dense", dense_match="params", gating="topk", top_k=2, expert_hidden=256),
+    "top2-e8": dict(gating="topk", top_k=2, expert_hidden=256),
+    "top1-e8": dict(gating="hard", expert_hidden=512),
+    # Fine-grained (DeepSeekMoE): each expert of E = 8 cut in four, four times as many chosen.
+    "top8-e32": dict(gating="topk", top_k=8, experts=32, expert_hidden=64),
+    "top4-e32": dict(gating="topk", top_k=4, experts=32, expert_hidden=128),
+    "shared-top1-e8": dict(gating="hard", expert_hidden=256, shared_experts=1),
+    "lossfree-top2-e8": dict(gating="topk", top_k=2, expert_hidden=256, balance_coef=0.0, bias_balance_rate=1e-3),
+}
+
+
+def grid_lm(grid: str, epochs: int) -> list[RunSpec]:
+    base = {k: v for k, v in LM_BASE.items() if k != "dataset"}
+    return [RunSpec(grid, f"lm-{name}", {**base, **flags, "epochs": epochs}, dataset=LM_BASE["dataset"])
+            for name, flags in LM_VARIANTS.items()]
+
+
 GRIDS: dict[str, Grid] = {
     "moe_vs_dense": Grid(grid_moe_vs_dense, 5),
     "gating": Grid(grid_gating, 5),
@@ -298,6 +322,7 @@ GRIDS: dict[str, Grid] = {
     "cifar_heads": Grid(grid_cifar_heads, CIFAR_RECIPE_EPOCHS, keep_weights=True),
     "vit_convergence": Grid(grid_vit_convergence, 15, convergence=True),
     "vit_convergence_deep": Grid(grid_vit_convergence, 15, dict(depth=12), convergence=True),
+    "lm": Grid(grid_lm, 8),
 }
 KEEP_WEIGHTS = {name for name, grid in GRIDS.items() if grid.keep_weights}
 CONVERGENCE_GRIDS = tuple(name for name, grid in GRIDS.items() if grid.convergence)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.text import is_language_dataset, is_text_dataset
 from ..layers.experts import DISPATCH_CHOICES
 from ..layers.routing import (
     DROP_POLICIES,
@@ -28,6 +29,7 @@ from ..models.spec import (
     EXPERT_TYPES,
     ModelSpec,
 )
+from ..models.text import LM_REFUSED
 from ..models.trunks import TRUNK_CHOICES
 
 MODEL_CHOICES = ("moe", "dense")
@@ -49,15 +51,23 @@ def _opt(default, help: str, choices=None, type=None):
 class Config:
     # data
     dataset: str = _opt("mnist", "mnist | fashion-mnist | cifar10 | folder:PATH (PATH/train and PATH/test "
-                                 "ImageFolder trees)")
+                                 "ImageFolder trees) | python-stdlib (embedded CPython sources) | text:PATH "
+                                 "(UTF-8 file or folder): a language model | csv-text:PATH (AG News or IMDB "
+                                 "layout): text classification; text needs --arch gpt")
     data_dir: str | None = _opt(None, "dataset root (default: $MOE_DATA_DIR, else data/ at the repo root)", type=str)
     val_fraction: float = _opt(0.1, "fraction of the training set held out for validation (model selection)")
     image_size: int | None = _opt(None, "resize folder: images to SIZE x SIZE (needed when sizes differ)", type=int)
+    context: int = _opt(128, "text: bytes per sequence (language model: its context; classification: texts "
+                             "truncated or padded to it)")
+    steps_per_epoch: int = _opt(0, "language model: training steps (batches of random windows) per epoch, "
+                                   "each epoch ending with a validation pass (0 = as many as cover the training "
+                                   "bytes once)")
     # model
     model: str = _opt("moe", "moe, or the dense baseline of matched size", MODEL_CHOICES)
     arch: str = _opt("mixture", "mixture: the classifier is a mixture of expert classifiers (after an optional "
                                 "trunk); vit: a small Vision Transformer whose every --moe-every-th MLP block is "
-                                "an MoE layer routing patch tokens", ARCH_CHOICES)
+                                "an MoE layer routing patch tokens; gpt: the same blocks over bytes (text "
+                                "datasets), causal for a language model", ARCH_CHOICES)
     experts: int = _opt(8, "number of experts E")
     gating: str = _opt("hard", "router; soft-slots: Soft MoE (ViT), experts process soft mixtures of an image's "
                                "tokens", GATING_CHOICES + SLOT_GATINGS)
@@ -103,10 +113,10 @@ class Config:
                                         "(padded), or padded while experts get few rows (auto); the same "
                                         "results up to float rounding", DISPATCH_CHOICES)
     vit_patch: int = _opt(4, "vit: patch size in pixels (must divide the image size)")
-    vit_dim: int = _opt(96, "vit: token width d")
-    vit_depth: int = _opt(4, "vit: transformer blocks")
-    vit_heads: int = _opt(3, "vit: attention heads (must divide --vit-dim)")
-    moe_every: int = _opt(2, "vit: every N-th block (N, 2N, ...) has an MoE layer instead of its MLP")
+    vit_dim: int = _opt(96, "vit, gpt: token width d")
+    vit_depth: int = _opt(4, "vit, gpt: transformer blocks")
+    vit_heads: int = _opt(3, "vit, gpt: attention heads (must divide --vit-dim)")
+    moe_every: int = _opt(2, "vit, gpt: every N-th block (N, 2N, ...) has an MoE layer instead of its MLP")
     dense_match: str = _opt("params", "--model dense: match the MoE's total parameters or its active "
                                       "parameters per sample", DENSE_MATCH_CHOICES)
     # auxiliary losses (0 = off)
@@ -156,11 +166,13 @@ class Config:
 
     def model_spec(self) -> ModelSpec:
         names = {f.name for f in dataclasses.fields(ModelSpec)}
-        return ModelSpec(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+        return ModelSpec(**{k: v for k, v in dataclasses.asdict(self).items() if k in names},
+                         causal=self.arch == "gpt" and is_language_dataset(self.dataset))
 
     def default_run_name(self) -> str:
-        dataset = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(self.dataset.removeprefix("folder:")).name
-                         if self.dataset.startswith("folder:") else self.dataset)
+        kind, _, path = self.dataset.partition(":")
+        dataset = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{'' if kind == 'folder' else kind + '-'}{Path(path).name}"
+                         if path else self.dataset)
         if self.model == "dense":
             body = f"dense-{self.dense_match}-e{self.experts}-{self.gating}"
         else:
@@ -176,7 +188,7 @@ class Config:
                 body += f"-cap{self.capacity_factor:g}{self.drop_policy[:3]}"
             if self.bias_balance_rate:
                 body += f"-lf{self.bias_balance_rate:g}"
-        kind = "vit" if self.arch == "vit" else self.expert_type
+        kind = self.arch if self.arch in ("vit", "gpt") else self.expert_type
         return f"{dataset}-{body}-{kind}-s{self.seed}"
 
     @property
@@ -230,7 +242,8 @@ def validate(cfg: Config) -> None:
          + ": drop --drop-policy")
     need(cfg.tau > 0, f"--tau must be > 0 (got {cfg.tau})")
     for name in ("epochs", "batch_size", "expert_hidden", "expert_depth", "expert_channels", "trunk_channels",
-                 "router_dim", "router_centroids", "vit_patch", "vit_dim", "vit_depth", "vit_heads", "moe_every"):
+                 "router_dim", "router_centroids", "vit_patch", "vit_dim", "vit_depth", "vit_heads", "moe_every",
+                 "context"):
         value = getattr(cfg, name)
         need(value >= 1, f"--{name.replace('_', '-')} must be a positive integer (got {value})")
     need(cfg.lr > 0, f"--lr must be > 0 (got {cfg.lr})")
@@ -246,18 +259,38 @@ def validate(cfg: Config) -> None:
     need(cfg.image_size is None or cfg.image_size >= 1, f"--image-size must be >= 1 (got {cfg.image_size})")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1 (got {cfg.threads})")
     need(cfg.dist_timeout > 0, f"--dist-timeout must be > 0 seconds (got {cfg.dist_timeout})")
-    need(cfg.arch != "vit" or (cfg.trunk == "none" and cfg.expert_type == "mlp"),
-         "--arch vit has its own patch embedding and MLP experts: drop --trunk and --expert-type")
-    need(cfg.arch != "vit" or cfg.vit_dim % cfg.vit_heads == 0,
+    tokens = cfg.arch in ("vit", "gpt")
+    need(not tokens or (cfg.trunk == "none" and cfg.expert_type == "mlp"),
+         f"--arch {cfg.arch} has its own embedding and MLP experts: drop --trunk and --expert-type")
+    need(not tokens or cfg.vit_dim % cfg.vit_heads == 0,
          f"--vit-dim {cfg.vit_dim} must be a multiple of --vit-heads {cfg.vit_heads}")
-    need(cfg.arch != "vit" or cfg.model == "dense" or cfg.moe_every <= cfg.vit_depth,
+    need(not tokens or cfg.model == "dense" or cfg.moe_every <= cfg.vit_depth,
          f"--moe-every {cfg.moe_every} > --vit-depth {cfg.vit_depth} leaves no MoE block; lower --moe-every")
-    need(cfg.arch != "vit" or cfg.combine == "logits",
-         "--combine probs mixes class distributions; a ViT's MoE layers mix token features: use --combine logits")
+    need(not tokens or cfg.combine == "logits",
+         f"--combine probs mixes class distributions; the MoE layers of --arch {cfg.arch} mix token features: "
+         "use --combine logits")
+    need(cfg.steps_per_epoch >= 0, f"--steps-per-epoch must be >= 0 (got {cfg.steps_per_epoch})")
+    text = is_text_dataset(cfg.dataset)
+    need(text == (cfg.arch == "gpt"),
+         f"--dataset {cfg.dataset} is text: it needs --arch gpt" if text else
+         f"--arch gpt reads bytes: use a text dataset (python-stdlib, text:PATH, csv-text:PATH), not {cfg.dataset}")
+    need(cfg.steps_per_epoch == 0 or is_language_dataset(cfg.dataset),
+         "--steps-per-epoch sets the epochs of a language model (python-stdlib, text:PATH); "
+         f"an epoch of {cfg.dataset} is one pass over its samples: drop --steps-per-epoch")
+    if cfg.arch == "gpt" and is_language_dataset(cfg.dataset) and cfg.model == "moe":
+        why = LM_REFUSED.get(cfg.gating)
+        need(why is None, f"--gating {cfg.gating} cannot route a causal language model: {why}; use hard, topk, "
+                          "noisy-topk or gumbel (or train a classifier on csv-text:PATH)")
+        need(cfg.router_score != "attention", "--router-score attention lets every token of a sequence vote, so a "
+                                              "byte's routing would depend on later bytes; use linear or cosine")
+        need(cfg.drop_policy != "priority", "--drop-policy priority keeps the most probable assignments of the "
+                                            "whole batch, so whether a byte is dropped depends on later bytes; use "
+                                            "position (earlier tokens first) or dropless")
     need(not (cfg.trunk != "none" and cfg.expert_type == "cnn"),
          f"--trunk {cfg.trunk} feeds features, not images, to the experts: use --expert-type mlp with it")
     slots = cfg.gating == "soft-slots"
-    need(not slots or cfg.arch == "vit", "--gating soft-slots mixes an image's tokens into slots; it needs --arch vit")
+    need(not slots or cfg.arch in ("vit", "gpt"),
+         "--gating soft-slots mixes a sequence's tokens into slots; it needs --arch vit or gpt")
     need(cfg.slots_per_expert >= 1, f"--slots-per-expert must be >= 1 (got {cfg.slots_per_expert})")
     need(slots or cfg.slots_per_expert == 1, "--slots-per-expert sets the slots of --gating soft-slots; drop it "
                                              f"for --gating {cfg.gating}")
@@ -265,8 +298,8 @@ def validate(cfg: Config) -> None:
                                                      f"drop --router-score {cfg.router_score}")
     need(not slots or cfg.shared_experts == 0, "--shared-experts adds experts beside a router's mixture; "
                                                "--gating soft-slots has none: drop --shared-experts")
-    need(cfg.router_score != "attention" or cfg.arch == "vit",
-         "--router-score attention lets the tokens of an image vote; it needs --arch vit")
+    need(cfg.router_score != "attention" or cfg.arch in ("vit", "gpt"),
+         "--router-score attention lets the tokens of a sequence vote; it needs --arch vit or gpt")
     need(cfg.router_score == "cosine" or cfg.router_centroids == 1,
          f"--router-centroids {cfg.router_centroids} needs --router-score cosine (a linear router has one "
          "weight vector per expert)")

@@ -16,10 +16,13 @@ from torch import Tensor
 from .. import stats
 from ..layers.capacity import selection_bias
 from ..models.classifier import MoEClassifier, classifier_logits
+from ..models.transformer import TokenModel
 from ..models.vit import ViTClassifier
 
 SAMPLES_COLUMNS = ["index", "class", "predicted", "top1_expert", "top1_weight", "experts_used"]
 LAYER_COLUMNS = ["layer", "expert", "n_tokens", "n_routed", "n_dropped", "frac_routed", "mean_gate", "selection_bias"]
+KIND_COLUMNS = ["layer", "expert", "kind", "count", "gate_mass", "top1"]
+TEXT_COLUMNS = ["index", "byte", "kind", "layer", "top1_expert", "top1_weight", "experts_used"]
 PATCH_COLUMNS = ["index", "class", "predicted", "layer", "patch", "row", "col", "top1_expert", "top1_weight",
                  "experts_used"]
 
@@ -35,28 +38,33 @@ class SplitResult:
     gate_entropy: float = float("nan")
     dropped: float = float("nan")                             # share of chosen assignments dropped for capacity
     class_expert: dict[str, Tensor] | None = None             # (E, K) tables
-    layer_rows: list[dict] = field(default_factory=list)     # one per (MoE block, expert) (ViT only)
+    layer_rows: list[dict] = field(default_factory=list)     # one per (MoE block, expert) (ViT, gpt)
+    kind_rows: list[dict] = field(default_factory=list)      # one per (MoE block, expert, byte kind) (language model)
 
 
 @torch.no_grad()
 def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=None,
-             tta_flip: bool = False) -> SplitResult:
+             tta_flip: bool = False, kinds: int = 0) -> SplitResult:
     """Loss and accuracy over ``batches`` (an iterable of (x, y)); for an MoE with
     ``detailed``, also every expert's own loss on all samples and on its routed ones.
     ``tta_flip``: loss and accuracy of the mean of the logits of each image and of its mirror
     image (the routing statistics stay those of the images as they are).
     ``reduce`` sums a tensor over the processes that evaluate shards of the same batches
-    (None: this process evaluates whole batches)."""
+    (None: this process evaluates whole batches).
+    A language model's batches are (x, y, kinds), y and kinds (B, T): its loss and accuracy are
+    per predicted byte, and with ``kinds`` (the number of byte kinds) each MoE block's routing
+    is also tabulated per kind of input byte (kind_rows)."""
     was_training = model.training
     model.eval()
     is_moe = isinstance(model, MoEClassifier)
-    routes_tokens = isinstance(model, ViTClassifier) and bool(model.moe_blocks)
+    routes_tokens = isinstance(model, TokenModel) and bool(model.moe_blocks)
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     count = 0
     totals: dict[str, Tensor] = {}
-    for x, y in batches:
+    for x, y, *groups in batches:
+        y = y.reshape(-1)                        # (B,), or (B*T,) next bytes of a language model
         if is_moe and detailed:
             features = model.expert_input(x)
             output = model.moe(features)
@@ -64,7 +72,8 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=Non
         else:
             output = model(x)
             if routes_tokens and detailed:
-                _accumulate(totals, _token_batch_sums(output))
+                _accumulate(totals, _token_batch_sums(output, groups[0].reshape(-1) if kinds and groups else None,
+                                                      kinds))
         logits = classifier_logits(output)
         if tta_flip:
             logits = (logits + classifier_logits(model(x.flip(-1)))) / 2
@@ -84,10 +93,15 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=Non
     return result
 
 
-def _token_batch_sums(output) -> dict[str, Tensor]:
-    """Per MoE block: tokens routed to each expert, gate mass, and summed gate entropy."""
+def _token_batch_sums(output, kinds: Tensor | None = None, num_kinds: int = 0) -> dict[str, Tensor]:
+    """Per MoE block: tokens routed to each expert, gate mass, and summed gate entropy; with
+    ``kinds`` (N,), the (L, E, kinds) tables of stats.class_expert_matrix per kind of token."""
     weights = torch.stack([r.weights for r in output.routings])              # (L, N, E)
-    return {"tokens": torch.tensor(float(weights.shape[1]), device=weights.device),
+    tables = {}
+    if kinds is not None:
+        per_block = [stats.class_expert_matrix(w, kinds, num_kinds) for w in weights]
+        tables = {f"kind_{name}": torch.stack([t[name] for t in per_block]).double() for name in per_block[0]}
+    return {**tables,"tokens": torch.tensor(float(weights.shape[1]), device=weights.device),
             "routed": stats.routed_mask(weights).sum(dim=1).double(),         # (L, E)
             "dropped": output.dropped_counts().double(),                      # (L, E)
             "gate": weights.sum(dim=1).double(),                              # (L, E)
@@ -96,7 +110,7 @@ def _token_batch_sums(output) -> dict[str, Tensor]:
 
 def model_routers(model) -> list:
     """The routers of a model, in the order of its MoE layers (of its output's routings)."""
-    if isinstance(model, ViTClassifier):
+    if isinstance(model, TokenModel):
         return [model.blocks[index].ffn.router for index in model.moe_blocks]
     return [model.moe.router] if isinstance(model, MoEClassifier) else []
 
@@ -111,6 +125,14 @@ def _fill_layers(result: SplitResult, totals: dict[str, Tensor], blocks: list[in
                                       "n_dropped": int(t["dropped"][layer, e].item()),
                                       "selection_bias": biases[layer][e],
                                       "frac_routed": routed / tokens, "mean_gate": t["gate"][layer, e].item() / tokens})
+    if "kind_count" in t:
+        for layer, block in enumerate(blocks):
+            for e in range(t["routed"].shape[1]):
+                for kind in range(t["kind_count"].shape[2]):
+                    result.kind_rows.append({"layer": block, "expert": e, "kind": kind,
+                                             "count": int(t["kind_count"][layer, e, kind].item()),
+                                             "gate_mass": t["kind_gate_mass"][layer, e, kind].item(),
+                                             "top1": int(t["kind_top1"][layer, e, kind].item())})
     result.load_cv = stats.load_cv(t["routed"]).mean().item()
     result.gate_entropy = (t["entropy_sum"] / tokens).mean().item()
     result.dropped = stats.dropped_share(t["routed"], t["dropped"]).item()
@@ -259,5 +281,29 @@ def patch_routing(model: ViTClassifier, batches, limit: int, gather=_no_gather) 
                 rows.append({"index": image, "class": labels[image], "predicted": predicted[image],
                              "layer": layer, "patch": patch, "row": patch // columns, "col": patch % columns,
                              "top1_expert": int(expert), "top1_weight": weight, "experts_used": int(count)})
+    model.train(was_training)
+    return rows
+
+
+@torch.no_grad()
+def text_routing(model: TokenModel, batches, limit: int, gather=_no_gather) -> list[dict]:
+    """Top-1 expert of every byte of the first ``limit`` bytes of a split (consecutive windows
+    of the first evaluation batch, routed as in evaluation), in every MoE block; ``index`` is
+    the byte's position in the split's stream. ``gather`` as in sample_routing."""
+    was_training = model.training
+    model.eval()
+    x, _, kinds = next(iter(batches))
+    output = model(x)
+    take = min(limit, gather(x).numel())
+    inputs = torch.stack([gather(x).reshape(-1), gather(kinds).reshape(-1)]).cpu()[:, :take]   # (2, n)
+    rows = []
+    for layer, routing in zip(model.moe_blocks, output.routings):
+        weights = routing.weights                                              # (b*T, E)
+        top_weight, top_expert = weights.max(dim=-1)
+        used = stats.routed_mask(weights).sum(dim=-1)
+        table = gather(torch.stack([top_expert.double(), used.double(), top_weight.double()], dim=1)).cpu()[:take]
+        for index, ((expert, count, weight), byte, kind) in enumerate(zip(table.tolist(), *inputs.tolist())):
+            rows.append({"index": index, "byte": byte, "kind": kind, "layer": layer, "top1_expert": int(expert),
+                         "top1_weight": weight, "experts_used": int(count)})
     model.train(was_training)
     return rows

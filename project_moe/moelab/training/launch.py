@@ -110,7 +110,7 @@ def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
         dataset = distributed.local_first(
             cluster, lambda: data.load_dataset(cfg.dataset, data.resolve_data_dir(cfg.data_dir),
                                                val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                               image_size=cfg.image_size), BAD_INPUT)
+                                               image_size=cfg.image_size, context=cfg.context), BAD_INPUT)
         if cfg.arch == "vit":
             try:
                 check_vit_fits(cfg.model_spec(), dataset.in_shape)
@@ -131,12 +131,13 @@ def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier(cluster)
     trainer = Trainer(cfg, run_dir, dataset, device, cluster)
-    trainer.say(f"{cfg.dataset} ({dataset.source}): train {len(dataset.train.labels)}, val {len(dataset.val.labels)}, "
-                f"test {len(dataset.test.labels)}; device {device}; {cluster.describe()}\n{describe_cost(trainer.cost)}")
+    unit = " bytes" if trainer.language else ""
+    trainer.say(f"{cfg.dataset} ({dataset.source}): train {len(dataset.train)}{unit}, val {len(dataset.val)}{unit}, "
+                f"test {len(dataset.test)}{unit}; device {device}; {cluster.describe()}\n{describe_cost(trainer.cost)}")
     if not cfg.resume and cluster.is_writer:
         write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg),
                                              "environment": environment(device, cluster),
-                                             "dataset": {"source": dataset.source, "classes": dataset.classes,
+                                             "dataset": {"source": dataset.source, "classes": list(dataset.classes),
                                                          "in_shape": list(dataset.in_shape)},
                                              "cost": trainer.cost})
     return trainer.run(resume=cfg.resume)

@@ -2,6 +2,7 @@
 tables, and summary.json (schemas in docs/run-files.md)."""
 from __future__ import annotations
 
+import math
 import signal
 import sys
 
@@ -9,18 +10,28 @@ import numpy as np
 
 from .. import distributed, stats
 from ..layers.aux_losses import AUX_NAMES
-from .evaluation import PATCH_COLUMNS, SAMPLES_COLUMNS, SplitResult, patch_routing, sample_routing
+from .evaluation import (
+    PATCH_COLUMNS,
+    SAMPLES_COLUMNS,
+    TEXT_COLUMNS,
+    SplitResult,
+    patch_routing,
+    sample_routing,
+    text_routing,
+)
 from .exits import EXIT_DIVERGED, EXIT_PEER_FAILED, first_line
 from .run_files import atomic_write_bytes, write_json
 
 ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees
 ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
+ROUTED_TEXT_BYTES = 1024  # language model: leading test bytes whose per-byte routing is kept
 
 
 def metrics_row(epoch: int, step: int, lr: float, totals: dict, val: SplitResult, aux: list[float] | None,
-                drops: bool, elapsed: float) -> dict:
+                drops: bool, elapsed: float, bits: bool = False) -> dict:
     """The metrics.csv row of an epoch from its training sums (EpochSums.totals), its validation
-    result and the mean auxiliary losses (None for a model without routers)."""
+    result and the mean auxiliary losses (None for a model without routers). ``bits``: a
+    language model, whose losses (nats per byte) are also given in bits per byte."""
     count = max(totals["count"], 1)
     routes = aux is not None
     aux = aux if routes else [float("nan")] * len(AUX_NAMES)
@@ -30,6 +41,8 @@ def metrics_row(epoch: int, step: int, lr: float, totals: dict, val: SplitResult
     return {"epoch": epoch, "step": step, "lr": lr,
             "train_loss": (totals["loss"] / count).item(), "train_acc": (totals["correct"] / count).item(),
             "val_loss": val.loss, "val_acc": val.acc,
+            "train_bpb": (totals["loss"] / count).item() / math.log(2) if bits else float("nan"),
+            "val_bpb": val.loss / math.log(2) if bits else float("nan"),
             **{f"aux_{name}": value for name, value in zip(AUX_NAMES, aux)},
             "train_load_cv": train_load_cv, "val_load_cv": val.load_cv, "val_gate_entropy": val.gate_entropy,
             "train_dropped": train_dropped, "val_dropped": val.dropped if drops else float("nan"),
@@ -39,8 +52,13 @@ def metrics_row(epoch: int, step: int, lr: float, totals: dict, val: SplitResult
 
 def epoch_line(row: dict, epochs: int, routes: bool) -> str:
     """The console line of an epoch."""
-    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+    if math.isfinite(row["val_bpb"]):     # a language model: bits per byte, next-byte accuracy
+        head = (f"epoch {row['epoch']:>3}/{epochs} step {row['step']}  train {row['train_bpb']:.4f} bits/byte  "
+                f"val {row['val_bpb']:.4f} bits/byte acc {row['val_acc']:.4f}")
+    else:
+        head = (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+                f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}")
+    return (head
             + (f"  balance {row['aux_balance']:.3f} load-cv {row['val_load_cv']:.3f}" if routes else "")
             + f"  {row['samples_per_s']:,.0f} samples/s")
 
@@ -59,7 +77,10 @@ class Reporting:
         if self.is_moe:
             self.logs.table("test_samples.csv", SAMPLES_COLUMNS,
                             sample_routing(self.model, self._eval_batches("test"), ROUTED_SAMPLES, gather))
-        if self.moe_blocks:
+        if self.moe_blocks and self.language:
+            self.logs.table("test_text.csv", TEXT_COLUMNS,
+                            text_routing(self.model, self._eval_batches("test"), ROUTED_TEXT_BYTES, gather))
+        elif self.moe_blocks and self.cfg.arch == "vit":
             self.logs.table("test_patches.csv", PATCH_COLUMNS,
                             patch_routing(self.model, self._eval_batches("test"), ROUTED_PATCH_IMAGES, gather))
             images = self.dataset.test.images[:ROUTED_PATCH_IMAGES].cpu().numpy()          # (n, C, H, W) uint8
@@ -71,6 +92,7 @@ class Reporting:
             return
         summary = {"status": status, "epochs_done": self.epoch, "steps": self.global_step,
                    "test_loss": test.loss if test else None, "test_acc": test.acc if test else None,
+                   "test_bpb": test.loss / math.log(2) if test and self.language else None,
                    "test_dropped": test.dropped if test and self.cfg.drop_policy != "dropless" else None,
                    "best_val_acc": self.best_val_acc if self.best_epoch > 0 else None,
                    "best_epoch": self.best_epoch if self.best_epoch > 0 else None,

@@ -5,37 +5,40 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..layers.aux_losses import AUX_NAMES
-from .evaluation import LAYER_COLUMNS, SplitResult
+from .evaluation import KIND_COLUMNS, LAYER_COLUMNS, SplitResult
 from .run_files import CSVLog, NullLog, read_log
 
-METRICS_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+METRICS_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_bpb", "val_bpb",
                    *[f"aux_{name}" for name in AUX_NAMES], "train_load_cv", "val_load_cv",
                    "val_gate_entropy", "train_dropped", "val_dropped", "samples_per_s", "epoch_time_s", "wall_time_s"]
 EXPERTS_COLUMNS = ["epoch", "step", "split", "expert", "n_samples", "n_routed", "n_dropped", "frac_routed", "mean_gate",
                    "loss_routed", "acc_routed", "loss_all", "acc_all", "selection_bias"]
 ROUTING_COLUMNS = ["epoch", "step", "split", "expert", "class", "count", "gate_mass", "top1"]
 LAYERS_COLUMNS = ["epoch", "step", "split", *LAYER_COLUMNS]
+KINDS_COLUMNS = ["epoch", "step", "split", *KIND_COLUMNS]
 LOG_COLUMNS = {"metrics.csv": METRICS_COLUMNS, "experts.csv": EXPERTS_COLUMNS, "routing.csv": ROUTING_COLUMNS,
-               "layers.csv": LAYERS_COLUMNS}   # the logs a resumed run continues
+               "layers.csv": LAYERS_COLUMNS, "kinds.csv": KINDS_COLUMNS}   # the logs a resumed run continues
 
 
-def check_logs(run_dir: Path, step: int, layers: bool) -> None:
+def check_logs(run_dir: Path, step: int, layers: bool, kinds: bool = False) -> None:
     """Refuse (RunFileError) a missing or damaged log of a run to resume from ``step``, before
     RunLogs and keep_through_step write to any of them."""
-    for name, columns in logs_of_run(layers).items():
+    for name, columns in logs_of_run(layers, kinds).items():
         read_log(Path(run_dir) / name, columns, step)
 
 
-def logs_of_run(layers: bool) -> dict[str, list[str]]:
-    """The CSV logs of a run and their columns: layers.csv only for a ViT with MoE blocks."""
-    return {name: columns for name, columns in LOG_COLUMNS.items() if name != "layers.csv" or layers}
+def logs_of_run(layers: bool, kinds: bool = False) -> dict[str, list[str]]:
+    """The CSV logs of a run and their columns: layers.csv only for a model with MoE blocks of
+    tokens (ViT, gpt), kinds.csv only for a language model with MoE blocks."""
+    wanted = {"layers.csv": layers, "kinds.csv": layers and kinds}
+    return {name: columns for name, columns in LOG_COLUMNS.items() if wanted.get(name, True)}
 
 
 class RunLogs:
-    def __init__(self, run_dir: Path, writer: bool, layers: bool):
+    def __init__(self, run_dir: Path, writer: bool, layers: bool, kinds: bool = False):
         self.run_dir, self.log = Path(run_dir), CSVLog if writer else NullLog
         self.tables = {name.removesuffix(".csv"): self.log(self.run_dir / name, columns)
-                       for name, columns in logs_of_run(layers).items()}
+                       for name, columns in logs_of_run(layers, kinds).items()}
 
     def keep_through_step(self, step: int) -> None:
         """Drop rows after ``step``: the work a resumed run will redo."""
@@ -55,6 +58,8 @@ class RunLogs:
             self.tables["routing"].write([{**common, **row} for row in result.routing_rows])
         if "layers" in self.tables:
             self.tables["layers"].write([{**common, **row} for row in result.layer_rows])
+        if "kinds" in self.tables and split != "train":
+            self.tables["kinds"].write([{**common, **row} for row in result.kind_rows])
 
     def table(self, name: str, columns: list[str], rows: list[dict]) -> None:
         """A table written once (the test-set routing samples)."""

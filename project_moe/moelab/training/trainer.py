@@ -2,6 +2,7 @@
 logs of the run directory (schema in docs/run-files.md)."""
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import time
@@ -17,7 +18,7 @@ from ..layers.precision import Precision
 from ..layers.routers import set_loss_names
 from ..models.builder import build_model, cost_report
 from ..models.classifier import MoEClassifier
-from ..models.vit import ViTClassifier
+from ..models.transformer import TokenModel
 from . import rng_state
 from .checkpointing import Checkpointing
 from .config import Config
@@ -60,7 +61,9 @@ class Trainer(Checkpointing, Reporting):
         self.precision = Precision(cfg.amp, device)
         self.is_moe = isinstance(self.model, MoEClassifier)
         # Models with routers: the MoE classifier, or a ViT with MoE blocks (routing tokens).
-        self.moe_blocks = self.model.moe_blocks if isinstance(self.model, ViTClassifier) else []
+        self.moe_blocks = self.model.moe_blocks if isinstance(self.model, TokenModel) else []
+        # A language model: its samples are predicted bytes, its routing tables per byte kind.
+        self.language = isinstance(dataset, data.TextDataset)
         self.routes = self.is_moe or bool(self.moe_blocks)
         if cfg.compile:
             # In place: the module keeps its class, attributes and state_dict keys. Routed rows per
@@ -68,9 +71,8 @@ class Trainer(Checkpointing, Reporting):
             self.model.compile(dynamic=True if self.routes else None)
         self.compile_seconds = None  # the first step's time with --compile (tracing and code generation)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.train_loader = data.BatchLoader(dataset.train, cfg.batch_size, dataset.mean, dataset.std,
-                                             shuffle=True, augment=dataset.augment, seed=cfg.seed, device=device,
-                                             channels_last=cfg.channels_last)
+        self.train_loader = data.loader_for(dataset, dataset.train, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                            device=device, steps=cfg.steps_per_epoch, channels_last=cfg.channels_last)
         self.total_steps = cfg.epochs * len(self.train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.eval_loaders = evaluation_loaders(cfg, dataset, device)
@@ -95,7 +97,7 @@ class Trainer(Checkpointing, Reporting):
         self.started = time.perf_counter()
         if resume and (refused := self.resume()) is not None:
             return refused
-        logs = RunLogs(self.run_dir, self.cluster.is_writer, layers=bool(self.moe_blocks))
+        logs = RunLogs(self.run_dir, self.cluster.is_writer, layers=bool(self.moe_blocks), kinds=self.language)
         if resume:
             logs.keep_through_step(self.global_step)
             self.say(f"resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.global_step}")
@@ -140,8 +142,9 @@ class Trainer(Checkpointing, Reporting):
         for x, y in bar:
             if self.routes:
                 self._choose_losses(coefs)
-            batch_rows = y.shape[0]
+            batch_rows = y.numel()             # a language model's rows are its (B * T) predicted bytes
             x, y = distributed.shard(cluster, x, y)
+            y = y.reshape(-1)
             try:
                 output, logits, ce = train_step(model, self.optimizer, x, y, coefs, cluster, batch_rows,
                                                 self.precision, cfg.label_smoothing)
@@ -195,7 +198,7 @@ class Trainer(Checkpointing, Reporting):
             self._evaluate_split("train", epoch)
         row = metrics_row(epoch, self.global_step, self.scheduler.get_last_lr()[0], a, val,
                           self.accum.aux_means() if self.routes else None, drops=cfg.drop_policy != "dropless",
-                          elapsed=self.elapsed())
+                          elapsed=self.elapsed(), bits=self.language)
         self.logs.metrics(row)
         if val.acc > self.best_val_acc:
             self.best_val_acc, self.best_epoch = val.acc, epoch
@@ -212,7 +215,8 @@ class Trainer(Checkpointing, Reporting):
     def _evaluate_split(self, split: str, epoch: int) -> SplitResult:
         with self.precision.autocast():
             result = evaluate(self.model, self._eval_batches(split), self.dataset.num_classes,
-                              reduce=distributed.summer(self.cluster), tta_flip=self.cfg.tta_flip)
+                              reduce=distributed.summer(self.cluster), tta_flip=self.cfg.tta_flip,
+                              kinds=len(self.dataset.classes) if self.language else 0)
         self.logs.split(result, split, epoch, self.global_step)
         return result
 
@@ -223,20 +227,24 @@ class Trainer(Checkpointing, Reporting):
         test = self._evaluate_split("test", self.best_epoch)
         self.write_test_tables()
         self.write_summary("completed", test=test)
-        self.say(f"test loss {test.loss:.4f} acc {test.acc:.4f} (weights of epoch {self.best_epoch}, "
+        bits = f" ({test.loss / math.log(2):.4f} bits/byte)" if self.language else ""
+        self.say(f"test loss {test.loss:.4f}{bits} acc {test.acc:.4f} (weights of epoch {self.best_epoch}, "
                  f"best val acc {self.best_val_acc:.4f}); logs in {self.run_dir}")
 
 
-def evaluation_loaders(cfg: Config, dataset: data.Dataset, device: torch.device) -> dict[str, data.BatchLoader]:
+def evaluation_loaders(cfg: Config, dataset, device: torch.device) -> dict:
     """The splits evaluated each epoch (train: its first --train-eval-size samples), in a fixed order.
     Expert-choice routing and expert capacities depend on the batch: they are evaluated in
     training-sized batches, with the same capacity rule as in training."""
     batch_dependent = cfg.gating == "expert-choice" or cfg.drop_policy != "dropless"
     size = cfg.batch_size if batch_dependent else max(cfg.batch_size, 1000)
-    splits = {"train": _head(dataset.train, cfg.train_eval_size), "val": dataset.val, "test": dataset.test}
-    return {name: data.BatchLoader(split, size, dataset.mean, dataset.std, shuffle=False, augment=False,
-                                   seed=cfg.seed, device=device, channels_last=cfg.channels_last)
-            for name, split in splits.items()}
+    splits = {"val": dataset.val, "test": dataset.test}
+    if isinstance(dataset.train, data.Split):     # the per-expert training statistics of the mixture
+        splits["train"] = _head(dataset.train, cfg.train_eval_size)
+    if isinstance(dataset, data.TextDataset):
+        size = cfg.batch_size if batch_dependent else max(cfg.batch_size, 64)   # windows of --context bytes
+    return {name: data.loader_for(dataset, split, size, shuffle=False, seed=cfg.seed, device=device,
+                                  channels_last=cfg.channels_last) for name, split in splits.items()}
 
 
 def _head(split: data.Split, size: int) -> data.Split:
