@@ -38,7 +38,7 @@ CORPUS_NAME = "python-stdlib"
 CORPUS_RELEASE = "3.11.7"
 CORPUS_ASSET = PACKAGE_DIR / "assets" / "text" / f"cpython-{CORPUS_RELEASE}-lib.tar.xz"
 CORPUS_MD5 = "5f1db64f1793e58226cf8096894a1646"
-CORPUS_CACHE_VERSION = 1           # bump when the cached tensors or the byte kinds change
+CORPUS_CACHE_VERSION = 2           # bump when the cached tensors or the byte kinds change
 TEST_SHARE, VAL_SHARE_DEFAULT = 0.05, 0.05
 VOCAB = 256                        # byte values; the classifier pads with byte 0 (PAD)
 PAD = 0
@@ -127,8 +127,8 @@ def char_kinds(data: bytes) -> np.ndarray:
 
 def python_kinds(data: bytes) -> np.ndarray:
     """(n,) the kind of every byte of Python source: the type of the token of Python's own
-    ``tokenize`` it belongs to (a NAME that is a keyword is 'keyword'; indentation and line
-    ends 'newline'); bytes between tokens are 'space'. Source that does not tokenize gets
+    ``tokenize`` it belongs to (a NAME that is a keyword is 'keyword'; line ends and every
+    line's indentation 'newline'); other bytes between tokens are 'space'. Source that does not tokenize gets
     character classes."""
     kinds = np.full(len(data), KIND["space"], dtype=np.uint8)
     line_starts = [0]                                  # byte offset of each line (rows count from 1)
@@ -146,6 +146,14 @@ def python_kinds(data: bytes) -> np.ndarray:
             kinds[start:end] = KIND[kind]
     except (tokenize.TokenError, SyntaxError, UnicodeDecodeError):
         return char_kinds(data)
+    # tokenize marks indentation only where it grows (INDENT); every line's leading blanks outside
+    # a string are indentation too.
+    space, newline = KIND["space"], KIND["newline"]
+    for start in line_starts[:-1]:
+        end = start
+        while end < len(data) and data[end] in (32, 9) and kinds[end] == space:
+            end += 1
+        kinds[start:end] = newline
     return kinds
 
 

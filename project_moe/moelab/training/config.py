@@ -286,6 +286,9 @@ def validate(cfg: Config) -> None:
         need(cfg.drop_policy != "priority", "--drop-policy priority keeps the most probable assignments of the "
                                             "whole batch, so whether a byte is dropped depends on later bytes; use "
                                             "position (earlier tokens first) or dropless")
+        need(cfg.drop_policy != "position" or cfg.gating == "hard",
+             "--drop-policy position ranks every token's first choice before any second choice, so whether a "
+             "byte's second expert is kept depends on later bytes; use it with --gating hard, or dropless")
     need(not (cfg.trunk != "none" and cfg.expert_type == "cnn"),
          f"--trunk {cfg.trunk} feeds features, not images, to the experts: use --expert-type mlp with it")
     slots = cfg.gating == "soft-slots"
