@@ -12,8 +12,8 @@ RECORD = REPO_ROOT / "project_moe" / "results" / "quickstart"
 README = (REPO_ROOT / "README.md").read_text()
 
 
-def record() -> dict:
-    (summary,) = RECORD.glob("*/summary.json")
+def record(kind: str = "mnist") -> dict:
+    (summary,) = RECORD.glob(f"{kind}-*/summary.json")
     return json.loads(summary.read_text())
 
 
@@ -29,6 +29,19 @@ def test_the_readme_states_the_accuracy_and_time_of_the_run_of_record():
     assert summary["status"] == "completed"
     assert accuracy == round(summary["test_acc"], 4)
     assert seconds == round(summary["total_time_s"] / 10) * 10
+
+
+def test_the_readme_states_the_bits_per_byte_and_time_of_the_language_model_of_record():
+    summary = record("python-stdlib")
+    found = re.search(r"reaches ([0-9.]+) bits per byte on validation \(([0-9.]+) on test\) in about ([0-9]+) min",
+                      README)
+    assert found, "the README no longer states the language model's bits per byte and time"
+    metrics = (RECORD / "python-stdlib-moe-topk-k2-e8-gpt-s0" / "metrics.csv").read_text().splitlines()
+    last_val_bpb = float(metrics[-1].split(",")[metrics[0].split(",").index("val_bpb")])
+    assert summary["status"] == "completed"
+    assert float(found.group(1)) == round(last_val_bpb, 2)
+    assert float(found.group(2)) == round(summary["test_bpb"], 2)
+    assert int(found.group(3)) == round(summary["total_time_s"] / 60)
 
 
 @pytest.mark.slow

@@ -326,7 +326,7 @@ GRIDS: dict[str, Grid] = {
 }
 KEEP_WEIGHTS = {name for name, grid in GRIDS.items() if grid.keep_weights}
 CONVERGENCE_GRIDS = tuple(name for name, grid in GRIDS.items() if grid.convergence)
-DATASET_TAGS = ("mnist", "fashion-mnist", "cifar10-jpeg")
+DATASET_TAGS = ("mnist", "fashion-mnist", "cifar10-jpeg", "python-stdlib")
 
 
 def runs(name: str, epochs: int | None = None, **options) -> list[RunSpec]:
