@@ -281,6 +281,32 @@ def test_two_processes_write_the_logs_of_one(tmp_path, tiny_data, extra):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("parallel", [(), ("--expert-parallel",)], ids=["data-parallel", "expert-parallel"])
+def test_two_processes_train_the_language_model_of_one(tmp_path, monkeypatch, parallel):
+    monkeypatch.setenv("MOE_CACHE_DIR", str(tmp_path / "cache"))       # the ranks read what one process cached
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(6):
+        (source / f"mod_{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x * {j}  # {i}\n"
+                                                    for j in range(40 + 9 * i)))
+    args = ["--arch", "gpt", "--dataset", f"text:{source}", "--context", "16", "--steps-per-epoch", "6",
+            "--epochs", "2", "--batch-size", "8", "--vit-dim", "16", "--vit-heads", "2", "--vit-depth", "2",
+            "--moe-every", "1", "--experts", "4", "--expert-hidden", "8", "--gating", "topk", "--threads", "1",
+            "--val-fraction", "0.2", *parallel]
+    runs = tmp_path / "runs"
+    assert launch.main([*args, "--out", str(runs), "--run-name", "one"]) == 0
+    done = torchrun([*args, "--out", str(runs), "--run-name", "two"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    one, two = runs / "one", runs / "two"
+    assert_same_logs(one, two, ("metrics.csv", "layers.csv", "kinds.csv"))
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
+    assert json.loads((two / "summary.json").read_text())["processes"] == 2
+    for name in ("test_bpb", "test_acc"):
+        assert json.loads((two / "summary.json").read_text())[name] == pytest.approx(
+            json.loads((one / "summary.json").read_text())[name], rel=LOG_RTOL)
+
+
+@pytest.mark.slow
 def test_killed_rank_stops_the_other_and_the_run_resumes_on_one_or_two_processes(tmp_path, tiny_data):
     extra = ("--gating", "topk", "--expert-parallel", "--epochs", "8")
     runs = tmp_path / "runs"

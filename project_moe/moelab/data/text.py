@@ -312,7 +312,13 @@ def load_language_dataset(name: str, context: int, val_fraction: float) -> TextD
         if not name[len("text:"):]:
             raise DataError("--dataset text: needs a path, e.g. --dataset text:/data/shakespeare.txt")
         files = read_text_files(root)
-        splits = split_by_position(*files[0], val_share) if len(files) < 3 else split_by_file(files, val_share)
+        if len(files) < 3:          # too few files to split by file: each one cut by position, pieces joined
+            splits = {"train": [], "val": [], "test": []}
+            for path, content in files:
+                for split, part in split_by_position(path, content, val_share).items():
+                    splits[split] += part
+        else:
+            splits = split_by_file(files, val_share)
         content = _streams_content(splits)
         name = f"text:{root.absolute()}"
         source = f"{len(files)} file(s) under {root}, split " + ("by position" if len(files) < 3 else "by file")
@@ -358,7 +364,9 @@ def _read_ag_news(path: pathlib.Path) -> tuple[list[str], list[str]]:
 
 def _read_imdb(split_dir: pathlib.Path) -> tuple[list[str], list[str]]:
     labels, texts = [], []
-    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    # aclImdb's train/unsup holds unlabelled reviews: not a class.
+    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                            and p.name != "unsup"):
         for file in sorted(class_dir.glob("*.txt")):
             try:
                 texts.append(file.read_text(encoding="utf-8"))
