@@ -2,6 +2,7 @@
 import math
 
 import pandas as pd
+import pytest
 
 from moelab.study import grids, logs, plots
 
@@ -105,3 +106,48 @@ def test_res_macro_of_a_single_seed_run_is_its_accuracy_alone():
     macros = report_tables.numbers(summary, pd.Series(dtype=float), None, {})
     assert "res:vit_convergence_deep:cifar10-jpeg:d12-moe-top2\\endcsname{64.20}" in macros
     assert "res:vit_convergence_deep:cifar10-jpeg:d12-dense-active\\endcsname{64.20 $\\pm$ 0.10}" in macros
+
+
+def lm_metrics_of(curves: dict) -> pd.DataFrame:
+    rows = []
+    for (label, seed), bpbs in curves.items():
+        for epoch, bpb in enumerate(bpbs, start=1):
+            rows.append({"grid": "lm", "dataset": "python-stdlib", "label": label, "seed": seed, "epoch": epoch,
+                         "step": 100 * epoch, "val_bpb": bpb, "val_acc": 0.5, "wall_time_s": 7.0 * epoch})
+    return pd.DataFrame(rows)
+
+
+def test_time_to_bpb_is_the_first_evaluation_at_or_below_and_the_crossing_is_interpolated():
+    metrics = lm_metrics_of({("lm-top2-e8", 0): [3.0, 2.0, 1.5, 1.4], ("lm-dense-active", 0): [3.0, 2.5, 2.0, 1.9],
+                             ("lm-top1-e8", 0): [1.0, 0.9, 0.8, 0.7]})
+    table = logs.time_to_bpb(metrics, 1.75).set_index("label")
+    moe = table.loc["lm-top2-e8"]
+    assert (moe.epoch, moe.step, moe.wall_time_s) == (3, 300, 21.0)
+    assert moe.crossing_step == 250.0                                       # 2.0 at 200, 1.5 at 300: half way
+    assert math.isnan(table.loc["lm-dense-active", "crossing_step"])        # never below 1.75
+    assert table.loc["lm-top1-e8", "crossing_step"] == 100                  # below at its first evaluation
+
+
+def test_lm_table_and_macros_take_steps_to_target_times_the_bench_step_time():
+    from moelab.study import report_tables
+
+    target = grids.LM_TARGET_BPB
+    curves = {("lm-dense-active", s): [target + 1, target + 0.5, target - 0.1 * (s + 1)] for s in (0, 1)}
+    curves |= {("lm-top2-e8", s): [target + 1, target - 0.5, target - 0.6 - 0.1 * s] for s in (0, 1)}
+    metrics = lm_metrics_of(curves)
+    summary = pd.DataFrame([{"grid": "lm", "dataset": "python-stdlib", "label": label, "seeds": 2,
+                             "test_bpb_mean": bpb, "test_bpb_std": 0.01, "params_total": 2000, "params_active": 1000}
+                            for label, bpb in (("lm-dense-active", 1.5), ("lm-top2-e8", 1.4))])
+    rows = report_tables.lm_rows(summary, metrics, {"lm-dense-active": 1.0, "lm-top2-e8": 1.25})
+    assert [r["name"] for r in rows] == ["dense-active", "top2-e8"]                # grids.LM_VARIANTS order
+    moe = rows[1]
+    assert moe["gain"] == pytest.approx(0.1)
+    assert list(moe["steps"]) == pytest.approx([100 + 100 * 1 / 1.5] * 2)        # crossing between 100 and 200
+    table = report_tables.table_lm(rows)
+    assert "+0.100" in table and "167" in table and "208" in table               # 166.7 steps x 1.25
+    macros = report_tables.numbers(summary.assign(test_acc_mean=0.5, test_acc_std=0.0, specialisation_mean=0.0,
+                                                  specialisation_std=0.0, final_val_load_cv_mean=0.0,
+                                                  final_val_load_cv_std=0.0, final_val_dropped_mean=float("nan"),
+                                                  time_s_mean=60.0), pd.Series(dtype=float), None, {}, lm=rows)
+    assert "\\csname lmtime:top2-e8\\endcsname{208}" in macros and "\\csname lmgain:top2-e8\\endcsname{0.100}" in macros
+    assert "\\csname lmsteps:dense-active\\endcsname{" in macros

@@ -87,7 +87,11 @@ def fixture_results(root, data_dir):
     vit = dict(grids.VIT, vit_patch=7, vit_dim=16, vit_heads=2, vit_depth=2)
     runs += [tiny(grids.RunSpec("vit", "vit-moe-top2", vit)),
              tiny(grids.RunSpec("vit", "vit-dense-active", dict(vit, model="dense", dense_match="active")))]
-    for run in grids.with_seeds(runs, (0, 1)):
+    lm = dict(vit_dim=16, vit_heads=2, vit_depth=2, expert_hidden=8, context=16, batch_size=8, steps_per_epoch=5,
+              epochs=2, threads=1)
+    language = [grids.RunSpec(r.grid, r.label, dict(r.flags, **lm), r.seed, r.dataset) for r in grids.runs("lm", 1)
+                if r.label in ("lm-dense-active", "lm-top2-e8")]
+    for run in grids.with_seeds(runs, (0, 1)) + grids.with_seeds(language, (0,)):
         out = root / "runs" / run.grid
         assert launch.main([*run.argv(str(data_dir)), "--data-dir", str(data_dir), "--out", str(out),
                            "--run-name", run.name]) == 0
@@ -114,7 +118,8 @@ def test_notebook_runs_headless_on_a_tiny_results_folder(tmp_path, tiny_data):
     assert names >= {"moe_vs_dense", "gating_comparison", "expert_usage", "balance_over_time", "specialisation",
                      "accuracy_vs_experts", "regularisation", "per_expert_loss", "class_expert_heatmap",
                      "routed_images", "vit_accuracy", "cosine_router", "sharpness_curves",
-                     "patch_routing_mnist-vit-moe-top2-s0"}
+                     "patch_routing_mnist-vit-moe-top2-s0", "lm_convergence", "lm_kind_expert_heatmap",
+                     "lm_text_routing"}
 
 
 def test_the_requirements_give_a_notebook_server_and_seaborn():

@@ -6,6 +6,7 @@ run, so that runs can be grouped by configuration (label) across seeds.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -52,6 +53,8 @@ def run_table(results: Path) -> pd.DataFrame:
                      "experts": config["experts"], "epochs": config["epochs"],
                      "test_acc": summary["test_acc"], "test_loss": summary["test_loss"],
                      "best_val_acc": summary["best_val_acc"], "params_total": summary["params_total"],
+                     # bits per byte of a language model (NaN for the other runs)
+                     "test_bpb": _number(summary.get("test_bpb")), "best_val_bpb": _lowest(metrics, "val_bpb"),
                      "params_active": summary["params_active"], "flops_per_sample": summary["flops_per_sample"],
                      "samples_per_s": metrics["samples_per_s"].median(),
                      "final_val_load_cv": metrics["val_load_cv"].iloc[-1],
@@ -59,6 +62,14 @@ def run_table(results: Path) -> pd.DataFrame:
                      "specialisation": test_specialisation(run_dir),
                      "time_s": summary.get("total_time_s", float("nan"))})
     return pd.DataFrame(rows)
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _lowest(metrics: pd.DataFrame, column: str) -> float:
+    return float(metrics[column].min()) if column in metrics and metrics[column].notna().any() else float("nan")
 
 
 def read_all(results: Path, filename: str) -> pd.DataFrame:
@@ -101,7 +112,7 @@ def test_specialisation(run_dir: Path) -> float:
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, std (ddof=1) and number of seeds per (grid, dataset, label)."""
     numbers = ["test_acc", "test_loss", "best_val_acc", "samples_per_s", "final_val_load_cv", "final_val_dropped",
-               "specialisation", "time_s"]
+               "specialisation", "time_s", "test_bpb", "best_val_bpb"]
     constant = ["model", "gating", "experts", "epochs", "params_total", "params_active", "flops_per_sample"]
     grouped = runs.groupby(["grid", "dataset", "label"], sort=False)
     table = grouped[numbers].agg(["mean", "std"])
@@ -140,12 +151,38 @@ def time_to_accuracy(metrics: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """For every run of ``metrics`` (metrics.csv rows with the identity columns), the first epoch
     whose validation accuracy reaches ``threshold`` and the training run's wall seconds at that
     epoch; NaN for a run that never reaches it."""
+    return _first_reaching(metrics, metrics.val_acc >= threshold, threshold)
+
+
+def time_to_bpb(metrics: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """As time_to_accuracy, for a language model: the first evaluation whose validation bits per
+    byte is at or below ``threshold`` (epoch, step and wall seconds), and ``crossing_step``, the
+    step where the line between that evaluation and the one before it crosses ``threshold``
+    (evaluations are a few hundred steps apart; the first one counts from step 0 only if it is
+    already below)."""
+    table = _first_reaching(metrics, metrics.val_bpb <= threshold, threshold)
+    crossing = []
+    for row in table.itertuples():
+        run = metrics[(metrics.grid == row.grid) & (metrics.dataset == row.dataset) & (metrics.label == row.label)
+                      & (metrics.seed == row.seed)].sort_values("step")
+        before = run[run.step < row.step].tail(1)
+        if math.isnan(row.step) or before.empty:
+            crossing.append(row.step)
+            continue
+        (s0, b0), (s1, b1) = (before.step.iloc[0], before.val_bpb.iloc[0]), (row.step, run[run.step == row.step].val_bpb.iloc[0])
+        crossing.append(s0 + (s1 - s0) * (b0 - threshold) / (b0 - b1))
+    return table.assign(crossing_step=crossing)
+
+
+def _first_reaching(metrics: pd.DataFrame, reached: pd.Series, threshold: float) -> pd.DataFrame:
     rows = []
+    metrics = metrics.assign(_reached=reached)
     for (grid, dataset, label, seed), run in metrics.groupby(["grid", "dataset", "label", "seed"], sort=True):
         run = run.sort_values("epoch")
-        reached = run[run.val_acc >= threshold]
-        first = reached.iloc[0] if len(reached) else None
+        hits = run[run._reached]
+        first = hits.iloc[0] if len(hits) else None
         rows.append({"grid": grid, "dataset": dataset, "label": label, "seed": seed, "threshold": threshold,
                      "epoch": first.epoch if first is not None else float("nan"),
+                     "step": first.get("step", float("nan")) if first is not None else float("nan"),
                      "wall_time_s": first.wall_time_s if first is not None else float("nan")})
     return pd.DataFrame(rows)

@@ -402,3 +402,105 @@ def convergence(metrics: pd.DataFrame, grid: str | tuple[str, ...], dataset: str
     fig.suptitle(f"{' and '.join(grids)} ({dataset})", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def lm_convergence(metrics: pd.DataFrame, step_time: dict[str, float], grid: str = "lm",
+                   height: float = 3.0, width: float = 8.0) -> plt.Figure:
+    """Validation bits per byte of the language models against training steps (left: mean over
+    seeds, spread shaded) and against time in steps of the dense model of equal active FLOPs
+    (right: steps times ``step_time``, label -> step time over that model from ``bench.py train
+    --family lm``, measured side by side in one run so that runs trained on different machines
+    compare; a label without a ratio is left out on the right)."""
+    rows = metrics[metrics.grid == grid]
+    if rows.empty:
+        return _no_runs(f"the {grid} grid")
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(width, height), sharey=True)
+    tops = []
+    moe_colors = iter(plt.cm.tab10.colors[2:])
+    for label in _ordered(rows.label.unique(), ["lm-dense-active", "lm-dense-params"]):
+        curve = rows[rows.label == label].groupby("step").val_bpb
+        mean, std = curve.mean(), curve.std().fillna(0)
+        dense = label.startswith("lm-dense")
+        style = dict(color="black" if label == "lm-dense-active" else "0.5" if dense else next(moe_colors),
+                     ls="--" if dense else "-", lw=1.3 if dense else 1.0, label=label.removeprefix("lm-"))
+        by_step.plot(mean.index, mean, marker="o", ms=2, **style)
+        by_step.fill_between(mean.index, mean - std, mean + std, color=style["color"], alpha=0.12)
+        if label in step_time:
+            by_time.plot(mean.index * step_time[label], mean, **style)
+        tops.append(mean.iloc[min(2, len(mean) - 1)])                   # the early steps would flatten the rest
+    by_step.set_ylim(rows.groupby(["label", "step"]).val_bpb.mean().min() - 0.03, max(tops))
+    by_step.set_xlabel("training step")
+    by_step.set_ylabel("validation bits per byte")
+    by_time.set_xlabel("steps x step time over dense-active")
+    by_step.legend(fontsize=6, frameon=False, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def kind_expert_heatmap(kinds: pd.DataFrame, run: str, kind_names, split: str = "test",
+                        blocks: int | None = None) -> plt.Figure:
+    """P(top-1 expert | byte kind) in each MoE block of a language model (kinds.csv rows of
+    ``run``, last logged epoch of ``split``; the first ``blocks`` MoE blocks, or all); kinds that
+    never occur in the split are left out."""
+    rows = _final_rows(kinds[kinds.run == run], split)
+    if rows.empty:
+        return _no_runs(f"kinds.csv of {run}")
+    layers = sorted(rows.layer.unique())[:blocks]
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 2.9), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        table = rows[rows.layer == layer].pivot_table(index="expert", columns="kind", values="top1", aggfunc="sum")
+        table = table.loc[:, table.sum(axis=0) > 0].astype(float)
+        share = table / table.sum(axis=0)
+        sns.heatmap(share.set_axis([kind_names[k] for k in share.columns], axis=1)
+                    .set_axis([f"E{e}" for e in share.index]), ax=ax, cmap="viridis", vmin=0,
+                    annot=share.size <= 160, fmt=".2f", annot_kws={"fontsize": 5}, cbar=layer == layers[-1],
+                    cbar_kws={"fraction": 0.046})
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.tick_params(axis="y", labelrotation=0)
+        ax.set_xlabel("byte kind")
+        ax.set_ylabel("expert")
+        ax.set_title(f"block {layer + 1}: P(expert | kind)")
+    if len(layers) > 1:
+        fig.suptitle(f"Expert x byte-kind routing ({split}) — {run}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def text_routing(routed: pd.DataFrame, run: str, lines: int = 12, width: int = 64) -> plt.Figure:
+    """The first ``lines`` lines of a language model's held-out text (test_text.csv rows of
+    ``run``; lines cut at ``width`` bytes), each byte on a cell tinted by its top-1 expert, one
+    panel per MoE block. Bytes outside printable ASCII are drawn as a middle dot."""
+    rows = routed[routed.run == run]
+    if rows.empty:
+        return _no_runs(f"test_text.csv of {run}")
+    layers = sorted(rows.layer.unique())
+    experts = int(rows.top1_expert.max()) + 1
+    colors = plt.cm.tab10(np.arange(experts) % 10) if experts <= 10 else plt.cm.tab20(np.arange(experts) % 20)
+    first = rows[rows.layer == layers[0]].sort_values("index")
+    cells, line, col = [], 0, 0                                            # (position in text, row, column)
+    for position, byte in enumerate(first.byte):
+        if line >= lines:
+            break
+        if byte == 10:
+            line, col = line + 1, 0
+            continue
+        if col < width:
+            cells.append((position, line, col))
+        col += 1
+    fig, axes = plt.subplots(len(layers), 1, figsize=(0.11 * width + 0.4, 0.16 * lines * len(layers) + 0.5),
+                             squeeze=False)
+    for ax, layer in zip(axes[:, 0], layers):
+        of_layer = rows[rows.layer == layer].sort_values("index")
+        expert, byte = of_layer.top1_expert.to_numpy(), of_layer.byte.to_numpy()
+        tint = np.ones((lines, width, 3))
+        for position, r, c in cells:
+            tint[r, c] = colors[expert[position]][:3]
+        ax.imshow(tint, alpha=0.55, aspect="auto", interpolation="nearest")
+        for position, r, c in cells:
+            char = chr(byte[position]) if 32 <= byte[position] < 127 else "\u00b7"
+            ax.text(c, r, char, ha="center", va="center", fontsize=5.5, family="monospace")
+        ax.set_axis_off()
+        ax.set_title(f"block {layer + 1}: top-1 expert of every byte (colour)", fontsize=7)
+    fig.suptitle(f"Held-out text routed by {run}", fontsize=8)
+    fig.tight_layout()
+    return fig

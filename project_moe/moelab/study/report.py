@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..data.text import KINDS  # noqa: E402
 from ..paths import PROJECT_DIR  # noqa: E402
 from ..training.exits import EXIT_BAD_INPUT  # noqa: E402
 from ..training.run_files import RunFileError  # noqa: E402
@@ -34,6 +35,7 @@ from .report_tables import build_tables  # noqa: E402
 REPORT = PROJECT_DIR / "report"
 RESULTS = PROJECT_DIR / "results"
 REPORT_PATCH_RUN = "fashion-mnist-vit-moe-top2-s0"   # the ViT whose patch routing the report shows
+REPORT_LM_RUN = "python-stdlib-lm-top2-e8-s0"      # the language model whose byte-kind routing it shows
 REWRITE = "restore it from git, or write it again with the command that made it"   # a damaged table of results/
 
 
@@ -46,6 +48,16 @@ def load_vit_step_time(results: Path) -> dict[tuple[int, str], float]:
         for r in logs.read_csv(path, REWRITE).itertuples():
             ratios[(depth, r.model.replace("_", "-"))] = 1.0 / r.vs_dense_active
     return ratios
+
+
+def load_lm_step_time(results: Path, batch: int = 32) -> dict[str, float]:
+    """lm-grid label -> training step time over the dense language model of equal active FLOPs,
+    from the table of ``bench.py train --family lm`` (results/bench/bench_lm_b<batch>.csv, the
+    grid's batch); empty when it was not run."""
+    path = results / "bench" / f"bench_lm_b{batch}.csv"
+    if not path.exists():
+        return {}
+    return {"lm-" + r.model.replace("_", "-"): 1.0 / r.vs_dense_active for r in logs.read_csv(path, REWRITE).itertuples()}
 
 
 def load_train_bench(results: Path) -> dict[int, pd.DataFrame]:
@@ -82,7 +94,12 @@ def build_figures(results: Path, summary: pd.DataFrame, metrics: pd.DataFrame, p
                "class_expert_heatmap": plots.class_expert_heatmap(routing, hard.run.iloc[0], grid="gating"),
                "per_expert_loss": plots.per_expert_loss_curves(experts, hard.run.iloc[0], grid="gating"),
                "vit_convergence": plots.convergence(metrics, CONVERGENCE_GRIDS, "cifar10-jpeg",
-                                                        height=2.4)}
+                                                        height=2.4),
+               "lm_convergence": plots.lm_convergence(metrics, load_lm_step_time(results), height=2.8, width=5.6)}
+    kinds = logs.read_all(results, "kinds.csv")
+    if not kinds.empty:
+        run = REPORT_LM_RUN if REPORT_LM_RUN in set(kinds.run) else sorted(kinds.run)[0]
+        figures["lm_kind_expert_heatmap"] = plots.kind_expert_heatmap(kinds, run, KINDS, blocks=1)
     if not patches.empty:
         run = REPORT_PATCH_RUN if REPORT_PATCH_RUN in set(patches.run) else sorted(patches.run)[0]
         run_dir = next(results.glob(f"runs/*/{run}"))
@@ -126,7 +143,8 @@ def main(argv=None) -> int:
         patches, metrics = logs.read_all(args.results, "test_patches.csv"), logs.read_all(args.results, "metrics.csv")
         for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
                                        patches, bench_repeat, load_sharpness(args.results, "sharpness_cifar"),
-                                       metrics, load_vit_step_time(args.results)).items():
+                                       metrics, load_vit_step_time(args.results),
+                                       load_lm_step_time(args.results)).items():
             (REPORT / "tables" / f"{name}.tex").write_text(text)
         build_figures(args.results, summary, metrics, patches, REPORT / "figures")
     except RunFileError as error:

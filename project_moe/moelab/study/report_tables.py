@@ -9,7 +9,7 @@ import pandas as pd
 from ..models.builder import build_model
 from ..training.config import Config
 from . import logs, plots, published
-from .grids import CONVERGENCE_GRIDS, CONVERGENCE_TARGETS, VIT, split_convergence_label
+from .grids import CONVERGENCE_GRIDS, CONVERGENCE_TARGETS, LM_TARGET_BPB, LM_VARIANTS, VIT, split_convergence_label
 
 
 def pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
@@ -228,6 +228,45 @@ def table_convergence(rows: list[dict]) -> str:
                    body, "rllrrrrrrrrr")
 
 
+def lm_rows(summary: pd.DataFrame, metrics: pd.DataFrame, step_time: dict[str, float] | None = None) -> list[dict]:
+    """Per configuration of the lm grid, in grids.LM_VARIANTS order: its summary row, the test bits
+    per byte gained over the dense model of equal active FLOPs (difference of the means), the steps
+    each seed took to cross grids.LM_TARGET_BPB (interpolated between evaluations), and its step
+    time over that dense model from ``step_time`` (label -> ratio, bench.py train --family lm), which
+    turns steps into time comparable across machines."""
+    lm = summary[summary.grid == "lm"].set_index("label")
+    runs = metrics[metrics.grid == "lm"] if len(metrics) else metrics
+    if lm.empty or not len(runs):
+        return []
+    reached = logs.time_to_bpb(runs, LM_TARGET_BPB)
+    reference = lm.at["lm-dense-active", "test_bpb_mean"] if "lm-dense-active" in lm.index else float("nan")
+    rows = []
+    for name in LM_VARIANTS:
+        label = f"lm-{name}"
+        if label not in lm.index:
+            continue
+        r = lm.loc[label]
+        rows.append({"label": label, "name": name, "summary": r, "gain": reference - r.test_bpb_mean,
+                     "steps": reached[reached.label == label].crossing_step,
+                     "step_time": (step_time or {}).get(label, float("nan"))})
+    return rows
+
+
+def table_lm(rows: list[dict]) -> str:
+    """The byte-level language models: test bits per byte, gain over the dense model of equal active
+    FLOPs, steps to the target validation bits per byte, step time, steps times step time (time to
+    target in steps of that dense model) and total parameters; ``rows`` from lm_rows."""
+    body = []
+    for row in rows:
+        r, ratio = row["summary"], row["step_time"]
+        body.append([escape(row["name"]), _mean_spread(r.test_bpb_mean, r.test_bpb_std, 3), f"{row['gain']:+.3f}",
+                     _reach(row["steps"], 0), "--" if math.isnan(ratio) else f"{ratio:.2f}",
+                     "--" if math.isnan(ratio) else _reach(row["steps"] * ratio, 0),
+                     thousands(r.params_total), str(r.seeds)])
+    return tabular(["model", "test bits/byte", "gain", f"steps to {LM_TARGET_BPB:.2f}", "step time",
+                    "time to target", "params", "seeds"], body, "lrrrrrrr")
+
+
 def table_bench(bench: pd.DataFrame) -> str:
     body = []
     for (e, k, mode), group in bench.groupby(["E", "k", "mode"], sort=False):
@@ -242,7 +281,8 @@ def table_bench(bench: pd.DataFrame) -> str:
 def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | None,
             train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None = None,
             coherence: pd.DataFrame | None = None, bench_repeat: pd.DataFrame | None = None,
-            cifar_sharpness: pd.DataFrame | None = None, convergence: list[dict] | None = None) -> str:
+            cifar_sharpness: pd.DataFrame | None = None, convergence: list[dict] | None = None,
+            lm: list[dict] | None = None) -> str:
     """LaTeX macros for the numbers quoted in the text: \\res (test accuracy, %, mean ± std),
     \\spec (I(expert; class) / H(class)), \\loadcv (final validation load CV), per
     {grid}{dataset}{label}, \\dropped (% of assignments dropped for capacity, validation, last epoch),
@@ -251,7 +291,10 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     {label}{split}{top_eigenvalue|trace|loss}: the Hessian estimates of analysis.py; \\reachepochs and
     \\reachminutes{grid}{dataset}{label}: mean epochs and training minutes to the convergence target,
     \\reachtime the epochs times the step time over the dense ViT of equal FLOPs (-- unless every
-    seed reached it), \\vitstep{blocks}{model} that step time (CIFAR-10)."""
+    seed reached it), \\vitstep{blocks}{model} that step time (CIFAR-10); \\lmbpb, \\lmgain,
+    \\lmsteps, \\lmstep and \\lmtime{variant}: the lm grid's test bits per byte, its gain over
+    dense-active, the steps to grids.LM_TARGET_BPB, the step time and their product (see lm_rows),
+    \\lmtarget that target."""
     lines = []
     for macro in ("res", "spec", "loadcv", "dropped", "minutes", "params", "unpicked"):
         args = "[1]" if macro == "unpicked" else "[3]"
@@ -312,6 +355,18 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
             value = f"{hit.mean():.1f}" if len(hit) == len(values) else "--"
             lines.append(f"\\expandafter\\def\\csname reach{macro}:{r.grid}:{r.dataset}:{r.label}\\endcsname"
                          f"{{{value}}}")
+    for macro in ("lmbpb", "lmgain", "lmsteps", "lmstep", "lmtime"):
+        lines.append(f"\\newcommand{{\\{macro}}}[1]{{\\csname {macro}:#1\\endcsname}}")
+    lines.append(f"\\newcommand{{\\lmtarget}}{{{LM_TARGET_BPB:.2f}}}")
+    for row in lm or []:
+        r, ratio, hit = row["summary"], row["step_time"], row["steps"].dropna()
+        values = {"lmbpb": _mean_spread(r.test_bpb_mean, r.test_bpb_std, 3), "lmgain": f"{row['gain']:.3f}",
+                  "lmsteps": f"{hit.mean():.0f}" if len(hit) == len(row["steps"]) else "--",
+                  "lmstep": "--" if math.isnan(ratio) else f"{ratio:.2f}",
+                  "lmtime": f"{hit.mean() * ratio:.0f}" if len(hit) == len(row["steps"]) and math.isfinite(ratio)
+                  else "--"}
+        for macro, value in values.items():
+            lines.append(f"\\expandafter\\def\\csname {macro}:{row['name']}\\endcsname{{{value}}}")
     lines.append("\\newcommand{\\coherence}[3]{\\csname coherence:#1:#2:#3\\endcsname}")
     for r in (coherence.itertuples() if coherence is not None else []):
         key = f"{r.dataset}:{r.label}:{r.layer + 1}"   # blocks numbered from 1 in the text
@@ -343,16 +398,19 @@ def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.
                  train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None,
                  patches: pd.DataFrame, bench_repeat: pd.DataFrame | None = None,
                  cifar_sharpness: pd.DataFrame | None = None, metrics: pd.DataFrame | None = None,
-                 vit_step_time: dict[tuple[int, str], float] | None = None) -> dict[str, str]:
-    convergence = convergence_rows(summary, metrics if metrics is not None else pd.DataFrame(), vit_step_time)
+                 vit_step_time: dict[tuple[int, str], float] | None = None,
+                 lm_step_time: dict[str, float] | None = None) -> dict[str, str]:
+    metrics = metrics if metrics is not None else pd.DataFrame()
+    convergence = convergence_rows(summary, metrics, vit_step_time)
+    lm = lm_rows(summary, metrics, lm_step_time)
     tables = {"moe_vs_dense": table_moe_vs_dense(summary), "gating": table_gating(summary),
               "experts": table_simple(summary, "experts"), "regularisation": table_simple(summary, "regularisation"),
               "modern": table_modern(summary),
               "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
                                  logs.patch_coherence(patches) if not patches.empty else None,
-                                 bench_repeat, cifar_sharpness, convergence) + vit_router_sizes(),
+                                 bench_repeat, cifar_sharpness, convergence, lm) + vit_router_sizes(),
               "cifar_heads": table_cifar_heads(summary, cifar_sharpness),
-              "convergence": table_convergence(convergence)}
+              "convergence": table_convergence(convergence), "lm": table_lm(lm)}
     if bench is not None:
         tables["bench"] = table_bench(bench)
     if sharpness is not None:
