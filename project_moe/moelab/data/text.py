@@ -312,7 +312,8 @@ def load_language_dataset(name: str, context: int, val_fraction: float) -> TextD
         if not name[len("text:"):]:
             raise DataError("--dataset text: needs a path, e.g. --dataset text:/data/shakespeare.txt")
         files = read_text_files(root)
-        if len(files) < 3:          # too few files to split by file: each one cut by position, pieces joined
+        by_position = len(files) < 3     # too few files to split by file: each one cut by position, pieces joined
+        if by_position:
             splits = {"train": [], "val": [], "test": []}
             for path, content in files:
                 for split, part in split_by_position(path, content, val_share).items():
@@ -321,7 +322,7 @@ def load_language_dataset(name: str, context: int, val_fraction: float) -> TextD
             splits = split_by_file(files, val_share)
         content = _streams_content(splits)
         name = f"text:{root.absolute()}"
-        source = f"{len(files)} file(s) under {root}, split " + ("by position" if len(files) < 3 else "by file")
+        source = f"{len(files)} file(s) under {root}, split " + ("by position" if by_position else "by file")
     streams = {split: Stream(c["tokens"], c["kinds"], tuple(c["files"])) for split, c in content.items()}
     for split, stream in streams.items():
         if len(stream) < context + 1:

@@ -6,7 +6,6 @@ run, so that runs can be grouped by configuration (label) across seeds.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -160,29 +159,33 @@ def time_to_bpb(metrics: pd.DataFrame, threshold: float) -> pd.DataFrame:
     step where the line between that evaluation and the one before it crosses ``threshold``
     (evaluations are a few hundred steps apart; the first one counts from step 0 only if it is
     already below)."""
-    table = _first_reaching(metrics, metrics.val_bpb <= threshold, threshold)
-    crossing = []
-    for row in table.itertuples():
-        run = metrics[(metrics.grid == row.grid) & (metrics.dataset == row.dataset) & (metrics.label == row.label)
-                      & (metrics.seed == row.seed)].sort_values("step")
-        before = run[run.step < row.step].tail(1)
-        if math.isnan(row.step) or before.empty:
-            crossing.append(row.step)
-            continue
-        (s0, b0), (s1, b1) = (before.step.iloc[0], before.val_bpb.iloc[0]), (row.step, run[run.step == row.step].val_bpb.iloc[0])
-        crossing.append(s0 + (s1 - s0) * (b0 - threshold) / (b0 - b1))
-    return table.assign(crossing_step=crossing)
+    return _first_reaching(metrics, metrics.val_bpb <= threshold, threshold, interpolate="val_bpb")
 
 
-def _first_reaching(metrics: pd.DataFrame, reached: pd.Series, threshold: float) -> pd.DataFrame:
+def _first_reaching(metrics: pd.DataFrame, reached: pd.Series, threshold: float,
+                    interpolate: str | None = None) -> pd.DataFrame:
+    """Per run: the first row where ``reached`` holds; with ``interpolate``, also the step where
+    that column, linear between the row before and that row, crosses ``threshold``."""
     rows = []
     metrics = metrics.assign(_reached=reached)
     for (grid, dataset, label, seed), run in metrics.groupby(["grid", "dataset", "label", "seed"], sort=True):
         run = run.sort_values("epoch")
-        hits = run[run._reached]
-        first = hits.iloc[0] if len(hits) else None
-        rows.append({"grid": grid, "dataset": dataset, "label": label, "seed": seed, "threshold": threshold,
-                     "epoch": first.epoch if first is not None else float("nan"),
-                     "step": first.get("step", float("nan")) if first is not None else float("nan"),
-                     "wall_time_s": first.wall_time_s if first is not None else float("nan")})
+        hit = int(run._reached.to_numpy().argmax()) if run._reached.any() else None
+        first = run.iloc[hit] if hit is not None else None
+        row = {"grid": grid, "dataset": dataset, "label": label, "seed": seed, "threshold": threshold,
+               "epoch": first.epoch if first is not None else float("nan"),
+               "step": first.get("step", float("nan")) if first is not None else float("nan"),
+               "wall_time_s": first.wall_time_s if first is not None else float("nan")}
+        if interpolate is not None:
+            row["crossing_step"] = _crossing_step(run, hit, interpolate, threshold)
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _crossing_step(run: pd.DataFrame, hit: int | None, column: str, threshold: float) -> float:
+    if hit is None:
+        return float("nan")
+    if hit == 0:
+        return float(run.step.iloc[0])
+    (s0, v0), (s1, v1) = ((run.step.iloc[i], run[column].iloc[i]) for i in (hit - 1, hit))
+    return float(s0 + (s1 - s0) * (v0 - threshold) / (v0 - v1))

@@ -80,9 +80,10 @@ def load_sharpness(results: Path, name: str = "sharpness") -> pd.DataFrame | Non
 
 
 def build_figures(results: Path, summary: pd.DataFrame, metrics: pd.DataFrame, patches: pd.DataFrame,
-                  out: Path) -> None:
+                  out: Path, lm_step_time: dict[str, float]) -> None:
     """The report's figures from the logs; ``metrics`` and ``patches`` are the runs' metrics.csv and
-    test_patches.csv, read once by main for the tables too."""
+    test_patches.csv, and ``lm_step_time`` load_lm_step_time's ratios, read once by main for the
+    tables too."""
 
     out.mkdir(parents=True, exist_ok=True)
     experts = logs.read_all(results, "experts.csv")
@@ -95,7 +96,7 @@ def build_figures(results: Path, summary: pd.DataFrame, metrics: pd.DataFrame, p
                "per_expert_loss": plots.per_expert_loss_curves(experts, hard.run.iloc[0], grid="gating"),
                "vit_convergence": plots.convergence(metrics, CONVERGENCE_GRIDS, "cifar10-jpeg",
                                                         height=2.4),
-               "lm_convergence": plots.lm_convergence(metrics, load_lm_step_time(results), height=2.8, width=5.6)}
+               "lm_convergence": plots.lm_convergence(metrics, lm_step_time, height=2.8, width=5.6)}
     kinds = logs.read_all(results, "kinds.csv")
     if not kinds.empty:
         run = REPORT_LM_RUN if REPORT_LM_RUN in set(kinds.run) else sorted(kinds.run)[0]
@@ -141,12 +142,12 @@ def main(argv=None) -> int:
         samples = logs.read_all(args.results, "test_samples.csv")
         sharpness = load_sharpness(args.results)
         patches, metrics = logs.read_all(args.results, "test_patches.csv"), logs.read_all(args.results, "metrics.csv")
+        lm_step_time = load_lm_step_time(args.results)
         for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
                                        patches, bench_repeat, load_sharpness(args.results, "sharpness_cifar"),
-                                       metrics, load_vit_step_time(args.results),
-                                       load_lm_step_time(args.results)).items():
+                                       metrics, load_vit_step_time(args.results), lm_step_time).items():
             (REPORT / "tables" / f"{name}.tex").write_text(text)
-        build_figures(args.results, summary, metrics, patches, REPORT / "figures")
+        build_figures(args.results, summary, metrics, patches, REPORT / "figures", lm_step_time)
     except RunFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -199,6 +199,12 @@ def convergence_rows(summary: pd.DataFrame, metrics: pd.DataFrame,
     return rows
 
 
+def _mean_if_all(values: pd.Series, digits: int) -> str:
+    """The mean over seeds of a time to target, or -- unless every seed reached it (NaN: never)."""
+    hit = values.dropna()
+    return f"{hit.mean():.{digits}f}" if len(hit) == len(values) else "--"
+
+
 def _reach(values: pd.Series, digits: int) -> str:
     """Mean \\pm std over the seeds that reached the target, and how many did when not all."""
     hit = values.dropna()
@@ -351,20 +357,16 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
                          f"{{{row['step_time']:.2f}}}")
         for macro, values in (("epochs", row["epochs"]), ("minutes", row["minutes"]),
                               ("time", row["epochs"] * row["step_time"])):
-            hit = values.dropna()
-            value = f"{hit.mean():.1f}" if len(hit) == len(values) else "--"
             lines.append(f"\\expandafter\\def\\csname reach{macro}:{r.grid}:{r.dataset}:{r.label}\\endcsname"
-                         f"{{{value}}}")
+                         f"{{{_mean_if_all(values, 1)}}}")
     for macro in ("lmbpb", "lmgain", "lmsteps", "lmstep", "lmtime"):
         lines.append(f"\\newcommand{{\\{macro}}}[1]{{\\csname {macro}:#1\\endcsname}}")
     lines.append(f"\\newcommand{{\\lmtarget}}{{{LM_TARGET_BPB:.2f}}}")
     for row in lm or []:
-        r, ratio, hit = row["summary"], row["step_time"], row["steps"].dropna()
+        r, ratio = row["summary"], row["step_time"]
         values = {"lmbpb": _mean_spread(r.test_bpb_mean, r.test_bpb_std, 3), "lmgain": f"{row['gain']:.3f}",
-                  "lmsteps": f"{hit.mean():.0f}" if len(hit) == len(row["steps"]) else "--",
-                  "lmstep": "--" if math.isnan(ratio) else f"{ratio:.2f}",
-                  "lmtime": f"{hit.mean() * ratio:.0f}" if len(hit) == len(row["steps"]) and math.isfinite(ratio)
-                  else "--"}
+                  "lmsteps": _mean_if_all(row["steps"], 0), "lmstep": "--" if math.isnan(ratio) else f"{ratio:.2f}",
+                  "lmtime": _mean_if_all(row["steps"] * ratio, 0)}
         for macro, value in values.items():
             lines.append(f"\\expandafter\\def\\csname {macro}:{row['name']}\\endcsname{{{value}}}")
     lines.append("\\newcommand{\\coherence}[3]{\\csname coherence:#1:#2:#3\\endcsname}")
