@@ -151,3 +151,24 @@ def test_lm_table_and_macros_take_steps_to_target_times_the_bench_step_time():
                                                   time_s_mean=60.0), pd.Series(dtype=float), None, {}, lm=rows)
     assert "\\csname lmtime:top2-e8\\endcsname{208}" in macros and "\\csname lmgain:top2-e8\\endcsname{0.100}" in macros
     assert "\\csname lmsteps:dense-active\\endcsname{" in macros
+
+
+def test_lm_macros_average_the_seeds_that_reach_and_say_how_many_and_the_lead_is_over_those():
+    from moelab.study import report_tables
+
+    target = grids.LM_TARGET_BPB
+    curves = {("lm-dense-active", 0): [target + 1, target + 0.5, target - 0.5],    # crosses at step 250
+              ("lm-dense-active", 1): [target + 1, target + 0.5, target + 0.2]}    # never reaches it
+    curves |= {("lm-top2-e8", s): [target + 1, target - 0.5, target - 0.6] for s in (0, 1)}   # step 100 + 66.7
+    summary = pd.DataFrame([{"grid": "lm", "dataset": "python-stdlib", "label": label, "seeds": 2,
+                             "test_bpb_mean": 1.5, "test_bpb_std": 0.01, "params_total": 2000, "params_active": 1000,
+                             "test_acc_mean": 0.5, "test_acc_std": 0.0, "specialisation_mean": 0.0,
+                             "specialisation_std": 0.0, "final_val_load_cv_mean": 0.0, "final_val_load_cv_std": 0.0,
+                             "final_val_dropped_mean": float("nan"), "time_s_mean": 60.0}
+                            for label in ("lm-dense-active", "lm-top2-e8")])
+    rows = report_tables.lm_rows(summary, lm_metrics_of(curves), {"lm-dense-active": 1.0, "lm-top2-e8": 0.75})
+    macros = report_tables.numbers(summary, pd.Series(dtype=float), None, {}, lm=rows)
+    assert "\\csname lmtime:dense-active\\endcsname{250 (1/2 seeds)}" in macros
+    assert "\\csname lmtime:top2-e8\\endcsname{125}" in macros                       # 166.7 steps x 0.75
+    assert report_tables.lm_time_lead(rows) == pytest.approx(100 * (1 - 125 / 250))
+    assert "\\newcommand{\\lmlead}{50}" in macros

@@ -205,6 +205,25 @@ def _mean_if_all(values: pd.Series, digits: int) -> str:
     return f"{hit.mean():.{digits}f}" if len(hit) == len(values) else "--"
 
 
+def _mean_reached(values: pd.Series, digits: int) -> str:
+    """The mean over the seeds that reached a target, with how many did when not all (text macros)."""
+    hit = values.dropna()
+    if hit.empty:
+        return "never"
+    return f"{hit.mean():.{digits}f}" + ("" if len(hit) == len(values) else f" ({len(hit)}/{len(values)} seeds)")
+
+
+def lm_time_lead(rows: list[dict]) -> float:
+    """How far ahead in time to target the fastest MoE of the lm grid is of the dense model of equal
+    active FLOPs, in % of that model's time; both times are means over the seeds that reached the
+    target, so a dense model that some seeds never bring there makes this a lower bound. NaN when
+    either never reaches it or a step time is missing."""
+    times = {row["name"]: (row["steps"] * row["step_time"]).dropna().mean() for row in rows}
+    dense = times.get("dense-active", float("nan"))
+    moe = [t for name, t in times.items() if not name.startswith("dense") and math.isfinite(t)]
+    return 100 * (1 - min(moe) / dense) if moe and math.isfinite(dense) else float("nan")
+
+
 def _reach(values: pd.Series, digits: int) -> str:
     """Mean \\pm std over the seeds that reached the target, and how many did when not all."""
     hit = values.dropna()
@@ -299,8 +318,9 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     \\reachtime the epochs times the step time over the dense ViT of equal FLOPs (-- unless every
     seed reached it), \\vitstep{blocks}{model} that step time (CIFAR-10); \\lmbpb, \\lmgain,
     \\lmsteps, \\lmstep and \\lmtime{variant}: the lm grid's test bits per byte, its gain over
-    dense-active, the steps to grids.LM_TARGET_BPB, the step time and their product (see lm_rows),
-    \\lmtarget that target."""
+    dense-active, the steps to grids.LM_TARGET_BPB, the step time and their product (see lm_rows;
+    steps and time are means over the seeds that reached it), \\lmtarget that target, \\lmlead the
+    fastest MoE's lead in time over dense-active in % (lm_time_lead)."""
     lines = []
     for macro in ("res", "spec", "loadcv", "dropped", "minutes", "params", "unpicked"):
         args = "[1]" if macro == "unpicked" else "[3]"
@@ -362,11 +382,13 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     for macro in ("lmbpb", "lmgain", "lmsteps", "lmstep", "lmtime"):
         lines.append(f"\\newcommand{{\\{macro}}}[1]{{\\csname {macro}:#1\\endcsname}}")
     lines.append(f"\\newcommand{{\\lmtarget}}{{{LM_TARGET_BPB:.2f}}}")
+    lead = lm_time_lead(lm or [])
+    lines.append(f"\\newcommand{{\\lmlead}}{{{'--' if math.isnan(lead) else f'{lead:.0f}'}}}")
     for row in lm or []:
         r, ratio = row["summary"], row["step_time"]
         values = {"lmbpb": _mean_spread(r.test_bpb_mean, r.test_bpb_std, 3), "lmgain": f"{row['gain']:.3f}",
-                  "lmsteps": _mean_if_all(row["steps"], 0), "lmstep": "--" if math.isnan(ratio) else f"{ratio:.2f}",
-                  "lmtime": _mean_if_all(row["steps"] * ratio, 0)}
+                  "lmsteps": _mean_reached(row["steps"], 0), "lmstep": "--" if math.isnan(ratio) else f"{ratio:.2f}",
+                  "lmtime": _mean_reached(row["steps"] * ratio, 0)}
         for macro, value in values.items():
             lines.append(f"\\expandafter\\def\\csname {macro}:{row['name']}\\endcsname{{{value}}}")
     lines.append("\\newcommand{\\coherence}[3]{\\csname coherence:#1:#2:#3\\endcsname}")
