@@ -29,7 +29,9 @@ def test_bench_layer_writes_ratios_for_every_implementation(tmp_path):
             "--per-round", "1", "--warmup", "0", "--device", "cpu", "--threads", "1", "--csv", str(out)]
     assert cli.main(argv) == 0
     table = pd.read_csv(out)
-    assert set(table.impl) == {"dense_same_active", "moe", "soft_all_experts", "masked_loop"}
+    assert set(table.impl) == {"dense_same_active", "moe", "moe_grouped", "moe_padded", "moe_grouped_mm",
+                               "soft_all_experts", "masked_loop"}
+    assert (table[table.impl == "moe_grouped"].vs_grouped == 1.0).all()
     assert set(table["mode"]) == {"fwd", "fwd+bwd"}
     assert (table[table.impl == "dense_same_active"].vs_dense == 1.0).all()
     assert (table.median_ms > 0).all() and (table.vs_dense_min <= table.vs_dense_max).all()
@@ -42,20 +44,24 @@ def test_bench_train_writes_one_row_per_model_and_the_step_cost_rows(tmp_path, t
     assert cli.main(argv) == 0
     table = pd.read_csv(out).set_index("model")
     assert list(table.index) == ["dense_active", "dense_params", "moe_soft", "moe_hard", "moe_top2",
-                                 "moe_expert_choice", "moe_hard_grouped", "moe_hard_padded", "moe_hard_plain_routing",
-                                 "bare_matmuls_dense_active", "bare_matmuls_moe_hard",
-                                 "layers_dense_active", "layers_moe_hard_grouped", "layers_moe_hard_padded"]
+                                 "moe_expert_choice", "moe_hard_grouped", "moe_hard_padded", "moe_hard_grouped_mm",
+                                 "moe_hard_plain_routing", "bare_matmuls_dense_active", "bare_matmuls_moe_hard",
+                                 "layers_dense_active", "layers_moe_hard_grouped", "layers_moe_hard_padded",
+                                 "layers_moe_hard_grouped_mm"]
     assert table.loc["dense_active", "vs_dense_active"] == 1.0
     assert (table.samples_per_s > 0).all()
     assert table.loc["dense_active", "optimizer_vs_dense_active"] == 1.0
-    assert (table.optimizer_vs_dense_active.iloc[:9] > 0).all() and table.optimizer_vs_dense_active.iloc[9:].isna().all()
+    trained = 10                                                                # rows of whole training steps
+    assert (table.optimizer_vs_dense_active.iloc[:trained] > 0).all()
+    assert table.optimizer_vs_dense_active.iloc[trained:].isna().all()
     # the MoE's router, losses and dispatch are extra operations in every step
     assert table.loc["moe_hard", "ops_per_step"] > table.loc["dense_active", "ops_per_step"] > 0
     # one batched product per layer: fewer operations than a product per expert
     assert table.loc["moe_hard_padded", "ops_per_step"] < table.loc["moe_hard_grouped", "ops_per_step"]
+    assert table.loc["moe_hard_grouped_mm", "ops_per_step"] < table.loc["moe_hard_grouped", "ops_per_step"]
     # the same layer with its routing in plain autograd operations dispatches more of them
     assert table.loc["moe_hard_plain_routing", "ops_per_step"] > table.loc["moe_hard", "ops_per_step"]
-    assert table.ops_per_step.iloc[9:].isna().all()
+    assert table.ops_per_step.iloc[trained:].isna().all()
 
 
 def test_bench_train_adds_amp_rows_beside_the_eager_ones(tmp_path, tiny_data):
@@ -64,7 +70,7 @@ def test_bench_train_adds_amp_rows_beside_the_eager_ones(tmp_path, tiny_data):
             "--modes", "eager", "amp", "--device", "cpu", "--threads", "1", "--csv", str(out)]
     assert cli.main(argv) == 0
     table = pd.read_csv(out).set_index("model")
-    assert {"dense_active+amp", "dense_params+amp", "moe_hard+amp"} <= set(table.index)
+    assert {"dense_active+amp", "dense_params+amp", "moe_hard+amp", "moe_hard_grouped_mm+amp"} <= set(table.index)
     assert "moe_hard" in table.index and (table.loc[["moe_hard+amp"], "samples_per_s"] > 0).all()
     # autocast casts the weights and inputs of every matmul: more operations, not fewer
     assert table.loc["moe_hard+amp", "ops_per_step"] > table.loc["moe_hard", "ops_per_step"]

@@ -50,7 +50,7 @@ def test_grouped_padded_and_autograd_dispatch_agree_on_cuda(gating):
     moe = make_moe(gating).train()
     x = torch.randn(N, D, device=CUDA, requires_grad=True)
     results = []
-    for dispatch, fused in (("grouped", True), ("padded", True), ("grouped", False)):
+    for dispatch, fused in (("grouped", True), ("padded", True), ("grouped_mm", True), ("grouped", False)):
         moe.experts.fused = fused
         torch.manual_seed(1)
         with dispatch_as(moe, dispatch):
@@ -110,3 +110,17 @@ def test_interrupted_cuda_run_resumes_to_the_same_logs(tmp_path, tiny_data, monk
                           for name in ("reference", "cut"))
     # CUDA's index_add_ adds in no fixed order: equal up to float rounding, not bit for bit.
     pd.testing.assert_frame_equal(resumed, reference, rtol=1e-3, atol=1e-4)
+
+
+def test_grouped_mm_runs_in_bfloat16_on_a_gpu_that_has_the_kernel():
+    """torch documents its CUDA grouped GEMM for bfloat16 on compute capability 8.0 and newer;
+    elsewhere the bank must say why it fell back, and still compute."""
+    moe = make_moe("topk").train()
+    moe.experts.dispatch = "grouped_mm"
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = moe(torch.randn(N, D, device=CUDA))
+    out.logits.float().square().sum().backward()
+    if torch.cuda.get_device_capability() >= (8, 0):
+        assert moe.experts.ran == {"grouped_mm"}, moe.experts.fallback
+    else:
+        assert moe.experts.ran == {"grouped"} and moe.experts.fallback

@@ -161,7 +161,7 @@ def _check_equivalence(model: torch.nn.Module, x: torch.Tensor, rank: int, exper
 
 
 LAYER_CASES = [("mlp", gating, dispatch, "linear", "dropless") for gating in GATING_CHOICES
-               for dispatch in ("grouped", "padded")] \
+               for dispatch in ("grouped", "padded", "grouped_mm")] \
     + [("mlp", "topk", "grouped", "cosine", "dropless"), ("mlp", "topk", "grouped", "linear", "priority"),
        ("mlp", "hard", "padded", "linear", "position"), ("vit", "noisy-topk", "auto", "linear", "position"),
        ("mlp", "topk", "grouped", "linear", "shared+bias"), ("vit", "expert-choice", "auto", "attention", "dropless"),

@@ -1,14 +1,19 @@
 """Expert banks: the stacked MLP bank and its hand-written backward against plain autograd."""
+import copy
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from moelab.layers import experts as experts_module
 from moelab.layers.experts import (
     PADDED_MAX_GROWTH,
     PADDED_MAX_MEAN_ROWS,
     GroupedMLP,
     MLPExperts,
+    aligned_width,
     choose_dispatch,
+    dispatch_report,
     expert_slices,
     mlp,
     padded_positions,
@@ -71,6 +76,93 @@ def test_fast_dispatch_equals_plain_autograd(depth, counts, input_grad, dispatch
     idle = [e for e, c in enumerate(counts) if c == 0]
     for weight_grad in fast_grads[-2 * (depth + 1):]:
         assert weight_grad[idle].abs().sum() == 0
+
+
+def float32_run(experts: MLPExperts, x: torch.Tensor, counts: list[int], upstream: torch.Tensor, dispatch: str):
+    """Output and gradients (input, then parameters) of a float32 copy of ``experts``."""
+    bank32 = copy.deepcopy(experts).float()
+    bank32.dispatch = dispatch
+    x32 = x.detach().float().requires_grad_()
+    torch.manual_seed(7)                                      # the same dropout masks in every run
+    out = bank32.forward_sorted(x32, counts)
+    grads = torch.autograd.grad((out * upstream.float()).sum(), [x32, *bank32.parameters()]) if out.numel() else ()
+    return out, grads, bank32
+
+
+@pytest.mark.parametrize("depth,dropout", [(1, 0.0), (2, 0.0), (2, 0.4)])
+@pytest.mark.parametrize("counts", [[3, 1, 4, 2, 5], [0, 6, 0, 0, 3], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0],
+                                    [1500, 0, 700, 1, 1799]])
+def test_grouped_mm_dispatch_equals_plain_autograd_in_float32(depth, dropout, counts):
+    """torch's grouped GEMM (float32 only: it has no float64 kernel) against plain autograd in float64,
+    on widths that are no multiple of its 16-byte alignment (7 -> 8, 6 -> 8): outputs and every
+    gradient, uneven and empty experts, one row, thousands of rows; idle experts get zero gradients."""
+    experts = bank(depth, dropout).train()
+    x = sorted_batch(counts)
+    upstream = torch.randn(sum(counts), K, dtype=torch.float64)
+    out, grads, bank32 = float32_run(experts, x, counts, upstream, "grouped_mm")
+    assert bank32.ran == ({"grouped_mm"} if sum(counts) else {"grouped"}) and bank32.fallback is None
+    experts.dispatch, experts.fused = "grouped", False
+    torch.manual_seed(7)
+    want = experts.forward_sorted(x, counts)
+    assert out.shape == (sum(counts), K) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    if not sum(counts):
+        return
+    want_grads = torch.autograd.grad((want * upstream).sum(), [x, *experts.parameters()])
+    for got, expected in zip(grads, want_grads):
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+    idle = [e for e, c in enumerate(counts) if c == 0]
+    assert all(g[idle].abs().sum() == 0 for g in grads[1:])
+
+
+def test_grouped_mm_dispatch_equals_the_grouped_one_on_aligned_and_unaligned_class_logits():
+    """At the MNIST bank's shape (784 -> 128 -> 10 logits, padded to 12 columns inside) the two
+    hand-written dispatches agree in float32."""
+    torch.manual_seed(0)
+    experts = MLPExperts(8, 784, 128, 10).train()
+    counts = [40, 0, 17, 3, 90, 1, 0, 30]
+    x = torch.randn(sum(counts), 784, dtype=torch.float64)
+    upstream = torch.randn(sum(counts), 10)
+    out_mm, grads_mm, _ = float32_run(experts, x, counts, upstream, "grouped_mm")
+    out, grads, _ = float32_run(experts, x, counts, upstream, "grouped")
+    torch.testing.assert_close(out_mm, out, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads_mm, grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_aligned_width_rounds_up_to_16_bytes():
+    assert [aligned_width(w, torch.float32) for w in (1, 4, 10, 784)] == [4, 4, 12, 784]
+    assert [aligned_width(w, torch.bfloat16) for w in (1, 8, 10)] == [8, 8, 16]
+
+
+def test_grouped_mm_falls_back_to_grouped_where_torch_lacks_it_and_says_why(monkeypatch):
+    """Without the kernel (older torch, simulated here; float64, which it has no kernel for) the
+    bank runs the grouped dispatch: the same results, and one report line naming the reason."""
+    experts = bank(depth=2)
+    counts = [3, 0, 4, 2, 5]
+    x = sorted_batch(counts)
+    experts.dispatch = "grouped"
+    want = experts.forward_sorted(x, counts)
+    experts.dispatch = "grouped_mm"
+    assert torch.equal(experts.forward_sorted(x, counts), want)                # float64: no kernel
+    assert experts.ran == {"grouped"} and "float64" in experts.fallback
+    assert dispatch_report(experts) == f"expert dispatch: grouped_mm ran grouped (in place of grouped_mm: " \
+                                       f"{experts.fallback})"
+    monkeypatch.setattr(experts_module, "_GROUPED_MM_SUPPORT", {})
+    monkeypatch.delattr(torch.nn.functional, "grouped_mm")
+    bank32 = bank(depth=2).float()
+    bank32.dispatch = "grouped_mm"
+    bank32.forward_sorted(x.detach().float(), counts)
+    assert bank32.ran == {"grouped"} and "has no torch.nn.functional.grouped_mm" in bank32.fallback
+
+
+def test_dispatch_report_names_what_auto_ran():
+    experts = bank()
+    assert dispatch_report(experts) is None                                    # nothing ran yet
+    experts.forward_sorted(sorted_batch([2, 2, 2, 2, 2]), [2, 2, 2, 2, 2])     # few balanced rows: padded
+    experts.forward_sorted(sorted_batch([200, 0, 0, 0, 1]), [200, 0, 0, 0, 1])  # skewed: grouped
+    assert dispatch_report(experts) == "expert dispatch: auto ran grouped, padded"
 
 
 def test_idle_experts_get_zero_gradients_whatever_fresh_memory_holds(monkeypatch):

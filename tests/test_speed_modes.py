@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moelab.layers import aux_losses
-from moelab.layers.experts import MLPExperts
+from moelab.layers.experts import MLPExperts, dispatch_report
 from moelab.layers.moe import MoE
 from moelab.layers.precision import Precision
 from moelab.layers.routers import build_router, set_loss_names
@@ -70,7 +70,7 @@ def test_router_scores_stay_float32_under_autocast():
     assert routing.logits.dtype == torch.float32 and routing.probs.dtype == torch.float32
 
 
-@pytest.mark.parametrize("dispatch", ["grouped", "padded"])
+@pytest.mark.parametrize("dispatch", ["grouped", "padded", "grouped_mm"])
 def test_expert_bank_under_bf16_autocast_equals_autograd_and_keeps_float32_gradients(dispatch):
     torch.manual_seed(0)
     bank = MLPExperts(E, D, 32, K, dispatch=dispatch)
@@ -86,6 +86,7 @@ def test_expert_bank_under_bf16_autocast_equals_autograd_and_keeps_float32_gradi
         return out, [p.grad.clone() for p in bank.parameters()]
 
     out32, grads32 = run(False)
+    assert bank.ran == {dispatch} and bank.fallback is None     # grouped_mm ran, in float32 and in bfloat16
     out16, grads16 = run(True)
     reference16, reference_grads16 = run(True, fused=False)      # plain autograd under the same autocast
     assert out16.dtype == torch.bfloat16
@@ -109,10 +110,11 @@ def test_amp_training_learns_and_writes_the_same_logs(tmp_path, tiny_data):
     assert abs(amp.val_acc.iloc[-1] - plain.val_acc.iloc[-1]) < 0.1
 
 
-@pytest.mark.parametrize("model", ["dense"] + list(GATING_CHOICES))
+@pytest.mark.parametrize("model", ["dense"] + list(GATING_CHOICES) + ["hard+grouped_mm", "topk+grouped_mm"])
 def test_compiled_step_equals_eager(model):
+    gating, _, dispatch = model.partition("+")
     cfg = Config(model="dense", dense_match="active") if model == "dense" else \
-        Config(gating=model, experts=4, expert_hidden=16, top_k=2)
+        Config(gating=gating, experts=4, expert_hidden=16, top_k=2, expert_dispatch=dispatch or "auto")
     results = []
     for compiled in (False, True):
         torch.manual_seed(0)
@@ -127,6 +129,9 @@ def test_compiled_step_equals_eager(model):
         loss = torch.nn.functional.cross_entropy(output if torch.is_tensor(output) else output.logits, y)
         loss.backward()
         results.append((loss.detach(), [p.grad for p in net.parameters()]))
+    if dispatch:   # float32: the compiled graph runs grouped in its place, and the report says why
+        assert dispatch_report(net) == "expert dispatch: grouped_mm ran grouped (in place of grouped_mm: " \
+                                       "torch.compile traces grouped_mm in bfloat16 or float16 only, not float32)"
     (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
     assert torch.allclose(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
     for compiled_grad, eager_grad in zip(compiled_grads, eager_grads):
@@ -142,3 +147,19 @@ def test_compiled_dense_run_matches_eager_and_reports_its_compile_time_apart(tmp
     assert eager_summary["compile_s"] is None and summary["compile_s"] > 0
     pd.testing.assert_frame_equal(compiled.drop(columns=TIME_COLUMNS), eager.drop(columns=TIME_COLUMNS),
                                   rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "vit"])
+def test_grouped_mm_dispatch_trains_like_grouped_through_the_cli_and_says_so(tmp_path, tiny_data, capsys, arch):
+    """The mixture classifier and the ViT trained with torch's grouped GEMM follow the grouped
+    dispatch's run up to float rounding, and the log names the dispatch that ran."""
+    extra = ["--arch", "vit", "--vit-dim", "16", "--vit-heads", "2", "--vit-depth", "2", "--vit-patch", "7"] \
+        if arch == "vit" else []
+    grouped, _ = cli(tmp_path, tiny_data, f"{arch}-grouped", "--gating", "topk", "--expert-dispatch", "grouped", *extra)
+    assert "expert dispatch: grouped ran grouped" in capsys.readouterr().out
+    grouped_mm, summary = cli(tmp_path, tiny_data, f"{arch}-grouped_mm", "--gating", "topk",
+                              "--expert-dispatch", "grouped_mm", *extra)
+    assert "expert dispatch: grouped_mm ran grouped_mm\n" in capsys.readouterr().out
+    assert summary["status"] == "completed"
+    pd.testing.assert_series_equal(grouped_mm.train_loss, grouped.train_loss, rtol=1e-3)
+    assert grouped_mm.train_loss.iloc[-1] < grouped_mm.train_loss.iloc[0]

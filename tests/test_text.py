@@ -672,3 +672,23 @@ def test_a_tiny_language_model_learns_and_sample_py_continues_a_prompt(tmp_path,
                               "--top-k", "5"], cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert sampled.returncode == 0, sampled.stderr
     assert sampled.stdout.startswith("def ") and len(sampled.stdout.encode()) >= 44
+
+
+def test_the_language_model_gives_the_same_logits_and_gradients_with_every_expert_dispatch(tmp_path):
+    from moelab.layers.experts import dispatch_as
+
+    model = lm("--gating topk", tmp_path).train()
+    tokens = torch.randint(0, 256, (3, T))
+    results = {}
+    for dispatch in ("grouped", "padded", "grouped_mm"):
+        model.zero_grad()
+        with dispatch_as(model, dispatch):
+            torch.manual_seed(1)
+            logits = model(tokens)
+            logits = logits if torch.is_tensor(logits) else logits.logits
+        logits.square().mean().backward()
+        results[dispatch] = (logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for dispatch in ("padded", "grouped_mm"):
+        torch.testing.assert_close(results[dispatch][0], results["grouped"][0], rtol=1e-4, atol=1e-5)
+        for got, want in zip(results[dispatch][1], results["grouped"][1]):
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)

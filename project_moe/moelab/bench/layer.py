@@ -1,13 +1,17 @@
 """The MoE layer against (a) a dense MLP of the same active FLOPs, (b) soft routing over all
-experts, (c) the textbook per-expert loop with boolean masks (``python bench.py layer``)."""
+experts, (c) the textbook per-expert loop with boolean masks (``python bench.py layer``); the MoE
+layer runs its experts with the ``auto`` dispatch (``moe``) and with each dispatch forced."""
 from __future__ import annotations
 
+import copy
 import statistics
 
 import torch
 from torch import Tensor, nn
 
 from ..layers.experts import MLPExperts, mlp
+
+DISPATCHES = ("grouped", "padded", "grouped_mm")
 from ..layers.moe import MoE
 from ..layers.routers import build_router
 from .timing import LayerConfig, Timer, interleaved_times, ratio_with_spread
@@ -38,8 +42,12 @@ def build_layer_candidates(cfg: LayerConfig, device: torch.device) -> dict[str, 
     gating = "hard" if k == 1 else "topk"
     moe = MoE(build_router(gating, d, e, top_k=k), experts)
     soft = MoE(build_router("soft", d, e), experts)
-    return {"dense_same_active": mlp(d, k * h, d).to(device), "moe": moe.to(device),
-            "soft_all_experts": soft.to(device), "masked_loop": MaskedLoopMoE(moe).to(device)}
+    candidates = {"dense_same_active": mlp(d, k * h, d).to(device), "moe": moe.to(device)}
+    for dispatch in DISPATCHES:               # the same layer with each dispatch forced (moe: auto)
+        forced = copy.deepcopy(moe)
+        forced.experts.dispatch = dispatch
+        candidates[f"moe_{dispatch}"] = forced
+    return {**candidates, "soft_all_experts": soft.to(device), "masked_loop": MaskedLoopMoE(moe).to(device)}
 
 
 def layer_step(module: nn.Module, x: Tensor, train: bool):
@@ -76,7 +84,8 @@ def bench_layer(args, device: torch.device) -> list[dict]:
                 flat = [t for r in home[name] for t in r]
                 row = {"E": e, "k": k, "mode": mode, "impl": name, "median_ms": statistics.median(flat),
                        "calls": len(flat)}
-                for ref, label in (("dense_same_active", "vs_dense"), ("soft_all_experts", "vs_soft")):
+                for ref, label in (("dense_same_active", "vs_dense"), ("soft_all_experts", "vs_soft"),
+                                   ("moe_grouped", "vs_grouped")):
                     ratio, low, high = phase_ratio(phases, name, ref)
                     row.update({label: ratio, f"{label}_min": low, f"{label}_max": high})
                 rows.append(row)
@@ -107,12 +116,17 @@ def phase_ratio(phases: list[dict], name: str, reference: str, bridge: str = "mo
 
 
 def print_headline(rows: list[dict]) -> None:
-    """The ratios that say whether sparse routing pays: MoE / dense-same-active, soft / MoE."""
+    """The ratios that say whether sparse routing pays: MoE / dense-same-active, soft / MoE, and
+    what torch's grouped GEMM does for the layer: grouped_mm / grouped dispatch."""
     print("\nheadline (ratio of medians, [min, max] over rounds)")
     for r in rows:
         if r["impl"] == "moe":
             print(f"  top-{r['k']} of {r['E']:<3} {r['mode']:<8} MoE / dense same active  {r['vs_dense']:.3f}  "
                   f"[{r['vs_dense_min']:.3f}, {r['vs_dense_max']:.3f}]")
+    for r in rows:
+        if r["impl"] == "moe_grouped_mm":
+            print(f"  top-{r['k']} of {r['E']:<3} {r['mode']:<8} grouped_mm / grouped dispatch  {r['vs_grouped']:.3f}  "
+                  f"[{r['vs_grouped_min']:.3f}, {r['vs_grouped_max']:.3f}]")
     for r in rows:
         if r["impl"] == "moe" and r["mode"] == "fwd+bwd":
             print(f"  soft over {r['E']:<3} / top-{r['k']} of {r['E']:<3} fwd+bwd  {1 / r['vs_soft']:.2f}  "

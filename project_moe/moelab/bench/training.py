@@ -33,11 +33,13 @@ TRAIN_VARIANTS = {
     # the hard MoE with each dispatch forced (moe_hard: --expert-dispatch auto)
     "moe_hard_grouped": dict(gating="hard", expert_dispatch="grouped"),
     "moe_hard_padded": dict(gating="hard", expert_dispatch="padded"),
+    "moe_hard_grouped_mm": dict(gating="hard", expert_dispatch="grouped_mm"),
     # the hard MoE routing and combining with plain autograd operations (fused_routing.py off);
     # fused_routing is a switch of the MoE layers, not a Config field
     "moe_hard_plain_routing": dict(gating="hard", fused_routing=False),
 }
-MODE_VARIANTS = ("dense_active", "dense_params", "moe_hard")   # also timed under --modes amp / compile
+# also timed under --modes amp / compile
+MODE_VARIANTS = ("dense_active", "dense_params", "moe_hard", "moe_hard_grouped_mm")
 COMPILE_WARMUP_STEPS = 20
 FAMILIES = ("mnist", "vit", "lm")
 
@@ -53,8 +55,12 @@ def vit_convergence_variants(depth: int) -> dict[str, dict]:
 
 def lm_variants() -> dict[str, dict]:
     """--family lm: the language models of the lm grid (their train.py flags, without the epochs),
-    named as the MNIST variants (dense_active, top2_e8, ...)."""
-    return {name.replace("-", "_"): {**LM_BASE, **flags} for name, flags in LM_VARIANTS.items()}
+    named as the MNIST variants (dense_active, top2_e8, ...), and top-2 and top-1 of 8 again with
+    the grouped_mm dispatch."""
+    variants = {name.replace("-", "_"): {**LM_BASE, **flags} for name, flags in LM_VARIANTS.items()}
+    for name in ("top2_e8", "top1_e8"):           # the same models through torch's grouped GEMM
+        variants[f"{name}_grouped_mm"] = {**variants[name], "expert_dispatch": "grouped_mm"}
+    return variants
 
 
 def bench_train(args, device: torch.device) -> list[dict]:
@@ -217,13 +223,15 @@ def step_cost_rows(dataset, args, device: torch.device) -> list[dict]:
            "bare_matmuls_moe_hard": moe_matmuls,
            "layers_dense_active": layers_step(dense, lambda: dense.net(x)),
            "layers_moe_hard_grouped": bank_with("grouped"),
-           "layers_moe_hard_padded": bank_with("padded")}
+           "layers_moe_hard_padded": bank_with("padded"),
+           "layers_moe_hard_grouped_mm": bank_with("grouped_mm")}
     times = interleaved_times(fns, Timer(device), args.rounds, per_round=50, warmup=20)
     print(f"\nOne training step's layers on {rows} rows without router, dispatch or optimiser: the hard MoE's "
           f"{experts} experts on {rows_per_expert} rows each (balanced) / dense_active (samples/s ratio)")
     lines = (("bare_matmuls_dense_active", "bare_matmuls_moe_hard", "bare matmuls, no autograd"),
              ("layers_dense_active", "layers_moe_hard_grouped", "layers, grouped dispatch"),
-             ("layers_dense_active", "layers_moe_hard_padded", "layers, padded dispatch"))
+             ("layers_dense_active", "layers_moe_hard_padded", "layers, padded dispatch"),
+             ("layers_dense_active", "layers_moe_hard_grouped_mm", "layers, grouped_mm dispatch"))
     spreads = {}                      # candidate -> (ratio, min, max); each reference is 1 against itself
     for reference, candidate, label in lines:
         spreads[candidate] = ratio_with_spread(times, reference, candidate)

@@ -11,7 +11,7 @@ Both banks answer the same calls:
     params_per_expert()
 
 ``ModuleExperts`` holds any E modules (the CNN experts) and calls them one by one.
-``MLPExperts`` holds E MLPs as stacked weights, (E, in, out) per layer, and has two ways to
+``MLPExperts`` holds E MLPs as stacked weights, (E, in, out) per layer, and has three ways to
 run the sorted rows:
 - ``grouped``: one matmul per expert on exactly its rows, all experts and layers in a single
   autograd node (:class:`GroupedMLP`) with a hand-written backward. With E separate
@@ -23,7 +23,10 @@ run the sorted rows:
   (:class:`PaddedMLP`). It computes E*C rows instead of M, but
   a batched matmul spreads the experts over the CPU cores, while a matmul on a few dozen
   rows runs on one core.
-``fused=False`` runs both in plain autograd operations instead (for ``torch.func`` and as the
+- ``grouped_mm``: torch's grouped GEMM (``F.grouped_mm``, torch >= 2.8): one call per layer
+  for all experts on their rows (:class:`GroupedMMMLP`). Where this torch or device lacks it
+  (float64, some GPUs), ``grouped`` runs instead, with the same results, and the run's log says so.
+``fused=False`` runs them in plain autograd operations instead (for ``torch.func`` and as the
 reference of the tests). ``auto`` takes ``padded`` while experts get few rows on average and padding at most
 multiplies the rows by ``PADDED_MAX_GROWTH`` (``bench.py`` measures both).
 """
@@ -63,11 +66,14 @@ def expert_slices(counts: list[int]) -> list[tuple[int, slice]]:
     return bounds
 
 
-DISPATCH_CHOICES = ("auto", "grouped", "padded")
+DISPATCH_CHOICES = ("auto", "grouped", "padded", "grouped_mm")
 # Where padded batched matmuls beat per-expert matmuls for a training step on a 2-core CPU,
 # measured for experts 784 -> 128 -> 10: with 16 rows per expert on average, by about 1.4x
 # while the busiest expert had at most 1.4x the mean, and no longer at 1.7x; with 128 rows
 # per expert the per-expert matmuls were faster even at 1.16x (they already use both cores).
+# grouped_mm is not among auto's choices: on the CPU (2-core AMD EPYC, torch 2.14.1, bench.py
+# layer and train) torch's grouped GEMM loops over the experts with one matmul each, as grouped
+# does, plus the bias gathers it needs, and was never faster; on CUDA it is not measured yet.
 PADDED_MAX_MEAN_ROWS = 32
 PADDED_MAX_GROWTH = 1.5
 
@@ -151,6 +157,8 @@ class MLPExperts(nn.Module):
         self.dropout = dropout
         self.dispatch = dispatch
         self.fused = True
+        self.ran: set[str] = set()         # the dispatches forward_sorted has run (dispatch_report)
+        self.fallback: str | None = None   # why grouped_mm could not run, once it could not
 
     def __len__(self) -> int:
         return self.num_experts
@@ -215,8 +223,9 @@ class MLPExperts(nn.Module):
         """(M, D) rows grouped by expert -> (M, K); experts with no rows cost nothing."""
         x_sorted = x_sorted.flatten(1)
         masks = self._dropout_masks(x_sorted.shape[0])
-        dispatch = choose_dispatch(counts) if self.dispatch == "auto" else self.dispatch
-        padded = dispatch == "padded" and x_sorted.shape[0] > 0
+        dtype = autocast_dtype(x_sorted.device.type)
+        dispatch = self._resolve_dispatch(counts, x_sorted.device, dtype or x_sorted.dtype)
+        padded = dispatch == "padded"
         params = (*self.weights, *self.biases)
         if not self.fused:    # plain autograd, one operation at a time (torch.func, reference tests)
             if padded:
@@ -226,8 +235,7 @@ class MLPExperts(nn.Module):
             outputs = [self.expert_forward(e, x_sorted[rows], [m[rows] for m in masks])
                        for e, rows in expert_slices(counts)]
             return torch.cat(outputs) if outputs else x_sorted.new_zeros(0, self.out_features)
-        run = PaddedMLP.apply if padded else GroupedMLP.apply
-        dtype = autocast_dtype(x_sorted.device.type)
+        run = {"padded": PaddedMLP.apply, "grouped_mm": GroupedMMMLP.apply, "grouped": GroupedMLP.apply}[dispatch]
         if dtype is None:
             return run(x_sorted, counts, masks, *params)
         # Under --amp the hand-written kernels run in autocast's dtype themselves (their out=
@@ -235,6 +243,18 @@ class MLPExperts(nn.Module):
         # differentiable, so their gradients come back in float32.
         with float32_region(x_sorted.device.type):
             return run(x_sorted.to(dtype), counts, [m.to(dtype) for m in masks], *(p.to(dtype) for p in params))
+
+    def _resolve_dispatch(self, counts: list[int], device: torch.device, dtype: torch.dtype) -> str:
+        """The dispatch that runs these counts: ``auto``'s choice or the one asked for, ``grouped``
+        for no rows at all, and ``grouped`` in place of a ``grouped_mm`` that this torch or device lacks (the reason kept
+        in ``fallback``, for the run's log)."""
+        dispatch = choose_dispatch(counts) if self.dispatch == "auto" else self.dispatch
+        if not sum(counts):         # no rows: nothing to pad or group, the grouped node returns (0, K)
+            dispatch = "grouped"
+        if dispatch == "grouped_mm" and (missing := grouped_mm_missing(device, dtype)) is not None:
+            self.fallback, dispatch = missing, "grouped"
+        self.ran.add(dispatch)
+        return dispatch
 
     def _padded(self, x_sorted: Tensor, counts: list[int], masks: list[Tensor]) -> Tensor:
         """The padded dispatch in plain autograd operations (what :class:`PaddedMLP` computes)."""
@@ -257,16 +277,30 @@ def mlp_banks(model: nn.Module) -> list[MLPExperts]:
 
 @contextlib.contextmanager
 def dispatch_as(model: nn.Module, dispatch: str):
-    """Run every MLP bank of ``model`` with ``dispatch`` inside the block."""
+    """Run every MLP bank of ``model`` with ``dispatch`` inside the block; what ran inside it is
+    left out of the banks' ``ran`` record (dispatch_report speaks of the model's own dispatch)."""
     banks = mlp_banks(model)
-    before = [bank.dispatch for bank in banks]
+    before = [(bank.dispatch, set(bank.ran), bank.fallback) for bank in banks]
     for bank in banks:
         bank.dispatch = dispatch
     try:
         yield
     finally:
-        for bank, value in zip(banks, before):
-            bank.dispatch = value
+        for bank, (value, ran, fallback) in zip(banks, before):
+            bank.dispatch, bank.ran, bank.fallback = value, ran, fallback
+
+
+def dispatch_report(model: nn.Module) -> str | None:
+    """One line naming the dispatch each MLP bank of ``model`` asked for and the ones that ran
+    (and why a ``grouped_mm`` fell back); None for a model without MLP banks or before they ran."""
+    banks = [bank for bank in mlp_banks(model) if bank.ran]
+    if not banks:
+        return None
+    asked = sorted({bank.dispatch for bank in banks})
+    ran = sorted(set().union(*(bank.ran for bank in banks)))
+    line = f"expert dispatch: {', '.join(asked)} ran {', '.join(ran)}"
+    fallbacks = sorted({bank.fallback for bank in banks if bank.fallback})
+    return line + (f" (in place of grouped_mm: {'; '.join(fallbacks)})" if fallbacks else "")
 
 
 def use_reference_experts(model: nn.Module) -> None:
@@ -419,4 +453,122 @@ class PaddedMLP(torch.autograd.Function):
             elif ctx.needs_input_grad[0]:
                 grad_x = torch.bmm(grad, weights[0].transpose(1, 2)).view(num_experts * capacity, -1) \
                     .index_select(0, positions)                                 # (M, D)
+        return (grad_x, None, None, *weight_grads, *bias_grads)
+
+
+# ---- the grouped_mm dispatch: one grouped GEMM per layer for all experts
+
+_GROUPED_MM_SUPPORT: dict[tuple[str, torch.dtype], str | None] = {}
+
+
+def grouped_mm_missing(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why torch's grouped GEMM cannot run here (None: it can). Probed once per device type and
+    dtype on the three products the dispatch uses: torch before 2.8 has no ``F.grouped_mm``, it has
+    no float64 kernel, and on CUDA its kernels exist only for some GPU generations and dtypes."""
+    if torch.compiler.is_compiling() and dtype not in (torch.bfloat16, torch.float16):
+        # torch 2.14's meta kernel of grouped_mm, which torch.compile traces with, refuses float32
+        return f"torch.compile traces grouped_mm in bfloat16 or float16 only, not {str(dtype).removeprefix('torch.')}"
+    key = (device.type, dtype)
+    if key not in _GROUPED_MM_SUPPORT:
+        _GROUPED_MM_SUPPORT[key] = _probe_grouped_mm(device, dtype)
+    return _GROUPED_MM_SUPPORT[key]
+
+
+def _probe_grouped_mm(device: torch.device, dtype: torch.dtype) -> str | None:
+    if not hasattr(F, "grouped_mm"):
+        return f"torch {torch.__version__} has no torch.nn.functional.grouped_mm"
+    try:
+        with torch.enable_grad():
+            a = torch.ones(3, 8, device=device, dtype=dtype)
+            b = torch.ones(2, 8, 8, device=device, dtype=dtype)
+            offs = torch.tensor([1, 3], device=device, dtype=torch.int32)
+            F.grouped_mm(a, b, offs=offs)
+            F.grouped_mm(a.t(), a, offs=offs)                              # the weight gradient's form
+            F.grouped_mm(a, b.transpose(1, 2), offs=offs)                  # the input gradient's form
+    except (RuntimeError, NotImplementedError) as error:
+        return f"grouped_mm fails on {device.type} in {str(dtype).removeprefix('torch.')}: " \
+               f"{str(error).splitlines()[0][:120]}"
+    return None
+
+
+def aligned_width(width: int, dtype: torch.dtype) -> int:
+    """``width`` rounded up to the 16-byte row alignment that grouped GEMM kernels require."""
+    per_16_bytes = max(1, 16 // torch.empty((), dtype=dtype).element_size())
+    return -(-width // per_16_bytes) * per_16_bytes
+
+
+def _pad_columns(t: Tensor, width: int) -> Tensor:
+    """Zero columns appended to the last dimension up to ``width`` (t itself when already there)."""
+    return t if t.shape[-1] == width else F.pad(t, (0, width - t.shape[-1]))
+
+
+class GroupedMMMLP(torch.autograd.Function):
+    """All experts of an MLP bank through torch's grouped GEMM (``F.grouped_mm``): one kernel
+    per layer for the products of every expert on its own rows, whatever their counts.
+
+    forward(x (M, D), counts, masks, *weights, *biases) -> (M, K), rows grouped by expert; per
+    layer z = grouped_mm(a, W, offs) + b[expert of the row], a_{l+1} = relu(z) * dropout mask.
+    backward, with g the gradient of a layer's output on all rows:
+        dW_l = grouped_mm(a_l^T, g, offs)    (E, in, out): expert e's a^T g over its rows
+        db_l = sum of g over each expert's rows (index_add by expert)
+        g    = grouped_mm(g, W_l^T, offs) * relu'(a_l) * dropout mask
+    Widths that are not a multiple of 16 bytes (10 class logits) are zero-padded, which adds
+    nothing to any product; empty experts get zero gradients from the kernel itself.
+    """
+
+    @staticmethod
+    def forward(ctx, x, counts, masks, *params):
+        num_layers = len(params) // 2
+        weights, biases = params[:num_layers], params[num_layers:]
+        dtype, num_experts = x.dtype, weights[0].shape[0]
+        widths = [aligned_width(w, dtype) for w in (weights[0].shape[1], *(w.shape[2] for w in weights))]
+        offs_np = np.cumsum(np.asarray(counts), dtype=np.int32)
+        offs = torch.from_numpy(offs_np).to(x.device)                              # (E,) int32
+        expert_of_row = torch.from_numpy(np.repeat(np.arange(num_experts), counts)).to(x.device)   # (M,)
+        h = _pad_columns(x, widths[0])                                             # (M, D')
+        inputs, padded_weights = [h], []
+        for layer in range(num_layers):
+            weight = weights[layer]
+            if weight.shape[1:] != (widths[layer], widths[layer + 1]):
+                weight = F.pad(weight, (0, widths[layer + 1] - weight.shape[2], 0, widths[layer] - weight.shape[1]))
+            padded_weights.append(weight)
+            bias = _pad_columns(biases[layer], widths[layer + 1]).index_select(0, expert_of_row)   # (M, out')
+            h = F.grouped_mm(h, weight, offs=offs).add_(bias)                      # (M, out')
+            if layer < num_layers - 1:
+                h = h.relu_()
+                if masks:
+                    h = h.mul_(_pad_columns(masks[layer], widths[layer + 1]))
+                inputs.append(h)
+        ctx.num_layers, ctx.num_masks, ctx.widths = num_layers, len(masks), widths
+        ctx.shapes = [(w.shape[1], w.shape[2]) for w in weights]
+        ctx.save_for_backward(offs, expert_of_row, *padded_weights, *masks, *inputs)
+        return h[:, :weights[-1].shape[2]] if widths[-1] != weights[-1].shape[2] else h
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        num_layers, widths = ctx.num_layers, ctx.widths
+        offs, expert_of_row, *saved = ctx.saved_tensors
+        weights = saved[:num_layers]
+        masks = saved[num_layers:num_layers + ctx.num_masks]
+        inputs = saved[num_layers + ctx.num_masks:]                                # a_0 .. a_{L-1}, padded
+        num_experts = weights[0].shape[0]
+        # contiguous: the kernel refuses the stride-0 gradient of a sum, for one
+        grad = _pad_columns(grad_out, widths[-1]).contiguous()                     # (M, K')
+        weight_grads, bias_grads, grad_x = [None] * num_layers, [None] * num_layers, None
+        for layer in reversed(range(num_layers)):
+            rows_in, rows_out = ctx.shapes[layer]
+            weight_grad = F.grouped_mm(inputs[layer].t(), grad, offs=offs)         # (E, in', out')
+            bias_grad = grad.new_zeros(num_experts, widths[layer + 1]).index_add_(0, expert_of_row, grad)
+            weight_grads[layer] = weight_grad[:, :rows_in, :rows_out] \
+                if weight_grad.shape[1:] != (rows_in, rows_out) else weight_grad
+            bias_grads[layer] = bias_grad[:, :rows_out] if widths[layer + 1] != rows_out else bias_grad
+            if layer > 0:
+                grad = torch.ops.aten.threshold_backward(F.grouped_mm(grad, weights[layer].transpose(1, 2), offs=offs),
+                                                         inputs[layer], 0.0)
+                if masks:
+                    grad = grad.mul_(_pad_columns(masks[layer - 1], widths[layer]))
+            elif ctx.needs_input_grad[0]:
+                grad_x = F.grouped_mm(grad, weights[0].transpose(1, 2), offs=offs)  # (M, D')
+                if widths[0] != rows_in:
+                    grad_x = grad_x[:, :rows_in]
         return (grad_x, None, None, *weight_grads, *bias_grads)

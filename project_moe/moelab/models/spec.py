@@ -39,7 +39,7 @@ class ModelSpec:
     trunk_channels: int = 32
     trunk_blocks: int = 1            # residual blocks per stage of --trunk resnet
     dropout: float = 0.0
-    expert_dispatch: str = "auto"    # auto | grouped | padded (experts.py)
+    expert_dispatch: str = "auto"    # auto | grouped | padded | grouped_mm (experts.py)
     shared_experts: int = 0          # experts every sample or token goes through (DeepSeekMoE)
     slots_per_expert: int = 1        # --gating soft-slots (soft_moe.py)
     combine: str = "logits"

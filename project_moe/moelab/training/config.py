@@ -110,7 +110,9 @@ class Config:
     dropout: float = _opt(0.0, "dropout after each hidden layer of the experts")
     expert_dispatch: str = _opt("auto", "how MLP experts run their samples: one matmul per expert (grouped), one "
                                         "batched matmul over rows padded to the busiest expert's count "
-                                        "(padded), or padded while experts get few rows (auto); the same "
+                                        "(padded), torch's grouped GEMM, one call per layer for all experts "
+                                        "(grouped_mm; grouped where torch or the device lacks it), or padded "
+                                        "while experts get few rows and grouped otherwise (auto); the same "
                                         "results up to float rounding", DISPATCH_CHOICES)
     vit_patch: int = _opt(4, "vit: patch size in pixels (must divide the image size)")
     vit_dim: int = _opt(96, "vit, gpt: token width d")

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from .. import data, distributed
 from ..distributed import Cluster
 from ..layers.capacity import selection_bias
+from ..layers.experts import dispatch_report
 from ..layers.precision import Precision
 from ..layers.routers import set_loss_names
 from ..models.builder import build_model, cost_report
@@ -69,6 +70,7 @@ class Trainer(Checkpointing, Reporting):
             # In place: the module keeps its class, attributes and state_dict keys. Routed rows per
             # expert change every step: symbolic shapes from the start, or a recompilation per step.
             self.model.compile(dynamic=True if self.routes else None)
+        self.dispatch_said = False   # dispatch_report printed (after the first step of a session)
         self.compile_seconds = None  # the first step's time with --compile (tracing and code generation)
         self.optimizer = make_optimizer(self.model, cfg)
         self.train_loader = data.loader_for(dataset, dataset.train, cfg.batch_size, shuffle=True, seed=cfg.seed,
@@ -150,6 +152,10 @@ class Trainer(Checkpointing, Reporting):
                                                 self.precision, cfg.label_smoothing)
             except FloatingPointError as error:
                 raise FloatingPointError(f"{error} at epoch {self.epoch + 1}, step {self.global_step + 1}") from None
+            if not self.dispatch_said:          # which expert dispatch this session's first step ran
+                self.dispatch_said = True
+                if line := dispatch_report(model):
+                    self.say(line)
             if self.cfg.compile and self.compile_seconds is None:
                 # The step that compiled: timed apart, and not counted in samples/s.
                 self.compile_seconds = time.perf_counter() - tick
