@@ -6,6 +6,7 @@
     python bench.py train --family vit --data-dir DIR   # the same for the CIFAR-10 ViTs of vit_convergence
     python bench.py train --family lm   # the byte-level language models of the lm grid (batch 32 x 128 bytes)
     python bench.py ep       # the MoE layer on 1 and 2 processes (expert parallel): compute, all-to-all, bytes
+    python bench.py profile  # torch.profiler over MNIST training steps: dense vs hard MoE, operator by operator
 
 Machines are noisy, so absolute times mean little: candidates and references are interleaved
 in rounds, every ratio is a ratio of medians, and the spread of the per-round ratios is shown.
@@ -25,6 +26,7 @@ from ..training.device import resolve_device
 from ..training.exits import EXIT_BAD_INPUT
 from ..training.run_files import atomic_write_bytes, refuse_to_replace
 from .layer import bench_layer
+from .profile import bench_profile
 from .timing import Tee, machine_line, write_csv
 from .training import FAMILIES, bench_train
 
@@ -33,7 +35,7 @@ DEFAULT_GRID = ("8:1", "8:2", "32:2")
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("layer", "train", "ep"))
+    parser.add_argument("what", choices=("layer", "train", "ep", "profile"))
     parser.add_argument("--config", nargs="+", default=list(DEFAULT_GRID), metavar="E:K",
                         help="layer: experts:k pairs to time (ep: the first one)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="ep: process counts to compare")
@@ -49,7 +51,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="train: batch size (default 128; --family lm: 32 windows, as in the lm grid)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="train: time this many steps per round (default: one epoch)")
+                        help="train: time this many steps per round (default: one epoch); "
+                             "profile: profile this many steps (default 20)")
+    parser.add_argument("--top", type=int, default=12, help="profile: operators printed per model")
     parser.add_argument("--modes", nargs="+", default=["eager"], choices=("eager", "amp", "compile"),
                         help="train: also time the dense networks and the hard MoE under --amp and --compile")
     parser.add_argument("--family", default="mnist", choices=FAMILIES,
@@ -73,7 +77,8 @@ def main(argv=None) -> int:
         parser.error("--processes: include 1 (the reference) and only positive counts, e.g. 1 2")
     train_table = {"mnist": f"bench_train_b{args.batch_size}.csv", "lm": f"bench_lm_b{args.batch_size}.csv",
                    "vit": f"bench_vit_d{args.vit_depth}_b{args.batch_size}.csv"}[args.family]
-    path = args.csv or Path({"layer": "bench_layer.csv", "ep": "bench_ep.csv"}.get(args.what, train_table))
+    path = args.csv or Path({"layer": "bench_layer.csv", "ep": "bench_ep.csv",
+                             "profile": f"bench_profile_b{args.batch_size}.csv"}.get(args.what, train_table))
     if path.suffix != ".csv":
         parser.error(f"--csv {path}: the table's name must end in .csv (the printed report goes beside it as .txt)")
     report = path.with_suffix(".txt")
@@ -93,6 +98,8 @@ def main(argv=None) -> int:
                 bench_expert_parallel,  # spawns processes; imported when asked for
             )
             rows = bench_expert_parallel(args)
+        elif args.what == "profile":
+            rows = bench_profile(args, device)
         else:
             rows = bench_layer(args, device) if args.what == "layer" else bench_train(args, device)
         print(f"\nwrote {path} and {report.name}")
