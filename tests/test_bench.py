@@ -150,3 +150,9 @@ def test_bench_profile_writes_per_operator_rows_for_the_dense_network_and_the_mo
     dense = table[table.model == "dense_active"].set_index("op")
     assert (dense.self_ms_over_dense == 0).all()
     assert "operator calls per step" in capsys.readouterr().out
+    # more steps than an epoch holds: one line, exit 2, no table
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["profile", "--data-dir", str(tiny_data), "--batch-size", "32", "--steps", "100", "--device", "cpu",
+                  "--threads", "1", "--csv", str(tmp_path / "too_many.csv")])
+    assert stop.value.code == 2 and "--steps 100" in capsys.readouterr().err
+    assert not (tmp_path / "too_many.csv").exists()

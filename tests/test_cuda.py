@@ -55,6 +55,8 @@ def test_grouped_padded_and_autograd_dispatch_agree_on_cuda(gating):
         torch.manual_seed(1)
         with dispatch_as(moe, dispatch):
             out = moe(x)
+            ran = set(moe.experts.ran)
+        assert ran == ({dispatch} if fused else {"grouped"}) or moe.experts.fallback, (dispatch, ran)
         grads = torch.autograd.grad(out.logits.square().sum(), [x, *moe.parameters()], allow_unused=True)
         results.append((out.logits, grads))
     reference_logits, reference_grads = results[-1]

@@ -131,6 +131,19 @@ def test_grouped_mm_dispatch_equals_the_grouped_one_on_aligned_and_unaligned_cla
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_grouped_mm_takes_a_non_contiguous_input_and_plain_autograd_reports_grouped():
+    torch.manual_seed(0)
+    experts = MLPExperts(3, 8, 8, 4)
+    counts = [2, 3, 3]
+    x = torch.randn(8, 8).t()                                                   # strides (1, 8)
+    experts.dispatch = "grouped_mm"
+    torch.testing.assert_close(experts.forward_sorted(x, counts), experts.forward_sorted(x.contiguous(), counts))
+    plain = MLPExperts(3, 8, 8, 4)
+    plain.dispatch, plain.fused = "grouped_mm", False
+    plain.forward_sorted(x, counts)
+    assert plain.ran == {"grouped"}                                             # what ran: per-expert autograd
+
+
 def test_aligned_width_rounds_up_to_16_bytes():
     assert [aligned_width(w, torch.float32) for w in (1, 4, 10, 784)] == [4, 4, 12, 784]
     assert [aligned_width(w, torch.bfloat16) for w in (1, 8, 10)] == [8, 8, 16]

@@ -99,7 +99,10 @@ def main(argv=None) -> int:
             )
             rows = bench_expert_parallel(args)
         elif args.what == "profile":
-            rows = bench_profile(args, device)
+            try:
+                rows = bench_profile(args, device)
+            except ConfigError as error:    # before anything is written
+                parser.exit(EXIT_BAD_INPUT, f"bench.py: error: {error}\n")
         else:
             rows = bench_layer(args, device) if args.what == "layer" else bench_train(args, device)
         print(f"\nwrote {path} and {report.name}")

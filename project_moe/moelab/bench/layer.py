@@ -10,11 +10,11 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.experts import MLPExperts, mlp
-
-DISPATCHES = ("grouped", "padded", "grouped_mm")
 from ..layers.moe import MoE
 from ..layers.routers import build_router
 from .timing import LayerConfig, Timer, interleaved_times, ratio_with_spread
+
+DISPATCHES = ("grouped", "padded", "grouped_mm")
 
 
 class MaskedLoopMoE(nn.Module):

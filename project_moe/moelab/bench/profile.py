@@ -16,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 from .. import data
 from ..layers.routers import set_loss_names
 from ..models.builder import build_model
-from ..training.config import Config
+from ..training.config import Config, ConfigError
 from ..training.step import aux_coefficients, make_optimizer, train_step
 from .training import TRAIN_VARIANTS
 
@@ -51,6 +51,10 @@ def bench_profile(args, device: torch.device) -> list[dict]:
     loader = data.BatchLoader(dataset.train, args.batch_size, dataset.mean, dataset.std, shuffle=True,
                               augment=False, seed=0, device=device)
     steps = WARMUP_STEPS + (args.steps or 20)
+    if len(loader) < steps:
+        raise ConfigError(f"--steps {steps - WARMUP_STEPS}: an epoch of batch {args.batch_size} has {len(loader)} "
+                          f"steps, and {WARMUP_STEPS} of them run untimed first; ask for at most "
+                          f"{len(loader) - WARMUP_STEPS} or a smaller --batch-size")
     batches = [batch for _, batch in zip(range(steps), loader.iter_epoch(0))]
     profiles = {name: profile_steps(name, dataset, batches, device) for name in PROFILED}
     dense = profiles["dense_active"]

@@ -224,7 +224,7 @@ class MLPExperts(nn.Module):
         x_sorted = x_sorted.flatten(1)
         masks = self._dropout_masks(x_sorted.shape[0])
         dtype = autocast_dtype(x_sorted.device.type)
-        dispatch = self._resolve_dispatch(counts, x_sorted.device, dtype or x_sorted.dtype)
+        dispatch = self._resolve_dispatch(counts, x_sorted.device, dtype or x_sorted.dtype, self.fused)
         padded = dispatch == "padded"
         params = (*self.weights, *self.biases)
         if not self.fused:    # plain autograd, one operation at a time (torch.func, reference tests)
@@ -244,13 +244,14 @@ class MLPExperts(nn.Module):
         with float32_region(x_sorted.device.type):
             return run(x_sorted.to(dtype), counts, [m.to(dtype) for m in masks], *(p.to(dtype) for p in params))
 
-    def _resolve_dispatch(self, counts: list[int], device: torch.device, dtype: torch.dtype) -> str:
+    def _resolve_dispatch(self, counts: list[int], device: torch.device, dtype: torch.dtype, fused: bool) -> str:
         """The dispatch that runs these counts: ``auto``'s choice or the one asked for, ``grouped``
-        for no rows at all, and ``grouped`` in place of a ``grouped_mm`` that this torch or device lacks (the reason kept
+        for no rows at all and for ``grouped_mm`` in plain autograd (``fused`` False), and
+        ``grouped`` in place of a ``grouped_mm`` that this torch or device lacks (the reason kept
         in ``fallback``, for the run's log)."""
         dispatch = choose_dispatch(counts) if self.dispatch == "auto" else self.dispatch
-        if not sum(counts):         # no rows: nothing to pad or group, the grouped node returns (0, K)
-            dispatch = "grouped"
+        if not sum(counts) or (dispatch == "grouped_mm" and not fused):
+            dispatch = "grouped"    # no rows: nothing to pad or group, the grouped node returns (0, K)
         if dispatch == "grouped_mm" and (missing := grouped_mm_missing(device, dtype)) is not None:
             self.fallback, dispatch = missing, "grouped"
         self.ran.add(dispatch)
@@ -525,7 +526,7 @@ class GroupedMMMLP(torch.autograd.Function):
         offs_np = np.cumsum(np.asarray(counts), dtype=np.int32)
         offs = torch.from_numpy(offs_np).to(x.device)                              # (E,) int32
         expert_of_row = torch.from_numpy(np.repeat(np.arange(num_experts), counts)).to(x.device)   # (M,)
-        h = _pad_columns(x, widths[0])                                             # (M, D')
+        h = _pad_columns(x, widths[0]).contiguous()                                # (M, D'), rows 16-byte aligned
         inputs, padded_weights = [h], []
         for layer in range(num_layers):
             weight = weights[layer]
