@@ -65,15 +65,15 @@ def bench_profile(args, device: torch.device) -> list[dict]:
                          "self_ms_over_dense": ms - dense.get(op, (0.0, 0))[0]})
     print(f"\ntorch.profiler over {steps - WARMUP_STEPS} MNIST training steps of batch {args.batch_size} "
           f"(after {WARMUP_STEPS} untimed), self CPU time per step")
-    for name, ops in profiles.items():
-        total = sum(ms for ms, _ in ops.values())
-        calls = sum(c for _, c in ops.values())
-        print(f"\n{name}: {total:.2f} ms, {calls:.0f} operator calls per step (dense_active: "
-              f"{sum(ms for ms, _ in dense.values()):.2f} ms, {sum(c for _, c in dense.values()):.0f})")
+    totals = {name: (sum(ms for ms, _ in ops.values()), sum(c for _, c in ops.values()))
+              for name, ops in profiles.items()}                          # ms and operator calls per step
+    for name in profiles:
+        print(f"\n{name}: {totals[name][0]:.2f} ms, {totals[name][1]:.0f} operator calls per step (dense_active: "
+              f"{totals['dense_active'][0]:.2f} ms, {totals['dense_active'][1]:.0f})")
         print(f"  {'operator':<44}{'ms/step':>9}{'calls/step':>12}{'ms over dense':>15}")
-        mine = sorted((r for r in rows if r["model"] == name), key=lambda r: -abs(r["self_ms_over_dense"]
-                                                                               if name != "dense_active"
-                                                                               else r["self_ms_per_step"]))
+        # the dense network's dearest operators; the others' that differ most from the dense network's
+        column = "self_ms_per_step" if name == "dense_active" else "self_ms_over_dense"
+        mine = sorted((r for r in rows if r["model"] == name), key=lambda r: -abs(r[column]))
         for r in mine[:args.top]:
             print(f"  {r['op'][:43]:<44}{r['self_ms_per_step']:>9.3f}{r['calls_per_step']:>12.1f}"
                   f"{r['self_ms_over_dense']:>+15.3f}")

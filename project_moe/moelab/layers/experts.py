@@ -224,7 +224,7 @@ class MLPExperts(nn.Module):
         x_sorted = x_sorted.flatten(1)
         masks = self._dropout_masks(x_sorted.shape[0])
         dtype = autocast_dtype(x_sorted.device.type)
-        dispatch = self._resolve_dispatch(counts, x_sorted.device, dtype or x_sorted.dtype, self.fused)
+        dispatch = self._resolve_dispatch(counts, x_sorted.device, dtype or x_sorted.dtype)
         padded = dispatch == "padded"
         params = (*self.weights, *self.biases)
         if not self.fused:    # plain autograd, one operation at a time (torch.func, reference tests)
@@ -244,13 +244,13 @@ class MLPExperts(nn.Module):
         with float32_region(x_sorted.device.type):
             return run(x_sorted.to(dtype), counts, [m.to(dtype) for m in masks], *(p.to(dtype) for p in params))
 
-    def _resolve_dispatch(self, counts: list[int], device: torch.device, dtype: torch.dtype, fused: bool) -> str:
+    def _resolve_dispatch(self, counts: list[int], device: torch.device, dtype: torch.dtype) -> str:
         """The dispatch that runs these counts: ``auto``'s choice or the one asked for, ``grouped``
         for no rows at all and for ``grouped_mm`` in plain autograd (``fused`` False), and
         ``grouped`` in place of a ``grouped_mm`` that this torch or device lacks (the reason kept
         in ``fallback``, for the run's log)."""
         dispatch = choose_dispatch(counts) if self.dispatch == "auto" else self.dispatch
-        if not sum(counts) or (dispatch == "grouped_mm" and not fused):
+        if not sum(counts) or (dispatch == "grouped_mm" and not self.fused):
             dispatch = "grouped"    # no rows: nothing to pad or group, the grouped node returns (0, K)
         if dispatch == "grouped_mm" and (missing := grouped_mm_missing(device, dtype)) is not None:
             self.fallback, dispatch = missing, "grouped"
@@ -479,13 +479,12 @@ def _probe_grouped_mm(device: torch.device, dtype: torch.dtype) -> str | None:
     if not hasattr(F, "grouped_mm"):
         return f"torch {torch.__version__} has no torch.nn.functional.grouped_mm"
     try:
-        with torch.enable_grad():
-            a = torch.ones(3, 8, device=device, dtype=dtype)
-            b = torch.ones(2, 8, 8, device=device, dtype=dtype)
-            offs = torch.tensor([1, 3], device=device, dtype=torch.int32)
-            F.grouped_mm(a, b, offs=offs)
-            F.grouped_mm(a.t(), a, offs=offs)                              # the weight gradient's form
-            F.grouped_mm(a, b.transpose(1, 2), offs=offs)                  # the input gradient's form
+        a = torch.ones(3, 8, device=device, dtype=dtype)
+        b = torch.ones(2, 8, 8, device=device, dtype=dtype)
+        offs = torch.tensor([1, 3], device=device, dtype=torch.int32)
+        F.grouped_mm(a, b, offs=offs)
+        F.grouped_mm(a.t(), a, offs=offs)                                  # the weight gradient's form
+        F.grouped_mm(a, b.transpose(1, 2), offs=offs)                      # the input gradient's form
     except (RuntimeError, NotImplementedError) as error:
         return f"grouped_mm fails on {device.type} in {str(dtype).removeprefix('torch.')}: " \
                f"{str(error).splitlines()[0][:120]}"
@@ -560,6 +559,7 @@ class GroupedMMMLP(torch.autograd.Function):
             rows_in, rows_out = ctx.shapes[layer]
             weight_grad = F.grouped_mm(inputs[layer].t(), grad, offs=offs)         # (E, in', out')
             bias_grad = grad.new_zeros(num_experts, widths[layer + 1]).index_add_(0, expert_of_row, grad)
+            # sliced only where padded: a slice is one more operation per layer on the hot path
             weight_grads[layer] = weight_grad[:, :rows_in, :rows_out] \
                 if weight_grad.shape[1:] != (rows_in, rows_out) else weight_grad
             bias_grads[layer] = bias_grad[:, :rows_out] if widths[layer + 1] != rows_out else bias_grad
