@@ -4,9 +4,8 @@
 
 Usage and options: ``python train.py --help``. The code is in moelab/training/launch.py.
 """
-import sys
-
+from moelab.distributed import exit_process
 from moelab.training.launch import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -10,7 +10,7 @@ import pytest
 from synthetic import write_mnist_layout
 
 from moelab.paths import REPO_ROOT
-from moelab.study import grids, logs, sharpness, sweep
+from moelab.study import grids, logs, references, sharpness, sweep
 from moelab.training import launch
 
 NOTEBOOK = REPO_ROOT / "project_moe" / "experiments.ipynb"
@@ -91,7 +91,14 @@ def fixture_results(root, data_dir):
               epochs=2, threads=1)
     language = [grids.RunSpec(r.grid, r.label, dict(r.flags, **lm), r.seed, r.dataset) for r in grids.runs("lm", 1)
                 if r.label in ("lm-dense-active", "lm-top2-e8")]
-    for run in grids.with_seeds(runs, (0, 1)) + grids.with_seeds(language, (0,)):
+    tables = [grids.RunSpec(r.grid, r.label, dict(r.flags, epochs=2, threads=1), 0, r.dataset, r.fold)
+              for r in grids.runs("tabular", 2, datasets=("iris", "diabetes"))
+              if r.fold == 0 and r.label in ("e4-top2", "e4-dense-params", "e4-top1-mix", "e4-top1-mse")]
+    for run in grids.runs("tabular", 1, datasets=("iris", "diabetes")):
+        if run.reference and run.fold == 0:
+            references.write_reference_run(root / "runs" / run.grid / run.name, run.reference, run.dataset, 0, 0,
+                                           run.flags["folds"], run.flags["val_fraction"])
+    for run in grids.with_seeds(runs, (0, 1)) + grids.with_seeds(language, (0,)) + tables:
         out = root / "runs" / run.grid
         assert launch.main([*run.argv(str(data_dir)), "--data-dir", str(data_dir), "--out", str(out),
                            "--run-name", run.name]) == 0
@@ -119,7 +126,8 @@ def test_notebook_runs_headless_on_a_tiny_results_folder(tmp_path, tiny_data):
                      "accuracy_vs_experts", "regularisation", "per_expert_loss", "class_expert_heatmap",
                      "routed_images", "vit_accuracy", "cosine_router", "sharpness_curves",
                      "patch_routing_mnist-vit-moe-top2-s0", "lm_convergence", "lm_kind_expert_heatmap",
-                     "lm_text_routing"}
+                     "lm_text_routing", "tabular_scores", "gate_partition_iris", "gate_partition_diabetes",
+                     "expert_predictions_e4-top1-mix", "target_expert_heatmap_e4-top1-mse"}
 
 
 def test_the_requirements_give_a_notebook_server_and_seaborn():

@@ -12,6 +12,7 @@ Sources (see load_dataset):
   cifar10        data_dir/cifar-10-batches-py via torchvision
   folder:PATH    PATH/{train,test}/<class>/<image>, decoded once and cached
   python-stdlib, text:PATH, csv-text:PATH   byte-level text (text.py)
+  iris, wine, breast-cancer, diabetes, csv:PATH   tables (tables.py)
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import torch.nn.functional as F
 
 from ..paths import PACKAGE_DIR, REPO_ROOT
 
-DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "folder:PATH", "python-stdlib", "text:PATH", "csv-text:PATH")
+DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "folder:PATH", "python-stdlib", "text:PATH", "csv-text:PATH",
+                   "iris", "wine", "breast-cancer", "diabetes", "csv:PATH")
 
 # Module-level so that tests can point them at tiny fixtures instead of the real 60k images.
 MNIST_ASSET_DIR = PACKAGE_DIR / "assets" / "mnist"
@@ -117,6 +119,9 @@ def check_dataset_spec(name: str) -> None:
     """Fail fast on a bad --dataset value, before any loading; creates nothing."""
     if name in DATASET_CHOICES[:3] or name == "python-stdlib":
         return
+    if name in ("iris", "wine", "breast-cancer", "diabetes") or name.startswith("csv:"):
+        from .tables import check_table_spec  # tables.py builds on this module's DataError
+        return check_table_spec(name)
     if name.startswith(("text:", "csv-text:")):
         kind, _, path = name.partition(":")
         if not path:
@@ -468,11 +473,15 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
 # Putting a dataset together
 
 def load_dataset(name: str, data_dir: pathlib.Path, val_fraction: float = 0.1, seed: int = 0,
-                 download: bool = True, image_size: int | None = None, context: int = 128):
+                 download: bool = True, image_size: int | None = None, context: int = 128, table=None):
     """Load train/test, carve a seeded validation split off train, compute train mean/std.
     Text datasets (text.py; ``context`` bytes per sequence) return a TextDataset for a language
-    model, a Dataset of byte sequences for classification."""
+    model, a Dataset of byte sequences for classification. Tables (tables.py) return a
+    TableDataset cut by ``table`` (a TableOptions: target column, task, folds)."""
     check_dataset_spec(name)
+    if name in ("iris", "wine", "breast-cancer", "diabetes") or name.startswith("csv:"):
+        from .tables import TableOptions, load_table_dataset
+        return load_table_dataset(name, table or TableOptions(), val_fraction, seed)
     if name == "python-stdlib" or name.startswith(("text:", "csv-text:")):
         from .text import load_text_dataset  # text.py builds on this module's Split and Dataset
         return load_text_dataset(name, context, val_fraction, seed)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .images import Split
+from .tables import TableSplit
 
 
 def draw_augment_params(batch: int, generator: torch.Generator, pad: int = 4):
@@ -147,10 +148,42 @@ class StreamLoader:
                 yield x, y, self.kinds[starts[:, None] + self.offsets[:-1]].long()
 
 
+class TableLoader:
+    """Batches of a table's rows: x (B, F) float32 already standardised, y (B,) classes or targets.
+    The order of an epoch depends only on (seed, epoch), as in BatchLoader."""
+
+    def __init__(self, split: TableSplit, batch_size: int, *, shuffle: bool, seed: int,
+                 device: torch.device | str = "cpu"):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.features = split.features.to(self.device)      # (N, F), copied once
+        self.targets = split.targets.to(self.device)        # (N,)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.targets) / self.batch_size)
+
+    def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not 0 <= start_step <= len(self):
+            raise ValueError(f"start_step must be in [0, {len(self)}], got {start_step}")
+        n = len(self.targets)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(derive_seed("shuffle", self.seed, epoch))
+            order = torch.randperm(n, generator=g).to(self.device)
+        else:
+            order = torch.arange(n, device=self.device)
+        for step in range(start_step, len(self)):
+            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            yield self.features[idx], self.targets[idx]
+
+
 def loader_for(dataset, split, batch_size: int, *, shuffle: bool, seed: int, device, steps: int = 0,
                channels_last: bool = False):
     """The loader of one split of any dataset: a StreamLoader for a language model's byte
-    stream, a BatchLoader (images or byte sequences) otherwise."""
+    stream, a TableLoader for a table, a BatchLoader (images or byte sequences) otherwise."""
+    if isinstance(split, TableSplit):
+        return TableLoader(split, batch_size, shuffle=shuffle, seed=seed, device=device)
     if hasattr(split, "kinds"):
         return StreamLoader(split, batch_size, dataset.context, shuffle=shuffle, seed=seed, steps=steps,
                             device=device)

@@ -19,10 +19,17 @@ class RunSpec:
     flags: dict        # train.py flags (without dashes), values as strings or numbers
     seed: int = 0
     dataset: str = "mnist"
+    fold: int | None = None   # a table's test fold (--fold)
 
     @property
     def name(self) -> str:
-        return f"{self.dataset_tag}-{self.label}-s{self.seed}"
+        fold = "" if self.fold is None else f"-f{self.fold}"
+        return f"{self.dataset_tag}-{self.label}{fold}-s{self.seed}"
+
+    @property
+    def reference(self) -> str | None:
+        """A scikit-learn reference model (references.py) instead of a train.py run."""
+        return self.flags.get("reference")
 
     @property
     def dataset_tag(self) -> str:
@@ -31,6 +38,8 @@ class RunSpec:
     def argv(self, data_dir: str | None) -> list[str]:
         dataset = self.dataset.format(data_dir=data_dir or "data")
         args = ["--dataset", dataset, "--seed", str(self.seed)]
+        if self.fold is not None:
+            args += ["--fold", str(self.fold)]
         for key, value in self.flags.items():
             flag = f"--{key.replace('_', '-')}"
             if isinstance(value, bool):   # a switch: present or absent
@@ -275,6 +284,7 @@ class Grid:
     options: dict = field(default_factory=dict)   # more arguments of ``build``
     keep_weights: bool = False                    # model.pt stays (ignored by git) for analysis.py
     convergence: bool = False                     # epochs-to-target table and curves (report, notebook)
+    compact: bool = False                         # most runs keep only config, summary and metrics (keeps_every_log)
 
 
 # The one place where the grids are named, in the order a full sweep runs them: cheapest first,
@@ -308,6 +318,49 @@ def grid_lm(grid: str, epochs: int) -> list[RunSpec]:
             for name, flags in LM_VARIANTS.items()]
 
 
+# Tables (docs/tables.md): MLP experts of width 32 on the standardised features, 50 epochs of
+# batches of 16, each configuration on every fold of 5-fold cross-validation.
+TABLE_DATASETS = ("iris", "wine", "breast-cancer", "diabetes")
+TABLE_FOLDS = 5
+TABLE_BASE = dict(expert_hidden=32, balance_coef=0.01, folds=TABLE_FOLDS, val_fraction=0.15, log_every=0)
+TABLE_ROUTERS = {"soft": dict(gating="soft"), "top1": dict(gating="hard"), "top2": dict(gating="topk", top_k=2)}
+# The two ways to train a regression mixture (tasks.py): the squared error of the combined mean,
+# and the mixture likelihood of Jacobs et al. (1991) with a variance per expert.
+TABLE_COMBINES = {"mse": dict(combine="logits"), "mix": dict(combine="probs", expert_variance=True)}
+TABLE_REFERENCES = {"classification": ("logistic", "hgb"), "regression": ("ridge", "hgb")}
+
+
+def grid_tabular(grid: str, epochs: int, datasets=TABLE_DATASETS, counts=(2, 4, 8)) -> list[RunSpec]:
+    """Dense (equal total and equal active parameters), soft, top-1 and top-2 mixtures of E experts
+    on every table and fold, both regression losses for diabetes, and two scikit-learn
+    reference models on the same folds."""
+    runs = []
+    for dataset in datasets:
+        regression = dataset == "diabetes"
+        combines = TABLE_COMBINES if regression else {"": {}}
+        base = dict(TABLE_BASE, epochs=epochs)
+        configs = {}
+        for experts in counts:
+            for router, flags in TABLE_ROUTERS.items():
+                for combine, extra in combines.items():
+                    configs[f"e{experts}-{router}{'-' + combine if combine else ''}"] = dict(
+                        base, experts=experts, **flags, **extra)
+            for match in ("params", "active"):
+                configs[f"e{experts}-dense-{match}"] = dict(base, experts=experts, gating="hard", model="dense",
+                                                            dense_match=match)
+        for name in TABLE_REFERENCES["regression" if regression else "classification"]:
+            configs[f"ref-{name}"] = dict(reference=name, folds=TABLE_FOLDS, val_fraction=TABLE_BASE["val_fraction"])
+        runs += [RunSpec(grid, label, flags, dataset=dataset, fold=fold)
+                 for label, flags in configs.items() for fold in range(TABLE_FOLDS)]
+    return runs
+
+
+def keeps_every_log(run: RunSpec) -> bool:
+    """The tabular runs whose routing logs stay in results/ (the others keep config, summary and
+    metrics): the mixtures of 4 experts, seed 0, fold 0, which the figures draw."""
+    return run.seed == 0 and run.fold == 0 and run.label.startswith("e4-") and "dense" not in run.label
+
+
 GRIDS: dict[str, Grid] = {
     "moe_vs_dense": Grid(grid_moe_vs_dense, 5),
     "gating": Grid(grid_gating, 5),
@@ -328,10 +381,12 @@ GRIDS: dict[str, Grid] = {
     "vit_convergence": Grid(grid_vit_convergence, 15, convergence=True),
     "vit_convergence_deep": Grid(grid_vit_convergence, 15, dict(depth=12), convergence=True),
     "lm": Grid(grid_lm, 8),
+    "tabular": Grid(grid_tabular, 50, compact=True),
 }
 KEEP_WEIGHTS = {name for name, grid in GRIDS.items() if grid.keep_weights}
 CONVERGENCE_GRIDS = tuple(name for name, grid in GRIDS.items() if grid.convergence)
-DATASET_TAGS = ("mnist", "fashion-mnist", "cifar10-jpeg", "python-stdlib")
+COMPACT_GRIDS = {name for name, grid in GRIDS.items() if grid.compact}
+DATASET_TAGS = ("mnist", "fashion-mnist", "cifar10-jpeg", "python-stdlib", *TABLE_DATASETS)
 
 
 def runs(name: str, epochs: int | None = None, **options) -> list[RunSpec]:
@@ -353,4 +408,4 @@ def quick_grid() -> list[RunSpec]:
 
 
 def with_seeds(runs: list[RunSpec], seeds) -> list[RunSpec]:
-    return [RunSpec(r.grid, r.label, r.flags, seed, r.dataset) for r in runs for seed in seeds]
+    return [RunSpec(r.grid, r.label, r.flags, seed, r.dataset, r.fold) for r in runs for seed in seeds]

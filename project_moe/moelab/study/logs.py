@@ -6,6 +6,7 @@ run, so that runs can be grouped by configuration (label) across seeds.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +39,11 @@ def run_identity(run_dir: Path) -> dict:
     config = read_config(run_dir / "config.json", SET_ASIDE)
     tag = dataset_tag(config["dataset"])
     label = run_dir.name.removeprefix(tag + "-").rsplit("-s", 1)[0]
-    return {"grid": run_dir.parent.name, "dataset": tag, "label": label, "seed": config["seed"], "run": run_dir.name}
+    fold = None
+    if re.search(r"-f\d+$", label) and "fold" in config:     # a table's fold (sweep run names)
+        label, fold = label.rsplit("-f", 1)[0], config["fold"]
+    return {"grid": run_dir.parent.name, "dataset": tag, "label": label, "seed": config["seed"], "fold": fold,
+            "run": run_dir.name}
 
 
 def run_table(results: Path) -> pd.DataFrame:
@@ -48,13 +53,19 @@ def run_table(results: Path) -> pd.DataFrame:
         summary = read_json(run_dir / "summary.json", SET_ASIDE)
         config = read_config(run_dir / "config.json", SET_ASIDE)
         metrics = read_csv(run_dir / "metrics.csv")
+        regression = summary.get("task") == "regression"
         rows.append({**run_identity(run_dir), "model": config["model"], "gating": config["gating"],
                      "experts": config["experts"], "epochs": config["epochs"],
-                     "test_acc": summary["test_acc"], "test_loss": summary["test_loss"],
-                     "best_val_acc": summary["best_val_acc"], "params_total": summary["params_total"],
+                     "test_acc": _number(summary.get("test_acc")), "test_loss": _number(summary.get("test_loss")),
+                     "best_val_acc": _number(summary.get("best_val_acc")),
+                     # a regression's errors, in the units of its table (NaN for the other runs)
+                     **{f"test_{m}": _number(summary.get(f"test_{m}")) for m in ("rmse", "mae", "r2")},
+                     "best_val_r2": _number(summary.get("best_val_r2")) if regression else float("nan"),
+                     "params_total": _number(summary["params_total"]),
                      # bits per byte of a language model (NaN for the other runs)
                      "test_bpb": _number(summary.get("test_bpb")), "best_val_bpb": _lowest(metrics, "val_bpb"),
-                     "params_active": summary["params_active"], "flops_per_sample": summary["flops_per_sample"],
+                     "params_active": _number(summary["params_active"]),
+                     "flops_per_sample": _number(summary["flops_per_sample"]),
                      "samples_per_s": metrics["samples_per_s"].median(),
                      "final_val_load_cv": metrics["val_load_cv"].iloc[-1],
                      "final_val_dropped": metrics["val_dropped"].iloc[-1] if "val_dropped" in metrics else float("nan"),
@@ -109,14 +120,17 @@ def test_specialisation(run_dir: Path) -> float:
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof=1) and number of seeds per (grid, dataset, label)."""
+    """Mean, std (ddof=1) and number of seeds per (grid, dataset, label), over every fold of a
+    table's cross-validation too (``folds``: how many; 0 for the other grids)."""
     numbers = ["test_acc", "test_loss", "best_val_acc", "samples_per_s", "final_val_load_cv", "final_val_dropped",
-               "specialisation", "time_s", "test_bpb", "best_val_bpb"]
+               "specialisation", "time_s", "test_bpb", "best_val_bpb", "test_rmse", "test_mae", "test_r2",
+               "best_val_r2"]
     constant = ["model", "gating", "experts", "epochs", "params_total", "params_active", "flops_per_sample"]
     grouped = runs.groupby(["grid", "dataset", "label"], sort=False)
     table = grouped[numbers].agg(["mean", "std"])
     table.columns = [f"{a}_{b}" for a, b in table.columns]
     table.insert(0, "seeds", grouped["seed"].nunique())
+    table.insert(1, "folds", grouped["fold"].nunique())
     table[constant] = grouped[constant].first()
     return table.reset_index()
 

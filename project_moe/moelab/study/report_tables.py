@@ -292,6 +292,44 @@ def table_lm(rows: list[dict]) -> str:
                     "time to target", "params", "seeds"], body, "lrrrrrrr")
 
 
+TABLE_REPORT_E = 4     # the number of experts of the report's tabular table
+TABLE_COLUMNS = (("dense-active", "dense, = active"), ("dense-params", "dense, = total"), ("soft", "soft"),
+                 ("top1", "top-1"), ("top2", "top-2"))
+TABLE_ROWS = (("iris", "", "iris"), ("wine", "", "wine"), ("breast-cancer", "", "breast cancer"),
+              ("diabetes", "-mse", "diabetes, sq.\\ error"), ("diabetes", "-mix", "diabetes, mixture lik."))
+
+
+def _table_cell(rows: pd.DataFrame, dataset: str, label: str) -> str:
+    """Test accuracy (%) or R^2 (diabetes), mean +- std over folds x seeds; -- when absent."""
+    match = rows[(rows.dataset == dataset) & (rows.label == label)]
+    if match.empty:
+        return "--"
+    r = match.iloc[0]
+    if dataset == "diabetes":
+        return _mean_spread(r.test_r2_mean, r.test_r2_std, 3)
+    return _mean_spread(100 * r.test_acc_mean, 100 * r.test_acc_std, 1)
+
+
+def table_tabular(summary: pd.DataFrame) -> str:
+    """The tabular grid at E = TABLE_REPORT_E: dense baselines, the three mixtures and the two
+    scikit-learn references, test accuracy in % (R^2 for diabetes) over folds x seeds."""
+    rows = summary[summary.grid == "tabular"]
+    body = []
+    for dataset, loss, name in TABLE_ROWS:
+        if dataset not in set(rows.dataset):
+            continue
+        linear = "ref-ridge" if dataset == "diabetes" else "ref-logistic"
+        first = loss != "-mix"             # dense and references belong to neither loss: shown once
+        cells = [name]
+        for label, _ in TABLE_COLUMNS:
+            dense = label.startswith("dense")
+            full = f"e{TABLE_REPORT_E}-{label}" + ("" if dense else loss)
+            cells.append(_table_cell(rows, dataset, full) if first or not dense else "")
+        cells += [_table_cell(rows, dataset, ref) if first else "" for ref in (linear, "ref-hgb")]
+        body.append(cells)
+    return tabular(["table", *(text for _, text in TABLE_COLUMNS), "linear", "HGB"], body, "lrrrrrrr")
+
+
 def table_bench(bench: pd.DataFrame) -> str:
     body = []
     for (e, k, mode), group in bench.groupby(["E", "k", "mode"], sort=False):
@@ -320,7 +358,8 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     \\lmsteps, \\lmstep and \\lmtime{variant}: the lm grid's test bits per byte, its gain over
     dense-active, the steps to grids.LM_TARGET_BPB, the step time and their product (see lm_rows;
     steps and time are means over the seeds that reached it), \\lmtarget that target, \\lmlead the
-    fastest MoE's lead in time over dense-active in % (lm_time_lead)."""
+    fastest MoE's lead in time over dense-active in % (lm_time_lead); \\tab{dataset}{label}: the
+    tabular grid's test accuracy (%) or R^2 (diabetes), mean ± std over folds x seeds."""
     lines = []
     for macro in ("res", "spec", "loadcv", "dropped", "minutes", "params", "unpicked"):
         args = "[1]" if macro == "unpicked" else "[3]"
@@ -395,7 +434,12 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     for r in (coherence.itertuples() if coherence is not None else []):
         key = f"{r.dataset}:{r.label}:{r.layer + 1}"   # blocks numbered from 1 in the text
         lines.append(f"\\expandafter\\def\\csname coherence:{key}\\endcsname{{{100 * r.share_mean:.0f}}}")
-    runs = int(summary.seeds.sum())
+    lines.append("\\newcommand{\\tab}[2]{\\csname tab:#1:#2\\endcsname}")
+    for r in summary[summary.grid == "tabular"].itertuples():
+        lines.append(f"\\expandafter\\def\\csname tab:{r.dataset}:{r.label}\\endcsname"
+                     f"{{{_table_cell(summary[summary.grid == 'tabular'], r.dataset, r.label)}}}")
+    trained = summary[summary.model != "reference"]
+    runs = int((trained.seeds * trained.folds.clip(lower=1)).sum())   # a table's runs: seeds x folds
     lines.append(f"\\newcommand{{\\numruns}}{{{runs}}}")
     lines.append(f"\\newcommand{{\\numconfigs}}{{{len(summary)}}}")
     return "\n".join(lines) + "\n"
@@ -434,7 +478,7 @@ def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.
                                  logs.patch_coherence(patches) if not patches.empty else None,
                                  bench_repeat, cifar_sharpness, convergence, lm) + vit_router_sizes(),
               "cifar_heads": table_cifar_heads(summary, cifar_sharpness),
-              "convergence": table_convergence(convergence), "lm": table_lm(lm)}
+              "convergence": table_convergence(convergence), "lm": table_lm(lm), "tabular": table_tabular(summary)}
     if bench is not None:
         tables["bench"] = table_bench(bench)
     if sharpness is not None:

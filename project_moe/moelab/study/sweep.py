@@ -8,7 +8,9 @@
 Each run is a separate ``train.py`` process writing to results/runs/<grid>/<run-name>/. A run
 whose summary says "completed" is skipped, an interrupted one is resumed, and a failing one
 is recorded and the sweep goes on; the sweep exits non-zero at the end if any run failed.
-Weights (*.pt) are deleted once a run completes: results/ keeps only the compact logs.
+Weights (*.pt) are deleted once a run completes: results/ keeps only the compact logs (in the
+tabular grid, config, summary and metrics of most runs: grids.keeps_every_log). The tabular
+grid's scikit-learn references (references.py) are fitted in the sweep's own process.
 """
 from __future__ import annotations
 
@@ -23,14 +25,16 @@ from ..paths import IN_CHECKOUT, PACKAGE_DIR, PROJECT_DIR
 from ..training.config import DEVICE_CHOICES
 from ..training.exits import EXIT_BAD_INPUT
 from ..training.run_files import RunFileError, read_json
-from . import logs
+from . import logs, references
 from .grids import (
+    COMPACT_GRIDS,
     DATASET_TAGS,
     GRIDS,
     KEEP_WEIGHTS,
     SEEDS,
     RunSpec,
     full_grid,
+    keeps_every_log,
     quick_grid,
     with_seeds,
 )
@@ -65,8 +69,10 @@ def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, thre
     except RunFileError as error:     # neither skipped, resumed nor replaced: recorded, and the sweep goes on
         return Outcome(run, "failed", 0.0, f"error: {error}")
     if status == "completed":
-        _drop_weights_and_log(run_dir, log_path, keep)   # left behind if the sweep itself was killed
+        _drop_weights_and_log(run_dir, log_path, keep, _compact(run))   # left behind if the sweep was killed
         return Outcome(run, "skipped")
+    if run.reference:
+        return _fit_reference(run, run_dir)
     argv = [sys.executable, str(PROJECT_DIR / "train.py"), *run.argv(data_dir), "--out", str(out), "--run-name", run.name,
             "--device", device]
     if data_dir:
@@ -85,16 +91,38 @@ def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, thre
     if code != 0:
         tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
         return Outcome(run, "failed", seconds, f"exit {code}: {tail[0]}")
-    _drop_weights_and_log(run_dir, log_path, keep)
+    _drop_weights_and_log(run_dir, log_path, keep, _compact(run))
     return Outcome(run, "done", seconds)
 
 
-def _drop_weights_and_log(run_dir: Path, log_path: Path, keep_model: bool = False) -> None:
+def _compact(run: RunSpec) -> bool:
+    return run.grid in COMPACT_GRIDS and not keeps_every_log(run)
+
+
+def _fit_reference(run: RunSpec, run_dir: Path) -> Outcome:
+    begin = time.perf_counter()
+    flags = run.flags
+    try:
+        references.write_reference_run(run_dir, run.reference, run.dataset, run.seed, run.fold, flags["folds"],
+                                       flags["val_fraction"])
+    except (ValueError, ImportError) as error:
+        return Outcome(run, "failed", time.perf_counter() - begin, f"error: {error}")
+    return Outcome(run, "done", time.perf_counter() - begin)
+
+
+COMPACT_KEEPS = ("config.json", "summary.json", "metrics.csv")
+
+
+def _drop_weights_and_log(run_dir: Path, log_path: Path, keep_model: bool = False, compact: bool = False) -> None:
     """results/ keeps the compact logs of a finished run, not its weights (but model.pt where
-    ``keep_model``) or console output."""
+    ``keep_model``) or console output; a ``compact`` run keeps only COMPACT_KEEPS."""
     for weights in run_dir.glob("*.pt"):
         if not (keep_model and weights.name == "model.pt"):
             weights.unlink()
+    if compact:
+        for path in run_dir.iterdir():
+            if path.name not in COMPACT_KEEPS:
+                path.unlink()
     log_path.unlink(missing_ok=True)
 
 
@@ -157,7 +185,8 @@ def main(argv=None) -> int:
         index, count = args.shard
         runs = runs[index - 1::count]
         if args.list:
-            print("\n".join(f"{r.grid}/{r.name}: {' '.join(r.argv(args.data_dir))}" for r in runs))
+            print("\n".join(f"{r.grid}/{r.name}: " + (f"scikit-learn reference {r.reference}" if r.reference
+                                                       else ' '.join(r.argv(args.data_dir))) for r in runs))
             return 0
         if not IN_CHECKOUT:
             print(f"error: the sweep runs train.py of a checkout, and this copy of moelab ({PACKAGE_DIR}) is installed "

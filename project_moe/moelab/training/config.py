@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.tables import IMPUTE_CHOICES, TASK_CHOICES, TableOptions, is_table_dataset
 from ..data.text import is_language_dataset, is_text_dataset
 from ..layers.experts import DISPATCH_CHOICES
 from ..layers.routing import (
@@ -53,12 +54,28 @@ class Config:
     dataset: str = _opt("mnist", "mnist | fashion-mnist | cifar10 | folder:PATH (PATH/train and PATH/test "
                                  "ImageFolder trees) | python-stdlib (embedded CPython sources) | text:PATH "
                                  "(UTF-8 file or folder): a language model | csv-text:PATH (AG News or IMDB "
-                                 "layout): text classification; text needs --arch gpt")
+                                 "layout): text classification; text needs --arch gpt | iris | wine | "
+                                 "breast-cancer | diabetes (the tables bundled with scikit-learn) | csv:PATH "
+                                 "(a CSV table, with --target)")
     data_dir: str | None = _opt(None, "dataset root (default: $MOE_DATA_DIR, else data/ at the repo root)", type=str)
     val_fraction: float = _opt(0.1, "fraction of the training set held out for validation (model selection)")
     image_size: int | None = _opt(None, "resize folder: images to SIZE x SIZE (needed when sizes differ)", type=int)
     context: int = _opt(128, "text: bytes per sequence (language model: its context; classification: texts "
                              "truncated or padded to it)")
+    target: str | None = _opt(None, "csv:PATH: the column to predict", type=str)
+    task: str = _opt("auto", "tables: classification or regression (auto: classification for a string target or "
+                             "integers with at most 20 values, regression otherwise)", TASK_CHOICES)
+    folds: int = _opt(5, "tables: K of K-fold cross-validation (stratified for classification); fold --fold is "
+                         "the test split, the others train (with --val-fraction of them held out for validation)")
+    fold: int = _opt(0, "tables: which fold is the test split (0 .. --folds - 1; sweep.py runs them all)")
+    impute: str = _opt("none", "tables: refuse missing feature values (none), or fill them with the training "
+                               "medians and, for string columns, the most frequent training value (median)",
+                       IMPUTE_CHOICES)
+    target_bins: int = _opt(5, "regression: quantile bins of the training targets that take the place of classes "
+                               "in the routing tables")
+    expert_variance: bool = _opt(False, "regression: every expert (or the dense network) also predicts a "
+                                        "log-variance, trained by Gaussian likelihood (needs --combine probs for "
+                                        "an MoE: the mixture likelihood)")
     steps_per_epoch: int = _opt(0, "language model: training steps (batches of random windows) per epoch, "
                                    "each epoch ending with a validation pass (0 = as many as cover the training "
                                    "bytes once)")
@@ -129,8 +146,8 @@ class Config:
     kl_uniform_coef: float = _opt(0.0, "KL(batch-mean gate || uniform)")
     centroid_coef: float = _opt(0.0, "cosine router: mean squared cosine between centroids (pushes them apart)")
     # optimisation
-    epochs: int = _opt(5, "training epochs")
-    batch_size: int = _opt(128, "training batch size (also the evaluation batch for expert-choice)")
+    epochs: int = _opt(5, "training epochs (tables: 50)")
+    batch_size: int = _opt(128, "training batch size (also the evaluation batch for expert-choice; tables: 16)")
     optimizer: str = _opt("adamw", "adamw, or sgd with Nesterov momentum", OPTIMIZER_CHOICES)
     lr: float = _opt(2e-3, "peak learning rate")
     momentum: float = _opt(0.9, "sgd: Nesterov momentum")
@@ -191,7 +208,14 @@ class Config:
             if self.bias_balance_rate:
                 body += f"-lf{self.bias_balance_rate:g}"
         kind = self.arch if self.arch in ("vit", "gpt") else self.expert_type
+        if is_table_dataset(self.dataset):
+            body += ("-probs" if self.combine == "probs" else "") + ("-var" if self.expert_variance else "")
+            kind = f"{kind}-f{self.fold}of{self.folds}"
         return f"{dataset}-{body}-{kind}-s{self.seed}"
+
+    def table_options(self) -> TableOptions:
+        return TableOptions(target=self.target, task=self.task, folds=self.folds, fold=self.fold, impute=self.impute,
+                            target_bins=self.target_bins)
 
     @property
     def run_dir(self) -> Path:
@@ -214,8 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A table has a few hundred rows: an epoch is a handful of steps, so it trains for more epochs,
+# in smaller batches, unless the command line says otherwise (config.json records the values used).
+TABLE_DEFAULTS = {"epochs": 50, "batch_size": 16}
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
-    return Config(**vars(build_parser().parse_args(argv)))
+    values = vars(build_parser().parse_args(argv))
+    if is_table_dataset(values["dataset"]):
+        probe = build_parser()
+        for action in probe._actions:
+            action.default = argparse.SUPPRESS
+        given = vars(probe.parse_args(argv))
+        values.update({name: value for name, value in TABLE_DEFAULTS.items() if name not in given})
+    return Config(**values)
 
 
 def validate(cfg: Config) -> None:
@@ -291,6 +327,22 @@ def validate(cfg: Config) -> None:
         need(cfg.drop_policy != "position" or cfg.gating == "hard",
              "--drop-policy position ranks every token's first choice before any second choice, so whether a "
              "byte's second expert is kept depends on later bytes; use it with --gating hard, or dropless")
+    table = is_table_dataset(cfg.dataset)
+    need(not table or (cfg.arch == "mixture" and cfg.expert_type == "mlp" and cfg.trunk == "none"),
+         f"--dataset {cfg.dataset} is a table of features: it takes MLP experts on the features "
+         "(--arch mixture --expert-type mlp --trunk none)")
+    need(cfg.target is None or cfg.dataset.startswith("csv:"),
+         "--target names the column to predict of --dataset csv:PATH; drop it for other datasets")
+    need(table or cfg.task == "auto", f"--task sets the task of a table; {cfg.dataset} is not one: drop --task")
+    need(table or cfg.impute == "none", "--impute fills missing values of a table; drop it for other datasets")
+    need(cfg.folds >= 2, f"--folds must be >= 2 (got {cfg.folds}): one fold is the test split")
+    need(0 <= cfg.fold < cfg.folds, f"--fold must be in 0..{cfg.folds - 1} for --folds {cfg.folds} (got {cfg.fold})")
+    need(cfg.target_bins >= 2, f"--target-bins must be >= 2 (got {cfg.target_bins})")
+    need(not cfg.expert_variance or table, "--expert-variance is for a regression on a table; drop it")
+    need(not cfg.expert_variance or cfg.model == "dense" or cfg.combine == "probs",
+         "--expert-variance trains each expert's variance through the mixture likelihood: add --combine probs "
+         "(with --combine logits the squared error has no variance)")
+    need(not (table and cfg.tta_flip), "--tta-flip mirrors images; a table has none: drop --tta-flip")
     need(not (cfg.trunk != "none" and cfg.expert_type == "cnn"),
          f"--trunk {cfg.trunk} feeds features, not images, to the experts: use --expert-type mlp with it")
     slots = cfg.gating == "soft-slots"

@@ -15,6 +15,7 @@ from torch import Tensor
 from .. import distributed
 from ..distributed import Cluster
 from ..layers.aux_losses import AUX_NAMES
+from .tasks import CLASSIFICATION
 
 
 class EpochSums:
@@ -30,13 +31,15 @@ class EpochSums:
                      "aux_rows": zero(len(AUX_NAMES)),
                      "routed": zero(*self.routed_shape), "dropped": zero(*self.routed_shape), "train_seconds": 0.0}
 
-    def add(self, output, logits: Tensor, ce: Tensor, labels: Tensor, batch_rows: int, routes: bool) -> None:
-        """One step: ``ce`` of the whole batch of ``batch_rows`` rows; logits and labels of this
-        process's rows; ``routes``: the model has routers (aux losses, (E,) or (L, E) counts)."""
+    def add(self, output, logits: Tensor, ce: Tensor, labels: Tensor, batch_rows: int, routes: bool,
+            task=CLASSIFICATION) -> None:
+        """One step: ``ce`` (the task's loss) of the whole batch of ``batch_rows`` rows; output and
+        labels of this process's rows; ``routes``: the model has routers (aux losses, (E,) or
+        (L, E) counts). A regression counts no correct predictions (its accuracy is NaN)."""
         s = self.sums
         with torch.no_grad():
             s["loss"] += ce.detach().double() * batch_rows
-            s["correct"] += (logits.argmax(dim=1) == labels).sum()
+            s["correct"] += task.correct(output, labels)
             s["count"] += batch_rows
             if routes:
                 # A step computes the losses it trains on, and the others only when it logs them.

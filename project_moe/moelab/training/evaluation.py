@@ -7,10 +7,10 @@ per process, ``reduce`` summing over them) gives the tables of the whole split.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import stats
@@ -18,6 +18,7 @@ from ..layers.capacity import selection_bias
 from ..models.classifier import MoEClassifier, classifier_logits
 from ..models.transformer import TokenModel
 from ..models.vit import ViTClassifier
+from .tasks import CLASSIFICATION
 
 SAMPLES_COLUMNS = ["index", "class", "predicted", "top1_expert", "top1_weight", "experts_used"]
 LAYER_COLUMNS = ["layer", "expert", "n_tokens", "n_routed", "n_dropped", "frac_routed", "mean_gate", "selection_bias"]
@@ -38,13 +39,21 @@ class SplitResult:
     gate_entropy: float = float("nan")
     dropped: float = float("nan")                             # share of chosen assignments dropped for capacity
     class_expert: dict[str, Tensor] | None = None             # (E, K) tables
+    rmse: float = float("nan")                                # regression, in the units of the table
+    mae: float = float("nan")
+    r2: float = float("nan")
     layer_rows: list[dict] = field(default_factory=list)     # one per (MoE block, expert) (ViT, gpt)
     kind_rows: list[dict] = field(default_factory=list)      # one per (MoE block, expert, byte kind) (language model)
+
+    @property
+    def score(self) -> float:
+        """What validation maximises: accuracy, or R^2 for a regression."""
+        return self.acc if math.isfinite(self.acc) or not math.isfinite(self.r2) else self.r2
 
 
 @torch.no_grad()
 def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=None,
-             tta_flip: bool = False, kinds: int = 0) -> SplitResult:
+             tta_flip: bool = False, kinds: int = 0, task=CLASSIFICATION) -> SplitResult:
     """Loss and accuracy over ``batches`` (an iterable of (x, y)); for an MoE with
     ``detailed``, also every expert's own loss on all samples and on its routed ones.
     ``tta_flip``: loss and accuracy of the mean of the logits of each image and of its mirror
@@ -53,7 +62,9 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=Non
     (None: this process evaluates whole batches).
     A language model's batches are (x, y, kinds), y and kinds (B, T): its loss and accuracy are
     per predicted byte, and with ``kinds`` (the number of byte kinds) each MoE block's routing
-    is also tabulated per kind of input byte (kind_rows)."""
+    is also tabulated per kind of input byte (kind_rows).
+    ``task`` (tasks.py) gives the loss, the hits and the groups of the routing tables: classes,
+    or for a regression the target bins (``num_classes`` of them), with RMSE, MAE and R^2."""
     was_training = model.training
     model.eval()
     is_moe = isinstance(model, MoEClassifier)
@@ -68,23 +79,27 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=Non
         if is_moe and detailed:
             features = model.expert_input(x)
             output = model.moe(features)
-            _accumulate(totals, _moe_batch_sums(model, features, output, y, num_classes))
+            _accumulate(totals, _moe_batch_sums(model, features, output, y, num_classes, task))
         else:
             output = model(x)
             if routes_tokens and detailed:
                 _accumulate(totals, _token_batch_sums(output, groups[0].reshape(-1) if kinds and groups else None,
                                                       kinds))
-        logits = classifier_logits(output)
         if tta_flip:
-            logits = (logits + classifier_logits(model(x.flip(-1)))) / 2
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(dim=1) == y).sum()
+            output = (classifier_logits(output) + classifier_logits(model(x.flip(-1)))) / 2
+        loss_sum += task.loss(output, y, reduction="sum")
+        correct += task.correct(output, y)
+        _accumulate(totals, task.split_sums(output, y))
         count += y.shape[0]
     model.train(was_training)
     totals = reduce_sums({**totals, "loss_sum": loss_sum, "correct": correct,
                           "count": torch.tensor(float(count), dtype=torch.float64, device=device)}, reduce)
     loss_sum, correct, count = totals.pop("loss_sum"), totals.pop("correct"), int(totals.pop("count").item())
     result = SplitResult(loss=(loss_sum / max(count, 1)).item(), acc=(correct / max(count, 1)).item(), n=count)
+    if "sq_error" in totals:
+        sums = {name: totals.pop(name).item() for name in ("sq_error", "abs_error", "y_sum", "y_sq_sum")}
+        for name, value in task.metrics(sums, count).items():
+            setattr(result, name, value)
     if totals and routes_tokens:
         biases = [selection_bias(model.blocks[index].ffn) for index in model.moe_blocks]
         _fill_layers(result, totals, model.moe_blocks, biases)
@@ -138,13 +153,14 @@ def _fill_layers(result: SplitResult, totals: dict[str, Tensor], blocks: list[in
     result.dropped = stats.dropped_share(t["routed"], t["dropped"]).item()
 
 
-def _moe_batch_sums(model: MoEClassifier, features: Tensor, output, y: Tensor, num_classes: int) -> dict[str, Tensor]:
+def _moe_batch_sums(model: MoEClassifier, features: Tensor, output, y: Tensor, num_classes: int,
+                    task=CLASSIFICATION) -> dict[str, Tensor]:
     weights = output.routing.weights                                          # (N, E)
-    all_logits = model.moe.all_expert_outputs(features)                       # (E, N, K)
+    all_logits = model.moe.all_expert_outputs(features)                       # (E, N, W)
     every = torch.ones_like(weights, dtype=torch.bool)
-    on_all = stats.per_expert_sums(all_logits, y, every)
-    on_routed = stats.per_expert_sums(all_logits, y, stats.routed_mask(weights))
-    tables = stats.class_expert_matrix(weights, y, num_classes)
+    on_all = task.expert_sums(all_logits, y, every)
+    on_routed = task.expert_sums(all_logits, y, stats.routed_mask(weights))
+    tables = stats.class_expert_matrix(weights, task.group_of(y), num_classes)
     return {
         "routed": on_routed["n"], "gate": weights.sum(dim=0), "dropped": output.dropped_counts(),
         "loss_routed": on_routed["loss"], "correct_routed": on_routed["correct"],
@@ -197,14 +213,14 @@ def _fill_routing(result: SplitResult, totals: dict[str, Tensor], count: int, bi
     result.class_expert = tables
 
 
-def train_batch_expert_rows(output, y: Tensor, num_experts: int, reduce=None, bias=None) -> list[dict]:
+def train_batch_expert_rows(output, y: Tensor, num_experts: int, reduce=None, bias=None,
+                            task=CLASSIFICATION) -> list[dict]:
     """Per-expert rows for one training batch, from the assignments already computed
     (no extra forward pass, hence no loss over all samples). ``bias``: the router's selection
     bias per expert, as logged."""
     with torch.no_grad():
         target = y[output.sample_index]                                        # (M,)
-        loss = F.cross_entropy(output.expert_logits.float(), target, reduction="none")
-        correct = (output.expert_logits.argmax(dim=1) == target).double()
+        loss, correct = task.assignment_losses(output.expert_logits, target)
         routed = torch.bincount(output.expert_index, minlength=num_experts).double()
         loss_sum = torch.zeros(num_experts, dtype=torch.float64, device=y.device).index_add_(
             0, output.expert_index, loss.double())
@@ -232,7 +248,7 @@ def _no_gather(rows: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def sample_routing(model: MoEClassifier, batches, limit: int, gather=_no_gather) -> list[dict]:
+def sample_routing(model: MoEClassifier, batches, limit: int, gather=_no_gather, task=CLASSIFICATION) -> list[dict]:
     """Routing of the first ``limit`` samples of a split (in the evaluation batches, so that
     batch-dependent routers see the same batches as in evaluation). ``gather`` concatenates
     the rows of processes that route shards of the same batches."""
@@ -243,7 +259,8 @@ def sample_routing(model: MoEClassifier, batches, limit: int, gather=_no_gather)
         output = model(x)
         weights = output.routing.weights                                       # (N, E)
         top_weight, top_expert = weights.max(dim=1)
-        columns = torch.stack([y, output.logits.argmax(dim=1), top_expert, stats.routed_mask(weights).sum(dim=1)])
+        columns = torch.stack([task.group_of(y), task.predicted_group(output), top_expert,
+                               stats.routed_mask(weights).sum(dim=1)])
         columns = gather(torch.cat([columns.t().double(), top_weight.double().unsqueeze(1)], dim=1)).cpu()  # (N, 5)
         for label, predicted, expert, used, weight in columns.tolist():
             rows.append({"index": len(rows), "class": int(label), "predicted": int(predicted),

@@ -101,6 +101,24 @@ def main(argv: list[str] | None = None) -> int:
         distributed.stop(cluster, peers_alive=code != EXIT_PEER_FAILED)
 
 
+def check_table_task(cfg: Config, dataset) -> None:
+    """Refuse the flags that the task of the loaded table does not take."""
+    if dataset.task == "classification" and cfg.expert_variance:
+        raise ConfigError(f"--expert-variance is for a regression; {cfg.dataset} is a classification: drop it")
+    if dataset.task == "regression" and cfg.label_smoothing:
+        raise ConfigError(f"--label-smoothing smooths class labels; {cfg.dataset} is a regression: drop it")
+
+
+def table_facts(dataset) -> dict:
+    """What config.json records of a table: its task, features, folds and target scaling."""
+    if not isinstance(dataset, data.TableDataset):
+        return {}
+    return {"task": dataset.task, "target": dataset.target_name, "features": dataset.feature_names,
+            "folds": dataset.folds, "fold": dataset.fold, "target_mean": dataset.target_mean,
+            "target_std": dataset.target_std, "rows": {split: len(getattr(dataset, split))
+                                                       for split in ("train", "val", "test")}}
+
+
 def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
     try:
         run_dir = distributed.on_writer(cluster, lambda: prepare_run_dir(cfg), BAD_INPUT)
@@ -110,7 +128,10 @@ def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
         dataset = distributed.local_first(
             cluster, lambda: data.load_dataset(cfg.dataset, data.resolve_data_dir(cfg.data_dir),
                                                val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                               image_size=cfg.image_size, context=cfg.context), BAD_INPUT)
+                                               image_size=cfg.image_size, context=cfg.context,
+                                               table=cfg.table_options()), BAD_INPUT)
+        if isinstance(dataset, data.TableDataset):
+            check_table_task(cfg, dataset)
         if cfg.arch == "vit":
             try:
                 check_vit_fits(cfg.model_spec(), dataset.in_shape)
@@ -131,14 +152,17 @@ def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier(cluster)
     trainer = Trainer(cfg, run_dir, dataset, device, cluster)
-    unit = " bytes" if trainer.language else ""
+    table = isinstance(dataset, data.TableDataset)
+    unit = " bytes" if trainer.language else " rows" if table else ""
+    fold = f" (fold {dataset.fold} of {dataset.folds}; {dataset.task}, {dataset.in_shape[0]} features)" if table else ""
     trainer.say(f"{cfg.dataset} ({dataset.source}): train {len(dataset.train)}{unit}, val {len(dataset.val)}{unit}, "
-                f"test {len(dataset.test)}{unit}; device {device}; {cluster.describe()}\n{describe_cost(trainer.cost)}")
+                f"test {len(dataset.test)}{unit}{fold}; device {device}; {cluster.describe()}\n"
+                f"{describe_cost(trainer.cost)}")
     if not cfg.resume and cluster.is_writer:
         write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg),
                                              "environment": environment(device, cluster),
                                              "dataset": {"source": dataset.source, "classes": list(dataset.classes),
-                                                         "in_shape": list(dataset.in_shape)},
+                                                         "in_shape": list(dataset.in_shape), **table_facts(dataset)},
                                              "cost": trainer.cost})
     return trainer.run(resume=cfg.resume)
 

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from .. import distributed, stats
+from ..data.tables import TableDataset
 from ..layers.aux_losses import AUX_NAMES
 from .evaluation import (
     PATCH_COLUMNS,
@@ -21,6 +22,7 @@ from .evaluation import (
 )
 from .exits import EXIT_DIVERGED, EXIT_PEER_FAILED, first_line
 from .run_files import atomic_write_bytes, write_json
+from .table_routing import table_routing
 
 ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees
 ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
@@ -40,7 +42,7 @@ def metrics_row(epoch: int, step: int, lr: float, totals: dict, val: SplitResult
     train_dropped = stats.dropped_share(totals["routed"], totals["dropped"]).item() if drops else float("nan")
     return {"epoch": epoch, "step": step, "lr": lr,
             "train_loss": (totals["loss"] / count).item(), "train_acc": (totals["correct"] / count).item(),
-            "val_loss": val.loss, "val_acc": val.acc,
+            "val_loss": val.loss, "val_acc": val.acc, "val_rmse": val.rmse, "val_mae": val.mae, "val_r2": val.r2,
             "train_bpb": (totals["loss"] / count).item() / math.log(2) if bits else float("nan"),
             "val_bpb": val.loss / math.log(2) if bits else float("nan"),
             **{f"aux_{name}": value for name, value in zip(AUX_NAMES, aux)},
@@ -55,6 +57,9 @@ def epoch_line(row: dict, epochs: int, routes: bool) -> str:
     if math.isfinite(row["val_bpb"]):     # a language model: bits per byte, next-byte accuracy
         head = (f"epoch {row['epoch']:>3}/{epochs} step {row['step']}  train {row['train_bpb']:.4f} bits/byte  "
                 f"val {row['val_bpb']:.4f} bits/byte acc {row['val_acc']:.4f}")
+    elif math.isfinite(row["val_r2"]):    # a regression: its loss, and the error in the target's units
+        head = (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f} "
+                f"rmse {row['val_rmse']:.4g} r2 {row['val_r2']:.4f}")
     else:
         head = (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}")
@@ -76,7 +81,12 @@ class Reporting:
         gather = lambda rows: distributed.gather_rows(self.cluster, rows)  # noqa: E731
         if self.is_moe:
             self.logs.table("test_samples.csv", SAMPLES_COLUMNS,
-                            sample_routing(self.model, self._eval_batches("test"), ROUTED_SAMPLES, gather))
+                            sample_routing(self.model, self._eval_batches("test"), ROUTED_SAMPLES, gather, self.task))
+        if isinstance(self.dataset, TableDataset) and self.cluster.is_writer:
+            predictions, grid = table_routing(self.model, self.dataset, self.task, self.device)
+            self.logs.table("test_predictions.csv", list(predictions[0]), predictions)
+            if grid:
+                self.logs.table("gate_grid.csv", list(grid[0]), grid)
         if self.moe_blocks and self.language:
             self.logs.table("test_text.csv", TEXT_COLUMNS,
                             text_routing(self.model, self._eval_batches("test"), ROUTED_TEXT_BYTES, gather))
@@ -91,15 +101,23 @@ class Reporting:
         if not self.cluster.is_writer:
             return
         summary = {"status": status, "epochs_done": self.epoch, "steps": self.global_step,
-                   "test_loss": test.loss if test else None, "test_acc": test.acc if test else None,
+                   "test_loss": test.loss if test else None, "test_acc": test.acc if test and self.task.name != "regression" else None,
                    "test_bpb": test.loss / math.log(2) if test and self.language else None,
                    "test_dropped": test.dropped if test and self.cfg.drop_policy != "dropless" else None,
-                   "best_val_acc": self.best_val_acc if self.best_epoch > 0 else None,
+                   **self._test_scores(test),
                    "best_epoch": self.best_epoch if self.best_epoch > 0 else None,
                    **self.cost["this"], "cost": self.cost, "total_time_s": self.elapsed(),
                    "processes": self.cluster.world_size, "precision": self.precision.describe(),
                    "compile_s": self.compile_seconds, **(extra or {})}
         write_json(self.run_dir / "summary.json", summary)
+
+    def _test_scores(self, test: SplitResult | None) -> dict:
+        """The task's test metrics and the best validation score, under their names."""
+        best = self.best_val_acc if self.best_epoch > 0 else None
+        if self.task.name != "regression":
+            return {"task": self.task.name, "best_val_acc": best}
+        return {"task": "regression", "best_val_r2": best,
+                **{f"test_{name}": getattr(test, name) if test else None for name in ("rmse", "mae", "r2")}}
 
     def stopped_by_signal(self) -> int:
         """After SIGINT / SIGTERM, with the checkpoint saved: the summary, how to continue, the exit code."""

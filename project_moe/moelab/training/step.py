@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .. import distributed
 from ..distributed import Cluster
@@ -16,6 +15,7 @@ from ..models.classifier import classifier_logits
 from ..models.vit import ViTOutput
 from .config import Config
 from .evaluation import model_routers
+from .tasks import CLASSIFICATION
 
 
 def aux_coefficients(cfg: Config) -> dict[str, float]:
@@ -56,8 +56,9 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
 
 def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[str, float],
                cluster: Cluster = distributed.SINGLE_PROCESS, batch_rows: int | None = None,
-               precision: Precision = FULL, label_smoothing: float = 0.0):
-    """One optimisation step: cross-entropy plus the weighted auxiliary losses of an MoE.
+               precision: Precision = FULL, label_smoothing: float = 0.0, task=CLASSIFICATION):
+    """One optimisation step: the task's loss (cross-entropy, or a regression loss: tasks.py)
+    plus the weighted auxiliary losses of an MoE.
 
     Under torchrun, (x, y) is this rank's share of a global batch of ``batch_rows`` rows: it
     back-propagates its part of the global-batch loss and the gradients of the replicated
@@ -66,16 +67,16 @@ def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[s
     ``precision``: the forward pass under autocast (--amp), with loss scaling where it needs one.
     ``label_smoothing``: of the cross-entropy (which is then what the step returns).
     Raises FloatingPointError, before touching the weights, if the loss is not finite.
-    Returns (model output, logits, cross-entropy of the whole batch).
+    Returns (model output, logits, task loss of the whole batch).
     """
     with precision.autocast():
         output = model(x)
         logits = classifier_logits(output)
         if cluster.is_distributed:
-            ce_part = F.cross_entropy(logits, y, reduction="sum", label_smoothing=label_smoothing) / batch_rows
+            ce_part = task.loss(output, y, reduction="sum", label_smoothing=label_smoothing) / batch_rows
             ce = distributed.all_sum(cluster, ce_part.detach())
         else:
-            ce = ce_part = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            ce = ce_part = task.loss(output, y, label_smoothing=label_smoothing)
         loss = ce_part
         aux = getattr(output, "aux", None)
         if aux:

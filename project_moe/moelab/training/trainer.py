@@ -40,6 +40,7 @@ from .step import (
     make_optimizer,
     train_step,
 )
+from .tasks import task_for
 
 
 class Interrupted(Exception):
@@ -54,10 +55,12 @@ class Trainer(Checkpointing, Reporting):
                  cluster: Cluster = distributed.SINGLE_PROCESS):
         self.cfg, self.run_dir, self.dataset, self.device, self.cluster = cfg, run_dir, dataset, device, cluster
         rng_state.seed_everything(cfg.seed)
-        model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
+        self.task = task_for(dataset, cfg.combine, cfg.expert_variance)   # classification, or a regression
+        self.spec = self.task.model_spec(cfg.model_spec())
+        model = build_model(self.spec, dataset.in_shape, self.task.out_width).to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)     # conv weights only; the rest is not 4-D
-        self.cost = cost_report(model, cfg.model_spec(), dataset.in_shape, dataset.num_classes)   # of the whole model
+        self.cost = cost_report(model, self.spec, dataset.in_shape, self.task.out_width)   # of the whole model
         self.model = distributed.parallelize(model, cluster)
         self.precision = Precision(cfg.amp, device)
         self.is_moe = isinstance(self.model, MoEClassifier)
@@ -79,7 +82,7 @@ class Trainer(Checkpointing, Reporting):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.eval_loaders = evaluation_loaders(cfg, dataset, device)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        self.best_val_acc, self.best_epoch = -1.0, -1
+        self.best_val_acc, self.best_epoch = -math.inf, -1   # the best validation score (tasks.py)
         routed_shape = (len(self.moe_blocks), cfg.experts) if self.moe_blocks else (cfg.experts,)
         self.accum = EpochSums(routed_shape, device, cluster, drops=cfg.drop_policy != "dropless")
         self.elapsed_before = 0.0   # wall seconds spent in earlier sessions of a resumed run
@@ -149,7 +152,7 @@ class Trainer(Checkpointing, Reporting):
             y = y.reshape(-1)
             try:
                 output, logits, ce = train_step(model, self.optimizer, x, y, coefs, cluster, batch_rows,
-                                                self.precision, cfg.label_smoothing)
+                                                self.precision, cfg.label_smoothing, self.task)
             except FloatingPointError as error:
                 raise FloatingPointError(f"{error} at epoch {self.epoch + 1}, step {self.global_step + 1}") from None
             if not self.dispatch_said:          # which expert dispatch this session's first step ran
@@ -169,7 +172,8 @@ class Trainer(Checkpointing, Reporting):
             self.global_step += 1
             if self.is_moe and cfg.log_every and self.global_step % cfg.log_every == 0:
                 self.logs.train_batch(self.epoch + 1, self.global_step, train_batch_expert_rows(
-                    output, y, cfg.experts, distributed.summer(cluster), selection_bias(self.model.moe.router)))
+                    output, y, cfg.experts, distributed.summer(cluster), selection_bias(self.model.moe.router),
+                    self.task))
             if bar.disable is False and self.global_step % 20 == 0:
                 bar.set_postfix(self.accum.progress(self.routes), refresh=False)
             # Every rank stops after the same step, whichever of them the signal reached. The
@@ -194,7 +198,7 @@ class Trainer(Checkpointing, Reporting):
             self.loss_names = names
 
     def _accumulate(self, output, logits, ce, y, batch_rows: int) -> None:
-        self.accum.add(output, logits, ce, y, batch_rows, self.routes)
+        self.accum.add(output, logits, ce, y, batch_rows, self.routes, self.task)
 
     def end_epoch(self) -> None:
         cfg, a = self.cfg, self.accum.totals()
@@ -206,8 +210,8 @@ class Trainer(Checkpointing, Reporting):
                           self.accum.aux_means() if self.routes else None, drops=cfg.drop_policy != "dropless",
                           elapsed=self.elapsed(), bits=self.language)
         self.logs.metrics(row)
-        if val.acc > self.best_val_acc:
-            self.best_val_acc, self.best_epoch = val.acc, epoch
+        if val.score > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = val.score, epoch
             self.save_weights("best.pt", {"epoch": epoch})
         self.say(epoch_line(row, cfg.epochs, self.routes))
         self.epoch, self.step_in_epoch = epoch, 0
@@ -222,7 +226,7 @@ class Trainer(Checkpointing, Reporting):
         with self.precision.autocast():
             result = evaluate(self.model, self._eval_batches(split), self.dataset.num_classes,
                               reduce=distributed.summer(self.cluster), tta_flip=self.cfg.tta_flip,
-                              kinds=len(self.dataset.classes) if self.language else 0)
+                              kinds=len(self.dataset.classes) if self.language else 0, task=self.task)
         self.logs.split(result, split, epoch, self.global_step)
         return result
 
@@ -234,6 +238,10 @@ class Trainer(Checkpointing, Reporting):
         self.write_test_tables()
         self.write_summary("completed", test=test)
         bits = f" ({test.loss / math.log(2):.4f} bits/byte)" if self.language else ""
+        if self.task.name == "regression":
+            self.say(f"test loss {test.loss:.4f} rmse {test.rmse:.4g} mae {test.mae:.4g} r2 {test.r2:.4f} (weights of "
+                     f"epoch {self.best_epoch}, best val r2 {self.best_val_acc:.4f}); logs in {self.run_dir}")
+            return
         self.say(f"test loss {test.loss:.4f}{bits} acc {test.acc:.4f} (weights of epoch {self.best_epoch}, "
                  f"best val acc {self.best_val_acc:.4f}); logs in {self.run_dir}")
 
@@ -245,7 +253,7 @@ def evaluation_loaders(cfg: Config, dataset, device: torch.device) -> dict:
     batch_dependent = cfg.gating == "expert-choice" or cfg.drop_policy != "dropless"
     size = cfg.batch_size if batch_dependent else max(cfg.batch_size, 1000)
     splits = {"val": dataset.val, "test": dataset.test}
-    if isinstance(dataset.train, data.Split):     # the per-expert training statistics of the mixture
+    if isinstance(dataset.train, (data.Split, data.TableSplit)):   # the per-expert training statistics of the mixture
         splits["train"] = _head(dataset.train, cfg.train_eval_size)
     if isinstance(dataset, data.TextDataset):
         size = cfg.batch_size if batch_dependent else max(cfg.batch_size, 64)   # windows of --context bytes
@@ -253,5 +261,7 @@ def evaluation_loaders(cfg: Config, dataset, device: torch.device) -> dict:
                                   channels_last=cfg.channels_last) for name, split in splits.items()}
 
 
-def _head(split: data.Split, size: int) -> data.Split:
+def _head(split, size: int):
+    if isinstance(split, data.TableSplit):
+        return data.TableSplit(split.features[:size], split.targets[:size], split.rows[:size])
     return data.Split(split.images[:size], split.labels[:size])
