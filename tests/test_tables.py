@@ -74,6 +74,22 @@ def test_preprocessing_never_sees_the_validation_or_test_rows(tmp_path):
     assert (changed.test.features[:, 0] > 1e4).all()                       # scaled by training statistics
 
 
+def test_a_regression_target_is_scaled_and_binned_from_the_training_rows_only(tmp_path):
+    frame = write_csv(tmp_path / "a.csv")
+    ds = load(tmp_path / "a.csv", target="price")
+    train_rows = ds.train.rows.numpy()
+    assert ds.target_mean == pytest.approx(frame.price.iloc[train_rows].mean())
+    assert ds.target_std == pytest.approx(frame.price.iloc[train_rows].std(ddof=0))
+    held = np.concatenate([ds.val.rows.numpy(), ds.test.rows.numpy()])
+    frame.loc[held, "price"] = 1e6
+    frame.to_csv(tmp_path / "b.csv", index=False)
+    changed = load(tmp_path / "b.csv", target="price")
+    assert (changed.target_mean, changed.target_std, changed.bin_edges) == (ds.target_mean, ds.target_std, ds.bin_edges)
+    torch.testing.assert_close(changed.train.targets, ds.train.targets)
+    bins = data.target_bins(ds.train.targets, ds.bin_edges)
+    assert np.bincount(bins.numpy(), minlength=5).min() >= 0.15 * len(bins)
+
+
 def test_missing_values_are_refused_naming_the_column_or_filled_with_training_medians(tmp_path):
     frame = write_csv(tmp_path / "t.csv")
     frame.loc[[3, 7], "weight"] = np.nan
@@ -90,7 +106,9 @@ def test_missing_values_are_refused_naming_the_column_or_filled_with_training_me
     every = torch.cat([ds.train.features, ds.val.features, ds.test.features])
     for row in (3, 7):
         assert every[position[row], 1].item() == pytest.approx(scaled, rel=1e-5)
-    assert every[position[5], 3:].sum().item() == 1                        # the most frequent training colour
+    mode = frame.colour.iloc[train_rows].mode().iloc[0]                    # the most frequent training colour
+    assert ds.feature_names[3 + int(every[position[5], 3:].argmax())] == f"colour={mode}"
+    assert every[position[5], 3:].sum().item() == 1
 
 
 def test_the_task_follows_the_target_and_can_be_overridden(tmp_path):
@@ -124,12 +142,13 @@ def test_stratified_folds_partition_the_rows_and_keep_every_class_share():
 
 
 def test_the_scikit_learn_tables_load_with_their_tasks():
-    for name, task, shape in (("wine", "classification", (13,)), ("breast-cancer", "classification", (30,)),
-                              ("diabetes", "regression", (10,))):
+    for name, task, shape, rows in (("iris", "classification", (4,), 150), ("wine", "classification", (13,), 178),
+                                    ("breast-cancer", "classification", (30,), 569),
+                                    ("diabetes", "regression", (10,), 442)):
         ds = data.load_dataset(name, "/nonexistent", table=tables.TableOptions())
         assert ds.task == task and ds.in_shape == shape and "scikit-learn" in ds.source
-        assert len(ds.train) + len(ds.val) + len(ds.test) == len(ds.raw_targets if task == "regression"
-                                                                 else np.concatenate([ds.train.rows, ds.val.rows, ds.test.rows]))
+        every = torch.cat([ds.train.rows, ds.val.rows, ds.test.rows])
+        assert sorted(every.tolist()) == list(range(rows))
     diabetes = data.load_dataset("diabetes", "/nonexistent", table=tables.TableOptions())
     bins = data.target_bins(diabetes.train.targets, diabetes.bin_edges)
     assert np.bincount(bins.numpy()).min() >= 0.15 * len(bins)              # quantile bins: about 1/5 each
@@ -242,6 +261,33 @@ def test_flags_a_table_cannot_take_are_refused(tmp_path, capsys, args, message):
     assert cli(tmp_path, *args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_table_flags_are_refused_elsewhere_and_tables_under_torchrun(tmp_path, capsys, monkeypatch):
+    assert cli(tmp_path, "--dataset", "mnist", "--folds", "3") == 2
+    assert "--folds sets how a table is split" in capsys.readouterr().err
+    assert cli(tmp_path, "--dataset", "iris", "--target-bins", "3") == 2
+    assert "--target-bins bins a regression target" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli(tmp_path, "--dataset", "iris") == 2
+    assert "run python train.py without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_run_name_tells_two_targets_of_one_csv_apart(tmp_path):
+    from moelab.training.config import parse_args
+    names = {parse_args(["--dataset", f"csv:{tmp_path / 't.csv'}", "--target", target]).default_run_name()
+             for target in ("kind", "price")}
+    assert len(names) == 2 and all("-f0of5-" in name for name in names)
+
+
+def test_a_regression_whose_validation_r2_is_undefined_still_selects_an_epoch(tmp_path):
+    path = tmp_path / "small.csv"
+    write_csv(path, rows=14)
+    assert cli(tmp_path, "--dataset", f"csv:{path}", "--target", "price", "--experts", "2", "--epochs", "3",
+               "--val-fraction", "0.1") == 0
+    summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["best_epoch"] >= 1 and math.isnan(summary["best_val_r2"] or math.nan)
 
 
 def test_a_classification_table_trains_through_the_cli(tmp_path):

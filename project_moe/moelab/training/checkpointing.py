@@ -20,6 +20,7 @@ class Checkpointing:
                 "optimizer": distributed.optimizer_state(self.optimizer, self.model, self.cluster),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "global_step": self.global_step, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+                "best_val_r2": self.best_val_r2,
                 "accum": self.accum.state_dict(), "elapsed": self.elapsed(), "rng": rng_state.capture(),
                 "precision": self.precision.state_dict()}
 
@@ -30,6 +31,7 @@ class Checkpointing:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
+        self.best_val_r2 = state.get("best_val_r2", float("nan"))     # checkpoints from before regression
         self.accum.load_state_dict(state["accum"])
         self.elapsed_before = state["elapsed"]
         rng_state.restore(state["rng"])

@@ -210,6 +210,11 @@ class Config:
         kind = self.arch if self.arch in ("vit", "gpt") else self.expert_type
         if is_table_dataset(self.dataset):
             body += ("-probs" if self.combine == "probs" else "") + ("-var" if self.expert_variance else "")
+            # what else chooses the data of a table: its target column, a forced task, imputation, bins
+            dataset += f"-{re.sub(r'[^A-Za-z0-9_.-]+', '_', self.target)}" if self.target else ""
+            dataset += "" if self.task == "auto" else f"-{self.task[:3]}"
+            dataset += "-imp" if self.impute != "none" else ""
+            dataset += f"-b{self.target_bins}" if self.target_bins != TableOptions().target_bins else ""
             kind = f"{kind}-f{self.fold}of{self.folds}"
         return f"{dataset}-{body}-{kind}-s{self.seed}"
 
@@ -338,6 +343,10 @@ def validate(cfg: Config) -> None:
     need(cfg.folds >= 2, f"--folds must be >= 2 (got {cfg.folds}): one fold is the test split")
     need(0 <= cfg.fold < cfg.folds, f"--fold must be in 0..{cfg.folds - 1} for --folds {cfg.folds} (got {cfg.fold})")
     need(cfg.target_bins >= 2, f"--target-bins must be >= 2 (got {cfg.target_bins})")
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for name in ("folds", "fold", "target_bins"):
+        need(table or getattr(cfg, name) == defaults[name],
+             f"--{name.replace('_', '-')} sets how a table is split or binned; {cfg.dataset} is not a table: drop it")
     need(not cfg.expert_variance or table, "--expert-variance is for a regression on a table; drop it")
     need(not cfg.expert_variance or cfg.model == "dense" or cfg.combine == "probs",
          "--expert-variance trains each expert's variance through the mixture likelihood: add --combine probs "

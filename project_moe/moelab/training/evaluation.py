@@ -47,8 +47,11 @@ class SplitResult:
 
     @property
     def score(self) -> float:
-        """What validation maximises: accuracy, or R^2 for a regression."""
-        return self.acc if math.isfinite(self.acc) or not math.isfinite(self.r2) else self.r2
+        """What validation maximises: accuracy, or R^2 for a regression, or minus the loss where
+        R^2 is undefined (a validation split of one row, or of equal targets)."""
+        if math.isfinite(self.acc):
+            return self.acc
+        return self.r2 if math.isfinite(self.r2) else -self.loss
 
 
 @torch.no_grad()

@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         validate(cfg)
         data.check_dataset_spec(cfg.dataset)
         distributed.check_fits_world(cfg.model_spec(), cfg.batch_size, cfg.expert_parallel, world_size)
+        if world_size > 1 and data.is_table_dataset(cfg.dataset):
+            raise ConfigError(f"--dataset {cfg.dataset} is a table of a few hundred rows, trained in one process: "
+                              "run python train.py without torchrun")
         device = resolve_device(cfg.device, local_rank)
     except BAD_INPUT as error:
         if rank == 0:   # every rank parsed the same command line and found the same fault
@@ -105,6 +108,8 @@ def check_table_task(cfg: Config, dataset) -> None:
     """Refuse the flags that the task of the loaded table does not take."""
     if dataset.task == "classification" and cfg.expert_variance:
         raise ConfigError(f"--expert-variance is for a regression; {cfg.dataset} is a classification: drop it")
+    if dataset.task == "classification" and cfg.target_bins != data.TableOptions().target_bins:
+        raise ConfigError(f"--target-bins bins a regression target; {cfg.dataset} is a classification: drop it")
     if dataset.task == "regression" and cfg.label_smoothing:
         raise ConfigError(f"--label-smoothing smooths class labels; {cfg.dataset} is a regression: drop it")
 

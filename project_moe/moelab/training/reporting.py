@@ -57,7 +57,7 @@ def epoch_line(row: dict, epochs: int, routes: bool) -> str:
     if math.isfinite(row["val_bpb"]):     # a language model: bits per byte, next-byte accuracy
         head = (f"epoch {row['epoch']:>3}/{epochs} step {row['step']}  train {row['train_bpb']:.4f} bits/byte  "
                 f"val {row['val_bpb']:.4f} bits/byte acc {row['val_acc']:.4f}")
-    elif math.isfinite(row["val_r2"]):    # a regression: its loss, and the error in the target's units
+    elif math.isfinite(row["val_rmse"]):  # a regression: its loss, and the error in the target's units
         head = (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f} "
                 f"rmse {row['val_rmse']:.4g} r2 {row['val_r2']:.4f}")
     else:
@@ -83,7 +83,8 @@ class Reporting:
             self.logs.table("test_samples.csv", SAMPLES_COLUMNS,
                             sample_routing(self.model, self._eval_batches("test"), ROUTED_SAMPLES, gather, self.task))
         if isinstance(self.dataset, TableDataset) and self.cluster.is_writer:
-            predictions, grid = table_routing(self.model, self.dataset, self.task, self.device)
+            predictions, grid = table_routing(self.model, self.dataset, self.task,
+                                              self.eval_loaders["test"].iter_epoch(0), self.device)
             self.logs.table("test_predictions.csv", list(predictions[0]), predictions)
             if grid:
                 self.logs.table("gate_grid.csv", list(grid[0]), grid)
@@ -116,7 +117,7 @@ class Reporting:
         best = self.best_val_acc if self.best_epoch > 0 else None
         if self.task.name != "regression":
             return {"task": self.task.name, "best_val_acc": best}
-        return {"task": "regression", "best_val_r2": best,
+        return {"task": "regression", "best_val_r2": self.best_val_r2 if self.best_epoch > 0 else None,
                 **{f"test_{name}": getattr(test, name) if test else None for name in ("rmse", "mae", "r2")}}
 
     def stopped_by_signal(self) -> int:

@@ -25,27 +25,34 @@ def _expert_predictions(all_out: torch.Tensor, task, dataset: TableDataset) -> n
 
 
 @torch.no_grad()
-def table_routing(model, dataset: TableDataset, task, device: torch.device) -> tuple[list[dict], list[dict]]:
-    """(rows of test_predictions.csv, rows of gate_grid.csv; empty for a dense model)."""
+def table_routing(model, dataset: TableDataset, task, batches, device: torch.device) -> tuple[list[dict], list[dict]]:
+    """(rows of test_predictions.csv, rows of gate_grid.csv; empty for a dense model). ``batches``:
+    the test split's evaluation batches (x, y) in order, so that a router that depends on its
+    batch (expert choice, capacities) routes as it did when the test scores were computed."""
     was_training = model.training
     model.eval()
-    x = dataset.test.features.to(device)                                        # (N, F)
-    y = dataset.test.targets
-    output = model(x)
-    plane = (x.double().cpu().numpy() - dataset.pca_mean) @ dataset.pca_components.T   # (N, 2)
-    if task.name == "regression":
-        target = dataset.raw_targets[dataset.test.rows.numpy()]
-        predicted = dataset.to_original(task.prediction(output).double().cpu().numpy())
-    else:
-        target, predicted = y.numpy(), classifier_logits(output).argmax(dim=1).cpu().numpy()
+    parts = {"plane": [], "predicted": [], "weights": [], "experts": []}
+    moe = isinstance(model, MoEClassifier)
+    for x, _ in batches:
+        output = model(x)
+        parts["plane"].append((x.double().cpu().numpy() - dataset.pca_mean) @ dataset.pca_components.T)   # (b, 2)
+        if task.name == "regression":
+            parts["predicted"].append(dataset.to_original(task.prediction(output).double().cpu().numpy()))
+        else:
+            parts["predicted"].append(classifier_logits(output).argmax(dim=1).cpu().numpy())
+        if moe:
+            parts["weights"].append(output.routing.weights.float().cpu())                               # (b, E)
+            parts["experts"].append(_expert_predictions(model.moe.all_expert_outputs(x), task, dataset))  # (E, b)
+    plane, predicted = np.concatenate(parts["plane"]), np.concatenate(parts["predicted"])
+    rows_of = dataset.test.rows.numpy()
+    target = dataset.raw_targets[rows_of] if task.name == "regression" else dataset.test.targets.numpy()
     rows = [{"index": i, "row": int(r), "target": t, "prediction": p, "pc1": a, "pc2": b}
-            for i, (r, t, p, (a, b)) in enumerate(zip(dataset.test.rows.tolist(), target.tolist(),
-                                                      predicted.tolist(), plane.tolist()))]
+            for i, (r, t, p, (a, b)) in enumerate(zip(rows_of.tolist(), target.tolist(), predicted.tolist(),
+                                                      plane.tolist()))]
     grid = []
-    if isinstance(model, MoEClassifier):
-        weights = output.routing.weights.float().cpu()                           # (N, E)
+    if moe:
+        weights, experts = torch.cat(parts["weights"]), np.concatenate(parts["experts"], axis=1)
         top_weight, top_expert = weights.max(dim=1)
-        experts = _expert_predictions(model.moe.all_expert_outputs(x), task, dataset)   # (E, N)
         for i, row in enumerate(rows):
             row.update({"top1_expert": int(top_expert[i]), "top1_weight": float(top_weight[i]),
                         **{f"gate_{e}": float(weights[i, e]) for e in range(weights.shape[1])},

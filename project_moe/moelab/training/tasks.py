@@ -28,6 +28,9 @@ from ..models.classifier import classifier_logits
 from ..models.spec import ModelSpec
 
 LOG_2PI = math.log(2 * math.pi)
+# An expert with few rows could shrink its variance towards 0 and its likelihood without bound:
+# log sigma^2 is clamped to [-10, 10] (sigma from 0.007 to 150 standardised units).
+LOG_VAR_BOUND = 10.0
 EMPTY_MIXTURE = math.log(1e-12)   # the log-likelihood of a row no expert took (expert choice)
 
 
@@ -35,6 +38,7 @@ def gaussian_log_likelihood(y: Tensor, mean: Tensor, log_var: Tensor | None) -> 
     """log N(y; mean, exp(log_var)) elementwise (unit variance when ``log_var`` is None)."""
     if log_var is None:
         return -0.5 * (LOG_2PI + (y - mean).square())
+    log_var = log_var.clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND)
     return -0.5 * (LOG_2PI + log_var + (y - mean).square() * torch.exp(-log_var))
 
 

@@ -82,7 +82,8 @@ class Trainer(Checkpointing, Reporting):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.eval_loaders = evaluation_loaders(cfg, dataset, device)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        self.best_val_acc, self.best_epoch = -math.inf, -1   # the best validation score (tasks.py)
+        self.best_val_acc, self.best_epoch = -math.inf, -1   # the best validation score (SplitResult.score)
+        self.best_val_r2 = math.nan                           # a regression: R^2 of that epoch
         routed_shape = (len(self.moe_blocks), cfg.experts) if self.moe_blocks else (cfg.experts,)
         self.accum = EpochSums(routed_shape, device, cluster, drops=cfg.drop_policy != "dropless")
         self.elapsed_before = 0.0   # wall seconds spent in earlier sessions of a resumed run
@@ -211,7 +212,7 @@ class Trainer(Checkpointing, Reporting):
                           elapsed=self.elapsed(), bits=self.language)
         self.logs.metrics(row)
         if val.score > self.best_val_acc:
-            self.best_val_acc, self.best_epoch = val.score, epoch
+            self.best_val_acc, self.best_epoch, self.best_val_r2 = val.score, epoch, val.r2
             self.save_weights("best.pt", {"epoch": epoch})
         self.say(epoch_line(row, cfg.epochs, self.routes))
         self.epoch, self.step_in_epoch = epoch, 0
@@ -240,7 +241,7 @@ class Trainer(Checkpointing, Reporting):
         bits = f" ({test.loss / math.log(2):.4f} bits/byte)" if self.language else ""
         if self.task.name == "regression":
             self.say(f"test loss {test.loss:.4f} rmse {test.rmse:.4g} mae {test.mae:.4g} r2 {test.r2:.4f} (weights of "
-                     f"epoch {self.best_epoch}, best val r2 {self.best_val_acc:.4f}); logs in {self.run_dir}")
+                     f"epoch {self.best_epoch}, best val r2 {self.best_val_r2:.4f}); logs in {self.run_dir}")
             return
         self.say(f"test loss {test.loss:.4f}{bits} acc {test.acc:.4f} (weights of epoch {self.best_epoch}, "
                  f"best val acc {self.best_val_acc:.4f}); logs in {self.run_dir}")
