@@ -141,7 +141,8 @@ def read_table(name: str, target: str | None) -> tuple[pd.DataFrame, str, str | 
         target_column = bunch.target.name if hasattr(bunch.target, "name") else "target"
         if task == "classification":   # class names instead of 0..K-1
             frame[target_column] = np.asarray(bunch.target_names)[bunch.target.to_numpy()]
-        return frame, target_column, task, f"scikit-learn {sklearn.__version__} bundled copy, sklearn.datasets.{loader_name}"
+        source = f"scikit-learn {sklearn.__version__} bundled copy, sklearn.datasets.{loader_name}"
+        return frame, target_column, task, source
     path = Path(name[len("csv:"):]).expanduser()
     if target is None:
         raise DataError(f"--dataset {name} needs --target COLUMN, the column to predict")
@@ -183,7 +184,8 @@ def assign_folds(n: int, folds: int, seed: int, labels: np.ndarray | None = None
     return fold_of
 
 
-def holdout(rows: np.ndarray, fraction: float, seed: int, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def holdout(rows: np.ndarray, fraction: float, seed: int,
+            labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(kept, held out) of ``rows``: ``fraction`` of them held out, per class with ``labels``."""
     rng = np.random.default_rng(seed)
     groups = [rows] if labels is None else [rows[labels[rows] == c] for c in np.unique(labels[rows])]

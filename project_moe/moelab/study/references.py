@@ -75,10 +75,11 @@ def write_reference_run(run_dir: Path, name: str, dataset_name: str, seed: int, 
     config = dataclasses.replace(Config(), dataset=dataset_name, seed=seed, fold=fold, folds=folds,
                                  val_fraction=val_fraction, model="reference", gating=name, experts=0, epochs=0)
     run_dir.mkdir(parents=True, exist_ok=True)
+    estimator = type(make_model(name, dataset.task, seed)).__name__
     write_json(run_dir / "config.json", {"config": dataclasses.asdict(config),
                                          "dataset": {"source": dataset.source, "task": dataset.task,
                                                      "features": dataset.feature_names},
-                                         "reference": f"scikit-learn {type(make_model(name, dataset.task, seed)).__name__}"})
+                                         "reference": f"scikit-learn {estimator}"})
     nan = math.nan
     row = {column: nan for column in METRICS_COLUMNS}
     row.update({"epoch": 1, "step": 0, "val_acc": scores.get("val_acc", nan), "val_rmse": scores.get("val_rmse", nan),
@@ -89,5 +90,6 @@ def write_reference_run(run_dir: Path, name: str, dataset_name: str, seed: int, 
                "best_val_acc": None if regression else scores["val_acc"],
                "params_total": None, "params_active": None, "flops_per_sample": None, "total_time_s": seconds}
     if regression:
-        summary.update({"best_val_r2": scores["val_r2"], **{f"test_{m}": scores[f"test_{m}"] for m in ("rmse", "mae", "r2")}})
+        summary.update({"best_val_r2": scores["val_r2"],
+                        **{f"test_{m}": scores[f"test_{m}"] for m in ("rmse", "mae", "r2")}})
     write_json(run_dir / "summary.json", summary)

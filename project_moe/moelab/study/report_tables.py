@@ -438,10 +438,11 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     for r in summary[summary.grid == "tabular"].itertuples():
         lines.append(f"\\expandafter\\def\\csname tab:{r.dataset}:{r.label}\\endcsname"
                      f"{{{_table_cell(summary[summary.grid == 'tabular'], r.dataset, r.label)}}}")
-    trained = summary[summary.model != "reference"]
-    runs = int((trained.seeds * trained.folds.clip(lower=1)).sum())   # a table's runs: seeds x folds
+    trained = summary[summary.model != "reference"] if "model" in summary else summary
+    folds = trained.folds.clip(lower=1) if "folds" in trained else 1
+    runs = int((trained.seeds * folds).sum())   # a table's runs: seeds x folds
     lines.append(f"\\newcommand{{\\numruns}}{{{runs}}}")
-    lines.append(f"\\newcommand{{\\numconfigs}}{{{len(summary)}}}")
+    lines.append(f"\\newcommand{{\\numconfigs}}{{{len(trained)}}}")   # the scikit-learn references are not runs
     return "\n".join(lines) + "\n"
 
 

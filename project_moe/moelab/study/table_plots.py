@@ -13,6 +13,7 @@ from .plots import _no_runs
 TABLE_ORDER = ["iris", "wine", "breast-cancer", "diabetes"]
 MIXTURES = {"soft": "soft", "top1": "top-1", "top2": "top-2"}
 DENSE = {"dense-params": "dense, equal total", "dense-active": "dense, equal active"}
+KIND_COLOURS = {"dense-active": "C0", "dense-params": "C1", "soft": "C2", "top1": "C3", "top2": "C4"}
 REFERENCES = {"ref-logistic": "logistic regression", "ref-ridge": "ridge regression",
               "ref-hgb": "gradient boosting (HGB)"}
 
@@ -42,16 +43,18 @@ def scores_vs_experts(summary: pd.DataFrame, grid: str = "tabular") -> plt.Figur
         kinds = [k for k in of.kind.unique() if not k.startswith("ref-")]
         for kind in kinds:
             line = of[of.kind == kind].sort_values("experts_n")
-            name = kind.replace("-mse", " (squared error)").replace("-mix", " (mixture lik.)")
-            for key, text in {**MIXTURES, **DENSE}.items():
-                name = name.replace(key, text) if name.startswith(key) else name
-            style = "--" if kind.startswith("dense") else "-"
-            ax.errorbar(line.experts_n, line[f"{column}_mean"], yerr=line[f"{column}_std"], fmt="o" + style,
-                        ms=3, capsize=2, lw=1, label=name)
-        for i, (label, name) in enumerate(REFERENCES.items()):
+            base = kind if kind.startswith("dense") else kind.split("-")[0]
+            name = {**MIXTURES, **DENSE}.get(base, base) + (" (squared error)" if kind.endswith("-mse") else
+                                                           " (mixture lik.)" if kind.endswith("-mix") else "")
+            style = "--" if kind.startswith("dense") else "-." if kind.endswith("-mix") else "-"
+            ax.errorbar(line.experts_n, line[f"{column}_mean"], yerr=line[f"{column}_std"],
+                        fmt=("s" if kind.endswith("-mix") else "o") + style, color=KIND_COLOURS.get(base), ms=3,
+                        capsize=2, lw=1, label=name)
+        for label, name in REFERENCES.items():
             ref = of[of.label == label]
             if len(ref):
-                ax.axhline(ref[f"{column}_mean"].iloc[0], color=f"C{7 + i}", ls=":", lw=1.2, label=f"{name} (not MoE)")
+                ax.axhline(ref[f"{column}_mean"].iloc[0], color="C9" if label == "ref-hgb" else "0.3", ls=":", lw=1.2,
+                           label=f"{name} (not MoE)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(of.experts_n.dropna().unique()))
         ax.set_xticklabels([f"{int(e)}" for e in sorted(of.experts_n.dropna().unique())])
@@ -62,9 +65,9 @@ def scores_vs_experts(summary: pd.DataFrame, grid: str = "tabular") -> plt.Figur
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=7, frameon=False,
-               bbox_to_anchor=(0.5, -0.16))
     fig.tight_layout()
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=4, fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))   # below the axes and their labels
     return fig
 
 
@@ -72,7 +75,8 @@ def _run_rows(frame: pd.DataFrame, run: str) -> pd.DataFrame:
     return frame[frame.run == run]
 
 
-def gate_partition(predictions: pd.DataFrame, gate_grid: pd.DataFrame, run: str, class_names=None) -> plt.Figure:
+def gate_partition(predictions: pd.DataFrame, gate_grid: pd.DataFrame, run: str, class_names=None,
+                   title: str | None = None) -> plt.Figure:
     """The test rows in the plane of the two principal directions of the training features,
     coloured by their top-1 expert (marker: class, or the target's quantile for a regression),
     over the gate's decision regions (its most probable expert on a grid of that plane)."""
@@ -96,10 +100,15 @@ def gate_partition(predictions: pd.DataFrame, gate_grid: pd.DataFrame, run: str,
                    edgecolors="k", linewidths=0.3, label=name)
     for e in range(experts):
         ax.scatter([], [], color=f"C{e}", s=16, label=f"expert {e}")
-    ax.legend(fontsize=6.5, loc="best", framealpha=0.8)
+    if title:
+        fig.set_size_inches(3.6, 2.5)
+    if title:    # the report's small figure: the legend beside the axes
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    else:
+        ax.legend(fontsize=6.5, loc="best", framealpha=0.8)
     ax.set_xlabel("first principal direction")
     ax.set_ylabel("second principal direction")
-    ax.set_title(f"Gate regions and test rows by top-1 expert\n{run}", fontsize=8)
+    ax.set_title(title or f"Gate regions and test rows by top-1 expert\n{run}", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -110,6 +119,7 @@ def expert_predictions(predictions: pd.DataFrame, run: str, target_name: str = "
     rows = _run_rows(predictions, run)
     if rows.empty or "expert_0" not in rows:
         return _no_runs(f"the expert predictions of {run}")
+    rows = rows.assign(top1_expert=rows.top1_expert.astype(int))   # stacked with dense runs' rows: float
     experts = sorted(int(c.split("_")[1]) for c in rows.columns if c.startswith("expert_") and rows[c].notna().any())
     fig, axes = plt.subplots(1, len(experts) + 1, figsize=(2.3 * (len(experts) + 1), 2.5), sharex=True, sharey=True)
     low, high = rows.target.min(), rows.target.max()

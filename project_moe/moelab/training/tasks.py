@@ -166,7 +166,8 @@ class Regression:
         if n == 0:
             return {"rmse": math.nan, "mae": math.nan, "r2": math.nan}
         spread = sums["y_sq_sum"] - sums["y_sum"] ** 2 / n
-        return {"rmse": math.sqrt(sums["sq_error"] / n) * self.target_std, "mae": sums["abs_error"] / n * self.target_std,
+        return {"rmse": math.sqrt(sums["sq_error"] / n) * self.target_std,
+                "mae": sums["abs_error"] / n * self.target_std,
                 "r2": 1 - sums["sq_error"] / spread if spread > 0 else math.nan}
 
 
