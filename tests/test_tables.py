@@ -185,7 +185,7 @@ def test_mixture_likelihood_matches_a_per_sample_reference(gating, variance):
         assert loss[n].item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
 
-@pytest.mark.parametrize("gating", ["soft", "topk", "hard"])
+@pytest.mark.parametrize("gating", ["soft", "topk", "hard", "expert-choice"])
 def test_combined_squared_error_matches_a_per_sample_reference(gating):
     model, output, y = _moe_output(gating, "logits", False)
     loss = Regression("logits", False, [0.0]).per_sample_loss(output, y)

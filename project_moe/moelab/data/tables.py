@@ -240,7 +240,7 @@ def fit_preprocessing(train: pd.DataFrame, impute: str) -> Preprocessing:
         values = values.to_numpy(dtype=np.float64)
         mean[column] = float(values.mean())
         spread = float(values.std())
-        std[column] = spread if spread > 0 else 1.0      # a constant column stays 0 everywhere
+        std[column] = spread if spread > 0 else 1.0      # constant in the training rows: only centred
     categories = {}
     for column in categorical:
         values = train[column].fillna(fill[column]) if column in fill else train[column]
