@@ -119,8 +119,8 @@ def check_dataset_spec(name: str) -> None:
     """Fail fast on a bad --dataset value, before any loading; creates nothing."""
     if name in DATASET_CHOICES[:3] or name == "python-stdlib":
         return
-    if name in ("iris", "wine", "breast-cancer", "diabetes") or name.startswith("csv:"):
-        from .tables import check_table_spec  # tables.py builds on this module's DataError
+    from .tables import check_table_spec, is_table_dataset  # tables.py builds on this module's DataError
+    if is_table_dataset(name):
         return check_table_spec(name)
     if name.startswith(("text:", "csv-text:")):
         kind, _, path = name.partition(":")
@@ -479,8 +479,8 @@ def load_dataset(name: str, data_dir: pathlib.Path, val_fraction: float = 0.1, s
     model, a Dataset of byte sequences for classification. Tables (tables.py) return a
     TableDataset cut by ``table`` (a TableOptions: target column, task, folds)."""
     check_dataset_spec(name)
-    if name in ("iris", "wine", "breast-cancer", "diabetes") or name.startswith("csv:"):
-        from .tables import TableOptions, load_table_dataset
+    from .tables import TableOptions, is_table_dataset, load_table_dataset
+    if is_table_dataset(name):
         return load_table_dataset(name, table or TableOptions(), val_fraction, seed)
     if name == "python-stdlib" or name.startswith(("text:", "csv-text:")):
         from .text import load_text_dataset  # text.py builds on this module's Split and Dataset

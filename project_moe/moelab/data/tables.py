@@ -160,7 +160,7 @@ def read_table(name: str, target: str | None) -> tuple[pd.DataFrame, str, str | 
 def infer_task(values: pd.Series) -> str:
     """Classification for strings, booleans and integers with few distinct values; regression
     for other numbers."""
-    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+    if not _numeric(values):
         return "classification"
     numbers = values.to_numpy(dtype=float)
     whole = np.all(np.mod(numbers, 1) == 0)
@@ -226,8 +226,7 @@ class Preprocessing:
 
 def fit_preprocessing(train: pd.DataFrame, impute: str) -> Preprocessing:
     """Learn the preprocessing from the training rows only."""
-    numeric = [c for c in train.columns if pd.api.types.is_numeric_dtype(train[c])
-               and not pd.api.types.is_bool_dtype(train[c])]
+    numeric = [c for c in train.columns if _numeric(train[c])]
     categorical = [c for c in train.columns if c not in numeric]
     fill = {}
     if impute == "median":
@@ -285,8 +284,7 @@ def load_table_dataset(name: str, options: TableOptions, val_fraction: float, se
         raise DataError(f"{name} has {len(frame)} rows, fewer than --folds {options.folds}; lower --folds")
     _check_missing(frame, target, options.impute)
     features = frame.drop(columns=[target])
-    if not any(pd.api.types.is_numeric_dtype(features[c]) and not pd.api.types.is_bool_dtype(features[c])
-               for c in features.columns):
+    if not any(_numeric(features[c]) for c in features.columns):
         raise DataError(f"{name} has no numeric feature column besides --target {target}; a table needs at least one")
     values = frame[target]
     if task == "classification":
@@ -334,6 +332,7 @@ def load_table_dataset(name: str, options: TableOptions, val_fraction: float, se
 
 
 def _numeric(values: pd.Series) -> bool:
+    """A column of numbers (booleans are categories)."""
     return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
 
 

@@ -63,16 +63,19 @@ class Config:
     context: int = _opt(128, "text: bytes per sequence (language model: its context; classification: texts "
                              "truncated or padded to it)")
     target: str | None = _opt(None, "csv:PATH: the column to predict", type=str)
-    task: str = _opt("auto", "tables: classification or regression (auto: classification for a string target or "
-                             "integers with at most 20 values, regression otherwise)", TASK_CHOICES)
-    folds: int = _opt(5, "tables: K of K-fold cross-validation (stratified for classification); fold --fold is "
-                         "the test split, the others train (with --val-fraction of them held out for validation)")
-    fold: int = _opt(0, "tables: which fold is the test split (0 .. --folds - 1; sweep.py runs them all)")
-    impute: str = _opt("none", "tables: refuse missing feature values (none), or fill them with the training "
-                               "medians and, for string columns, the most frequent training value (median)",
-                       IMPUTE_CHOICES)
-    target_bins: int = _opt(5, "regression: quantile bins of the training targets that take the place of classes "
-                               "in the routing tables")
+    task: str = _opt(TableOptions.task, "tables: classification or regression (auto: classification for a "
+                                        "string target or integers with at most 20 values, regression otherwise)",
+                     TASK_CHOICES)
+    folds: int = _opt(TableOptions.folds, "tables: K of K-fold cross-validation (stratified for classification); "
+                                          "fold --fold is the test split, the others train (with --val-fraction of "
+                                          "them held out for validation)")
+    fold: int = _opt(TableOptions.fold, "tables: which fold is the test split (0 .. --folds - 1; sweep.py runs them "
+                                        "all)")
+    impute: str = _opt(TableOptions.impute, "tables: refuse missing feature values (none), or fill them with the "
+                                            "training medians and, for string columns, the most frequent training "
+                                            "value (median)", IMPUTE_CHOICES)
+    target_bins: int = _opt(TableOptions.target_bins, "regression: quantile bins of the training targets that take "
+                                                      "the place of classes in the routing tables")
     expert_variance: bool = _opt(False, "regression: every expert (or the dense network) also predicts a "
                                         "log-variance, trained by Gaussian likelihood (needs --combine probs for "
                                         "an MoE: the mixture likelihood)")
@@ -214,7 +217,7 @@ class Config:
             dataset += f"-{re.sub(r'[^A-Za-z0-9_.-]+', '_', self.target)}" if self.target else ""
             dataset += "" if self.task == "auto" else f"-{self.task[:3]}"
             dataset += "-imp" if self.impute != "none" else ""
-            dataset += f"-b{self.target_bins}" if self.target_bins != TableOptions().target_bins else ""
+            dataset += f"-b{self.target_bins}" if self.target_bins != TableOptions.target_bins else ""
             kind = f"{kind}-f{self.fold}of{self.folds}"
         return f"{dataset}-{body}-{kind}-s{self.seed}"
 

@@ -108,7 +108,7 @@ def check_table_task(cfg: Config, dataset) -> None:
     """Refuse the flags that the task of the loaded table does not take."""
     if dataset.task == "classification" and cfg.expert_variance:
         raise ConfigError(f"--expert-variance is for a regression; {cfg.dataset} is a classification: drop it")
-    if dataset.task == "classification" and cfg.target_bins != data.TableOptions().target_bins:
+    if dataset.task == "classification" and cfg.target_bins != data.TableOptions.target_bins:
         raise ConfigError(f"--target-bins bins a regression target; {cfg.dataset} is a classification: drop it")
     if dataset.task == "regression" and cfg.label_smoothing:
         raise ConfigError(f"--label-smoothing smooths class labels; {cfg.dataset} is a regression: drop it")

@@ -102,7 +102,7 @@ class Reporting:
         if not self.cluster.is_writer:
             return
         summary = {"status": status, "epochs_done": self.epoch, "steps": self.global_step,
-                   "test_loss": test.loss if test else None, "test_acc": test.acc if test and self.task.name != "regression" else None,
+                   "test_loss": test.loss if test else None,
                    "test_bpb": test.loss / math.log(2) if test and self.language else None,
                    "test_dropped": test.dropped if test and self.cfg.drop_policy != "dropless" else None,
                    **self._test_scores(test),
@@ -116,8 +116,9 @@ class Reporting:
         """The task's test metrics and the best validation score, under their names."""
         best = self.best_val_acc if self.best_epoch > 0 else None
         if self.task.name != "regression":
-            return {"task": self.task.name, "best_val_acc": best}
-        return {"task": "regression", "best_val_r2": self.best_val_r2 if self.best_epoch > 0 else None,
+            return {"task": self.task.name, "test_acc": test.acc if test else None, "best_val_acc": best}
+        return {"task": "regression", "test_acc": None,
+                "best_val_r2": self.best_val_r2 if self.best_epoch > 0 else None,
                 **{f"test_{name}": getattr(test, name) if test else None for name in ("rmse", "mae", "r2")}}
 
     def stopped_by_signal(self) -> int:

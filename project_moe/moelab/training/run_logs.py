@@ -8,8 +8,8 @@ from ..layers.aux_losses import AUX_NAMES
 from .evaluation import KIND_COLUMNS, LAYER_COLUMNS, SplitResult
 from .run_files import CSVLog, NullLog, read_log
 
-METRICS_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_rmse", "val_mae", "val_r2",
-                   "train_bpb", "val_bpb",
+METRICS_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_rmse", "val_mae",
+                   "val_r2", "train_bpb", "val_bpb",
                    *[f"aux_{name}" for name in AUX_NAMES], "train_load_cv", "val_load_cv",
                    "val_gate_entropy", "train_dropped", "val_dropped", "samples_per_s", "epoch_time_s", "wall_time_s"]
 EXPERTS_COLUMNS = ["epoch", "step", "split", "expert", "n_samples", "n_routed", "n_dropped", "frac_routed", "mean_gate",
