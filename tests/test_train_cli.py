@@ -4,6 +4,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -32,16 +33,26 @@ def test_run_writes_every_documented_file_and_column(tmp_path, tiny_data):
     assert list(metrics.columns) == run_logs.METRICS_COLUMNS and len(metrics) == 2
     experts = pd.read_csv(run_dir / "experts.csv")
     assert list(experts.columns) == run_logs.EXPERTS_COLUMNS
-    assert set(experts["split"]) == {"train_batch", "train", "val", "test"}
+    assert set(experts["split"]) == {"train_batch", "train", "val", "test_epoch", "test"}
     val = experts[(experts.split == "val") & (experts.epoch == 2)]
     assert sorted(val.expert) == [0, 1, 2, 3]
     assert val.frac_routed.sum() == pytest.approx(2.0)              # top-2: two experts per sample
     assert val.mean_gate.sum() == pytest.approx(1.0)
     routing = pd.read_csv(run_dir / "routing.csv")
     assert list(routing.columns) == run_logs.ROUTING_COLUMNS
-    assert set(routing["split"]) == {"val", "test"}
+    assert set(routing["split"]) == {"train", "val", "test_epoch", "test"}
     test = routing[routing.split == "test"]
     assert test["count"].sum() == 2 * 200 and test["top1"].sum() == 200
+    each_epoch = routing[routing.split == "test_epoch"]        # the weights of every epoch, not only the best
+    assert sorted(set(each_epoch.epoch)) == [1, 2] and each_epoch["top1"].sum() == 2 * 200
+    assert routing[(routing.split == "train") & (routing.epoch == 1)]["top1"].sum() == 100   # --train-eval-size
+    samples = pd.read_csv(run_dir / "test_samples.csv")       # every test sample, with its gate entropy
+    gates = np.load(run_dir / "test_gates.npz")["weights"]    # (N, E) float16
+    assert len(samples) == 200 and gates.shape == (200, 4)
+    assert ((gates != 0).sum(axis=1) == 2).all() and np.allclose(gates.sum(axis=1), 1.0, atol=2e-3)
+    assert (gates.argmax(axis=1) == samples.top1_expert).all()
+    g = gates.astype(np.float64)
+    assert np.allclose(samples.gate_entropy, -(g * np.log(np.maximum(g, 1e-12))).sum(axis=1), atol=5e-3)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["gating"] == "topk" and config["environment"]["torch"]
     summary = json.loads((run_dir / "summary.json").read_text())

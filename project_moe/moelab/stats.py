@@ -43,10 +43,16 @@ def dropped_share(routed: Tensor, dropped: Tensor) -> Tensor:
     return dropped.sum() / chosen.clamp_min(1)
 
 
+def gate_entropy(weights: Tensor) -> Tensor:
+    """(N,) entropy (nats) of each sample's combine weights, renormalised per row: 0 for one
+    expert, log E for a uniform gate."""
+    mass = weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return entropy(weights / mass)
+
+
 def mean_gate_entropy(weights: Tensor) -> Tensor:
     """Mean entropy (nats) of the per-sample combine weights, renormalised per row."""
-    mass = weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
-    return entropy(weights / mass).mean()
+    return gate_entropy(weights).mean()
 
 
 def class_expert_matrix(weights: Tensor, labels: Tensor, num_classes: int) -> dict[str, Tensor]:

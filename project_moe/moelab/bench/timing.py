@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..training.provenance import cpu_model
 from ..training.run_files import atomic_write_bytes
 
 
@@ -104,18 +104,8 @@ def minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_line(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {os.cpu_count()} cores"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {os.cpu_count()} cores"
     return (f"{time.strftime('%Y-%m-%d')}  {name}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
             f"device {device.type}")
 

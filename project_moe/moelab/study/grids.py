@@ -4,9 +4,14 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
+from ..training.config import RESUMABLE_DIFFERENCES, parse_args
+from ..training.provenance import DATA_DIR_TOKEN
 from . import logs
 
 SEEDS = (0, 1, 2)
@@ -25,6 +30,18 @@ class RunSpec:
     def name(self) -> str:
         fold = "" if self.fold is None else f"-f{self.fold}"
         return f"{self.dataset_tag}-{self.label}{fold}-s{self.seed}"
+
+    @cached_property
+    def key(self) -> str:
+        """The run key: every train.py setting that changes what the run computes, defaults
+        included (RESUMABLE_DIFFERENCES and the run name left out). Runs of several grids with
+        one key are one run, trained once (owners)."""
+        if self.reference:
+            return json.dumps({"reference": self.reference, "dataset": self.dataset, "seed": self.seed,
+                               "fold": self.fold, **self.flags}, sort_keys=True)
+        settings = dataclasses.asdict(parse_args(self.argv(DATA_DIR_TOKEN)))
+        return json.dumps({k: v for k, v in settings.items() if k not in RESUMABLE_DIFFERENCES | {"run_name"}},
+                          sort_keys=True)
 
     @property
     def reference(self) -> str | None:
@@ -89,7 +106,10 @@ def grid_moe_vs_dense(grid: str, epochs: int, datasets=("mnist", "fashion-mnist"
                  RunSpec(grid, "dense-params", dict(base, model="dense", dense_match="params"),
                          dataset=dataset),
                  RunSpec(grid, "dense-active", dict(base, model="dense", dense_match="active"),
-                         dataset=dataset)]
+                         dataset=dataset),
+                 # the dense network of the top-2 model's active size (dense-active is the top-1 model's)
+                 RunSpec(grid, "dense-active-top2", dict(base, gating="topk", top_k=2, model="dense",
+                                                         dense_match="active"), dataset=dataset)]
     return runs
 
 
@@ -130,6 +150,31 @@ def grid_regularisation(grid: str, epochs: int) -> list[RunSpec]:
                 "entropy-": dict(entropy_coef=-0.05), "balance": dict(balance_coef=0.1),
                 "cv": dict(cv_coef=0.1), "z-loss": dict(z_coef=1e-3), "kl-uniform": dict(kl_uniform_coef=0.1)}
     return [RunSpec(grid, label, dict(none, **flags)) for label, flags in variants.items()]
+
+
+def grid_regularisation_balanced(grid: str, epochs: int) -> list[RunSpec]:
+    """Dropout, gate entropy (both signs) and the router z-loss, each at three coefficients, on top
+    of the Switch balancing loss (0.1): do they regularise a balanced MoE, not only stop collapse?"""
+    base = dict(MNIST_MOE, epochs=epochs)
+    variants = {"balance": {}}
+    variants |= {f"dropout{p:g}": dict(dropout=p) for p in (0.1, 0.3, 0.5)}
+    variants |= {f"entropy{c:+g}": dict(entropy_coef=c) for c in (0.01, 0.05, 0.2, -0.01, -0.05, -0.2)}
+    variants |= {f"z{c:g}": dict(z_coef=c) for c in (1e-4, 1e-3, 1e-2)}
+    return [RunSpec(grid, label, dict(base, **flags)) for label, flags in variants.items()]
+
+
+LR_RATES = (3e-4, 1e-3, 2e-3, 3e-3, 1e-2)   # 1.5 decades around the study's 2e-3
+
+
+def grid_lr(grid: str, epochs: int, rates=LR_RATES) -> list[RunSpec]:
+    """The learning rate of the MNIST mixture (top-1, top-2) and of its dense baselines, each then
+    compared at the rate that does best on validation."""
+    models = {"moe-hard": {}, "moe-top2": dict(gating="topk", top_k=2),
+              "dense-params": dict(model="dense", dense_match="params"),
+              "dense-active": dict(model="dense", dense_match="active"),
+              "dense-active-top2": dict(gating="topk", top_k=2, model="dense", dense_match="active")}
+    return [RunSpec(grid, f"{name}-lr{lr:g}", dict(MNIST_MOE, epochs=epochs, **flags, lr=lr))
+            for name, flags in models.items() for lr in rates]
 
 
 def grid_cnn_experts(grid: str, epochs: int) -> list[RunSpec]:
@@ -285,6 +330,7 @@ class Grid:
     keep_weights: bool = False                    # model.pt stays (ignored by git) for analysis.py
     convergence: bool = False                     # epochs-to-target table and curves (report, notebook)
     compact: bool = False                         # most runs keep only config, summary and metrics (keeps_every_log)
+    verify_epochs: int | None = None              # sweep.py --verify: the whole run (None), or its first N epochs
 
 
 # The one place where the grids are named, in the order a full sweep runs them: cheapest first,
@@ -366,21 +412,23 @@ GRIDS: dict[str, Grid] = {
     "gating": Grid(grid_gating, 5),
     "regularisation": Grid(grid_regularisation, 5),
     "experts": Grid(grid_experts, 5),
-    "cifar_trunk": Grid(grid_cifar, 5),
-    "cnn_experts": Grid(grid_cnn_experts, 5),
+    "regularisation_balanced": Grid(grid_regularisation_balanced, 5),
+    "lr": Grid(grid_lr, 5),
+    "cifar_trunk": Grid(grid_cifar, 5, verify_epochs=1),
+    "cnn_experts": Grid(grid_cnn_experts, 5, verify_epochs=1),
     "cosine": Grid(grid_cosine, 5),
     "sharpness": Grid(grid_sharpness, 5, keep_weights=True),
-    "vit": Grid(grid_vit, 3),
+    "vit": Grid(grid_vit, 3, verify_epochs=1),
     "balancing": Grid(grid_balancing, 5),
     "capacity": Grid(grid_capacity, 5),
     "shared": Grid(grid_shared, 5),
-    "balancing_vit": Grid(grid_balancing_vit, 3),
-    "vit_routers": Grid(grid_vit_routers, 3),
-    "capacity_vit": Grid(grid_capacity_vit, 3),
-    "cifar_heads": Grid(grid_cifar_heads, CIFAR_RECIPE_EPOCHS, keep_weights=True),
-    "vit_convergence": Grid(grid_vit_convergence, 15, convergence=True),
-    "vit_convergence_deep": Grid(grid_vit_convergence, 15, dict(depth=12), convergence=True),
-    "lm": Grid(grid_lm, 8),
+    "balancing_vit": Grid(grid_balancing_vit, 3, verify_epochs=1),
+    "vit_routers": Grid(grid_vit_routers, 3, verify_epochs=1),
+    "capacity_vit": Grid(grid_capacity_vit, 3, verify_epochs=1),
+    "cifar_heads": Grid(grid_cifar_heads, CIFAR_RECIPE_EPOCHS, keep_weights=True, verify_epochs=1),
+    "vit_convergence": Grid(grid_vit_convergence, 15, convergence=True, verify_epochs=1),
+    "vit_convergence_deep": Grid(grid_vit_convergence, 15, dict(depth=12), convergence=True, verify_epochs=1),
+    "lm": Grid(grid_lm, 8, verify_epochs=1),
     "tabular": Grid(grid_tabular, 50, compact=True),
 }
 KEEP_WEIGHTS = {name for name, grid in GRIDS.items() if grid.keep_weights}
@@ -405,6 +453,20 @@ def quick_grid() -> list[RunSpec]:
     quick = (runs("moe_vs_dense", 1, datasets=("mnist",)) + runs("gating", 1, datasets=("mnist",))
              + runs("experts", 1, counts=(1, 4)) + runs("regularisation", 1))
     return [r for r in quick if r.label in keep]
+
+
+def owners(runs: list[RunSpec]) -> dict[str, RunSpec]:
+    """The run that trains each key: the first of ``runs`` (in GRIDS order, the full grid's) with it."""
+    first: dict[str, RunSpec] = {}
+    for run in runs:
+        first.setdefault(run.key, run)
+    return first
+
+
+def shared_runs(seeds=SEEDS) -> dict[str, RunSpec]:
+    """The owner of every key of the full grid with ``seeds``: a configuration several grids
+    list is one run, in the directory of the first grid that lists it."""
+    return owners(with_seeds(full_grid(), seeds))
 
 
 def with_seeds(runs: list[RunSpec], seeds) -> list[RunSpec]:

@@ -16,6 +16,7 @@ from .. import stats
 from ..training.evaluation import PATCH_COLUMNS, SAMPLES_COLUMNS
 from ..training.run_files import read_config, read_json, read_log
 from ..training.run_logs import LOG_COLUMNS
+from . import statistics
 
 # Damaged run files are refused (RunFileError): aggregating without them would change the results.
 SET_ASIDE = "restore it from a copy, or move its run directory out of the results folder"
@@ -54,7 +55,8 @@ def run_table(results: Path) -> pd.DataFrame:
         config = read_config(run_dir / "config.json", SET_ASIDE)
         metrics = read_csv(run_dir / "metrics.csv")
         regression = summary.get("task") == "regression"
-        rows.append({**run_identity(run_dir), "model": config["model"], "gating": config["gating"],
+        rows.append({**run_identity(run_dir), "commit": run_commit(run_dir),
+                     "model": config["model"], "gating": config["gating"],
                      "experts": config["experts"], "epochs": config["epochs"],
                      "test_acc": _number(summary.get("test_acc")), "test_loss": _number(summary.get("test_loss")),
                      "best_val_acc": _number(summary.get("best_val_acc")),
@@ -72,6 +74,14 @@ def run_table(results: Path) -> pd.DataFrame:
                      "specialisation": test_specialisation(run_dir),
                      "time_s": summary.get("total_time_s", float("nan"))})
     return pd.DataFrame(rows)
+
+
+def run_commit(run_dir: Path) -> str:
+    """The commit that trained a run (12 hex digits), "+dirty" when its code had uncommitted
+    changes, "unknown" when it recorded none."""
+    env = read_json(run_dir / "config.json", SET_ASIDE).get("environment", {})
+    commit = (env.get("git_commit") or "unknown")[:12]
+    return commit + ("+dirty" if env.get("git_dirty") else "")
 
 
 def _number(value) -> float:
@@ -119,9 +129,14 @@ def test_specialisation(run_dir: Path) -> float:
     return stats.mutual_information(table).item() / class_entropy if class_entropy > 0 else float("nan")
 
 
+CI_COLUMNS = ("test_acc", "test_loss", "test_bpb", "test_r2")
+
+
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, std (ddof=1) and number of seeds per (grid, dataset, label), over every fold of a
-    table's cross-validation too (``folds``: how many; 0 for the other grids)."""
+    table's cross-validation too (``folds``: how many; 0 for the other grids); the half-width
+    of the 95 % confidence interval of the mean of CI_COLUMNS (Student t over the runs), and
+    the commits that trained them."""
     numbers = ["test_acc", "test_loss", "best_val_acc", "samples_per_s", "final_val_load_cv", "final_val_dropped",
                "specialisation", "time_s", "test_bpb", "best_val_bpb", "test_rmse", "test_mae", "test_r2",
                "best_val_r2"]
@@ -129,8 +144,12 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     grouped = runs.groupby(["grid", "dataset", "label"], sort=False)
     table = grouped[numbers].agg(["mean", "std"])
     table.columns = [f"{a}_{b}" for a, b in table.columns]
+    for name in CI_COLUMNS:   # 95 % confidence interval of the mean: mean +- this half-width
+        table[f"{name}_ci95"] = grouped[name].agg(lambda values: statistics.ci_half_width(values.dropna().to_numpy()))
     table.insert(0, "seeds", grouped["seed"].nunique())
     table.insert(1, "folds", grouped["fold"].nunique())
+    # The commits that trained the configuration's runs (one, for a study run from one commit).
+    table.insert(2, "commit", grouped["commit"].agg(lambda commits: " ".join(sorted(set(commits)))))
     table[constant] = grouped[constant].first()
     return table.reset_index()
 

@@ -60,6 +60,7 @@ from ..paths import PROJECT_DIR
 from ..training.config import DEVICE_CHOICES, Config, ConfigError
 from ..training.device import resolve_device
 from ..training.exits import EXIT_BAD_INPUT
+from ..training.provenance import DATA_DIR_TOKEN, PortablePaths
 from ..training.run_files import RunFileError, atomic_write_bytes, load_checkpoint, read_config, refuse_to_replace
 
 DEFAULT_OUT = PROJECT_DIR / "results" / "sharpness"
@@ -296,10 +297,13 @@ def split_sharpness(model: nn.Module, batches: Batches, args, split: str,
 
 def analyse_run(run: Run, args, device: torch.device, datasets: dict) -> tuple[list[dict], list[dict]]:
     cfg = run.cfg
-    data_dir = data.resolve_data_dir(args.data_dir or cfg.data_dir)
-    key = (cfg.dataset, str(data_dir), cfg.val_fraction, cfg.seed, cfg.image_size)
+    # A committed run names its data directory <data-dir> (provenance.py): --data-dir, or the default.
+    recorded = None if cfg.data_dir and DATA_DIR_TOKEN in cfg.data_dir else cfg.data_dir
+    data_dir = data.resolve_data_dir(args.data_dir or recorded)
+    dataset_spec = PortablePaths(data_dir).local(cfg.dataset)
+    key = (dataset_spec, str(data_dir), cfg.val_fraction, cfg.seed, cfg.image_size)
     if key not in datasets:   # runs of one grid share their dataset: decode it once
-        datasets[key] = data.load_dataset(cfg.dataset, data_dir, val_fraction=cfg.val_fraction, seed=cfg.seed,
+        datasets[key] = data.load_dataset(dataset_spec, data_dir, val_fraction=cfg.val_fraction, seed=cfg.seed,
                                           image_size=cfg.image_size)
     dataset = datasets[key]
     model = load_model(run, dataset, device)

@@ -15,15 +15,17 @@ grid's scikit-learn references (references.py) are fitted in the sweep's own pro
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import IN_CHECKOUT, PACKAGE_DIR, PROJECT_DIR
+from ..paths import IN_CHECKOUT, PACKAGE_DIR, PROJECT_DIR, REPO_ROOT
 from ..training.config import DEVICE_CHOICES
 from ..training.exits import EXIT_BAD_INPUT
+from ..training.provenance import ALLOW_DIRTY_ENV, code_state
 from ..training.run_files import RunFileError, read_json
 from . import logs, references
 from .grids import (
@@ -35,6 +37,7 @@ from .grids import (
     RunSpec,
     full_grid,
     keeps_every_log,
+    owners,
     quick_grid,
     with_seeds,
 )
@@ -59,11 +62,12 @@ def run_status(run_dir: Path) -> str | None:
     return read_json(summary, fix).get("status")
 
 
-def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, threads: int | None) -> Outcome:
+def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, threads: int | None,
+            keep: bool = False, allow_dirty: bool = False) -> Outcome:
+    """Train ``run`` (or skip, resume it); ``keep``: its model.pt stays for analysis.py."""
     out = results / "runs" / run.grid
     run_dir = out / run.name
     log_path = out / f"{run.name}.log"
-    keep = run.grid in KEEP_WEIGHTS
     try:
         status = run_status(run_dir)
     except RunFileError as error:     # neither skipped, resumed nor replaced: recorded, and the sweep goes on
@@ -85,8 +89,9 @@ def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, thre
         argv.append("--overwrite")   # a run that died before its first checkpoint: nothing to keep
     begin = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, ALLOW_DIRTY_ENV: "1"} if allow_dirty else None
     with log_path.open("a") as log:
-        code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_DIR).returncode
+        code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_DIR, env=env).returncode
     seconds = time.perf_counter() - begin
     if code != 0:
         tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
@@ -126,11 +131,30 @@ def _drop_weights_and_log(run_dir: Path, log_path: Path, keep_model: bool = Fals
     log_path.unlink(missing_ok=True)
 
 
-def run_all(runs: list[RunSpec], results: Path, data_dir, device, threads) -> list[Outcome]:
+def link_shared(run: RunSpec, owner: RunSpec, results: Path) -> Outcome:
+    """``run``'s directory as a link to its owner's (the same key): one run, listed by both grids.
+    A directory of its own (trained before runs were shared) is left as it is."""
+    path = results / "runs" / run.grid / run.name
+    if path.is_symlink() or path.exists():
+        return Outcome(run, "skipped", detail="" if path.is_symlink() else "a run of its own (not linked)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(Path("..") / owner.grid / owner.name, target_is_directory=True)
+    return Outcome(run, "linked", detail=f"same run as {owner.grid}/{owner.name}")
+
+
+def run_all(runs: list[RunSpec], results: Path, data_dir, device, threads, shared: dict[str, RunSpec] | None = None,
+            keep_keys: frozenset = frozenset(), allow_dirty: bool = False) -> list[Outcome]:
+    """Train every run whose key it owns (``shared``: owner by key; default: each run its own),
+    then link the others to their owners' directories."""
+    shared = shared if shared is not None else {run.key: run for run in runs}
     outcomes = []
     begin = time.perf_counter()
     for i, run in enumerate(runs, 1):
-        outcome = execute(run, results, data_dir, device, threads)
+        owner = shared.get(run.key, run)
+        if owner is run:
+            outcome = execute(run, results, data_dir, device, threads, run.key in keep_keys, allow_dirty)
+        else:
+            outcome = link_shared(run, owner, results)
         outcomes.append(outcome)
         print(f"[{i:>3}/{len(runs)}] {outcome.status:<7} {run.grid:<15} {run.name:<45} "
               f"{outcome.seconds:7.1f}s  {outcome.detail}", flush=True)
@@ -140,6 +164,40 @@ def run_all(runs: list[RunSpec], results: Path, data_dir, device, threads) -> li
     if failed:
         print("failed runs:\n" + "\n".join(f"  {o.run.grid}/{o.run.name}: {o.detail}" for o in failed))
     return outcomes
+
+
+def with_owners(runs: list[RunSpec], shared: dict[str, RunSpec]) -> list[RunSpec]:
+    """``runs`` with the owner of each key listed before its first sharer (a grid of its own
+    may share a run that another grid trains)."""
+    ordered, seen = [], set()
+    for run in runs:
+        for item in (shared.get(run.key, run), run):
+            if id(item) not in seen:
+                seen.add(id(item))
+                ordered.append(item)
+    return ordered
+
+
+def _describe(run: RunSpec, shared: dict[str, RunSpec], data_dir: str | None) -> str:
+    owner = shared.get(run.key, run)
+    if owner is not run:
+        return f"same run as {owner.grid}/{owner.name}"
+    return f"scikit-learn reference {run.reference}" if run.reference else " ".join(run.argv(data_dir))
+
+
+def dirty_refusal(results: Path, allow_dirty: bool, repo: Path = REPO_ROOT) -> str | None:
+    """Why the sweep may not train into ``results``: a folder inside the repository, written from
+    a tree whose code has uncommitted changes (then no commit names the code of its runs)."""
+    try:
+        Path(results).resolve().relative_to(Path(repo).resolve())
+    except ValueError:
+        return None                      # a folder of one's own: runs record their state anyway
+    state = code_state(repo)
+    if allow_dirty or not state.dirty:
+        return None
+    files = ", ".join(state.changed[:3]) + (f" and {len(state.changed) - 3} more" if len(state.changed) > 3 else "")
+    return (f"the code has uncommitted changes ({files}), so no commit would name the code of these runs; commit "
+            f"them and run from a clean worktree (git worktree add), or pass --allow-dirty (recorded in config.json)")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -167,6 +225,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
     parser.add_argument("--aggregate", action="store_true", help="only write results/summary.csv")
     parser.add_argument("--list", action="store_true", help="print the runs and exit")
+    parser.add_argument("--verify", action="store_true",
+                        help="rerun seed 0 of every configuration of the grids (--grid) at this commit, from a clean "
+                             "tree, and compare with the committed logs (docs/study.md, 'Reproducing the study')")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="train into a results folder inside the repository although the code has uncommitted "
+                             "changes (config.json records it)")
     parser.add_argument("--shard", type=parse_shard, default=(1, 1), metavar="I/N",
                         help="run only every N-th run of the list, starting at the I-th (1 <= I <= N), so that "
                              "N processes or machines can share one grid; summary.csv is then rewritten by "
@@ -175,25 +239,31 @@ def main(argv=None) -> int:
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else len(SEEDS))
     if seeds < 1:
         parser.error(f"--seeds must be >= 1 (got {seeds})")
+    if args.verify:
+        from .verify import verify_grids  # reruns and compares; nothing of it is needed to train
+        return verify_grids(args.grid or list(GRIDS), args.results, args.data_dir)
     if not args.aggregate:
-        runs = quick_grid() if args.quick else full_grid()
-        if args.grid:
-            runs = [r for r in runs if r.grid in args.grid]
-        if args.dataset:
-            runs = [r for r in runs if r.dataset_tag in args.dataset]
-        runs = with_seeds(runs, range(seeds))
+        every = with_seeds(quick_grid() if args.quick else full_grid(), range(seeds))
+        shared = owners(every)
+        runs = [r for r in every if (not args.grid or r.grid in args.grid)
+                and (not args.dataset or r.dataset_tag in args.dataset)]
+        runs = with_owners(runs, shared)
         index, count = args.shard
         runs = runs[index - 1::count]
         if args.list:
-            print("\n".join(f"{r.grid}/{r.name}: " + (f"scikit-learn reference {r.reference}" if r.reference
-                                                       else ' '.join(r.argv(args.data_dir))) for r in runs))
+            print("\n".join(f"{r.grid}/{r.name}: " + _describe(r, shared, args.data_dir) for r in runs))
             return 0
         if not IN_CHECKOUT:
             print(f"error: the sweep runs train.py of a checkout, and this copy of moelab ({PACKAGE_DIR}) is installed "
                   "without one; "
                   "run sweep.py from project_moe/ of the repository", file=sys.stderr)
             return EXIT_BAD_INPUT
-        outcomes = run_all(runs, args.results, args.data_dir, args.device, args.threads)
+        if (refusal := dirty_refusal(args.results, args.allow_dirty)) is not None:
+            print(f"error: {refusal}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        keep = frozenset(r.key for r in every if r.grid in KEEP_WEIGHTS)
+        outcomes = run_all(runs, args.results, args.data_dir, args.device, args.threads, shared, keep,
+                           args.allow_dirty)
     else:
         outcomes = []
     try:

@@ -20,7 +20,7 @@ from ..models.transformer import TokenModel
 from ..models.vit import ViTClassifier
 from .tasks import CLASSIFICATION
 
-SAMPLES_COLUMNS = ["index", "class", "predicted", "top1_expert", "top1_weight", "experts_used"]
+SAMPLES_COLUMNS = ["index", "class", "predicted", "top1_expert", "top1_weight", "experts_used", "gate_entropy"]
 LAYER_COLUMNS = ["layer", "expert", "n_tokens", "n_routed", "n_dropped", "frac_routed", "mean_gate", "selection_bias"]
 KIND_COLUMNS = ["layer", "expert", "kind", "count", "gate_mass", "top1"]
 TEXT_COLUMNS = ["index", "byte", "kind", "layer", "top1_expert", "top1_weight", "experts_used"]
@@ -251,28 +251,35 @@ def _no_gather(rows: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def sample_routing(model: MoEClassifier, batches, limit: int, gather=_no_gather, task=CLASSIFICATION) -> list[dict]:
-    """Routing of the first ``limit`` samples of a split (in the evaluation batches, so that
-    batch-dependent routers see the same batches as in evaluation). ``gather`` concatenates
-    the rows of processes that route shards of the same batches."""
+def sample_routing(model: MoEClassifier, batches, limit: int | None = None, gather=_no_gather,
+                   task=CLASSIFICATION) -> tuple[list[dict], Tensor]:
+    """Routing of the first ``limit`` samples of a split (all of them for None), in the
+    evaluation batches, so that batch-dependent routers see the same batches as in evaluation:
+    one row per sample (its class, prediction, top expert and weight, experts used, gate
+    entropy) and the (N, E) gate weights. ``gather`` concatenates the rows of processes that
+    route shards of the same batches."""
     was_training = model.training
     model.eval()
-    rows = []
+    tables, count = [], 0
     for x, y in batches:
         output = model(x)
-        weights = output.routing.weights                                       # (N, E)
+        weights = output.routing.weights                                       # (n, E)
         top_weight, top_expert = weights.max(dim=1)
         columns = torch.stack([task.group_of(y), task.predicted_group(output), top_expert,
-                               stats.routed_mask(weights).sum(dim=1)])
-        columns = gather(torch.cat([columns.t().double(), top_weight.double().unsqueeze(1)], dim=1)).cpu()  # (N, 5)
-        for label, predicted, expert, used, weight in columns.tolist():
-            rows.append({"index": len(rows), "class": int(label), "predicted": int(predicted),
-                         "top1_expert": int(expert), "top1_weight": weight, "experts_used": int(used)})
-            if len(rows) == limit:
-                model.train(was_training)
-                return rows
+                               stats.routed_mask(weights).sum(dim=1)]).t().double()   # (n, 4)
+        entropy = stats.gate_entropy(weights)                                  # (n,)
+        table = gather(torch.cat([columns, top_weight.double().unsqueeze(1), entropy.double().unsqueeze(1),
+                                  weights.double()], dim=1)).cpu()             # (N, 6 + E)
+        tables.append(table)
+        count += table.shape[0]
+        if limit is not None and count >= limit:
+            break
     model.train(was_training)
-    return rows
+    table = torch.cat(tables)[:limit]
+    rows = [{"index": i, "class": int(label), "predicted": int(predicted), "top1_expert": int(expert),
+             "experts_used": int(used), "top1_weight": weight, "gate_entropy": entropy}
+            for i, (label, predicted, expert, used, weight, entropy) in enumerate(table[:, :6].tolist())]
+    return rows, table[:, 6:].float()
 
 
 @torch.no_grad()

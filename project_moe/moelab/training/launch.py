@@ -7,9 +7,9 @@ interrupted by SIGINT / SIGTERM.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,35 +20,33 @@ from .. import data, distributed
 from ..distributed import Cluster
 from ..models.builder import describe_cost
 from ..models.vit import check_vit_fits
-from ..paths import REPO_ROOT
-from .config import Config, ConfigError, parse_args, validate
+from .config import RESUMABLE_DIFFERENCES, Config, ConfigError, parse_args, validate
 from .device import resolve_device
 from .exits import EXIT_BAD_INPUT, EXIT_PEER_FAILED
+from .provenance import ALLOW_DIRTY_ENV, PortablePaths, code_state, cpu_model
 from .run_files import RunFileError, read_config, read_json, write_json
 from .trainer import Trainer
-
-# Settings that may change between a run and its resumption without changing its results.
-RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir", "out", "log_every", "expert_dispatch",
-                         "compile", "channels_last", "expert_parallel", "dist_backend", "dist_timeout"}
-
 
 BAD_INPUT = (ConfigError, data.DataError, distributed.ParallelismError, RunFileError)
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def environment(device: torch.device, cluster: Cluster) -> dict:
+def environment(device: torch.device, cluster: Cluster, paths: PortablePaths) -> dict:
+    """Versions, machine and code of the run; argv with portable paths (provenance.py)."""
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "platform": platform.platform(), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-            "threads": torch.get_num_threads(), "processes": cluster.world_size,
-            "dist_backend": cluster.backend, "git_commit": git_commit(), "argv": sys.argv}
+            "cpu_model": cpu_model(), "threads": torch.get_num_threads(), "processes": cluster.world_size,
+            "dist_backend": cluster.backend, **code_state().as_record(),
+            "allow_dirty": os.environ.get(ALLOW_DIRTY_ENV) == "1",
+            "argv": [paths.portable(arg) for arg in sys.argv]}
+
+
+def portable_config(cfg: Config, paths: PortablePaths) -> dict:
+    """The settings as config.json records them: the paths among them made portable."""
+    record = dataclasses.asdict(cfg)
+    for name in ("dataset", "data_dir", "out"):
+        record[name] = paths.portable(record[name])
+    return record
 
 
 def prepare_run_dir(cfg: Config) -> Path:
@@ -71,13 +69,14 @@ def prepare_run_dir(cfg: Config) -> Path:
 
 
 def check_same_config(cfg: Config, saved: dict) -> None:
-    current = dataclasses.asdict(cfg)
+    raw = dataclasses.asdict(cfg)   # runs recorded before paths were made portable hold them as given
+    current = portable_config(cfg, PortablePaths(data.resolve_data_dir(cfg.data_dir)))
     for key, value in saved.items():
-        if key in RESUMABLE_DIFFERENCES or key not in current or current[key] == value:
+        if key in RESUMABLE_DIFFERENCES or key not in current or value in (current[key], raw[key]):
             continue
         flag = "--" + key.replace("_", "-")
         raise ConfigError(f"--resume: the checkpoint was trained with {flag} {value}, this command says "
-                          f"{flag} {current[key]}; use the same settings or a new --run-name")
+                          f"{flag} {raw[key]}; use the same settings or a new --run-name")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,9 +163,11 @@ def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
                 f"test {len(dataset.test)}{unit}{fold}; device {device}; {cluster.describe()}\n"
                 f"{describe_cost(trainer.cost)}")
     if not cfg.resume and cluster.is_writer:
-        write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg),
-                                             "environment": environment(device, cluster),
-                                             "dataset": {"source": dataset.source, "classes": list(dataset.classes),
+        paths = PortablePaths(data.resolve_data_dir(cfg.data_dir))
+        write_json(run_dir / "config.json", {"config": portable_config(cfg, paths),
+                                             "environment": environment(device, cluster, paths),
+                                             "dataset": {"source": paths.portable_sentence(dataset.source),
+                                                         "classes": list(dataset.classes),
                                                          "in_shape": list(dataset.in_shape), **table_facts(dataset)},
                                              "cost": trainer.cost})
     return trainer.run(resume=cfg.resume)

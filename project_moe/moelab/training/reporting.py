@@ -24,7 +24,7 @@ from .exits import EXIT_DIVERGED, EXIT_PEER_FAILED, first_line
 from .run_files import atomic_write_bytes, write_json
 from .table_routing import table_routing
 
-ROUTED_SAMPLES = 1000   # test images whose routing is kept, to show what each expert sees
+GATES_KEPT_WHOLE = 16   # test_gates.npz keeps every gate weight up to this many experts, the top ones beyond
 ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
 ROUTED_TEXT_BYTES = 1024  # language model: leading test bytes whose per-byte routing is kept
 
@@ -68,6 +68,16 @@ def epoch_line(row: dict, epochs: int, routes: bool) -> str:
             + f"  {row['samples_per_s']:,.0f} samples/s")
 
 
+def compact_gates(weights) -> dict[str, np.ndarray]:
+    """The (N, E) test gate weights as test_gates.npz stores them (float16, compressed): whole
+    up to GATES_KEPT_WHOLE experts; beyond, each sample's GATES_KEPT_WHOLE largest weights and
+    their experts (test_samples.csv has every sample's gate entropy and experts used)."""
+    if weights.shape[1] <= GATES_KEPT_WHOLE:
+        return {"weights": weights.numpy().astype(np.float16)}
+    top, experts = weights.topk(GATES_KEPT_WHOLE, dim=1)                     # (N, GATES_KEPT_WHOLE)
+    return {"top_weights": top.numpy().astype(np.float16), "top_experts": experts.numpy().astype(np.int16)}
+
+
 class Reporting:
     """The console and the files a Trainer reports to (rank 0 writes)."""
 
@@ -80,8 +90,11 @@ class Reporting:
         """The routing of the first test images (MoE) and of their patches (ViT with MoE blocks)."""
         gather = lambda rows: distributed.gather_rows(self.cluster, rows)  # noqa: E731
         if self.is_moe:
-            self.logs.table("test_samples.csv", SAMPLES_COLUMNS,
-                            sample_routing(self.model, self._eval_batches("test"), ROUTED_SAMPLES, gather, self.task))
+            rows, weights = sample_routing(self.model, self._eval_batches("test"), None, gather, self.task)
+            self.logs.table("test_samples.csv", SAMPLES_COLUMNS, rows)
+            if self.cluster.is_writer:
+                gates = compact_gates(weights)
+                atomic_write_bytes(self.run_dir / "test_gates.npz", lambda handle: np.savez_compressed(handle, **gates))
         if isinstance(self.dataset, TableDataset) and self.cluster.is_writer:
             predictions, grid = table_routing(self.model, self.dataset, self.task,
                                               self.eval_loaders["test"].iter_epoch(0), self.device)

@@ -55,8 +55,7 @@ class RunLogs:
     def split(self, result: SplitResult, split: str, epoch: int, step: int) -> None:
         common = {"epoch": epoch, "step": step, "split": split}
         self.tables["experts"].write([{**common, **row} for row in result.expert_rows])
-        if split != "train":
-            self.tables["routing"].write([{**common, **row} for row in result.routing_rows])
+        self.tables["routing"].write([{**common, **row} for row in result.routing_rows])
         if "layers" in self.tables:
             self.tables["layers"].write([{**common, **row} for row in result.layer_rows])
         if "kinds" in self.tables and split != "train":

@@ -42,6 +42,10 @@ from .step import (
 )
 from .tasks import task_for
 
+# The split name of the test set's per-epoch rows in experts.csv and routing.csv (the weights of
+# that epoch); "test" is the one evaluation of the selected weights at the end.
+TEST_EACH_EPOCH = "test_epoch"
+
 
 class Interrupted(Exception):
     pass
@@ -207,6 +211,8 @@ class Trainer(Checkpointing, Reporting):
         val = self._evaluate_split("val", epoch)
         if self.is_moe and cfg.train_eval_size > 0:
             self._evaluate_split("train", epoch)
+        if self.is_moe:   # what each expert does on the test set as training goes (never used for selection)
+            self._evaluate_split("test", epoch, log_as=TEST_EACH_EPOCH)
         row = metrics_row(epoch, self.global_step, self.scheduler.get_last_lr()[0], a, val,
                           self.accum.aux_means() if self.routes else None, drops=cfg.drop_policy != "dropless",
                           elapsed=self.elapsed(), bits=self.language)
@@ -223,12 +229,12 @@ class Trainer(Checkpointing, Reporting):
         """This rank's share of every evaluation batch of ``split``."""
         return distributed.shard_batches(self.cluster, self.eval_loaders[split].iter_epoch(0))
 
-    def _evaluate_split(self, split: str, epoch: int) -> SplitResult:
+    def _evaluate_split(self, split: str, epoch: int, log_as: str | None = None) -> SplitResult:
         with self.precision.autocast():
             result = evaluate(self.model, self._eval_batches(split), self.dataset.num_classes,
                               reduce=distributed.summer(self.cluster), tta_flip=self.cfg.tta_flip,
                               kinds=len(self.dataset.classes) if self.language else 0, task=self.task)
-        self.logs.split(result, split, epoch, self.global_step)
+        self.logs.split(result, log_as or split, epoch, self.global_step)
         return result
 
     def finish(self) -> None:
