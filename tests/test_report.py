@@ -33,7 +33,8 @@ def test_report_tables_equal_the_results():
                                                 bench_repeat, cifar_sharpness,
                                                 report.logs.read_all(RESULTS, "metrics.csv"),
                                                 report.load_vit_step_time(RESULTS),
-                                                report.load_lm_step_time(RESULTS)).items():
+                                                report.load_lm_step_time(RESULTS),
+                                                report.load_comparisons(RESULTS)).items():
         committed = (report.REPORT / "tables" / f"{name}.tex").read_text()
         assert committed == text, f"report/tables/{name}.tex is stale: run python build_report.py"
 

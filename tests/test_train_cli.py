@@ -47,12 +47,15 @@ def test_run_writes_every_documented_file_and_column(tmp_path, tiny_data):
     assert sorted(set(each_epoch.epoch)) == [1, 2] and each_epoch["top1"].sum() == 2 * 200
     assert routing[(routing.split == "train") & (routing.epoch == 1)]["top1"].sum() == 100   # --train-eval-size
     samples = pd.read_csv(run_dir / "test_samples.csv")       # every test sample, with its gate entropy
-    gates = np.load(run_dir / "test_gates.npz")["weights"]    # (N, E) float16
+    stored = np.load(run_dir / "test_gates.npz")
+    gates = stored["weights"]                                 # (N, E) float16
     assert len(samples) == 200 and gates.shape == (200, 4)
     assert ((gates != 0).sum(axis=1) == 2).all() and np.allclose(gates.sum(axis=1), 1.0, atol=2e-3)
     assert (gates.argmax(axis=1) == samples.top1_expert).all()
     g = gates.astype(np.float64)
     assert np.allclose(samples.gate_entropy, -(g * np.log(np.maximum(g, 1e-12))).sum(axis=1), atol=5e-3)
+    assert (stored["group"] == samples["class"]).all() and (stored["predicted"] == samples.predicted).all()
+    assert (stored["experts_used"] == 2).all() and np.allclose(stored["gate_entropy"], samples.gate_entropy, atol=1e-3)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["gating"] == "topk" and config["environment"]["torch"]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -131,3 +134,15 @@ def test_loss_free_balancing_is_logged_and_saved(tmp_path, tiny_data):
     assert bias.abs().sum() > 0
     assert last_val.selection_bias.tolist() == pytest.approx(bias.tolist())
     assert experts[experts.split == "train_batch"].selection_bias.notna().all()
+
+
+def test_test_gates_keep_the_largest_weights_beyond_sixteen_experts():
+    from moelab.training.reporting import compact_gates
+    weights = torch.softmax(torch.randn(5, 32), dim=1)
+    rows = [{"class": i, "predicted": i, "experts_used": 32, "gate_entropy": 1.0} for i in range(5)]
+    stored = compact_gates(rows, weights)
+    assert "weights" not in stored and stored["top_weights"].shape == stored["top_experts"].shape == (5, 16)
+    picked = np.take_along_axis(weights.numpy(), stored["top_experts"].astype(np.int64), axis=1)
+    assert np.allclose(stored["top_weights"], picked, atol=1e-3)
+    assert (np.diff(stored["top_weights"].astype(np.float32), axis=1) <= 0).all()    # largest first
+    assert compact_gates(rows, weights[:, :8])["weights"].shape == (5, 8)

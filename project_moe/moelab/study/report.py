@@ -28,7 +28,7 @@ from ..data.text import KINDS  # noqa: E402
 from ..paths import PROJECT_DIR  # noqa: E402
 from ..training.exits import EXIT_BAD_INPUT  # noqa: E402
 from ..training.run_files import RunFileError, read_json  # noqa: E402
-from . import logs, plots, table_plots  # noqa: E402
+from . import comparisons, logs, plots, table_plots  # noqa: E402
 from .grids import CONVERGENCE_GRIDS  # noqa: E402
 from .report_tables import build_tables  # noqa: E402
 
@@ -137,6 +137,15 @@ def load_summary(results: Path) -> pd.DataFrame:
     return committed
 
 
+def load_comparisons(results: Path) -> pd.DataFrame:
+    """The paired comparisons of the logs; they must equal the committed comparisons.csv."""
+    computed = comparisons.comparisons(logs.run_table(results))
+    committed = logs.read_csv(results / "comparisons.csv", "restore it from git, or write it again with "
+                              "python sweep.py --aggregate")
+    pd.testing.assert_frame_equal(computed.reset_index(drop=True), committed, check_dtype=False, atol=1e-12)
+    return committed
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -152,7 +161,8 @@ def main(argv=None) -> int:
         lm_step_time = load_lm_step_time(args.results)
         for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
                                        patches, bench_repeat, load_sharpness(args.results, "sharpness_cifar"),
-                                       metrics, load_vit_step_time(args.results), lm_step_time).items():
+                                       metrics, load_vit_step_time(args.results), lm_step_time,
+                                       load_comparisons(args.results)).items():
             (REPORT / "tables" / f"{name}.tex").write_text(text)
         build_figures(args.results, summary, metrics, patches, REPORT / "figures", lm_step_time)
     except RunFileError as error:

@@ -345,7 +345,7 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
             train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None = None,
             coherence: pd.DataFrame | None = None, bench_repeat: pd.DataFrame | None = None,
             cifar_sharpness: pd.DataFrame | None = None, convergence: list[dict] | None = None,
-            lm: list[dict] | None = None) -> str:
+            lm: list[dict] | None = None, comparisons: pd.DataFrame | None = None) -> str:
     """LaTeX macros for the numbers quoted in the text: \\res (test accuracy, %, mean ± std),
     \\spec (I(expert; class) / H(class)), \\loadcv (final validation load CV), per
     {grid}{dataset}{label}, \\dropped (% of assignments dropped for capacity, validation, last epoch),
@@ -359,7 +359,9 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     dense-active, the steps to grids.LM_TARGET_BPB, the step time and their product (see lm_rows;
     steps and time are means over the seeds that reached it), \\lmtarget that target, \\lmlead the
     fastest MoE's lead in time over dense-active in % (lm_time_lead); \\tab{dataset}{label}: the
-    tabular grid's test accuracy (%) or R^2 (diabetes), mean ± std over folds x seeds."""
+    tabular grid's test accuracy (%) or R^2 (diabetes), mean ± std over folds x seeds;
+    \\cmp and \\verdict{grid}{dataset}{model}{reference}: a paired comparison of comparisons.csv
+    (comparison_macros)."""
     lines = []
     for macro in ("res", "spec", "loadcv", "dropped", "minutes", "params", "unpicked"):
         args = "[1]" if macro == "unpicked" else "[3]"
@@ -438,12 +440,38 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     for r in summary[summary.grid == "tabular"].itertuples():
         lines.append(f"\\expandafter\\def\\csname tab:{r.dataset}:{r.label}\\endcsname"
                      f"{{{_table_cell(summary[summary.grid == 'tabular'], r.dataset, r.label)}}}")
+    lines += comparison_macros(comparisons)
     trained = summary[summary.model != "reference"] if "model" in summary else summary
     folds = trained.folds.clip(lower=1) if "folds" in trained else 1
     runs = int((trained.seeds * folds).sum())   # a table's runs: seeds x folds
     lines.append(f"\\newcommand{{\\numruns}}{{{runs}}}")
     lines.append(f"\\newcommand{{\\numconfigs}}{{{len(trained)}}}")   # the scikit-learn references are not runs
     return "\n".join(lines) + "\n"
+
+
+VERDICT_WORDS = {"better": "beats", "tie": "ties with", "worse": "loses to"}
+
+
+def comparison_text(row) -> str:
+    """A paired difference as the text quotes it: mean [95 % interval], in points for an accuracy,
+    in bits per byte or R^2 otherwise, and the number of pairs."""
+    scale, unit, digits = (100.0, "\\,pt", 2) if row.metric == "test_acc" else (1.0, "", 3)
+    low = "--" if pd.isna(row.diff_low) else f"{scale * row.diff_low:+.{digits}f}"
+    high = "--" if pd.isna(row.diff_high) else f"{scale * row.diff_high:+.{digits}f}"
+    return f"${scale * row.diff_mean:+.{digits}f}$ [${low}$, ${high}$]{unit}, $n={row.n}$"
+
+
+def comparison_macros(comparisons: pd.DataFrame | None) -> list[str]:
+    """\\cmp{grid}{dataset}{model}{reference}: the paired difference model - reference with its 95 %
+    interval (comparison_text); \\verdict: "beats", "ties with" (the interval holds 0) or "loses to",
+    so that a sentence's verb is the data's."""
+    lines = ["\\newcommand{\\cmp}[4]{\\csname cmp:#1:#2:#3:#4\\endcsname}",
+             "\\newcommand{\\verdict}[4]{\\csname verdict:#1:#2:#3:#4\\endcsname}"]
+    for row in (comparisons.itertuples() if comparisons is not None else []):
+        key = f"{row.grid}:{row.dataset}:{row.model}:{row.reference}"
+        lines.append(f"\\expandafter\\def\\csname cmp:{key}\\endcsname{{{comparison_text(row)}}}")
+        lines.append(f"\\expandafter\\def\\csname verdict:{key}\\endcsname{{{VERDICT_WORDS[row.verdict]}}}")
+    return lines
 
 
 def unpicked_share(samples: pd.DataFrame) -> pd.Series:
@@ -468,7 +496,8 @@ def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.
                  patches: pd.DataFrame, bench_repeat: pd.DataFrame | None = None,
                  cifar_sharpness: pd.DataFrame | None = None, metrics: pd.DataFrame | None = None,
                  vit_step_time: dict[tuple[int, str], float] | None = None,
-                 lm_step_time: dict[str, float] | None = None) -> dict[str, str]:
+                 lm_step_time: dict[str, float] | None = None,
+                 comparisons: pd.DataFrame | None = None) -> dict[str, str]:
     metrics = metrics if metrics is not None else pd.DataFrame()
     convergence = convergence_rows(summary, metrics, vit_step_time)
     lm = lm_rows(summary, metrics, lm_step_time)
@@ -477,7 +506,7 @@ def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.
               "modern": table_modern(summary),
               "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
                                  logs.patch_coherence(patches) if not patches.empty else None,
-                                 bench_repeat, cifar_sharpness, convergence, lm) + vit_router_sizes(),
+                                 bench_repeat, cifar_sharpness, convergence, lm, comparisons) + vit_router_sizes(),
               "cifar_heads": table_cifar_heads(summary, cifar_sharpness),
               "convergence": table_convergence(convergence), "lm": table_lm(lm), "tabular": table_tabular(summary)}
     if bench is not None:

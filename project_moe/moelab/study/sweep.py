@@ -27,7 +27,7 @@ from ..training.config import DEVICE_CHOICES
 from ..training.exits import EXIT_BAD_INPUT
 from ..training.provenance import ALLOW_DIRTY_ENV, code_state
 from ..training.run_files import RunFileError, read_json
-from . import logs, references
+from . import comparisons, logs, references
 from .grids import (
     COMPACT_GRIDS,
     DATASET_TAGS,
@@ -278,7 +278,10 @@ def main(argv=None) -> int:
     table = logs.aggregate(finished)
     args.results.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.results / "summary.csv", index=False)
-    print(f"wrote {args.results / 'summary.csv'} ({len(table)} configurations)")
+    paired = comparisons.comparisons(finished)
+    paired.to_csv(args.results / "comparisons.csv", index=False)
+    print(f"wrote {args.results / 'summary.csv'} ({len(table)} configurations) and comparisons.csv "
+          f"({len(paired)} paired comparisons)")
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 

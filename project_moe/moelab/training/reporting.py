@@ -24,6 +24,7 @@ from .exits import EXIT_DIVERGED, EXIT_PEER_FAILED, first_line
 from .run_files import atomic_write_bytes, write_json
 from .table_routing import table_routing
 
+ROUTED_SAMPLES = 1000   # test samples of test_samples.csv (test_gates.npz has every one, compactly)
 GATES_KEPT_WHOLE = 16   # test_gates.npz keeps every gate weight up to this many experts, the top ones beyond
 ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
 ROUTED_TEXT_BYTES = 1024  # language model: leading test bytes whose per-byte routing is kept
@@ -68,14 +69,19 @@ def epoch_line(row: dict, epochs: int, routes: bool) -> str:
             + f"  {row['samples_per_s']:,.0f} samples/s")
 
 
-def compact_gates(weights) -> dict[str, np.ndarray]:
-    """The (N, E) test gate weights as test_gates.npz stores them (float16, compressed): whole
-    up to GATES_KEPT_WHOLE experts; beyond, each sample's GATES_KEPT_WHOLE largest weights and
-    their experts (test_samples.csv has every sample's gate entropy and experts used)."""
+def compact_gates(rows: list[dict], weights) -> dict[str, np.ndarray]:
+    """Every test sample's routing as test_gates.npz stores it (compressed, a few tens of kB where
+    the CSV would take hundreds): ``group`` (class, or target bin) and ``predicted`` (int16),
+    ``experts_used`` (int16), ``gate_entropy`` (float16, nats) and the gate weights in float16,
+    whole (``weights``, N x E) up to GATES_KEPT_WHOLE experts, else each sample's GATES_KEPT_WHOLE
+    largest (``top_weights``) and their experts (``top_experts``)."""
+    columns = {"group": ("class", np.int16), "predicted": ("predicted", np.int16),
+               "experts_used": ("experts_used", np.int16), "gate_entropy": ("gate_entropy", np.float16)}
+    gates = {name: np.array([row[key] for row in rows], dtype=dtype) for name, (key, dtype) in columns.items()}
     if weights.shape[1] <= GATES_KEPT_WHOLE:
-        return {"weights": weights.numpy().astype(np.float16)}
+        return {**gates, "weights": weights.numpy().astype(np.float16)}
     top, experts = weights.topk(GATES_KEPT_WHOLE, dim=1)                     # (N, GATES_KEPT_WHOLE)
-    return {"top_weights": top.numpy().astype(np.float16), "top_experts": experts.numpy().astype(np.int16)}
+    return {**gates, "top_weights": top.numpy().astype(np.float16), "top_experts": experts.numpy().astype(np.int16)}
 
 
 class Reporting:
@@ -91,9 +97,9 @@ class Reporting:
         gather = lambda rows: distributed.gather_rows(self.cluster, rows)  # noqa: E731
         if self.is_moe:
             rows, weights = sample_routing(self.model, self._eval_batches("test"), None, gather, self.task)
-            self.logs.table("test_samples.csv", SAMPLES_COLUMNS, rows)
+            self.logs.table("test_samples.csv", SAMPLES_COLUMNS, rows[:ROUTED_SAMPLES])
             if self.cluster.is_writer:
-                gates = compact_gates(weights)
+                gates = compact_gates(rows, weights)
                 atomic_write_bytes(self.run_dir / "test_gates.npz", lambda handle: np.savez_compressed(handle, **gates))
         if isinstance(self.dataset, TableDataset) and self.cluster.is_writer:
             predictions, grid = table_routing(self.model, self.dataset, self.task,
