@@ -43,3 +43,57 @@ def test_report_pdf_has_four_to_six_pages():
     pdf = PROJECT_DIR / "report.pdf"
     assert pdf.exists()
     assert 4 <= len(PdfReader(pdf).pages) <= 6
+
+
+# Sentences of the report (and README) whose verb is typed rather than a \verdict macro: each holds
+# only if every paired comparison it summarises (model and reference: patterns) has one of these
+# verdicts in comparisons.csv.
+TYPED_CLAIMS = [
+    # "No MoE beats the dense network of its total size." (report, MoE against dense networks)
+    ("moe_vs_dense", None, r"moe-.*", "dense-params", {"tie", "worse"}),
+    # "no whole-image MoE beats the dense network with the same total parameters" (Discussion)
+    ("cifar_trunk", None, r"moe-.*", "dense-params", {"tie", "worse"}),
+    ("cnn_experts", None, r"moe-.*", "dense-params-cnn", {"tie", "worse"}),
+    # "none of them makes a better balanced MoE" (regularisation_balanced)
+    ("regularisation_balanced", "mnist", r".*", "balance", {"tie", "worse"}),
+    # "Token routing inside a shared ViT ties with the dense network of equal compute in accuracy" (Discussion)
+    ("vit", None, r"vit-moe-.*", "vit-dense-active", {"tie"}),
+    ("vit_convergence", None, r"d6-moe-top2", "d6-dense-active", {"tie"}),
+    # "on text ... the per-step gain holds over seeds" (Discussion; loss-free top-2 is named apart)
+    ("lm", None, r"lm-(top|shared-top).*", "lm-dense-active", {"better"}),
+    # "On small tables ... it ties at best; a linear model has the best mean accuracy" (Discussion)
+    ("tabular", None, r"e\d+-(soft|top1|top2).*", r"e\d+-dense-params", {"tie", "worse"}),
+    ("tabular", None, r"e\d+-.*", "ref-logistic", {"tie", "worse"}),
+]
+
+
+def test_typed_claims_hold_in_the_paired_comparisons():
+    table = report.load_comparisons(RESULTS)
+    for grid, dataset, model, reference, allowed in TYPED_CLAIMS:
+        rows = table[(table.grid == grid) & table.model.str.fullmatch(model) & table.reference.str.fullmatch(reference)]
+        rows = rows if dataset is None else rows[rows.dataset == dataset]
+        assert len(rows), (grid, model, reference)
+        wrong = rows[~rows.verdict.isin(allowed)]
+        assert wrong.empty, f"the report's claim about {grid} {model} vs {reference} no longer holds:\n{wrong}"
+
+
+def test_every_comparison_the_report_quotes_exists():
+    import re
+    table = report.load_comparisons(RESULTS)
+    keys = {key for row in table.itertuples() for key in report_tables.comparison_keys(row)}
+    text = "\n".join(path.read_text() for path in report.REPORT.glob("*.tex"))
+    quoted = {":".join(m) for m in re.findall(r"\\(?:cmp|verdict)\{([^}]*)\}\{([^}]*)\}\{([^}]*)\}\{([^}]*)\}", text)}
+    assert quoted and quoted <= keys, sorted(quoted - keys)
+
+
+def test_the_readme_quotes_the_mnist_comparisons_of_comparisons_csv():
+    # README, Results: "top-1 of 8 experts loses to the dense network of its total size by 1.81 [1.53, 2.09]
+    # points and to that of its active size by 0.84 [0.53, 1.16]" (5 seeds)
+    table = report.load_comparisons(RESULTS)
+    readme = (PROJECT_DIR.parent / "README.md").read_text()
+    for reference in ("dense-params", "dense-active"):
+        row = table[(table.grid == "moe_vs_dense") & (table.dataset == "mnist") & (table.model == "moe-hard")
+                    & (table.reference == reference)].iloc[0]
+        assert row.verdict == "worse" and row.n == 5
+        quoted = f"{-100 * row.diff_mean:.2f} [{-100 * row.diff_high:.2f}, {-100 * row.diff_low:.2f}]"
+        assert quoted in readme, quoted

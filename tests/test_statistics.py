@@ -98,3 +98,14 @@ def test_the_lr_grid_compares_each_model_at_the_rate_it_does_best_on_validation(
     (row,) = comparisons.comparisons(runs).itertuples()
     assert (row.model, row.reference) == ("moe-hard-lr0.003", "dense-params-lr0.001")   # not the best test rate
     assert row.diff_mean == pytest.approx(0.958 - 0.972)
+
+
+def test_two_references_of_a_grid_are_compared_once():
+    pairs = comparisons.pairs_of("moe_vs_dense", ["moe-hard", "dense-params", "dense-active"])
+    assert pairs == [("moe-hard", "dense-params"), ("dense-active", "dense-params"), ("moe-hard", "dense-active")]
+
+
+def test_capacity_variants_are_compared_with_the_dropless_model_of_their_router():
+    pairs = comparisons.pairs_of("capacity", ["top1-dropless", "top1-cf1-position", "top2-dropless",
+                                              "top2-cf1-position"])
+    assert pairs == [("top1-cf1-position", "top1-dropless"), ("top2-cf1-position", "top2-dropless")]

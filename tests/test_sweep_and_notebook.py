@@ -10,7 +10,7 @@ import pytest
 from synthetic import write_mnist_layout
 
 from moelab.paths import REPO_ROOT
-from moelab.study import grids, logs, references, sharpness, sweep
+from moelab.study import comparisons, grids, logs, references, sharpness, sweep
 from moelab.training import launch
 
 NOTEBOOK = REPO_ROOT / "project_moe" / "experiments.ipynb"
@@ -106,7 +106,9 @@ def fixture_results(root, data_dir):
     assert sharpness.main(["sharpness", *sharp, "--data-dir", str(data_dir), "--samples", "50", "--iters", "5",
                           "--probes", "2", "--points", "5", "--threads", "1", "--out",
                           str(root / "sharpness")]) == 0
-    logs.aggregate(logs.run_table(root)).to_csv(root / "summary.csv", index=False)
+    finished = logs.run_table(root)
+    logs.aggregate(finished).to_csv(root / "summary.csv", index=False)
+    comparisons.comparisons(finished).to_csv(root / "comparisons.csv", index=False)
 
 
 @pytest.mark.slow

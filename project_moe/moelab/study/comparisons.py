@@ -37,6 +37,9 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "lm": ("lm-dense-active", "lm-dense-params"),
     "tabular": ("e{E}-dense-params", "e{E}-dense-active", "ref-logistic", "ref-ridge"),
 }
+# Grids whose references hold per router: a label is compared with the reference of its own
+# router, the part of the label before the first "-" (top1-cf1-position with top1-dropless).
+PER_ROUTER = {"capacity", "capacity_vit", "cosine"}
 # The paired pairs a reference list cannot say: each shape against itself with a shared expert.
 EXTRA_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
     "shared": tuple((f"{shape}-shared", shape) for shape in ("e8-k1-h128", "e32-k4-h32", "e64-k8-h16")),
@@ -64,8 +67,10 @@ def pairs_of(grid: str, labels: list[str]) -> list[tuple[str, str]]:
         for label in labels:
             experts = re.match(r"e(\d+)-", label)
             reference = reference_pattern.format(E=experts.group(1) if experts else "")
-            if reference in labels and label != reference and not (label.startswith("ref-")
-                                                                   and reference.startswith("ref-")):
+            both_references = label.startswith("ref-") and reference.startswith("ref-")
+            other_router = grid in PER_ROUTER and label.split("-")[0] != reference.split("-")[0]
+            if reference in labels and label != reference and not both_references and not other_router \
+                    and (reference, label) not in pairs:     # two references compared once
                 pairs.append((label, reference))
     pairs += [pair for pair in EXTRA_PAIRS.get(grid, ()) if pair[0] in labels and pair[1] in labels]
     return pairs

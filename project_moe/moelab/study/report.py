@@ -27,8 +27,8 @@ import pandas as pd  # noqa: E402
 from ..data.text import KINDS  # noqa: E402
 from ..paths import PROJECT_DIR  # noqa: E402
 from ..training.exits import EXIT_BAD_INPUT  # noqa: E402
-from ..training.run_files import RunFileError, read_json  # noqa: E402
-from . import comparisons, logs, plots, table_plots  # noqa: E402
+from ..training.run_files import RunFileError  # noqa: E402
+from . import comparisons, logs, plots  # noqa: E402
 from .grids import CONVERGENCE_GRIDS  # noqa: E402
 from .report_tables import build_tables  # noqa: E402
 
@@ -36,7 +36,6 @@ REPORT = PROJECT_DIR / "report"
 RESULTS = PROJECT_DIR / "results"
 REPORT_PATCH_RUN = "fashion-mnist-vit-moe-top2-s0"   # the ViT whose patch routing the report shows
 REPORT_LM_RUN = "python-stdlib-lm-top2-e8-s0"      # the language model whose byte-kind routing it shows
-REPORT_TABLE_RUN = "iris-e4-top2-f0-s0"            # the mixture whose gate partition it shows
 REWRITE = "restore it from git, or write it again with the command that made it"   # a damaged table of results/
 
 
@@ -107,12 +106,6 @@ def build_figures(results: Path, summary: pd.DataFrame, metrics: pd.DataFrame, p
         run_dir = next(results.glob(f"runs/*/{run}"))
         figures["patch_routing"] = plots.patch_routing(patches, load_patch_images(run_dir / "test_patch_images.npy"),
                                                        run, n_images=3)
-    predictions = logs.read_all(results, "test_predictions.csv")
-    if not predictions.empty and REPORT_TABLE_RUN in set(predictions.run):
-        config = read_json(next(results.glob(f"runs/*/{REPORT_TABLE_RUN}/config.json")), logs.SET_ASIDE)
-        figures["gate_partition"] = table_plots.gate_partition(predictions, logs.read_all(results, "gate_grid.csv"),
-                                                               REPORT_TABLE_RUN, config["dataset"]["classes"],
-                                                               title=f"{config['config']['dataset']}: top-2 of 4")
     for name, figure in figures.items():
         figure.savefig(out / f"{name}.pdf", bbox_inches="tight")
         plots.plt.close(figure)

@@ -61,13 +61,13 @@ def table_gating(summary: pd.DataFrame) -> str:
         reference = rows[(rows.dataset == datasets[0]) & (rows.label == label)]
         if len(reference):
             first = reference.iloc[0]
-            cells += [f"{first.specialisation_mean:.2f}", f"{first.final_val_load_cv_mean:.2f}",
-                      thousands(first.samples_per_s_mean), str(first.seeds)]
+            # no samples/s: grid runs share the machine with other work (speed: the benchmarks)
+            cells += [f"{first.specialisation_mean:.2f}", f"{first.final_val_load_cv_mean:.2f}", str(first.seeds)]
         else:
-            cells += ["--"] * 4
+            cells += ["--"] * 3
         body.append(cells)
     header = ["router", *[f"{escape(d)} (\\%)" for d in datasets],
-              f"I/H ({escape(datasets[0])})", "load CV", "samples/s", "seeds"]
+              f"I/H ({escape(datasets[0])})", "load CV", "seeds"]
     return tabular(header, body, "l" + "r" * (len(header) - 1))
 
 
@@ -442,10 +442,19 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
                      f"{{{_table_cell(summary[summary.grid == 'tabular'], r.dataset, r.label)}}}")
     lines += comparison_macros(comparisons)
     trained = summary[summary.model != "reference"] if "model" in summary else summary
+    # A configuration several grids list is one run (a linked directory): its rows are equal to the
+    # last digit, so one of each counts.
+    trained = trained.drop_duplicates([c for c in ("dataset", "seeds", "folds", "commit", "test_acc_mean",
+                                                   "test_acc_std", "test_loss_mean", "time_s_mean",
+                                                   "params_total") if c in trained])
     folds = trained.folds.clip(lower=1) if "folds" in trained else 1
     runs = int((trained.seeds * folds).sum())   # a table's runs: seeds x folds
     lines.append(f"\\newcommand{{\\numruns}}{{{runs}}}")
     lines.append(f"\\newcommand{{\\numconfigs}}{{{len(trained)}}}")   # the scikit-learn references are not runs
+    if "commit" in summary:    # the commit that trained most configurations, and how many others have
+        commits = summary.commit.str.split(" ").explode().value_counts()
+        lines.append(f"\\newcommand{{\\reportcommit}}{{{commits.index[0][:7]}}}")
+        lines.append(f"\\newcommand{{\\othercommits}}{{{len(commits) - 1}}}")
     return "\n".join(lines) + "\n"
 
 
@@ -461,16 +470,34 @@ def comparison_text(row) -> str:
     return f"${scale * row.diff_mean:+.{digits}f}$ [${low}$, ${high}$]{unit}, $n={row.n}$"
 
 
+def comparison_keys(row) -> list[str]:
+    """The keys grid:dataset:model:reference under which the text may quote a comparison; in the
+    lr grid also without the rates (lr:mnist:moe-hard:dense-params), as the best rates may move."""
+    keys = [f"{row.grid}:{row.dataset}:{row.model}:{row.reference}"]
+    if row.grid == "lr":
+        keys.append(f"lr:{row.dataset}:{row.model.rsplit('-lr', 1)[0]}:{row.reference.rsplit('-lr', 1)[0]}")
+    return keys
+
+
 def comparison_macros(comparisons: pd.DataFrame | None) -> list[str]:
     """\\cmp{grid}{dataset}{model}{reference}: the paired difference model - reference with its 95 %
     interval (comparison_text); \\verdict: "beats", "ties with" (the interval holds 0) or "loses to",
     so that a sentence's verb is the data's."""
     lines = ["\\newcommand{\\cmp}[4]{\\csname cmp:#1:#2:#3:#4\\endcsname}",
              "\\newcommand{\\verdict}[4]{\\csname verdict:#1:#2:#3:#4\\endcsname}"]
+    lines.append("\\newcommand{\\lrbest}[1]{\\csname lrbest:#1\\endcsname}")
+    best = {}
     for row in (comparisons.itertuples() if comparisons is not None else []):
-        key = f"{row.grid}:{row.dataset}:{row.model}:{row.reference}"
-        lines.append(f"\\expandafter\\def\\csname cmp:{key}\\endcsname{{{comparison_text(row)}}}")
-        lines.append(f"\\expandafter\\def\\csname verdict:{key}\\endcsname{{{VERDICT_WORDS[row.verdict]}}}")
+        if row.grid == "lr":    # each model at its best rate, which the text names by \\lrbest{model}
+            (model, model_rate), (reference, reference_rate) = (label.rsplit("-lr", 1)
+                                                                for label in (row.model, row.reference))
+            best |= {model: model_rate, reference: reference_rate}
+        for key in comparison_keys(row):
+            lines.append(f"\\expandafter\\def\\csname cmp:{key}\\endcsname{{{comparison_text(row)}}}")
+            lines.append(f"\\expandafter\\def\\csname verdict:{key}\\endcsname{{{VERDICT_WORDS[row.verdict]}}}")
+    for model, rate in best.items():
+        mantissa, exponent = f"{float(rate):.0e}".split("e")
+        lines.append(f"\\expandafter\\def\\csname lrbest:{model}\\endcsname{{${mantissa}\\times 10^{{{int(exponent)}}}$}}")
     return lines
 
 

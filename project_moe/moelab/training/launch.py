@@ -70,7 +70,7 @@ def prepare_run_dir(cfg: Config) -> Path:
 
 def check_same_config(cfg: Config, saved: dict) -> None:
     raw = dataclasses.asdict(cfg)   # runs recorded before paths were made portable hold them as given
-    current = portable_config(cfg, PortablePaths(data.resolve_data_dir(cfg.data_dir)))
+    current = portable_config(cfg, PortablePaths.for_run(cfg.run_dir, data.resolve_data_dir(cfg.data_dir)))
     for key, value in saved.items():
         if key in RESUMABLE_DIFFERENCES or key not in current or value in (current[key], raw[key]):
             continue
@@ -163,7 +163,7 @@ def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
                 f"test {len(dataset.test)}{unit}{fold}; device {device}; {cluster.describe()}\n"
                 f"{describe_cost(trainer.cost)}")
     if not cfg.resume and cluster.is_writer:
-        paths = PortablePaths(data.resolve_data_dir(cfg.data_dir))
+        paths = PortablePaths.for_run(run_dir, data.resolve_data_dir(cfg.data_dir))
         write_json(run_dir / "config.json", {"config": portable_config(cfg, paths),
                                              "environment": environment(device, cluster, paths),
                                              "dataset": {"source": paths.portable_sentence(dataset.source),

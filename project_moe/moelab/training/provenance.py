@@ -4,9 +4,10 @@ the same on another machine.
 config.json records the commit of the checkout, whether its code had uncommitted changes (and a
 hash of them, so two dirty runs can be told apart), and the CPU model, because the same code
 rounds differently on another CPU. Paths are written so that a log committed to results/ reads
-the same on every machine: the data directory becomes the name ``<data-dir>`` (give yours with
-``--data-dir`` to run the command again), a path inside the repository becomes relative to the
-project folder, and any other path stays as given.
+the same on every machine: in a run directory inside the repository (results/, which is
+committed), the data directory becomes the name ``<data-dir>`` (give yours with ``--data-dir`` to
+run the command again), a path inside the repository becomes relative to the project folder, and
+any other path stays as given; a run elsewhere records its paths as given.
 """
 from __future__ import annotations
 
@@ -91,16 +92,27 @@ def cpu_family(model: str | None) -> str | None:
 
 
 class PortablePaths:
-    """Rewrites the paths of a run's records (``portable``) and back (``local``)."""
+    """Rewrites the paths of a run's records (``portable``) and back (``local``); with ``enabled``
+    off, ``portable`` keeps every path as given."""
 
-    def __init__(self, data_dir: str | os.PathLike | None, project: Path = PROJECT_DIR, repo: Path = REPO_ROOT):
+    def __init__(self, data_dir: str | os.PathLike | None, project: Path = PROJECT_DIR, repo: Path = REPO_ROOT,
+                 enabled: bool = True):
         self.data_dir = str(Path(data_dir).resolve()) if data_dir else None
         self.project, self.repo = Path(project).resolve(), Path(repo).resolve()
+        self.enabled = enabled
+
+    @classmethod
+    def for_run(cls, run_dir: Path, data_dir, project: Path = PROJECT_DIR, repo: Path = REPO_ROOT) -> "PortablePaths":
+        """Portable paths for a run directory inside the repository (whose logs may be committed,
+        as results/ are); a run elsewhere keeps its paths as given, so that its own commands
+        (analysis.py, sample.py) find its data without --data-dir."""
+        inside = Path(repo).resolve() in Path(run_dir).resolve().parents
+        return cls(data_dir, project, repo, enabled=inside)
 
     def portable(self, text):
         """``text`` with the data directory named and repository paths relative to the project;
         a dataset spec (folder:PATH, csv:PATH, ...) keeps its kind."""
-        if not isinstance(text, str):
+        if not isinstance(text, str) or not self.enabled:
             return text
         for prefix in PATH_PREFIXES:
             if text.startswith(prefix):
@@ -123,7 +135,7 @@ class PortablePaths:
 
     def portable_sentence(self, text: str) -> str:
         """A free text (the dataset's source) with the data directory named."""
-        if self.data_dir and isinstance(text, str):
+        if self.enabled and self.data_dir and isinstance(text, str):
             return text.replace(self.data_dir, DATA_DIR_TOKEN)
         return text
 
