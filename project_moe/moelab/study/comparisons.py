@@ -13,6 +13,7 @@ import re
 
 import pandas as pd
 
+from .grids import split_lr_label
 from .statistics import paired_difference
 
 # grid -> the labels every other configuration of the grid is compared with (a pattern may hold
@@ -101,7 +102,7 @@ def best_learning_rates(runs: pd.DataFrame) -> dict[str, str]:
     """For each model of the ``lr`` grid (label ``<model>-lr<rate>``): the label of the rate with
     the best mean validation accuracy over its seeds (selection never sees the test set)."""
     table = runs[runs.grid == "lr"]
-    table = table.assign(model=table.label.str.rsplit("-lr", n=1).str[0])
+    table = table.assign(model=[split_lr_label(label)[0] for label in table.label])
     means = table.groupby(["model", "label"], sort=False).best_val_acc.mean().reset_index()
     return {model: group.sort_values("best_val_acc", ascending=False, kind="stable").label.iloc[0]
             for model, group in means.groupby("model", sort=False)}

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -15,6 +16,16 @@ from ..training.provenance import DATA_DIR_TOKEN
 from . import logs
 
 SEEDS = (0, 1, 2)
+
+
+@functools.lru_cache(maxsize=None)
+def _computing_settings(dataset: str, fold: int | None, flags: str) -> dict:
+    """The resolved train.py settings of a configuration that change what it computes (the
+    RESUMABLE_DIFFERENCES and the run name left out), for seed 0: parsed once per configuration,
+    whatever the number of seeds (the seed is one setting, set by RunSpec.key)."""
+    argv = RunSpec("", "", json.loads(flags), 0, dataset, fold).argv(DATA_DIR_TOKEN)
+    settings = dataclasses.asdict(parse_args(argv))
+    return {k: v for k, v in settings.items() if k not in RESUMABLE_DIFFERENCES | {"run_name"}}
 
 
 @dataclass
@@ -39,9 +50,8 @@ class RunSpec:
         if self.reference:
             return json.dumps({"reference": self.reference, "dataset": self.dataset, "seed": self.seed,
                                "fold": self.fold, **self.flags}, sort_keys=True)
-        settings = dataclasses.asdict(parse_args(self.argv(DATA_DIR_TOKEN)))
-        return json.dumps({k: v for k, v in settings.items() if k not in RESUMABLE_DIFFERENCES | {"run_name"}},
-                          sort_keys=True)
+        settings = _computing_settings(self.dataset, self.fold, json.dumps(self.flags, sort_keys=True))
+        return json.dumps({**settings, "seed": self.seed}, sort_keys=True)
 
     @property
     def reference(self) -> str | None:
@@ -175,6 +185,12 @@ def grid_lr(grid: str, epochs: int, rates=LR_RATES) -> list[RunSpec]:
               "dense-active-top2": dict(gating="topk", top_k=2, model="dense", dense_match="active")}
     return [RunSpec(grid, f"{name}-lr{lr:g}", dict(MNIST_MOE, epochs=epochs, **flags, lr=lr))
             for name, flags in models.items() for lr in rates]
+
+
+def split_lr_label(label: str) -> tuple[str, str]:
+    """A label of the lr grid as its model and rate: "moe-hard-lr0.003" -> ("moe-hard", "0.003")."""
+    model, rate = label.rsplit("-lr", 1)
+    return model, rate
 
 
 def grid_cnn_experts(grid: str, epochs: int) -> list[RunSpec]:

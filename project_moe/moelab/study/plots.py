@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .grids import split_lr_label
+
 DATASET_ORDER = ["mnist", "fashion-mnist", "cifar10-jpeg"]
 GATING_ORDER = ["soft", "hard", "top2", "noisy-top2", "gumbel-top1", "expert-choice", "expert-choice-2"]
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "font.size": 9, "axes.titlesize": 10,
@@ -513,8 +515,8 @@ def learning_rate_sweep(summary: pd.DataFrame, grid: str = "lr") -> plt.Figure:
     rows = summary[summary.grid == grid]
     if rows.empty:
         return _no_runs("learning-rate sweep")
-    rows = rows.assign(model=rows.label.str.rsplit("-lr", n=1).str[0],
-                       lr=rows.label.str.rsplit("-lr", n=1).str[1].astype(float))
+    model_rate = [split_lr_label(label) for label in rows.label]
+    rows = rows.assign(model=[model for model, _ in model_rate], lr=[float(rate) for _, rate in model_rate])
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), sharey=True)
     for ax, column, title in zip(axes, ("best_val_acc", "test_acc"),
                                  ("best validation accuracy (%)", "test accuracy (%)")):

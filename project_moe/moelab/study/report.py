@@ -121,22 +121,26 @@ def load_patch_images(path: Path) -> np.ndarray:
         raise RunFileError(path, f"not a readable .npy array ({type(error).__name__})", logs.SET_ASIDE) from None
 
 
-def load_summary(results: Path) -> pd.DataFrame:
-    """The aggregation of the logs; it must equal the committed summary.csv."""
-    summary = logs.aggregate(logs.run_table(results))
-    committed = logs.read_csv(results / "summary.csv", "restore it from git, or write it again with "
-                              "python sweep.py --aggregate")
-    pd.testing.assert_frame_equal(summary.reset_index(drop=True), committed, check_dtype=False, atol=1e-12)
-    return committed
-
-
-def load_comparisons(results: Path) -> pd.DataFrame:
-    """The paired comparisons of the logs; they must equal the committed comparisons.csv."""
-    computed = comparisons.comparisons(logs.run_table(results))
-    committed = logs.read_csv(results / "comparisons.csv", "restore it from git, or write it again with "
-                              "python sweep.py --aggregate")
+def _committed(computed: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The committed table of ``sweep.py --aggregate`` at ``path``; it must equal ``computed``, what
+    the logs give today (AssertionError otherwise)."""
+    committed = logs.read_csv(path, "restore it from git, or write it again with python sweep.py --aggregate")
     pd.testing.assert_frame_equal(computed.reset_index(drop=True), committed, check_dtype=False, atol=1e-12)
     return committed
+
+
+def load_summary(results: Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The aggregation of the logs (``runs``: logs.run_table, read here if not given); it must
+    equal the committed summary.csv."""
+    runs = logs.run_table(results) if runs is None else runs
+    return _committed(logs.aggregate(runs), results / "summary.csv")
+
+
+def load_comparisons(results: Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The paired comparisons of the logs (``runs`` as in load_summary); they must equal the
+    committed comparisons.csv."""
+    runs = logs.run_table(results) if runs is None else runs
+    return _committed(comparisons.comparisons(runs), results / "comparisons.csv")
 
 
 def main(argv=None) -> int:
@@ -145,7 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-pdf", action="store_true", help="only figures and tables")
     args = parser.parse_args(argv)
     try:
-        summary = load_summary(args.results)
+        runs = logs.run_table(args.results)    # read once: the summary and the comparisons come from it
+        summary = load_summary(args.results, runs)
         bench, bench_repeat = (load_bench(args.results, name) for name in ("bench_layer.csv", "bench_layer_repeat.csv"))
         (REPORT / "tables").mkdir(parents=True, exist_ok=True)
         samples = logs.read_all(args.results, "test_samples.csv")
@@ -155,7 +160,7 @@ def main(argv=None) -> int:
         for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
                                        patches, bench_repeat, load_sharpness(args.results, "sharpness_cifar"),
                                        metrics, load_vit_step_time(args.results), lm_step_time,
-                                       load_comparisons(args.results)).items():
+                                       load_comparisons(args.results, runs)).items():
             (REPORT / "tables" / f"{name}.tex").write_text(text)
         build_figures(args.results, summary, metrics, patches, REPORT / "figures", lm_step_time)
     except RunFileError as error:

@@ -9,7 +9,15 @@ import pandas as pd
 from ..models.builder import build_model
 from ..training.config import Config
 from . import logs, plots, published
-from .grids import CONVERGENCE_GRIDS, CONVERGENCE_TARGETS, LM_TARGET_BPB, LM_VARIANTS, VIT, split_convergence_label
+from .grids import (
+    CONVERGENCE_GRIDS,
+    CONVERGENCE_TARGETS,
+    LM_TARGET_BPB,
+    LM_VARIANTS,
+    VIT,
+    split_convergence_label,
+    split_lr_label,
+)
 
 
 def pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
@@ -475,7 +483,7 @@ def comparison_keys(row) -> list[str]:
     lr grid also without the rates (lr:mnist:moe-hard:dense-params), as the best rates may move."""
     keys = [f"{row.grid}:{row.dataset}:{row.model}:{row.reference}"]
     if row.grid == "lr":
-        keys.append(f"lr:{row.dataset}:{row.model.rsplit('-lr', 1)[0]}:{row.reference.rsplit('-lr', 1)[0]}")
+        keys.append(f"lr:{row.dataset}:{split_lr_label(row.model)[0]}:{split_lr_label(row.reference)[0]}")
     return keys
 
 
@@ -489,15 +497,14 @@ def comparison_macros(comparisons: pd.DataFrame | None) -> list[str]:
     best = {}
     for row in (comparisons.itertuples() if comparisons is not None else []):
         if row.grid == "lr":    # each model at its best rate, which the text names by \\lrbest{model}
-            (model, model_rate), (reference, reference_rate) = (label.rsplit("-lr", 1)
-                                                                for label in (row.model, row.reference))
-            best |= {model: model_rate, reference: reference_rate}
+            best |= dict(split_lr_label(label) for label in (row.model, row.reference))
         for key in comparison_keys(row):
             lines.append(f"\\expandafter\\def\\csname cmp:{key}\\endcsname{{{comparison_text(row)}}}")
             lines.append(f"\\expandafter\\def\\csname verdict:{key}\\endcsname{{{VERDICT_WORDS[row.verdict]}}}")
     for model, rate in best.items():
         mantissa, exponent = f"{float(rate):.0e}".split("e")
-        lines.append(f"\\expandafter\\def\\csname lrbest:{model}\\endcsname{{${mantissa}\\times 10^{{{int(exponent)}}}$}}")
+        latex = f"${mantissa}\\times 10^{{{int(exponent)}}}$"
+        lines.append(f"\\expandafter\\def\\csname lrbest:{model}\\endcsname{{{latex}}}")
     return lines
 
 

@@ -195,9 +195,9 @@ def dirty_refusal(results: Path, allow_dirty: bool, repo: Path = REPO_ROOT) -> s
     state = code_state(repo)
     if allow_dirty or not state.dirty:
         return None
-    files = ", ".join(state.changed[:3]) + (f" and {len(state.changed) - 3} more" if len(state.changed) > 3 else "")
-    return (f"the code has uncommitted changes ({files}), so no commit would name the code of these runs; commit "
-            f"them and run from a clean worktree (git worktree add), or pass --allow-dirty (recorded in config.json)")
+    return (f"the code has uncommitted changes ({state.changed_files()}), so no commit would name the code of "
+            "these runs; commit them and run from a clean worktree (git worktree add), or pass --allow-dirty "
+            "(recorded in config.json)")
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -32,7 +32,7 @@ from pathlib import Path
 from ..data import resolve_data_dir
 from ..paths import PROJECT_DIR
 from ..training.exits import EXIT_BAD_INPUT
-from ..training.provenance import DATA_DIR_TOKEN, code_state, cpu_family, cpu_model
+from ..training.provenance import DATA_DIR_TOKEN, PortablePaths, code_state, cpu_family, cpu_model
 from ..training.run_files import RunFileError, read_json
 from .grids import GRIDS, RunSpec, runs, shared_runs
 
@@ -72,7 +72,8 @@ def rerun_argv(config: dict, out: Path, data_dir: Path) -> list[str]:
         else:
             kept.append(arg)
     recorded_dir = settings.get("data_dir")
-    local = [arg.replace(DATA_DIR_TOKEN, str(data_dir)) for arg in kept]
+    paths = PortablePaths(data_dir)
+    local = [paths.local(arg) for arg in kept]
     if recorded_dir and DATA_DIR_TOKEN not in recorded_dir:     # a run recorded before paths were portable
         local = [arg.replace(recorded_dir, str(data_dir)) for arg in local]
     device = "cuda" if str(env.get("device", "cpu")).startswith("cuda") else "cpu"
@@ -215,7 +216,7 @@ def verify_grids(grids: list[str], results: Path, data_dir: str | None) -> int:
     """Print one line per grid; 0 when every grid reproduces, 1 otherwise, 2 from a dirty tree."""
     state = code_state()
     if state.dirty:
-        print(f"error: the code has uncommitted changes ({', '.join(state.changed[:3])}): a verification "
+        print(f"error: the code has uncommitted changes ({state.changed_files()}): a verification "
               "checks a commit; commit or stash them, or verify from a clean worktree (git worktree add)",
               file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -251,16 +251,15 @@ def _no_gather(rows: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def sample_routing(model: MoEClassifier, batches, limit: int | None = None, gather=_no_gather,
-                   task=CLASSIFICATION) -> tuple[list[dict], Tensor]:
-    """Routing of the first ``limit`` samples of a split (all of them for None), in the
-    evaluation batches, so that batch-dependent routers see the same batches as in evaluation:
-    one row per sample (its class, prediction, top expert and weight, experts used, gate
-    entropy) and the (N, E) gate weights. ``gather`` concatenates the rows of processes that
-    route shards of the same batches."""
+def sample_routing(model: MoEClassifier, batches, gather=_no_gather, task=CLASSIFICATION) -> dict[str, Tensor]:
+    """Routing of every sample of a split, in the evaluation batches, so that batch-dependent
+    routers see the same batches as in evaluation: (N,) columns ``class``, ``predicted``,
+    ``top1_expert``, ``experts_used`` (long), ``top1_weight``, ``gate_entropy`` (float64), and the
+    (N, E) gate ``weights`` (float32). ``gather`` concatenates the rows of processes that route
+    shards of the same batches."""
     was_training = model.training
     model.eval()
-    tables, count = [], 0
+    tables = []
     for x, y in batches:
         output = model(x)
         weights = output.routing.weights                                       # (n, E)
@@ -268,18 +267,20 @@ def sample_routing(model: MoEClassifier, batches, limit: int | None = None, gath
         columns = torch.stack([task.group_of(y), task.predicted_group(output), top_expert,
                                stats.routed_mask(weights).sum(dim=1)]).t().double()   # (n, 4)
         entropy = stats.gate_entropy(weights)                                  # (n,)
-        table = gather(torch.cat([columns, top_weight.double().unsqueeze(1), entropy.double().unsqueeze(1),
-                                  weights.double()], dim=1)).cpu()             # (N, 6 + E)
-        tables.append(table)
-        count += table.shape[0]
-        if limit is not None and count >= limit:
-            break
+        tables.append(gather(torch.cat([columns, top_weight.double().unsqueeze(1), entropy.double().unsqueeze(1),
+                                        weights.double()], dim=1)).cpu())      # (N, 6 + E)
     model.train(was_training)
-    table = torch.cat(tables)[:limit]
-    rows = [{"index": i, "class": int(label), "predicted": int(predicted), "top1_expert": int(expert),
-             "experts_used": int(used), "top1_weight": weight, "gate_entropy": entropy}
-            for i, (label, predicted, expert, used, weight, entropy) in enumerate(table[:, :6].tolist())]
-    return rows, table[:, 6:].float()
+    table = torch.cat(tables)
+    whole = table[:, :4].long()
+    return {"class": whole[:, 0], "predicted": whole[:, 1], "top1_expert": whole[:, 2], "experts_used": whole[:, 3],
+            "top1_weight": table[:, 4], "gate_entropy": table[:, 5], "weights": table[:, 6:].float()}
+
+
+def sample_rows(routing: dict[str, Tensor], limit: int) -> list[dict]:
+    """The first ``limit`` samples of sample_routing as rows of test_samples.csv (SAMPLES_COLUMNS)."""
+    columns = [name for name in SAMPLES_COLUMNS if name != "index"]
+    values = zip(*(routing[name][:limit].tolist() for name in columns))
+    return [{"index": i, **dict(zip(columns, row))} for i, row in enumerate(values)]
 
 
 @torch.no_grad()

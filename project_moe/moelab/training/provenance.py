@@ -39,6 +39,11 @@ class CodeState:
     diff_sha256: str | None    # hash of those changes; None for a clean tree
     changed: tuple[str, ...] = ()
 
+    def changed_files(self, shown: int = 3) -> str:
+        """The changed files for a one-line message: the first ``shown``, then how many more."""
+        more = len(self.changed) - shown
+        return ", ".join(self.changed[:shown]) + (f" and {more} more" if more > 0 else "")
+
     def as_record(self) -> dict:
         return {"git_commit": self.commit, "git_dirty": self.dirty, "git_diff_sha256": self.diff_sha256}
 

@@ -18,6 +18,7 @@ from .evaluation import (
     SplitResult,
     patch_routing,
     sample_routing,
+    sample_rows,
     text_routing,
 )
 from .exits import EXIT_DIVERGED, EXIT_PEER_FAILED, first_line
@@ -69,15 +70,16 @@ def epoch_line(row: dict, epochs: int, routes: bool) -> str:
             + f"  {row['samples_per_s']:,.0f} samples/s")
 
 
-def compact_gates(rows: list[dict], weights) -> dict[str, np.ndarray]:
+def compact_gates(routing: dict) -> dict[str, np.ndarray]:
     """Every test sample's routing as test_gates.npz stores it (compressed, a few tens of kB where
     the CSV would take hundreds): ``group`` (class, or target bin) and ``predicted`` (int16),
     ``experts_used`` (int16), ``gate_entropy`` (float16, nats) and the gate weights in float16,
     whole (``weights``, N x E) up to GATES_KEPT_WHOLE experts, else each sample's GATES_KEPT_WHOLE
-    largest (``top_weights``) and their experts (``top_experts``)."""
+    largest (``top_weights``) and their experts (``top_experts``). ``routing``: sample_routing's columns."""
     columns = {"group": ("class", np.int16), "predicted": ("predicted", np.int16),
                "experts_used": ("experts_used", np.int16), "gate_entropy": ("gate_entropy", np.float16)}
-    gates = {name: np.array([row[key] for row in rows], dtype=dtype) for name, (key, dtype) in columns.items()}
+    gates = {name: routing[key].numpy().astype(dtype) for name, (key, dtype) in columns.items()}
+    weights = routing["weights"]                                             # (N, E)
     if weights.shape[1] <= GATES_KEPT_WHOLE:
         return {**gates, "weights": weights.numpy().astype(np.float16)}
     top, experts = weights.topk(GATES_KEPT_WHOLE, dim=1)                     # (N, GATES_KEPT_WHOLE)
@@ -96,10 +98,10 @@ class Reporting:
         """The routing of the first test images (MoE) and of their patches (ViT with MoE blocks)."""
         gather = lambda rows: distributed.gather_rows(self.cluster, rows)  # noqa: E731
         if self.is_moe:
-            rows, weights = sample_routing(self.model, self._eval_batches("test"), None, gather, self.task)
-            self.logs.table("test_samples.csv", SAMPLES_COLUMNS, rows[:ROUTED_SAMPLES])
+            routing = sample_routing(self.model, self._eval_batches("test"), gather, self.task)
+            self.logs.table("test_samples.csv", SAMPLES_COLUMNS, sample_rows(routing, ROUTED_SAMPLES))
             if self.cluster.is_writer:
-                gates = compact_gates(rows, weights)
+                gates = compact_gates(routing)
                 atomic_write_bytes(self.run_dir / "test_gates.npz", lambda handle: np.savez_compressed(handle, **gates))
         if isinstance(self.dataset, TableDataset) and self.cluster.is_writer:
             predictions, grid = table_routing(self.model, self.dataset, self.task,
