@@ -153,6 +153,32 @@ def test_lm_table_and_macros_take_steps_to_target_times_the_bench_step_time():
     assert "\\csname lmsteps:dense-active\\endcsname{" in macros
 
 
+def test_every_lm_moe_has_a_dense_model_of_its_total_parameters_within_one_and_a_half_percent():
+    from moelab.models.builder import build_model
+    from moelab.training.config import Config
+
+    def total(name):
+        flags = {k: v for k, v in {**grids.LM_BASE, **grids.LM_VARIANTS[name]}.items() if k != "step_time_rounds"}
+        model = build_model(Config(**flags).model_spec(), (flags["context"],), 256)
+        return sum(p.numel() for p in model.parameters())
+    dense = {name: total(name) for name in ("dense-params", "dense-params-top1")}
+    for moe in ("top2-e8", "top1-e8", "top8-e32", "top4-e32", "lossfree-top2-e8"):
+        assert min(abs(total(moe) / d - 1) for d in dense.values()) < 0.015, moe   # routers: 1 % at E = 32
+
+
+def test_the_lm_step_time_is_what_the_runs_measured_beside_their_dense_model_where_they_did(tmp_path):
+    from moelab.study import report
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "bench_lm_b32.csv").write_text("model,vs_dense_active\ndense_active,1.0\ntop2_e8,0.8\n"
+                                                         "top1_e8,0.9\n")
+    assert report.load_lm_step_time(tmp_path) == {"lm-dense-active": 1.0, "lm-top2-e8": 1.25, "lm-top1-e8": 1 / 0.9}
+    summary = pd.DataFrame({"grid": ["lm", "lm", "lm", "vit"], "label": ["lm-dense-active", "lm-top2-e8", "lm-top1-e8", "x"],
+                            "step_time_vs_dense_active_mean": [0.98, 1.4, float("nan"), 2.0]})
+    ratios = report.load_lm_step_time(tmp_path, summary)
+    assert ratios == {"lm-dense-active": 1.0, "lm-top2-e8": 1.4, "lm-top1-e8": 1 / 0.9}   # the run's own, else the bench
+
+
 def test_lm_macros_average_the_seeds_that_reach_and_say_how_many_and_the_lead_is_over_those():
     from moelab.study import report_tables
 

@@ -100,6 +100,10 @@ def test_a_configuration_listed_by_several_grids_is_one_run():
         assert shared[by_name[alias].key] is hard, alias
     # a default spelled out (linear router scores) is the same configuration; a seed is not
     assert by_name["vit_routers/fashion-mnist-topk-linear-s0"].key == by_name["vit/fashion-mnist-vit-moe-top2-s0"].key
+    # the learning-rate grids' runs at the study's rate are the runs of the grids they sweep
+    assert shared[by_name["lr_vit/fashion-mnist-vit-moe-top2-lr0.001-s0"].key] is by_name["vit/fashion-mnist-vit-moe-top2-s0"]
+    assert shared[by_name["lr_lm/python-stdlib-lm-top2-e8-lr0.002-s1"].key] is by_name["lm/python-stdlib-lm-top2-e8-s1"]
+    assert shared[by_name["lr_lm/python-stdlib-lm-top2-e8-lr0.001-s1"].key].grid == "lr_lm"
     assert by_name["gating/mnist-hard-s1"].key != hard.key
     assert by_name["gating/mnist-soft-s0"].key != hard.key
     # every key of the study is trained once, in the first grid that lists it
@@ -169,7 +173,7 @@ def test_summary_rows_carry_their_commit_and_confidence_interval(tmp_path):
                          "commit": ["abc", "abc", "abd+dirty"], "test_acc": [0.95, 0.96, 0.97]})
     for column in ("test_loss", "best_val_acc", "samples_per_s", "final_val_load_cv", "final_val_dropped",
                    "specialisation", "time_s", "test_bpb", "best_val_bpb", "test_rmse", "test_mae", "test_r2",
-                   "best_val_r2", "model", "gating", "experts", "epochs", "params_total", "params_active",
+                   "best_val_r2", "step_time_vs_dense_active", "model", "gating", "experts", "epochs", "params_total", "params_active",
                    "flops_per_sample"):
         runs[column] = 1.0
     row = logs.aggregate(runs).iloc[0]

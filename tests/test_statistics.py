@@ -100,6 +100,21 @@ def test_the_lr_grid_compares_each_model_at_the_rate_it_does_best_on_validation(
     assert row.diff_mean == pytest.approx(0.958 - 0.972)
 
 
+def test_the_language_model_rate_is_the_one_of_lowest_validation_bits_per_byte():
+    rows = []
+    for label, val, test in [("lm-top2-e8-lr0.001", 1.60, 1.58), ("lm-top2-e8-lr0.002", 1.50, 1.52),
+                             ("lm-dense-active-lr0.002", 1.70, 1.66), ("lm-dense-active-lr0.01", 1.65, 1.64)]:
+        rows += [{"grid": "lr_lm", "dataset": "python-stdlib", "label": label, "seed": seed, "fold": None,
+                  "best_val_bpb": val + 0.001 * seed, "test_bpb": test - 0.002 * seed, "test_acc": 0.5}
+                 for seed in range(3)]
+    runs = pd.DataFrame(rows)
+    assert comparisons.best_learning_rates(runs, "lr_lm") == {"lm-top2-e8": "lm-top2-e8-lr0.002",
+                                                               "lm-dense-active": "lm-dense-active-lr0.01"}
+    (row,) = comparisons.comparisons(runs).itertuples()
+    assert (row.model, row.reference, row.metric) == ("lm-top2-e8-lr0.002", "lm-dense-active-lr0.01", "test_bpb")
+    assert row.diff_mean == pytest.approx(1.52 - 1.64) and row.verdict == "better"   # fewer bits per byte
+
+
 def test_two_references_of_a_grid_are_compared_once():
     pairs = comparisons.pairs_of("moe_vs_dense", ["moe-hard", "dense-params", "dense-active"])
     assert pairs == [("moe-hard", "dense-params"), ("dense-active", "dense-params"), ("moe-hard", "dense-active")]

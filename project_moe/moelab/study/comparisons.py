@@ -13,7 +13,7 @@ import re
 
 import pandas as pd
 
-from .grids import split_lr_label
+from .grids import LR_GRIDS, split_lr_label
 from .statistics import paired_difference
 
 # grid -> the labels every other configuration of the grid is compared with (a pattern may hold
@@ -35,7 +35,7 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "cifar_heads": ("dense",),
     "vit_convergence": ("d6-dense-active", "d6-dense-params"),
     "vit_convergence_deep": ("d12-dense-active", "d12-dense-params"),
-    "lm": ("lm-dense-active", "lm-dense-params"),
+    "lm": ("lm-dense-active", "lm-dense-params", "lm-dense-params-top1"),
     "tabular": ("e{E}-dense-params", "e{E}-dense-active", "ref-logistic", "ref-ridge"),
 }
 # Grids whose references hold per router: a label is compared with the reference of its own
@@ -46,7 +46,7 @@ EXTRA_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
     "shared": tuple((f"{shape}-shared", shape) for shape in ("e8-k1-h128", "e32-k4-h32", "e64-k8-h16")),
 }
 # The score a grid's runs are compared on, and whether larger is better.
-METRICS = {"lm": ("test_bpb", False)}
+METRICS = {"lm": ("test_bpb", False), "lr_lm": ("test_bpb", False)}
 COLUMNS = ["grid", "dataset", "model", "reference", "metric", "n", "diff_mean", "diff_low", "diff_high", "p_value",
            "verdict"]
 
@@ -95,29 +95,33 @@ def compare(runs: pd.DataFrame, grid: str, dataset: str, model: str, reference: 
             "p_value": result.p_value, "verdict": verdict}
 
 
-LR_MODELS = ("moe-hard", "moe-top2")                  # compared with every dense network of the lr grid
+def selection_metric(grid: str) -> tuple[str, bool]:
+    """The validation score that picks a learning rate in ``grid``, and whether larger is better:
+    the lowest validation bits per byte of a language model, else the best validation accuracy."""
+    return ("best_val_bpb", False) if METRICS.get(grid, ("",))[0] == "test_bpb" else ("best_val_acc", True)
 
 
-def best_learning_rates(runs: pd.DataFrame) -> dict[str, str]:
-    """For each model of the ``lr`` grid (label ``<model>-lr<rate>``): the label of the rate with
-    the best mean validation accuracy over its seeds (selection never sees the test set)."""
-    table = runs[runs.grid == "lr"]
+def best_learning_rates(runs: pd.DataFrame, grid: str = "lr") -> dict[str, str]:
+    """For each model of the learning-rate grid ``grid`` (labels ``<model>-lr<rate>``): the label of
+    the rate with the best mean validation score over its seeds (selection never sees the test set)."""
+    table = runs[runs.grid == grid]
     table = table.assign(model=[split_lr_label(label)[0] for label in table.label])
-    means = table.groupby(["model", "label"], sort=False).best_val_acc.mean().reset_index()
-    return {model: group.sort_values("best_val_acc", ascending=False, kind="stable").label.iloc[0]
+    column, larger = selection_metric(grid)
+    means = table.groupby(["model", "label"], sort=False)[column].mean().reset_index()
+    return {model: group.sort_values(column, ascending=not larger, kind="stable").label.iloc[0]
             for model, group in means.groupby("model", sort=False)}
 
 
 def comparisons(runs: pd.DataFrame) -> pd.DataFrame:
-    """Every headline comparison of the completed runs (logs.run_table), one row each; in the lr
-    grid, each MoE at its best rate against each dense network at its own."""
+    """Every headline comparison of the completed runs (logs.run_table), one row each; in a
+    learning-rate grid, each MoE at its best rate against each dense network at its own."""
     rows = []
     for (grid, dataset), table in runs.groupby(["grid", "dataset"], sort=False):
         metric, larger = metric_of(grid, table)
         labels = list(dict.fromkeys(table.label))
         pairs = pairs_of(grid, labels)
-        if grid == "lr":
-            best = best_learning_rates(table)
-            pairs = [(best[m], best[d]) for m in LR_MODELS for d in best if d.startswith("dense") and m in best]
+        if grid in LR_GRIDS:
+            best = best_learning_rates(table, grid)
+            pairs = [(best[m], best[d]) for m in best if "dense" not in m for d in best if "dense" in d]
         rows += [compare(table, grid, dataset, model, reference, metric, larger) for model, reference in pairs]
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -188,7 +188,7 @@ def grid_lr(grid: str, epochs: int, rates=LR_RATES) -> list[RunSpec]:
 
 
 def split_lr_label(label: str) -> tuple[str, str]:
-    """A label of the lr grid as its model and rate: "moe-hard-lr0.003" -> ("moe-hard", "0.003")."""
+    """A label of a learning-rate grid as its model and rate: "moe-hard-lr0.003" -> ("moe-hard", "0.003")."""
     model, rate = label.rsplit("-lr", 1)
     return model, rate
 
@@ -226,6 +226,18 @@ def grid_vit(grid: str, epochs: int) -> list[RunSpec]:
         if dataset == FASHION:
             runs.append(RunSpec(grid, "vit-moe-expert-choice", dict(base, gating="expert-choice"), dataset=dataset))
     return runs
+
+
+VIT_LR_RATES = (3e-4, 1e-3, 3e-3, 1e-2)          # 1.5 decades around the ViT grids' 1e-3
+
+
+def grid_lr_vit(grid: str, epochs: int, rates=VIT_LR_RATES) -> list[RunSpec]:
+    """The learning rate of the Fashion-MNIST ViT with top-2 MoE blocks and of its dense ViT of equal
+    active width (the vit grid's models; their 1e-3 runs are the vit grid's)."""
+    base = dict(VIT, vit_patch=7, epochs=epochs)
+    models = {"vit-moe-top2": {}, "vit-dense-active": dict(model="dense", dense_match="active")}
+    return [RunSpec(grid, f"{name}-lr{lr:g}", dict(base, **flags, lr=lr), dataset=FASHION)
+            for name, flags in models.items() for lr in rates]
 
 
 def grid_sharpness(grid: str, epochs: int) -> list[RunSpec]:
@@ -347,18 +359,24 @@ class Grid:
     convergence: bool = False                     # epochs-to-target table and curves (report, notebook)
     compact: bool = False                         # most runs keep only config, summary and metrics (keeps_every_log)
     verify_epochs: int | None = None              # sweep.py --verify: the whole run (None), or its first N epochs
+    lr_sweep: bool = False                        # labels <model>-lr<rate>: each model compared at its best rate
 
 
 # The one place where the grids are named, in the order a full sweep runs them: cheapest first,
 # so that an interrupted sweep has the most configurations complete.
 # The byte-level language model of the lm grid (docs/text.md): width 128, 4 blocks, MoE in
-# blocks 2 and 4, 32 windows of 128 bytes a step, every MoE of active width 512 (4 x d).
+# blocks 2 and 4, 32 windows of 128 bytes a step, every MoE of active width 512 (4 x d). Each run
+# times its training step beside the dense model of its active width once trained
+# (--step-time-rounds), so that its steps turn into time on the machine that ran it.
 LM_BASE = dict(arch="gpt", dataset="python-stdlib", vit_dim=128, vit_heads=4, vit_depth=4, moe_every=2, context=128,
                batch_size=32, lr=2e-3, lr_schedule="onecycle", warmup_fraction=0.05, val_fraction=0.025,
-               steps_per_epoch=250, balance_coef=0.01)
+               steps_per_epoch=250, balance_coef=0.01, step_time_rounds=5)
 LM_VARIANTS = {
     "dense-active": dict(model="dense", dense_match="active", gating="topk", top_k=2, expert_hidden=256),
+    # The dense models of equal total parameters: MoE slots of width 8 x 256 (top-2 and top-8 of 32,
+    # 1.63 M parameters) and 8 x 512 = 32 x 128 (top-1 of 8 and top-4 of 32, 2.69 M).
     "dense-params": dict(model="dense", dense_match="params", gating="topk", top_k=2, expert_hidden=256),
+    "dense-params-top1": dict(model="dense", dense_match="params", gating="hard", expert_hidden=512),
     "top2-e8": dict(gating="topk", top_k=2, expert_hidden=256),
     "top1-e8": dict(gating="hard", expert_hidden=512),
     # Fine-grained (DeepSeekMoE): each expert of E = 8 cut in four, four times as many chosen.
@@ -378,6 +396,18 @@ def grid_lm(grid: str, epochs: int) -> list[RunSpec]:
     base = {k: v for k, v in LM_BASE.items() if k != "dataset"}
     return [RunSpec(grid, f"lm-{name}", {**base, **flags, "epochs": epochs}, dataset=LM_BASE["dataset"])
             for name, flags in LM_VARIANTS.items()]
+
+
+LM_LR_RATES = (3e-4, 1e-3, 2e-3, 1e-2)           # 1.5 decades around the lm grid's 2e-3
+LM_LR_MODELS = ("dense-active", "dense-params", "top2-e8")
+
+
+def grid_lr_lm(grid: str, epochs: int, rates=LM_LR_RATES) -> list[RunSpec]:
+    """The learning rate of the top-2 language model and of its two dense baselines (the lm grid's
+    models; their 2e-3 runs are the lm grid's)."""
+    base = {k: v for k, v in LM_BASE.items() if k != "dataset"}
+    return [RunSpec(grid, f"lm-{name}-lr{lr:g}", {**base, **LM_VARIANTS[name], "epochs": epochs, "lr": lr},
+                    dataset=LM_BASE["dataset"]) for name in LM_LR_MODELS for lr in rates]
 
 
 # Tables (docs/tables.md): MLP experts of width 32 on the standardised features, 50 epochs of
@@ -429,12 +459,13 @@ GRIDS: dict[str, Grid] = {
     "regularisation": Grid(grid_regularisation, 5),
     "experts": Grid(grid_experts, 5),
     "regularisation_balanced": Grid(grid_regularisation_balanced, 5),
-    "lr": Grid(grid_lr, 5),
+    "lr": Grid(grid_lr, 5, lr_sweep=True),
     "cifar_trunk": Grid(grid_cifar, 5, verify_epochs=1),
     "cnn_experts": Grid(grid_cnn_experts, 5, verify_epochs=1),
     "cosine": Grid(grid_cosine, 5),
     "sharpness": Grid(grid_sharpness, 5, keep_weights=True),
     "vit": Grid(grid_vit, 3, verify_epochs=1),
+    "lr_vit": Grid(grid_lr_vit, 3, verify_epochs=1, lr_sweep=True),
     "balancing": Grid(grid_balancing, 5),
     "capacity": Grid(grid_capacity, 5),
     "shared": Grid(grid_shared, 5),
@@ -445,11 +476,13 @@ GRIDS: dict[str, Grid] = {
     "vit_convergence": Grid(grid_vit_convergence, 15, convergence=True, verify_epochs=1),
     "vit_convergence_deep": Grid(grid_vit_convergence, 15, dict(depth=12), convergence=True, verify_epochs=1),
     "lm": Grid(grid_lm, 8, verify_epochs=1),
+    "lr_lm": Grid(grid_lr_lm, 8, verify_epochs=1, lr_sweep=True),
     "tabular": Grid(grid_tabular, 50, compact=True),
 }
 KEEP_WEIGHTS = {name for name, grid in GRIDS.items() if grid.keep_weights}
 CONVERGENCE_GRIDS = tuple(name for name, grid in GRIDS.items() if grid.convergence)
 COMPACT_GRIDS = {name for name, grid in GRIDS.items() if grid.compact}
+LR_GRIDS = tuple(name for name, grid in GRIDS.items() if grid.lr_sweep)
 DATASET_TAGS = ("mnist", "fashion-mnist", "cifar10-jpeg", "python-stdlib", *TABLE_DATASETS)
 
 

@@ -72,7 +72,10 @@ def run_table(results: Path) -> pd.DataFrame:
                      "final_val_load_cv": metrics["val_load_cv"].iloc[-1],
                      "final_val_dropped": metrics["val_dropped"].iloc[-1] if "val_dropped" in metrics else float("nan"),
                      "specialisation": test_specialisation(run_dir),
-                     "time_s": summary.get("total_time_s", float("nan"))})
+                     "time_s": summary.get("total_time_s", float("nan")),
+                     # --step-time-rounds: its training step over the dense network of its active width,
+                     # measured side by side on the machine that trained it (NaN when not measured)
+                     "step_time_vs_dense_active": _number(summary.get("step_time_vs_dense_active"))})
     return pd.DataFrame(rows)
 
 
@@ -139,7 +142,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     the commits that trained them."""
     numbers = ["test_acc", "test_loss", "best_val_acc", "samples_per_s", "final_val_load_cv", "final_val_dropped",
                "specialisation", "time_s", "test_bpb", "best_val_bpb", "test_rmse", "test_mae", "test_r2",
-               "best_val_r2"]
+               "best_val_r2", "step_time_vs_dense_active"]
     constant = ["model", "gating", "experts", "epochs", "params_total", "params_active", "flops_per_sample"]
     grouped = runs.groupby(["grid", "dataset", "label"], sort=False)
     table = grouped[numbers].agg(["mean", "std"])

@@ -509,27 +509,36 @@ def text_routing(routed: pd.DataFrame, run: str, lines: int = 12, width: int = 6
     return fig
 
 
+LR_TITLES = {"lr": "Learning rate of the MNIST mixture and its dense baselines (5 epochs)",
+             "lr_vit": "Learning rate of the Fashion-MNIST ViT, top-2 MoE blocks and dense (3 epochs)",
+             "lr_lm": "Learning rate of the byte-level language model, top-2 of 8 and dense (2,000 steps)"}
+
+
 def learning_rate_sweep(summary: pd.DataFrame, grid: str = "lr") -> plt.Figure:
-    """Validation accuracy (what selects the rate) and test accuracy against the learning rate,
-    one line per model of the ``lr`` grid (mean ± std over seeds)."""
+    """The validation score that selects the rate and the test score against the learning rate,
+    one line per model of the learning-rate grid ``grid`` (mean ± std over seeds): accuracy in %,
+    or bits per byte for the language model (lower is better)."""
     rows = summary[summary.grid == grid]
     if rows.empty:
-        return _no_runs("learning-rate sweep")
+        return _no_runs(f"learning-rate sweep ({grid})")
     model_rate = [split_lr_label(label) for label in rows.label]
     rows = rows.assign(model=[model for model, _ in model_rate], lr=[float(rate) for _, rate in model_rate])
+    bits = rows.test_acc_mean.isna().all() or rows.test_bpb_mean.notna().any()
+    panels = ((("best_val_bpb", "lowest validation bits per byte"), ("test_bpb", "test bits per byte")) if bits else
+              (("best_val_acc", "best validation accuracy (%)"), ("test_acc", "test accuracy (%)")))
+    scale = 1.0 if bits else 100.0
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), sharey=True)
-    for ax, column, title in zip(axes, ("best_val_acc", "test_acc"),
-                                 ("best validation accuracy (%)", "test accuracy (%)")):
+    for ax, (column, title) in zip(axes, panels):
         for model, table in rows.groupby("model", sort=False):
             table = table.sort_values("lr")
-            ax.errorbar(table.lr, 100 * table[f"{column}_mean"], yerr=100 * table[f"{column}_std"].fillna(0),
+            ax.errorbar(table.lr, scale * table[f"{column}_mean"], yerr=scale * table[f"{column}_std"].fillna(0),
                         marker="o", capsize=3, label=model)
         ax.set_xscale("log")
         ax.set_xlabel("peak learning rate")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Learning rate of the MNIST mixture and its dense baselines (5 epochs)")
+    fig.suptitle(LR_TITLES.get(grid, f"Learning rate ({grid})"))
     fig.tight_layout()
     return fig
 

@@ -50,14 +50,21 @@ def load_vit_step_time(results: Path) -> dict[tuple[int, str], float]:
     return ratios
 
 
-def load_lm_step_time(results: Path, batch: int = 32) -> dict[str, float]:
-    """lm-grid label -> training step time over the dense language model of equal active FLOPs,
-    from the table of ``bench.py train --family lm`` (results/bench/bench_lm_b<batch>.csv, the
-    grid's batch); empty when it was not run."""
+def load_lm_step_time(results: Path, summary: pd.DataFrame | None = None, batch: int = 32) -> dict[str, float]:
+    """lm-grid label -> training step time over the dense language model of equal active FLOPs:
+    the mean over seeds of what each run measured beside that model on the machine that trained
+    it (--step-time-rounds, summary.csv's step_time_vs_dense_active_mean) where the runs recorded
+    it, else from the table of ``bench.py train --family lm`` (results/bench/bench_lm_b<batch>.csv,
+    the grid's batch); empty when neither exists."""
     path = results / "bench" / f"bench_lm_b{batch}.csv"
-    if not path.exists():
-        return {}
-    return {"lm-" + r.model.replace("_", "-"): 1.0 / r.vs_dense_active for r in logs.read_csv(path, REWRITE).itertuples()}
+    ratios = {} if not path.exists() else {
+        "lm-" + r.model.replace("_", "-"): 1.0 / r.vs_dense_active for r in logs.read_csv(path, REWRITE).itertuples()}
+    if summary is not None and "step_time_vs_dense_active_mean" in summary:
+        lm = summary[(summary.grid == "lm") & summary.step_time_vs_dense_active_mean.notna()]
+        ratios.update(zip(lm.label, lm.step_time_vs_dense_active_mean))
+        if len(lm) and "lm-dense-active" in ratios:
+            ratios["lm-dense-active"] = 1.0   # the reference by definition (its own measure is the noise floor)
+    return ratios
 
 
 def load_train_bench(results: Path) -> dict[int, pd.DataFrame]:
@@ -156,7 +163,7 @@ def main(argv=None) -> int:
         samples = logs.read_all(args.results, "test_samples.csv")
         sharpness = load_sharpness(args.results)
         patches, metrics = logs.read_all(args.results, "test_patches.csv"), logs.read_all(args.results, "metrics.csv")
-        lm_step_time = load_lm_step_time(args.results)
+        lm_step_time = load_lm_step_time(args.results, summary)
         for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
                                        patches, bench_repeat, load_sharpness(args.results, "sharpness_cifar"),
                                        metrics, load_vit_step_time(args.results), lm_step_time,

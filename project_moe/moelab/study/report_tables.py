@@ -14,6 +14,7 @@ from .grids import (
     CONVERGENCE_TARGETS,
     LM_TARGET_BPB,
     LM_VARIANTS,
+    LR_GRIDS,
     VIT,
     split_convergence_label,
     split_lr_label,
@@ -480,10 +481,11 @@ def comparison_text(row) -> str:
 
 def comparison_keys(row) -> list[str]:
     """The keys grid:dataset:model:reference under which the text may quote a comparison; in the
-    lr grid also without the rates (lr:mnist:moe-hard:dense-params), as the best rates may move."""
+    learning-rate grid also without the rates (lr:mnist:moe-hard:dense-params), as the best rates
+    may move."""
     keys = [f"{row.grid}:{row.dataset}:{row.model}:{row.reference}"]
-    if row.grid == "lr":
-        keys.append(f"lr:{row.dataset}:{split_lr_label(row.model)[0]}:{split_lr_label(row.reference)[0]}")
+    if row.grid in LR_GRIDS:
+        keys.append(f"{row.grid}:{row.dataset}:{split_lr_label(row.model)[0]}:{split_lr_label(row.reference)[0]}")
     return keys
 
 
@@ -496,7 +498,7 @@ def comparison_macros(comparisons: pd.DataFrame | None) -> list[str]:
     lines.append("\\newcommand{\\lrbest}[1]{\\csname lrbest:#1\\endcsname}")
     best = {}
     for row in (comparisons.itertuples() if comparisons is not None else []):
-        if row.grid == "lr":    # each model at its best rate, which the text names by \\lrbest{model}
+        if row.grid in LR_GRIDS:    # each model at its best rate, which the text names by \\lrbest{model}
             best |= dict(split_lr_label(label) for label in (row.model, row.reference))
         for key in comparison_keys(row):
             lines.append(f"\\expandafter\\def\\csname cmp:{key}\\endcsname{{{comparison_text(row)}}}")

@@ -42,7 +42,7 @@ DIST_BACKEND_CHOICES = ("auto", "gloo", "nccl")
 # Settings that may change between a run and its resumption without changing its results; a
 # configuration (study/grids.py, run_key) is the same run whatever they say.
 RESUMABLE_DIFFERENCES = {"resume", "overwrite", "device", "threads", "data_dir", "out", "log_every", "expert_dispatch",
-                         "compile", "channels_last", "expert_parallel", "dist_backend", "dist_timeout"}
+                         "compile", "step_time_rounds", "channels_last", "expert_parallel", "dist_backend", "dist_timeout"}
 
 
 class ConfigError(ValueError):
@@ -188,6 +188,9 @@ class Config:
                                 type=str)
     log_every: int = _opt(40, "write each expert's loss and load on the training batch to experts.csv every N "
                               "steps (0 = off; 40: 52 points in 5 epochs of MNIST)")
+    step_time_rounds: int = _opt(0, "after training, time this run's training step against the dense network of "
+                                    "its active width, side by side in N interleaved rounds, and record the ratio "
+                                    "in summary.json (0 = off)")
     train_eval_size: int = _opt(5000, "training samples re-evaluated each epoch for per-expert statistics")
     resume: bool = _opt(False, "continue the run in --out/--run-name from its last checkpoint")
     overwrite: bool = _opt(False, "delete an existing run directory of the same name first")
@@ -307,6 +310,7 @@ def validate(cfg: Config) -> None:
     need(0 <= cfg.val_fraction < 1, f"--val-fraction must be in [0, 1) (got {cfg.val_fraction})")
     need(0 <= cfg.dropout < 1, f"--dropout must be in [0, 1) (got {cfg.dropout})")
     need(cfg.log_every >= 0, f"--log-every must be >= 0 (got {cfg.log_every})")
+    need(cfg.step_time_rounds >= 0, f"--step-time-rounds must be >= 0 (got {cfg.step_time_rounds})")
     need(cfg.train_eval_size >= 0, f"--train-eval-size must be >= 0 (got {cfg.train_eval_size})")
     need(cfg.image_size is None or cfg.image_size >= 1, f"--image-size must be >= 1 (got {cfg.image_size})")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1 (got {cfg.threads})")

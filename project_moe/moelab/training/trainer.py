@@ -2,6 +2,7 @@
 logs of the run directory (schema in docs/run-files.md)."""
 from __future__ import annotations
 
+import itertools
 import math
 import signal
 import sys
@@ -40,6 +41,7 @@ from .step import (
     make_optimizer,
     train_step,
 )
+from .step_timing import STEPS_PER_ROUND, step_time_ratio
 from .tasks import task_for
 
 # The split name of the test set's per-epoch rows in experts.csv and routing.csv (the weights of
@@ -243,7 +245,7 @@ class Trainer(Checkpointing, Reporting):
         self.load_best()
         test = self._evaluate_split("test", self.best_epoch)
         self.write_test_tables()
-        self.write_summary("completed", test=test)
+        self.write_summary("completed", test=test, extra=self.time_step() if self.cfg.step_time_rounds else None)
         bits = f" ({test.loss / math.log(2):.4f} bits/byte)" if self.language else ""
         if self.task.name == "regression":
             self.say(f"test loss {test.loss:.4f} rmse {test.rmse:.4g} mae {test.mae:.4g} r2 {test.r2:.4f} (weights of "
@@ -251,6 +253,20 @@ class Trainer(Checkpointing, Reporting):
             return
         self.say(f"test loss {test.loss:.4f}{bits} acc {test.acc:.4f} (weights of epoch {self.best_epoch}, "
                  f"best val acc {self.best_val_acc:.4f}); logs in {self.run_dir}")
+
+    def time_step(self) -> dict:
+        """--step-time-rounds: this model's training step against the dense network of its active
+        width, measured here (step_timing.py); the ratio goes into summary.json."""
+        if self.cluster.is_distributed:
+            self.say("--step-time-rounds: not measured under torchrun (each process would time its share)")
+            return {}
+        batches = list(itertools.islice(self.train_loader.iter_epoch(0), STEPS_PER_ROUND + 1))
+        timing = step_time_ratio(self.model, self.cfg, self.task, self.dataset.in_shape, batches, self.device,
+                                 self.cfg.step_time_rounds)
+        self.say(f"training step {timing['step_time_vs_dense_active']:.3f}x the dense network of its active width "
+                 f"(rounds {timing['step_time_vs_dense_active_min']:.3f} to {timing['step_time_vs_dense_active_max']:.3f}, "
+                 f"{timing['step_time_steps']} steps x {timing['step_time_rounds']} rounds, side by side)")
+        return timing
 
 
 def evaluation_loaders(cfg: Config, dataset, device: torch.device) -> dict:
