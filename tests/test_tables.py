@@ -340,6 +340,27 @@ def test_a_regression_trains_through_the_cli_and_logs_its_errors(tmp_path, combi
     assert routing[routing.split == "test"]["top1"].sum() == len(predictions)
 
 
+def test_tune_chooses_the_learning_rate_and_weight_decay_on_the_validation_rows_and_trains_with_them(tmp_path):
+    from moelab.training import tuning
+
+    assert cli(tmp_path, "--dataset", "iris", "--experts", "2", "--gating", "topk", "--epochs", "4",
+               "--expert-hidden", "8", "--tune") == 0
+    run = tmp_path / "runs" / "r"
+    tried = pd.read_csv(run / "tuning.csv")
+    assert len(tried) == len(tuning.candidates()) == 9 and tried.chosen.sum() == 1
+    chosen = tried[tried.chosen == 1].iloc[0]
+    best = tried.sort_values(["best_val_score", "val_loss_at_best"], ascending=[False, True], kind="stable").iloc[0]
+    assert (chosen.lr, chosen.weight_decay) == (best.lr, best.weight_decay)
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert (config["lr"], config["weight_decay"], config["tune"]) == (chosen.lr, chosen.weight_decay, True)
+    summary = json.loads((run / "summary.json").read_text())
+    # the run is the chosen candidate trained again: same seed, same rows, same numbers
+    assert summary["best_val_acc"] == pytest.approx(chosen.best_val_score, abs=1e-7)
+    assert summary["best_epoch"] == chosen.best_epoch
+    assert not (run / tuning.SCRATCH).exists()
+    assert cli(tmp_path, "--dataset", "mnist", "--tune", "--run-name", "m") == 2
+
+
 # ----------------------------------------------------------------------------- the grid and its references
 
 def test_references_score_the_same_folds_as_the_mixtures_and_aggregate_over_folds(tmp_path):
@@ -352,8 +373,17 @@ def test_references_score_the_same_folds_as_the_mixtures_and_aggregate_over_fold
     for run in runs:
         assert sweep.execute(run, tmp_path, None, "cpu", 1).status == "done"
     fold = data.load_dataset("iris", "/nonexistent", val_fraction=0.15, seed=1, table=tables.TableOptions(fold=1))
-    direct = LogisticRegression(max_iter=5000).fit(fold.train.features.numpy(), fold.train.targets.numpy())
-    accuracy = (direct.predict(fold.test.features.numpy()) == fold.test.targets.numpy()).mean()
+    x = {split: getattr(fold, split).features.numpy() for split in ("train", "val", "test")}
+    y = {split: getattr(fold, split).targets.numpy() for split in x}
+    # tuned on the validation rows: the C of the best validation accuracy, ties to the lower log-loss
+    fits = {c["C"]: LogisticRegression(max_iter=5000, C=c["C"]).fit(x["train"], y["train"])
+            for c in references.TUNE_GRID["logistic"]}
+    val = {c: ((m.predict(x["val"]) == y["val"]).mean(),
+               -np.log(m.predict_proba(x["val"])[np.arange(len(y["val"])), y["val"]]).mean()) for c, m in fits.items()}
+    best = min(val, key=lambda c: (-val[c][0], val[c][1]))
+    recorded = json.loads((tmp_path / "runs" / "tabular" / runs[-1].name / "config.json").read_text())
+    assert recorded["tuned"]["chosen"] == {"C": best} and recorded["config"]["tune"] is True
+    accuracy = (fits[best].predict(x["test"]) == y["test"]).mean()
     table = logs.run_table(tmp_path)
     row = table[(table.seed == 1) & (table.fold == 1)].iloc[0]
     assert row.test_acc == pytest.approx(accuracy) and row.model == "reference" and row.label == "ref-logistic"
@@ -371,6 +401,6 @@ def test_a_compact_run_keeps_config_summary_and_metrics(tmp_path):
     assert not grids.keeps_every_log(run)
     assert sweep.execute(run, tmp_path, None, "cpu", 1).status == "done"
     kept = sorted(p.name for p in (tmp_path / "runs" / "tabular" / run.name).iterdir())
-    assert kept == ["config.json", "metrics.csv", "summary.json"]
+    assert kept == ["config.json", "metrics.csv", "summary.json", "tuning.csv"]
     shown = next(r for r in grids.runs("tabular", 1, datasets=("iris",)) if r.label == "e4-top2" and r.fold == 0)
     assert grids.keeps_every_log(shown)

@@ -414,7 +414,9 @@ def grid_lr_lm(grid: str, epochs: int, rates=LM_LR_RATES) -> list[RunSpec]:
 # batches of 16, each configuration on every fold of 5-fold cross-validation.
 TABLE_DATASETS = ("iris", "wine", "breast-cancer", "diabetes")
 TABLE_FOLDS = 5
-TABLE_BASE = dict(expert_hidden=32, balance_coef=0.01, folds=TABLE_FOLDS, val_fraction=0.15, log_every=0)
+# Every network and reference chooses its learning rate and weight decay (a reference: its
+# regularisation) on the validation rows of the training folds, a fixed inner split (--tune).
+TABLE_BASE = dict(expert_hidden=32, balance_coef=0.01, folds=TABLE_FOLDS, val_fraction=0.15, log_every=0, tune=True)
 TABLE_ROUTERS = {"soft": dict(gating="soft"), "top1": dict(gating="hard"), "top2": dict(gating="topk", top_k=2)}
 # The two ways to train a regression mixture (tasks.py): the squared error of the combined mean,
 # and the mixture likelihood of Jacobs et al. (1991) with a variance per expert.
@@ -441,7 +443,8 @@ def grid_tabular(grid: str, epochs: int, datasets=TABLE_DATASETS, counts=(2, 4, 
                 configs[f"e{experts}-dense-{match}"] = dict(base, experts=experts, gating="hard", model="dense",
                                                             dense_match=match)
         for name in TABLE_REFERENCES["regression" if regression else "classification"]:
-            configs[f"ref-{name}"] = dict(reference=name, folds=TABLE_FOLDS, val_fraction=TABLE_BASE["val_fraction"])
+            configs[f"ref-{name}"] = dict(reference=name, folds=TABLE_FOLDS, val_fraction=TABLE_BASE["val_fraction"],
+                                          tune=True)
         runs += [RunSpec(grid, label, flags, dataset=dataset, fold=fold)
                  for label, flags in configs.items() for fold in range(TABLE_FOLDS)]
     return runs

@@ -76,7 +76,7 @@ def execute(run: RunSpec, results: Path, data_dir: str | None, device: str, thre
         _drop_weights_and_log(run_dir, log_path, keep, _compact(run))   # left behind if the sweep was killed
         return Outcome(run, "skipped")
     if run.reference:
-        return _fit_reference(run, run_dir)
+        return _fit_reference(run, run_dir, threads)
     argv = [sys.executable, str(PROJECT_DIR / "train.py"), *run.argv(data_dir), "--out", str(out), "--run-name", run.name,
             "--device", device]
     if data_dir:
@@ -104,18 +104,22 @@ def _compact(run: RunSpec) -> bool:
     return run.grid in COMPACT_GRIDS and not keeps_every_log(run)
 
 
-def _fit_reference(run: RunSpec, run_dir: Path) -> Outcome:
+def _fit_reference(run: RunSpec, run_dir: Path, threads: int | None = None) -> Outcome:
     begin = time.perf_counter()
     flags = run.flags
     try:
-        references.write_reference_run(run_dir, run.reference, run.dataset, run.seed, run.fold, flags["folds"],
-                                       flags["val_fraction"])
+        from threadpoolctl import threadpool_limits   # scikit-learn's: its OpenMP and BLAS threads
+        # As many threads as a train.py run gets: gradient boosting's OpenMP threads spin-wait, and
+        # beside other processes more threads than cores take 20 times as long.
+        with threadpool_limits(limits=threads):
+            references.write_reference_run(run_dir, run.reference, run.dataset, run.seed, run.fold, flags["folds"],
+                                           flags["val_fraction"], flags.get("tune", False))
     except (ValueError, ImportError) as error:
         return Outcome(run, "failed", time.perf_counter() - begin, f"error: {error}")
     return Outcome(run, "done", time.perf_counter() - begin)
 
 
-COMPACT_KEEPS = ("config.json", "summary.json", "metrics.csv")
+COMPACT_KEEPS = ("config.json", "summary.json", "metrics.csv", "tuning.csv")
 
 
 def _drop_weights_and_log(run_dir: Path, log_path: Path, keep_model: bool = False, compact: bool = False) -> None:

@@ -74,6 +74,9 @@ class Config:
     folds: int = _opt(TableOptions.folds, "tables: K of K-fold cross-validation (stratified for classification); "
                                           "fold --fold is the test split, the others train (with --val-fraction of "
                                           "them held out for validation)")
+    tune: bool = _opt(False, "tables: choose --lr and --weight-decay among 3 x 3 values (tuning.py) on the "
+                             "validation rows of the training folds, a fixed inner split that never sees the test "
+                             "fold, then train with them (tuning.csv; the epochs: the best validation epoch's)")
     fold: int = _opt(TableOptions.fold, "tables: which fold is the test split (0 .. --folds - 1; sweep.py runs them "
                                         "all)")
     impute: str = _opt(TableOptions.impute, "tables: refuse missing feature values (none), or fill them with the "
@@ -364,6 +367,9 @@ def validate(cfg: Config) -> None:
     need(not cfg.expert_variance or cfg.model == "dense" or cfg.combine == "probs",
          "--expert-variance trains each expert's variance through the mixture likelihood: add --combine probs "
          "(with --combine logits the squared error has no variance)")
+    need(not cfg.tune or table, f"--tune chooses the learning rate on a table's validation rows; {cfg.dataset} is not "
+                                "a table: drop --tune (for other datasets, sweep.py's lr grids)")
+    need(not cfg.tune or cfg.val_fraction > 0, "--tune chooses on the validation rows: give --val-fraction > 0")
     need(not (table and cfg.tta_flip), "--tta-flip mirrors images; a table has none: drop --tta-flip")
     need(not (cfg.trunk != "none" and cfg.expert_type == "cnn"),
          f"--trunk {cfg.trunk} feeds features, not images, to the experts: use --expert-type mlp with it")

@@ -20,6 +20,7 @@ from .. import data, distributed
 from ..distributed import Cluster
 from ..models.builder import describe_cost
 from ..models.vit import check_vit_fits
+from . import tuning
 from .config import RESUMABLE_DIFFERENCES, Config, ConfigError, parse_args, validate
 from .device import resolve_device
 from .exits import EXIT_BAD_INPUT, EXIT_PEER_FAILED
@@ -123,6 +124,21 @@ def table_facts(dataset) -> dict:
                                                        for split in ("train", "val", "test")}}
 
 
+def _train_candidate(cfg: Config, run_dir: Path, dataset, device: torch.device) -> int:
+    return Trainer(cfg, run_dir, dataset, device).run(resume=False)
+
+
+def tuned_settings(cfg: Config, run_dir: Path, dataset, device: torch.device) -> dict[str, float]:
+    """--tune: the settings chosen on the validation rows (tuning.py); a resumed run keeps those
+    it chose when it started (its tuning.csv)."""
+    chosen = tuning.chosen_before(run_dir) if cfg.resume else None
+    if chosen is None:
+        chosen = tuning.choose(cfg, run_dir, dataset, device, _train_candidate)
+    print(f"--tune: chose --lr {chosen['lr']:g} --weight-decay {chosen['weight_decay']:g} on the validation rows "
+          f"({len(tuning.candidates())} candidates, {run_dir / 'tuning.csv'})")
+    return chosen
+
+
 def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
     try:
         run_dir = distributed.on_writer(cluster, lambda: prepare_run_dir(cfg), BAD_INPUT)
@@ -155,6 +171,8 @@ def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier(cluster)
+    if cfg.tune:              # a table, one process: the learning rate and weight decay of the run
+        cfg = dataclasses.replace(cfg, **tuned_settings(cfg, run_dir, dataset, device))
     trainer = Trainer(cfg, run_dir, dataset, device, cluster)
     table = isinstance(dataset, data.TableDataset)
     unit = " bytes" if trainer.language else " rows" if table else ""
