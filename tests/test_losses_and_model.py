@@ -6,6 +6,7 @@ import torch
 
 from moelab import stats
 from moelab.layers import aux_losses
+from moelab.layers.routers import build_router
 from moelab.models.builder import build_model
 from moelab.models.classifier import count_params, moe_param_counts
 from moelab.models.cost import model_cost
@@ -50,6 +51,43 @@ def test_switch_balance_loss_is_one_when_uniform_and_e_when_collapsed(num_expert
     collapsed[:, 0] = 1.0
     one_expert = torch.bincount(torch.zeros(n, dtype=torch.long), minlength=num_experts)
     assert aux_losses.switch_balance_loss(collapsed, one_expert).item() == pytest.approx(num_experts)
+
+
+def mixtral_load_balancing_loss(logits: torch.Tensor, num_experts: int, top_k: int) -> torch.Tensor:
+    """Hugging Face Mixtral's ``load_balancing_loss_func`` for one layer, no attention mask, written
+    from its definition: E * sum_e (tokens_per_expert * router_prob_per_expert), where
+    tokens_per_expert is the mean over tokens of the one-hot top-k mask (k, E), summed over k."""
+    probs = logits.softmax(dim=-1)                                                    # (N, E)
+    selected = probs.topk(top_k, dim=-1).indices                                      # (N, k)
+    tokens_per_expert = torch.nn.functional.one_hot(selected, num_experts).float().mean(dim=0)  # (k, E)
+    return num_experts * (tokens_per_expert * probs.mean(dim=0).unsqueeze(0)).sum()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_switch_balance_loss_times_k_is_mixtrals_loss(k):
+    """Counts over the N k assignments, not the N tokens: Mixtral's loss is k times ours, so
+    Mixtral's router_aux_loss_coef c is --balance-coef c k (docs/models.md)."""
+    torch.manual_seed(k)
+    num_experts = 8
+    logits = torch.randn(64, num_experts) * 2
+    probs = logits.softmax(dim=-1)
+    counts = torch.bincount(probs.topk(k, dim=-1).indices.flatten(), minlength=num_experts)
+    ours = aux_losses.switch_balance_loss(probs, counts)
+    assert (k * ours).item() == pytest.approx(mixtral_load_balancing_loss(logits, num_experts, k).item(), rel=1e-6)
+    # the same through a router's training step, which counts its own assignments
+    router = build_router("hard" if k == 1 else "topk", 16, num_experts, top_k=k).train()
+    routing = router(torch.randn(64, 16))
+    assert (k * routing.aux["balance"]).item() == pytest.approx(
+        mixtral_load_balancing_loss(routing.logits, num_experts, k).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_switch_balance_loss_is_e_over_k_when_every_sample_picks_the_same_k_experts(k):
+    num_experts, n = 8, 32
+    probs = torch.zeros(n, num_experts)
+    probs[:, :k] = 1.0 / k
+    counts = torch.bincount(torch.arange(k).repeat(n), minlength=num_experts)          # N k assignments
+    assert aux_losses.switch_balance_loss(probs, counts).item() == pytest.approx(num_experts / k)
 
 
 def test_cv_squared_and_importance_load():
@@ -129,8 +167,8 @@ def test_flops_follow_active_experts():
 @pytest.mark.parametrize("arch", ["mixture", "vit"])
 def test_shared_experts_count_as_active_and_the_dense_baselines_match_them(arch):
     from moelab.training.config import Config
-    base = dict(arch=arch, experts=4, gating="topk", top_k=2, expert_hidden=16, vit_dim=24, vit_heads=2,
-                vit_depth=2, moe_every=1, vit_patch=7)
+    base = {"arch": arch, "experts": 4, "gating": "topk", "top_k": 2, "expert_hidden": 16, "vit_dim": 24,
+            "vit_heads": 2, "vit_depth": 2, "moe_every": 1, "vit_patch": 7}
     plain = Config(**base).model_spec()
     shared = Config(**base, shared_experts=1).model_spec()
     cost = (lambda spec: (model_cost if arch == "mixture" else vit_cost)(build_model(spec, (1, 28, 28), 10),

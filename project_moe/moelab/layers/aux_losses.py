@@ -1,11 +1,12 @@
 """Auxiliary routing losses, as pure functions of the router's outputs.
 
-Legend: N samples, E experts, M assignments (sample, expert) pairs.
+Legend: N samples, E experts, k experts per sample (token choice), M assignments (sample, expert) pairs.
 
 Every function returns an *unweighted* scalar; the training loop multiplies each by
 its own coefficient (``--balance-coef``, ``--cv-coef``, ``--z-coef``, ``--entropy-coef``,
 ``--kl-uniform-coef``, ``--centroid-coef``). Values are chosen so that they are easy to read in logs:
-the Switch loss is 1 for perfectly uniform routing and E for full collapse.
+the Switch loss is 1 for perfectly uniform routing and E/k when every sample goes to the same k
+experts (E for top-1 collapse).
 """
 from __future__ import annotations
 
@@ -26,8 +27,13 @@ def switch_balance_loss(probs: Tensor, counts: Tensor) -> Tensor:
 
     f_i: fraction of the M assignments dispatched to expert i (not differentiable);
     P_i: mean router probability of expert i over the N samples (differentiable).
-    For top-k routing every selected (sample, expert) pair is one assignment, so that
-    L = 1 for uniform routing and L = E when every sample goes to one expert.
+    For top-k routing every selected (sample, expert) pair is one assignment, so M = N k and
+    f_i = counts_i / (N k) <= 1/k: L = 1 for uniform routing and at most E/k, reached when every
+    sample goes to the same k experts and all router probability lies on them (E at top-1).
+    Hugging Face Mixtral's ``load_balancing_loss_func`` divides the counts by N instead, so its
+    loss is k times this one (equal at top-1, twice at top-2): a Mixtral ``router_aux_loss_coef``
+    c is ``--balance-coef`` c k here. Under expert choice every expert takes C samples, f_i = 1/E
+    and L = sum_i P_i = 1 whatever the router (no gradient).
 
     probs: (N, E) router softmax; counts: (E,) assignments dispatched to each expert.
     """

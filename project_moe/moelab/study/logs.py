@@ -7,14 +7,16 @@ run, so that runs can be grouped by configuration (label) across seeds.
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from .. import stats
 from ..training.evaluation import PATCH_COLUMNS, SAMPLES_COLUMNS
-from ..training.run_files import read_config, read_json, read_log
+from ..training.run_files import RunFileError, read_config, read_json, read_log
 from ..training.run_logs import LOG_COLUMNS
 from . import statistics
 
@@ -106,6 +108,51 @@ def read_all(results: Path, filename: str) -> pd.DataFrame:
                 frame.insert(0, key, value)
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+IDENTITY = ("grid", "dataset", "label", "seed", "fold", "run")    # run_identity's keys
+GATE_ARRAYS = ("group", "predicted", "experts_used", "gate_entropy", "weights")
+
+
+def read_test_gates(results: Path, grid: str, dataset: str | None = None) -> pd.DataFrame:
+    """The test_gates.npz of every completed run of ``grid`` (of ``dataset`` only, when given): one
+    row per run, the identity columns then one array per cell: ``group``, ``predicted``,
+    ``experts_used`` (N,), ``gate_entropy`` (N,; nats) and ``weights`` (N, E) float32. A run of
+    more than 16 experts stored each sample's 16 largest weights only: its other weights read 0.
+    Runs without the file (dense, or made before it existed) are left out."""
+    rows = []
+    for run_dir in completed_runs(results):
+        path = run_dir / "test_gates.npz"
+        if run_dir.parent.name != grid or not path.exists():
+            continue
+        identity = run_identity(run_dir)
+        if dataset is not None and identity["dataset"] != dataset:
+            continue
+        arrays = _read_npz(path)
+        experts = read_config(run_dir / "config.json", SET_ASIDE)["experts"]
+        rows.append({**identity, **{name: arrays[name] for name in GATE_ARRAYS[:-1]},
+                     "weights": _dense_weights(arrays, experts)})
+    return pd.DataFrame(rows, columns=[*IDENTITY, *GATE_ARRAYS])   # the columns even when no run has the file
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file; RunFileError if it is damaged (a cut-off copy is not a zip)."""
+    try:
+        with np.load(path) as stored:
+            return {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise RunFileError(path, f"not a readable .npz ({type(error).__name__})", SET_ASIDE) from None
+
+
+def _dense_weights(stored: dict[str, np.ndarray], experts: int) -> np.ndarray:
+    """(N, E) float32 gate weights from test_gates.npz: ``weights`` as is, or ``top_weights``
+    scattered back to the columns ``top_experts`` names (zeros elsewhere)."""
+    if "weights" in stored:
+        return stored["weights"].astype(np.float32)
+    top, chosen = stored["top_weights"], stored["top_experts"].astype(np.int64)   # (N, 16) each
+    weights = np.zeros((top.shape[0], experts), dtype=np.float32)                  # (N, E)
+    np.put_along_axis(weights, chosen, top.astype(np.float32), axis=1)
+    return weights
 
 
 def read_csv(path: Path, fix: str = SET_ASIDE) -> pd.DataFrame:

@@ -571,3 +571,82 @@ def regularisers_on_balanced(summary: pd.DataFrame, grid: str = "regularisation_
     fig.suptitle("Regularisers on a top-1 MoE balanced by the Switch loss (MNIST, mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# The study's question, one row per MoE: (row text, grid, dataset, MoE label, dense reference of equal
+# total parameters, dense reference of equal active parameters); None where the grid has no such model.
+WHERE_MOE_PAYS = (
+    ("MNIST, top-1 of 8 MLPs", "moe_vs_dense", "mnist", "moe-hard", "dense-params", "dense-active"),
+    ("MNIST, top-2 of 8 MLPs", "moe_vs_dense", "mnist", "moe-top2", "dense-params", "dense-active-top2"),
+    ("Fashion-MNIST, top-1", "moe_vs_dense", "fashion-mnist", "moe-hard", "dense-params", "dense-active"),
+    ("Fashion-MNIST, top-2", "moe_vs_dense", "fashion-mnist", "moe-top2", "dense-params", "dense-active-top2"),
+    ("MNIST, top-1 of 8 CNNs", "cnn_experts", "mnist", "moe-hard-cnn", "dense-params-cnn", None),
+    ("CIFAR-10 conv trunk, top-1 head", "cifar_trunk", "cifar10-jpeg", "moe-hard", "dense-params", "dense-active"),
+    ("CIFAR-10 conv trunk, top-2 head", "cifar_trunk", "cifar10-jpeg", "moe-top2", "dense-params", None),
+    ("Fashion-MNIST ViT, top-2 blocks", "vit", "fashion-mnist", "vit-moe-top2", None, "vit-dense-active"),
+    ("CIFAR-10 ViT, top-2 blocks (15 ep.)", "vit_convergence", "cifar10-jpeg", "d6-moe-top2", "d6-dense-params",
+     "d6-dense-active"),
+    ("iris, top-1 of 4", "tabular", "iris", "e4-top1", "e4-dense-params", "e4-dense-active"),
+    ("wine, top-1 of 4", "tabular", "wine", "e4-top1", "e4-dense-params", "e4-dense-active"),
+    ("breast cancer, top-1 of 4", "tabular", "breast-cancer", "e4-top1", "e4-dense-params", "e4-dense-active"),
+)
+WHERE_MOE_PAYS_TEXT = (
+    ("top-2 of 8", "lm", "python-stdlib", "lm-top2-e8", "lm-dense-params", "lm-dense-active"),
+    ("top-1 of 8", "lm", "python-stdlib", "lm-top1-e8", "lm-dense-params-top1", "lm-dense-active"),
+    ("top-8 of 32", "lm", "python-stdlib", "lm-top8-e32", "lm-dense-params", "lm-dense-active"),
+    ("top-4 of 32", "lm", "python-stdlib", "lm-top4-e32", "lm-dense-params-top1", "lm-dense-active"),
+)
+# Okabe-Ito: distinguishable with every common colour-vision deficiency.
+TOTAL_COLOUR, ACTIVE_COLOUR = "#0072B2", "#D55E00"
+
+
+def _paired(comparisons: pd.DataFrame, grid: str, dataset: str, model: str, reference: str | None):
+    """(mean, low, high, n) of model - reference from comparisons.csv, or None when absent."""
+    if reference is None:
+        return None
+    row = comparisons[(comparisons.grid == grid) & (comparisons.dataset == dataset) & (comparisons.model == model)
+                      & (comparisons.reference == reference)]
+    return None if row.empty else row.iloc[0]
+
+
+def where_moe_pays(comparisons: pd.DataFrame) -> plt.Figure:
+    """Each MoE of the study against the dense network of its total parameters (blue dots) and of
+    its active parameters (orange squares): the paired difference over seeds (and folds) with its
+    95 % interval. Left: test accuracy in points (right of 0: the MoE is better); right: the
+    language models' test bits per byte saved (right of 0: the MoE predicts better)."""
+    panels = [(WHERE_MOE_PAYS, 100.0, "test accuracy: MoE - dense (points)", "Images and tables"),
+              (WHERE_MOE_PAYS_TEXT, -1.0, "test bits/byte: dense - MoE", "Byte-level language model (Python sources)")]
+    panels = [(rows, scale, label, title) for rows, scale, label, title in panels
+              if any(_paired(comparisons, *row[1:5]) is not None or _paired(comparisons, *row[1:4], row[5]) is not None
+                     for row in rows)]
+    if not panels:
+        return _no_runs("the MoE-against-dense comparisons")
+    heights = [len(rows) for rows, *_ in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6.3, 0.26 * sum(heights) + 1.2 * len(panels)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (rows, scale, label, title) in zip(axes[:, 0], panels):
+        ax.set_title(title, fontsize=8, loc="left")
+        for y, (text, grid, dataset, model, total, active) in enumerate(rows):
+            for offset, reference, colour, marker, name in ((-0.14, total, TOTAL_COLOUR, "o", "equal total parameters"),
+                                                            (0.14, active, ACTIVE_COLOUR, "s", "equal active parameters")):
+                row = _paired(comparisons, grid, dataset, model, reference)
+                if row is None:
+                    continue
+                low, high = sorted((scale * row.diff_low, scale * row.diff_high))
+                ax.errorbar(scale * row.diff_mean, y + offset, xerr=[[scale * row.diff_mean - low],
+                                                                     [high - scale * row.diff_mean]],
+                            fmt=marker, color=colour, mfc=colour if marker == "o" else "white", ms=4.5, capsize=2,
+                            lw=1, label=f"vs dense of {name}" if y == 0 or not ax.get_legend_handles_labels()[1]
+                            else None)
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=8)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.set_xlabel(label, fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower left", frameon=False)
+    fig.suptitle("Where MoE pays: paired difference over seeds (tables: seeds x folds), 95 % interval", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..models.builder import build_model
 from ..training.config import Config
-from . import logs, plots, published
+from . import grids, logs, plots, published
 from .grids import (
     CONVERGENCE_GRIDS,
     CONVERGENCE_TARGETS,
@@ -527,6 +527,47 @@ def vit_router_sizes() -> str:
             f"\\newcommand{{\\vitexpertparams}}{{{thousands(layer.experts.params_per_expert())}}}\n")
 
 
+# The report's hyperparameter table: one representative configuration of each family of runs
+# (row text, grid, label), its settings resolved as train.py resolves them.
+HYPERPARAMETER_ROWS = (
+    ("MNIST, F-MNIST: MLP experts", "moe_vs_dense", "moe-hard"),
+    ("MNIST: CNN experts", "cnn_experts", "moe-hard-cnn"),
+    ("CIFAR-10: conv trunk + head", "cifar_trunk", "moe-hard"),
+    ("CIFAR-10: residual trunk + head", "cifar_heads", "noisy-top2"),
+    ("ViT, 4 blocks (F-MNIST, CIFAR-10)", "vit", "vit-moe-top2"),
+    ("ViT, 6 blocks (convergence)", "vit_convergence", "d6-moe-top2"),
+    ("byte-level language model", "lm", "lm-top2-e8"),
+    ("tables (MLP experts)", "tabular", "e4-top1"),
+)
+
+
+def hyperparameter_rows() -> list[dict]:
+    """The resolved settings of HYPERPARAMETER_ROWS (grids.runs, parsed by train.py's parser)."""
+    from ..training.config import parse_args
+    from ..training.provenance import DATA_DIR_TOKEN
+
+    rows = []
+    for text, grid, label in HYPERPARAMETER_ROWS:
+        run = next(r for r in grids.runs(grid) if r.label == label)
+        cfg = parse_args(run.argv(DATA_DIR_TOKEN))
+        steps = f"{cfg.epochs} x {cfg.steps_per_epoch} steps" if cfg.steps_per_epoch else f"{cfg.epochs} epochs"
+        k = cfg.top_k if cfg.gating in ("topk", "noisy-topk", "expert-choice") else 1
+        rows.append({"family": text, "grid": grid, "experts": cfg.experts, "k": k, "hidden": cfg.expert_hidden,
+                     "optimizer": cfg.optimizer, "lr": "tuned" if cfg.tune else f"{cfg.lr:g}",
+                     "schedule": cfg.lr_schedule, "batch": cfg.batch_size, "budget": steps,
+                     "balance": cfg.balance_coef if cfg.balance_coef else (cfg.cv_coef or cfg.kl_uniform_coef)})
+    return rows
+
+
+def table_hyperparameters() -> str:
+    """Every family's architecture and training settings, from the grids themselves."""
+    body = [[row["family"], f"\\texttt{{{escape(row['grid'])}}}", str(row["experts"]), str(row["k"]),
+             str(row["hidden"]), row["optimizer"], row["lr"], row["schedule"], str(row["batch"]), row["budget"],
+             f"{row['balance']:g}"] for row in hyperparameter_rows()]
+    return tabular(["runs", "grid", "$E$", "$k$", "$h$", "optimiser", "peak lr", "schedule", "batch", "budget",
+                    "aux.\\ coef."], body, "llrrrlllrlr")
+
+
 def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.DataFrame,
                  train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None,
                  patches: pd.DataFrame, bench_repeat: pd.DataFrame | None = None,
@@ -544,7 +585,8 @@ def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.
                                  logs.patch_coherence(patches) if not patches.empty else None,
                                  bench_repeat, cifar_sharpness, convergence, lm, comparisons) + vit_router_sizes(),
               "cifar_heads": table_cifar_heads(summary, cifar_sharpness),
-              "convergence": table_convergence(convergence), "lm": table_lm(lm), "tabular": table_tabular(summary)}
+              "convergence": table_convergence(convergence), "lm": table_lm(lm), "tabular": table_tabular(summary),
+              "hyperparameters": table_hyperparameters()}
     if bench is not None:
         tables["bench"] = table_bench(bench)
     if sharpness is not None:
