@@ -1,11 +1,8 @@
 """moelab/study/plots.py and the report's generated tables: figures drawn from the logs' tables."""
-import matplotlib
+import pandas as pd
+import pytest
 
-matplotlib.use("Agg")
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-
-from moelab.study import plots, report_tables  # noqa: E402
+from moelab.study import plots, report_tables
 
 
 def comparison(grid, dataset, model, reference, mean, low, high):
@@ -23,9 +20,9 @@ def test_where_moe_pays_draws_each_difference_where_the_moe_is_better_to_the_rig
     images, text = fig.axes
     markers = [line for line in images.lines if line.get_marker() in ("o", "s")]
     assert sorted(float(m.get_xdata()[0]) for m in markers) == pytest.approx([-1.8, 0.4])       # points
-    (lm_marker,) = [line for line in text.lines if line.get_marker() in ("o", "s")]
+    lm_marker = next(line for line in text.lines if line.get_marker() in ("o", "s"))
     assert float(lm_marker.get_xdata()[0]) == pytest.approx(0.06)                               # dense - MoE
-    assert [label.get_text() for label in images.get_yticklabels()][0] == "MNIST, top-1 of 8 MLPs"
+    assert images.get_yticklabels()[0].get_text() == "MNIST, top-1 of 8 MLPs"
     empty = plots.where_moe_pays(rows.iloc[0:0])
     assert "no completed runs" in empty.axes[0].texts[0].get_text()
 
