@@ -66,13 +66,12 @@ def test_report_table_gives_epochs_and_minutes_to_the_target_over_the_seeds_that
                             for label in ("d6-moe-top2", "d6-dense-active")])
     step_time = {(6, "moe-top2"): 1.5, (6, "dense-active"): 1.0, (12, "moe-top2"): 9.0}
     convergence = report_tables.convergence_rows(summary, metrics, step_time)
-    rows = {line.split(" & ")[2]: line.split(" & ") for line in
-            report_tables.table_convergence(convergence).splitlines() if line.startswith("6 & ")}
-    # top-2: epochs 2 and 3 (2.5 +- 0.71); minutes 20 s / 60 and 31 s / 60 (0.425 +- 0.13)
-    assert rows["moe-top2"][5] == "2.5 $\\pm$ 0.7" and rows["moe-top2"][6] == "0.4 $\\pm$ 0.1"
-    # its steps take 1.5 dense-active steps: 3 and 4.5 dense-active epochs to the target
-    assert rows["moe-top2"][7] == "1.50" and rows["moe-top2"][8] == "3.8 $\\pm$ 1.1"
-    assert rows["dense-active"][5] == "3.0 (1/2)"                              # one seed never got there
+    rows = {row["model"]: row for row in convergence if row["depth"] == "6"}
+    # top-2: epochs 2 and 3; minutes 20 s / 60 and 31 s / 60; its steps take 1.5 dense-active steps
+    assert list(rows["moe-top2"]["epochs"]) == [2, 3] and rows["moe-top2"]["step_time"] == 1.5
+    assert list(rows["moe-top2"]["minutes"] * 60) == pytest.approx([20, 31])
+    assert report_tables._reach(rows["moe-top2"]["epochs"] * 1.5, 1) == "3.8 $\\pm$ 1.1"   # 3 and 4.5 dense epochs
+    assert report_tables._reach(rows["dense-active"]["epochs"], 1) == "3.0 (1/2)"       # one seed never got there
     macros = report_tables.numbers(summary.assign(test_loss_mean=0, specialisation_mean=0, specialisation_std=0,
                                                  final_val_load_cv_mean=0, final_val_load_cv_std=0,
                                                  final_val_dropped_mean=float("nan")),

@@ -21,20 +21,7 @@ def test_summary_csv_is_the_aggregation_of_the_run_logs():
 
 
 def test_report_tables_equal_the_results():
-    summary = report.load_summary(RESULTS)
-    bench = report.load_bench(RESULTS, "bench_layer.csv")
-    bench_repeat = report.load_bench(RESULTS, "bench_layer_repeat.csv")
-    samples = report.logs.read_all(RESULTS, "test_samples.csv")
-    train_bench = report.load_train_bench(RESULTS)
-    sharpness = report.load_sharpness(RESULTS)
-    patches = report.logs.read_all(RESULTS, "test_patches.csv")
-    cifar_sharpness = report.load_sharpness(RESULTS, "sharpness_cifar")
-    for name, text in report_tables.build_tables(summary, bench, samples, train_bench, sharpness, patches,
-                                                bench_repeat, cifar_sharpness,
-                                                report.logs.read_all(RESULTS, "metrics.csv"),
-                                                report.load_vit_step_time(RESULTS),
-                                                report.load_lm_step_time(RESULTS),
-                                                report.load_comparisons(RESULTS)).items():
+    for name, text in report.report_inputs(RESULTS).tables.items():
         committed = (report.REPORT / "tables" / f"{name}.tex").read_text()
         assert committed == text, f"report/tables/{name}.tex is stale: run python build_report.py"
 

@@ -614,17 +614,16 @@ def where_moe_pays(comparisons: pd.DataFrame) -> plt.Figure:
     its active parameters (orange squares): the paired difference over seeds (and folds) with its
     95 % interval. Left: test accuracy in points (right of 0: the MoE is better); right: the
     language models' test bits per byte saved (right of 0: the MoE predicts better)."""
-    panels = [(WHERE_MOE_PAYS, 100.0, "test accuracy: MoE - dense (points)", "Images and tables"),
-              (WHERE_MOE_PAYS_TEXT, -1.0, "test bits/byte: dense - MoE", "Byte-level language model (Python sources)")]
+    panels = [(WHERE_MOE_PAYS, 100.0, "test accuracy: MoE - dense (points)", "images and tables"),
+              (WHERE_MOE_PAYS_TEXT, -1.0, "test bits/byte: dense - MoE", "byte-level language model")]
     panels = [(rows, scale, label, title) for rows, scale, label, title in panels
               if any(_paired(comparisons, *row[1:5]) is not None or _paired(comparisons, *row[1:4], row[5]) is not None
                      for row in rows)]
     if not panels:
         return _no_runs("the MoE-against-dense comparisons")
-    heights = [len(rows) for rows, *_ in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(6.3, 0.26 * sum(heights) + 1.2 * len(panels)),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for ax, (rows, scale, label, title) in zip(axes[:, 0], panels):
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.7, 0.18 * max(len(rows) for rows, *_ in panels) + 1.1),
+                             gridspec_kw={"width_ratios": [1.35, 1][:len(panels)]}, squeeze=False)
+    for ax, (rows, scale, label, title) in zip(axes[0], panels):
         ax.set_title(title, fontsize=8, loc="left")
         for y, (text, grid, dataset, model, total, active) in enumerate(rows):
             for offset, reference, colour, marker, name in ((-0.14, total, TOTAL_COLOUR, "o", "equal total parameters"),
@@ -635,18 +634,33 @@ def where_moe_pays(comparisons: pd.DataFrame) -> plt.Figure:
                 low, high = sorted((scale * row.diff_low, scale * row.diff_high))
                 ax.errorbar(scale * row.diff_mean, y + offset, xerr=[[scale * row.diff_mean - low],
                                                                      [high - scale * row.diff_mean]],
-                            fmt=marker, color=colour, mfc=colour if marker == "o" else "white", ms=4.5, capsize=2,
-                            lw=1, label=f"vs dense of {name}" if y == 0 or not ax.get_legend_handles_labels()[1]
-                            else None)
+                            fmt=marker, color=colour, mfc=colour if marker == "o" else "white", ms=4, capsize=2,
+                            lw=1, label=f"vs dense of {name}")
         ax.axvline(0, color="0.3", lw=0.8)
-        ax.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=8)
+        ax.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=7.5)
         ax.set_ylim(len(rows) - 0.5, -0.5)
         ax.set_xlabel(label, fontsize=8)
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelsize=7.5)
         ax.grid(axis="x", alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower left", frameon=False)
-    fig.suptitle("Where MoE pays: paired difference over seeds (tables: seeds x folds), 95 % interval", fontsize=9)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), fontsize=7.5, loc="lower center", ncol=2, frameon=False)
+    fig.suptitle("Where MoE pays: paired difference over seeds (tables: seeds x folds), 95 % interval", fontsize=8.5)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
+
+
+def save_png(fig: plt.Figure, path, dpi: float = 110, colours: int = 256) -> None:
+    """Write ``fig`` to ``path`` as a PNG of at most ``colours`` colours (a palette image): for the
+    line, bar and heatmap figures of the study a third of the bytes of full colour and no visible
+    change, so that a notebook that embeds its figures stays small."""
+    import io
+
+    from PIL import Image  # Pillow comes with matplotlib
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colours, method=Image.Quantize.MEDIANCUT).save(path, format="png",
+                                                                                      optimize=True)

@@ -15,27 +15,23 @@ import argparse
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..data.text import KINDS  # noqa: E402
 from ..paths import PROJECT_DIR  # noqa: E402
 from ..training.exits import EXIT_BAD_INPUT  # noqa: E402
 from ..training.run_files import RunFileError  # noqa: E402
-from . import comparisons, logs, plots  # noqa: E402
-from .grids import CONVERGENCE_GRIDS  # noqa: E402
+from . import comparisons, logs, plots, routing_figures, specialisation  # noqa: E402
 from .report_tables import build_tables  # noqa: E402
 
 REPORT = PROJECT_DIR / "report"
 RESULTS = PROJECT_DIR / "results"
-REPORT_PATCH_RUN = "fashion-mnist-vit-moe-top2-s0"   # the ViT whose patch routing the report shows
-REPORT_LM_RUN = "python-stdlib-lm-top2-e8-s0"      # the language model whose byte-kind routing it shows
 REWRITE = "restore it from git, or write it again with the command that made it"   # a damaged table of results/
 
 
@@ -86,46 +82,21 @@ def load_sharpness(results: Path, name: str = "sharpness") -> pd.DataFrame | Non
     return logs.sharpness_by_label(logs.read_csv(path, REWRITE), results) if path.exists() else None
 
 
-def build_figures(results: Path, summary: pd.DataFrame, metrics: pd.DataFrame, patches: pd.DataFrame,
-                  out: Path, lm_step_time: dict[str, float]) -> None:
-    """The report's figures from the logs; ``metrics`` and ``patches`` are the runs' metrics.csv and
-    test_patches.csv, and ``lm_step_time`` load_lm_step_time's ratios, read once by main for the
-    tables too."""
+def build_figures(results: Path, out: Path, comparisons: pd.DataFrame, experts: pd.DataFrame,
+                  routing: pd.DataFrame, agreement: pd.DataFrame) -> None:
+    """The report's figures from the logs: ``experts`` and ``routing`` are the runs' experts.csv
+    and routing.csv, ``comparisons`` the paired differences and ``agreement`` the gating grid's
+    seed agreement, read once by main for the tables too."""
 
     out.mkdir(parents=True, exist_ok=True)
-    experts = logs.read_all(results, "experts.csv")
-    routing, runs = logs.read_all(results, "routing.csv"), logs.run_table(results)
-    hard = runs[(runs.grid == "gating") & (runs.label == "hard") & (runs.dataset == "mnist")].sort_values("seed")
     # The report's figures; the others of the study are in the notebook.
-    figures = {"gating_comparison": plots.gating_comparison(summary),
-               "expert_usage": plots.expert_usage(experts), "balance_over_time": plots.balance_over_time(metrics),
-               "class_expert_heatmap": plots.class_expert_heatmap(routing, hard.run.iloc[0], grid="gating"),
-               "per_expert_loss": plots.per_expert_loss_curves(experts, hard.run.iloc[0], grid="gating"),
-               "vit_convergence": plots.convergence(metrics, CONVERGENCE_GRIDS, "cifar10-jpeg",
-                                                        height=2.4),
-               "lm_convergence": plots.lm_convergence(metrics, lm_step_time, height=2.8, width=5.6)}
-    kinds = logs.read_all(results, "kinds.csv")
-    if not kinds.empty:
-        run = REPORT_LM_RUN if REPORT_LM_RUN in set(kinds.run) else sorted(kinds.run)[0]
-        figures["lm_kind_expert_heatmap"] = plots.kind_expert_heatmap(kinds, run, KINDS, blocks=1)
-    if not patches.empty:
-        run = REPORT_PATCH_RUN if REPORT_PATCH_RUN in set(patches.run) else sorted(patches.run)[0]
-        run_dir = next(results.glob(f"runs/*/{run}"))
-        figures["patch_routing"] = plots.patch_routing(patches, load_patch_images(run_dir / "test_patch_images.npy"),
-                                                       run, n_images=3)
+    figures = {"where_moe_pays": plots.where_moe_pays(comparisons),
+               "activations": routing_figures.activation_distributions(logs.read_test_gates(results, "gating", "mnist")),
+               "class_routing": routing_figures.class_routing(routing, agreement=agreement),
+               "expert_loss": routing_figures.expert_loss_curves(experts, labels=routing_figures.CORE_ROUTERS)}
     for name, figure in figures.items():
         figure.savefig(out / f"{name}.pdf", bbox_inches="tight")
         plots.plt.close(figure)
-
-
-def load_patch_images(path: Path) -> np.ndarray:
-    """A run's test_patch_images.npy; RunFileError if it is missing or damaged."""
-    try:
-        return np.load(path)
-    except FileNotFoundError:
-        raise RunFileError(path, "missing", logs.SET_ASIDE) from None
-    except (OSError, ValueError, EOFError) as error:
-        raise RunFileError(path, f"not a readable .npy array ({type(error).__name__})", logs.SET_ASIDE) from None
 
 
 def _committed(computed: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -150,26 +121,44 @@ def load_comparisons(results: Path, runs: pd.DataFrame | None = None) -> pd.Data
     return _committed(comparisons.comparisons(runs), results / "comparisons.csv")
 
 
+@dataclass
+class ReportInputs:
+    """What the report's tables and figures are made of, read from the logs once."""
+    tables: dict[str, str]          # name -> LaTeX of report/tables/<name>.tex
+    comparisons: pd.DataFrame       # results/comparisons.csv (checked against the logs)
+    experts: pd.DataFrame           # every run's experts.csv
+    routing: pd.DataFrame           # every run's routing.csv
+    agreement: pd.DataFrame         # the gating grid's seed agreement (specialisation.seed_agreement)
+
+
+def report_inputs(results: Path) -> ReportInputs:
+    """The report's tables from the logs under ``results``, and what its figures need; the
+    committed summary.csv and comparisons.csv must equal what the logs give (AssertionError)."""
+    runs = logs.run_table(results)    # read once: the summary and the comparisons come from it
+    summary = load_summary(results, runs)
+    bench, bench_repeat = (load_bench(results, name) for name in ("bench_layer.csv", "bench_layer_repeat.csv"))
+    paired = load_comparisons(results, runs)
+    experts, routing = logs.read_all(results, "experts.csv"), logs.read_all(results, "routing.csv")
+    agreement = specialisation.seed_agreement(routing[routing.grid == "gating"])
+    tables = build_tables(summary, bench, logs.read_all(results, "test_samples.csv"), load_train_bench(results),
+                          load_sharpness(results), logs.read_all(results, "test_patches.csv"), bench_repeat,
+                          load_sharpness(results, "sharpness_cifar"), logs.read_all(results, "metrics.csv"),
+                          load_vit_step_time(results), load_lm_step_time(results, summary), paired, agreement)
+    return ReportInputs(tables, paired, experts, routing, agreement)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--no-pdf", action="store_true", help="only figures and tables")
     args = parser.parse_args(argv)
     try:
-        runs = logs.run_table(args.results)    # read once: the summary and the comparisons come from it
-        summary = load_summary(args.results, runs)
-        bench, bench_repeat = (load_bench(args.results, name) for name in ("bench_layer.csv", "bench_layer_repeat.csv"))
+        inputs = report_inputs(args.results)
         (REPORT / "tables").mkdir(parents=True, exist_ok=True)
-        samples = logs.read_all(args.results, "test_samples.csv")
-        sharpness = load_sharpness(args.results)
-        patches, metrics = logs.read_all(args.results, "test_patches.csv"), logs.read_all(args.results, "metrics.csv")
-        lm_step_time = load_lm_step_time(args.results, summary)
-        for name, text in build_tables(summary, bench, samples, load_train_bench(args.results), sharpness,
-                                       patches, bench_repeat, load_sharpness(args.results, "sharpness_cifar"),
-                                       metrics, load_vit_step_time(args.results), lm_step_time,
-                                       load_comparisons(args.results, runs)).items():
+        for name, text in inputs.tables.items():
             (REPORT / "tables" / f"{name}.tex").write_text(text)
-        build_figures(args.results, summary, metrics, patches, REPORT / "figures", lm_step_time)
+        build_figures(args.results, REPORT / "figures", inputs.comparisons, inputs.experts, inputs.routing,
+                      inputs.agreement)
     except RunFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

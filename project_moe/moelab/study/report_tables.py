@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..models.builder import build_model
 from ..training.config import Config
-from . import grids, logs, plots, published
+from . import grids, logs, plots
 from .grids import (
     CONVERGENCE_GRIDS,
     CONVERGENCE_TARGETS,
@@ -44,142 +44,76 @@ def tabular(header: list[str] | list[list[str]], rows: list[list[str]], align: s
     return "\n".join(lines)
 
 
-def table_moe_vs_dense(summary: pd.DataFrame) -> str:
-    rows = summary[summary.grid.isin(["moe_vs_dense", "cnn_experts"])]
-    grid_rank = {"moe_vs_dense": 0, "cnn_experts": 1}
-    dataset_rank = {d: i for i, d in enumerate(plots.DATASET_ORDER)}
-    rows = rows.assign(_g=rows.grid.map(grid_rank), _d=rows.dataset.map(dataset_rank))
-    rows = rows.sort_values(["_g", "_d"], kind="stable")
-    body = [[escape(r.dataset), escape(r.label), pm(r.test_acc_mean, r.test_acc_std), str(r.seeds),
-             thousands(r.params_total), thousands(r.params_active), thousands(r.flops_per_sample)]
-            for r in rows.itertuples()]
-    return tabular(["dataset", "model", "test acc. (\\%)", "seeds", "params", "active", "FLOPs/sample"],
-                   body, "llrrrrr")
+ROUTER_NAMES = {"soft": "soft", "hard": "top-1 (Switch)", "top2": "top-2", "noisy-top2": "noisy top-2",
+                "gumbel-top1": "Gumbel top-1", "expert-choice": "expert choice, 1/sample",
+                "expert-choice-2": "expert choice, 2/sample"}
 
 
-def table_gating(summary: pd.DataFrame) -> str:
+def _difference(comparisons: pd.DataFrame | None, grid: str, dataset: str, model: str, reference: str) -> str:
+    """A paired difference in accuracy points, ``mean [low, high]``, or -- when not compared."""
+    if comparisons is None:
+        return "--"
+    row = comparisons[(comparisons.grid == grid) & (comparisons.dataset == dataset) & (comparisons.model == model)
+                      & (comparisons.reference == reference)]
+    if row.empty:
+        return "--"
+    r = row.iloc[0]
+    return f"${100 * r.diff_mean:+.2f}$ [${100 * r.diff_low:+.2f}$, ${100 * r.diff_high:+.2f}$]"
+
+
+def table_gating(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None,
+                 agreement: pd.DataFrame | None = None) -> str:
+    """The routers at E = 8: MNIST test accuracy and its paired difference with top-1 (Switch),
+    Fashion-MNIST accuracy, I/H, the agreement of specialisation across seeds
+    (specialisation.seed_agreement), final validation load CV and seeds."""
     rows = summary[summary.grid == "gating"]
     datasets = plots._ordered(rows.dataset, plots.DATASET_ORDER)
-    labels = plots._ordered(rows.label, plots.GATING_ORDER)
+    first = datasets[0]
     body = []
-    for label in labels:
-        cells = [escape(label)]
+    for label in plots._ordered(rows.label, plots.GATING_ORDER):
+        cells = [ROUTER_NAMES.get(label, escape(label))]
         for dataset in datasets:
             match = rows[(rows.dataset == dataset) & (rows.label == label)]
             cells.append(pm(match.test_acc_mean.iloc[0], match.test_acc_std.iloc[0]) if len(match) else "--")
-        reference = rows[(rows.dataset == datasets[0]) & (rows.label == label)]
+            if dataset == first:
+                cells.append("" if label == "hard" else _difference(comparisons, "gating", first, label, "hard"))
+        reference = rows[(rows.dataset == first) & (rows.label == label)]
+        agree = (agreement[(agreement.dataset == first) & (agreement.label == label)]
+                 if agreement is not None and len(agreement) else pd.DataFrame())
         if len(reference):
-            first = reference.iloc[0]
+            r = reference.iloc[0]
             # no samples/s: grid runs share the machine with other work (speed: the benchmarks)
-            cells += [f"{first.specialisation_mean:.2f}", f"{first.final_val_load_cv_mean:.2f}", str(first.seeds)]
+            cells += [f"{r.specialisation_mean:.2f}",
+                      f"{agree.agreement_mean.iloc[0]:.2f}" if len(agree) else "--",
+                      f"{r.final_val_load_cv_mean:.2f}", str(r.seeds)]
         else:
-            cells += ["--"] * 3
+            cells += ["--"] * 4
         body.append(cells)
-    header = ["router", *[f"{escape(d)} (\\%)" for d in datasets],
-              f"I/H ({escape(datasets[0])})", "load CV", "seeds"]
+    header = ["router", f"{escape(first)} (\\%)", "vs top-1 (points)", *[f"{escape(d)} (\\%)" for d in datasets[1:]],
+              "I/H", "agreement", "load CV", "seeds"]
     return tabular(header, body, "l" + "r" * (len(header) - 1))
 
 
-def table_simple(summary: pd.DataFrame, grid: str) -> str:
-    rows = summary[summary.grid == grid]
-    body = [[escape(r.label), pm(r.test_acc_mean, r.test_acc_std), f"{r.final_val_load_cv_mean:.2f}",
-             f"{r.specialisation_mean:.2f}", thousands(r.params_total), str(r.seeds)] for r in rows.itertuples()]
-    return tabular(["configuration", "test acc. (\\%)", "load CV", "I/H", "params", "seeds"], body, "lrrrrr")
-
-
-def _cell(summary: pd.DataFrame, grid: str, label: str, extra: str | None = None) -> str:
-    """Test accuracy (\\%) of one configuration, with its final load CV or dropped share; -- if not run."""
-    match = summary[(summary.grid == grid) & (summary.label == label)]
-    if match.empty:
-        return "--"
-    row = match.iloc[0]
-    text = f"{100 * row.test_acc_mean:.1f}"
-    if extra == "cv":
-        text += f" ({row.final_val_load_cv_mean:.2f})"
-    elif extra == "dropped" and not pd.isna(row.final_val_dropped_mean):
-        text += f" ({100 * row.final_val_dropped_mean:.0f})"
-    return text
-
-
-def table_modern(summary: pd.DataFrame) -> str:
-    """Capacity, loss-free balancing, shared experts and the ViT routers: four small tables in one."""
-    capacity_grids = ("capacity", "capacity_vit")
-    capacity = tabular(
-        [["", "\\multicolumn{4}{c}{MNIST mixture}", "\\multicolumn{4}{c}{Fashion-MNIST ViT}"],
-         ["$c_f$"] + ["top-1 pos.", "top-1 prio.", "top-2 pos.", "top-2 prio."] * len(capacity_grids)],
-        [[f"{factor:g}"] + [_cell(summary, grid, f"{k}-cf{factor:g}-{policy}", "dropped") for grid in capacity_grids
-                              for k in ("top1", "top2") for policy in ("position", "priority")]
-           for factor in (0.5, 1.0, 1.25, 2.0)]
-        + [["dropless"] + [cell for grid in capacity_grids for k in ("top1", "top2")
-                           for cell in (_cell(summary, grid, f"{k}-dropless"), "")]],
-        "l" + "r" * 4 * len(capacity_grids))
-    balancing = tabular(
-        ["balancing", "MNIST top-1", "ViT top-1"],
-        [[escape(label)] + [_cell(summary, grid, label, "cv") for grid in ("balancing", "balancing_vit")]
-         for label in ("none", "switch-loss", "loss-free", "both")], "lrr")
-    shared = tabular(
-        ["experts", "routed only", "+1 shared"],
-        [[shape.replace("-", ", ").replace("e", "E=").replace("k", "k=").replace("h", "h=")]
-         + [_cell(summary, "shared", label) for label in (shape, f"{shape}-shared")]
-         for shape in ("e8-k1-h128", "e32-k4-h32", "e64-k8-h16")], "lrr")
-    routers = tabular(
-        ["ViT router", "expert choice", "top-2"],
-        [[score] + [_cell(summary, "vit_routers", f"{gating}-{score}") for gating in ("expert-choice", "topk")]
-         for score in ("linear", "cosine", "attention")]
-        + [["Soft MoE (4 slots)", _cell(summary, "vit_routers", "soft-slots-n4"), ""],
-           ["soft gate ($h/4$)", _cell(summary, "vit_routers", "soft-gate-quarter"), ""]], "lrr")
-    cell = "\\begin{{minipage}}[t]{{{width}\\linewidth}}\\centering\\resizebox{{\\linewidth}}{{!}}{{{body}}}\\end{{minipage}}"
-    return "\n".join([cell.format(width=0.9, body=capacity), "\\\\[4pt]",
-                      cell.format(width=0.31, body=balancing), "\\hfill",
-                      cell.format(width=0.30, body=shared), "\\hfill",
-                      cell.format(width=0.31, body=routers), ""])
-
-
-def table_sharpness(by_label: pd.DataFrame) -> str:
-    body = [[escape(r.label), r.split, pm(r.top_eigenvalue_mean, r.top_eigenvalue_std, 1.0),
-             pm(r.trace_mean, r.trace_std, 1.0, 1), pm(r.loss_mean, r.loss_std, 1.0, 3), str(r.seeds)]
-            for r in by_label.itertuples()]
-    return tabular(["model", "split", "$\\lambda_{\\max}$", "tr$(H)$", "loss", "seeds"], body, "llrrrr")
-
-
-CIFAR_SHARPNESS = (("train", "top_eigenvalue", "paper_top_eigenvalue_train"),
-                   ("train", "trace", "paper_trace_train"),
-                   ("test", "top_eigenvalue", "paper_top_eigenvalue_test"))
+def agreement_macros(summary: pd.DataFrame, agreement: pd.DataFrame | None) -> list[str]:
+    """\\agree{dataset}{label}: mean agreement of specialisation across seeds (gating grid), and
+    \\specrange{dataset}: the lowest and highest I/H of the gating grid's routers, named."""
+    lines = ["\\newcommand{\\agree}[2]{\\csname agree:#1:#2\\endcsname}",
+             "\\newcommand{\\specrange}[1]{\\csname specrange:#1\\endcsname}"]
+    for r in (agreement.itertuples() if agreement is not None else []):
+        if r.grid == "gating":
+            lines.append(f"\\expandafter\\def\\csname agree:{r.dataset}:{r.label}\\endcsname{{{r.agreement_mean:.2f}}}")
+    rows = summary[(summary.grid == "gating") & summary.specialisation_mean.notna()]
+    for dataset, table in rows.groupby("dataset", sort=False):
+        low, high = table.loc[table.specialisation_mean.idxmin()], table.loc[table.specialisation_mean.idxmax()]
+        text = (f"{low.specialisation_mean:.2f} ({ROUTER_NAMES.get(low.label, low.label)}) to "
+                f"{high.specialisation_mean:.2f} ({ROUTER_NAMES.get(high.label, high.label)})")
+        lines.append(f"\\expandafter\\def\\csname specrange:{dataset}\\endcsname{{{text}}}")
+    return lines
 
 
 def _mean_spread(mean: float, std: float, digits: int) -> str:
     """``mean`` alone when there is no spread (one seed), else mean \\pm std."""
     return f"{mean:.{digits}f}" if pd.isna(std) else pm(mean, std, 1.0, digits)
-
-
-def table_cifar_heads(summary: pd.DataFrame, sharpness: pd.DataFrame | None) -> str:
-    """The three classifier heads of Rokah et al. (2026) on the residual trunk, ours beside the
-    paper's: test accuracy (mean \\pm std over seeds) and the Hessian's top eigenvalue and trace."""
-    paper = published.ROKAH_2026_HEADS.set_index("label")
-    ours = summary[summary.grid == "cifar_heads"].set_index("label")
-    curvature = sharpness.set_index(["label", "split"]) if sharpness is not None else None
-    body = []
-    for label, published_row in paper.iterrows():
-        cells = [escape(label)]
-        cells.append(pm(ours.at[label, "test_acc_mean"], ours.at[label, "test_acc_std"]) if label in ours.index
-                     else "--")
-        cells.append(f"{published_row.paper_test_acc:.2f}")
-        for split, metric, paper_column in CIFAR_SHARPNESS:
-            if curvature is not None and (label, split) in curvature.index:
-                row = curvature.loc[(label, split)]
-                cells.append(_mean_spread(row[f"{metric}_mean"], row[f"{metric}_std"], 2))
-            else:
-                cells.append("--")
-            cells.append(f"{published_row[paper_column]:.2f}")
-        seeds = [str(int(ours.at[label, "seeds"])) if label in ours.index else "0",
-                 str(int(curvature.loc[(label, "train"), "seeds"])) if curvature is not None
-                 and (label, "train") in curvature.index else "0"]
-        cells.append("/".join(seeds))
-        body.append(cells)
-    groups = ["test acc. (\\%)", "$\\lambda_{\\max}$ train", "tr$(H)$ train", "$\\lambda_{\\max}$ test"]
-    header = [["", *(f"\\multicolumn{{2}}{{c}}{{{g}}}" for g in groups), ""],
-              ["head", *(["ours", "paper"] * len(groups)), "seeds"]]
-    return tabular(header, body, "l" + "rr" * len(groups) + "r")
 
 
 def convergence_rows(summary: pd.DataFrame, metrics: pd.DataFrame,
@@ -240,26 +174,6 @@ def _reach(values: pd.Series, digits: int) -> str:
         return "never"
     text = _mean_spread(hit.mean(), hit.std() if len(hit) > 1 else float("nan"), digits)
     return text if len(hit) == len(values) else f"{text} ({len(hit)}/{len(values)})"
-
-
-def table_convergence(rows: list[dict]) -> str:
-    """ViT with MoE every second block against the dense ViTs of equal active FLOPs and of equal
-    parameters: test accuracy (weights of the best validation epoch), how soon each reaches the
-    target validation accuracy (epochs; logged training minutes), its step time over the dense
-    ViT of equal FLOPs, and the epochs to target in units of that ViT's epochs; ``rows`` from
-    convergence_rows."""
-    body = []
-    for row in rows:
-        r, ratio = row["summary"], row["step_time"]
-        body.append([row["depth"], escape(r.dataset), escape(row["model"]),
-                     _mean_spread(100 * r.test_acc_mean, 100 * r.test_acc_std, 2),
-                     f"{100 * row['target']:.0f}", _reach(row["epochs"], 1), _reach(row["minutes"], 1),
-                     "--" if math.isnan(ratio) else f"{ratio:.2f}",
-                     "--" if math.isnan(ratio) else _reach(row["epochs"] * ratio, 1),
-                     f"{r.flops_per_sample / 1e6:.1f}", thousands(r.params_total), str(r.seeds)])
-    return tabular(["blocks", "dataset", "model", "test acc. (\\%)", "target (\\%)", "epochs to target",
-                    "minutes to target", "step time", "time to target", "MFLOPs", "params", "seeds"],
-                   body, "rllrrrrrrrrr")
 
 
 def lm_rows(summary: pd.DataFrame, metrics: pd.DataFrame, step_time: dict[str, float] | None = None) -> list[dict]:
@@ -337,17 +251,6 @@ def table_tabular(summary: pd.DataFrame) -> str:
         cells += [_table_cell(rows, dataset, ref) if first else "" for ref in (linear, "ref-hgb")]
         body.append(cells)
     return tabular(["table", *(text for _, text in TABLE_COLUMNS), "linear", "HGB"], body, "lrrrrrrr")
-
-
-def table_bench(bench: pd.DataFrame) -> str:
-    body = []
-    for (e, k, mode), group in bench.groupby(["E", "k", "mode"], sort=False):
-        ratios = group.set_index("impl")
-        moe, loop, soft = ratios.loc["moe"], ratios.loc["masked_loop"], ratios.loc["soft_all_experts"]
-        body.append([f"{k} of {e}", mode, f"{moe.vs_dense:.2f} [{moe.vs_dense_min:.2f}, {moe.vs_dense_max:.2f}]",
-                     f"{loop.vs_dense:.2f}", f"{soft.vs_dense:.1f}", f"{1 / moe.vs_soft:.1f}"])
-    return tabular(["top-$k$ of $E$", "pass", "MoE / dense (a)", "mask loop / (a)", "soft / (a)", "soft / MoE"],
-                   body, "llrrrr")
 
 
 def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | None,
@@ -574,21 +477,15 @@ def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.
                  cifar_sharpness: pd.DataFrame | None = None, metrics: pd.DataFrame | None = None,
                  vit_step_time: dict[tuple[int, str], float] | None = None,
                  lm_step_time: dict[str, float] | None = None,
-                 comparisons: pd.DataFrame | None = None) -> dict[str, str]:
+                 comparisons: pd.DataFrame | None = None, agreement: pd.DataFrame | None = None) -> dict[str, str]:
     metrics = metrics if metrics is not None else pd.DataFrame()
     convergence = convergence_rows(summary, metrics, vit_step_time)
     lm = lm_rows(summary, metrics, lm_step_time)
-    tables = {"moe_vs_dense": table_moe_vs_dense(summary), "gating": table_gating(summary),
-              "experts": table_simple(summary, "experts"), "regularisation": table_simple(summary, "regularisation"),
-              "modern": table_modern(summary),
+    tables = {"gating": table_gating(summary, comparisons, agreement),
               "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
                                  logs.patch_coherence(patches) if not patches.empty else None,
-                                 bench_repeat, cifar_sharpness, convergence, lm, comparisons) + vit_router_sizes(),
-              "cifar_heads": table_cifar_heads(summary, cifar_sharpness),
-              "convergence": table_convergence(convergence), "lm": table_lm(lm), "tabular": table_tabular(summary),
+                                 bench_repeat, cifar_sharpness, convergence, lm, comparisons) + vit_router_sizes()
+              + "\n".join(agreement_macros(summary, agreement)) + "\n",
+              "lm": table_lm(lm), "tabular": table_tabular(summary),
               "hyperparameters": table_hyperparameters()}
-    if bench is not None:
-        tables["bench"] = table_bench(bench)
-    if sharpness is not None:
-        tables["sharpness"] = table_sharpness(sharpness)
     return tables

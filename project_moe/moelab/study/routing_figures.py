@@ -19,6 +19,7 @@ CORE_ROUTERS = ("soft", "hard", "top2", "expert-choice")
 # Okabe-Ito: distinguishable with every common colour-vision deficiency.
 BAR_COLOUR, MASS_COLOUR, CHANCE_COLOUR = "#0072B2", "#D55E00", "#777777"
 GATE_BINS = np.linspace(0.0, 1.0, 21)         # combine weights, 0.05 wide
+FIGURE_WIDTH = 6.7                             # inches: A4's text width with 2 cm margins, so print size is 100 %
 ENTROPY_BINS = 20
 
 
@@ -57,7 +58,7 @@ def activation_distributions(gates: pd.DataFrame, grid: str = "gating", dataset:
         return _no_runs(f"test gates of {grid} on {dataset}")
     n_experts = rows.weights.iloc[0].shape[1]
     entropy_bins = np.linspace(0.0, np.log(n_experts), ENTROPY_BINS + 1)
-    fig, axes = plt.subplots(len(labels), 4, figsize=(7.2, 1.5 * len(labels) + 1.1), squeeze=False)
+    fig, axes = plt.subplots(len(labels), 4, figsize=(FIGURE_WIDTH, 1.05 * len(labels) + 1.1), squeeze=False)
     for row_axes, label in zip(axes, labels):
         runs = rows[rows.label == label]
         _gate_panel(row_axes[0], runs)
@@ -85,8 +86,8 @@ def activation_distributions(gates: pd.DataFrame, grid: str = "gating", dataset:
     fig.tight_layout(rect=(0.035, 0.035, 1.0, 1.0))
     for row_axes, label in zip(axes, labels):     # the router of each row, left of its y labels
         box = row_axes[0].get_position()
-        fig.text(0.012, box.y0 + box.height / 2, _name(label), rotation=90, ha="center", va="center",
-                 fontsize=8, fontweight="bold")
+        fig.text(0.012, box.y0 + box.height / 2, _name(label).replace(", ", ",\n").replace(" top", "\ntop"),
+                 rotation=90, ha="center", va="center", fontsize=8, fontweight="bold", linespacing=0.9)
     return fig
 
 
@@ -147,9 +148,9 @@ def expert_loss_curves(experts: pd.DataFrame, grid: str = "gating", dataset: str
     table = spec.loss_by_load_rank(rows[rows.label.isin(labels)], window=window)
     n_ranks = int(table["rank"].max())
     colours = ListedColormap(plt.cm.viridis(np.linspace(0.0, 0.85, n_ranks)))   # ordered; no pale yellow
-    columns = 4
-    n_rows = -(-(len(labels) + 1) // columns)                    # one cell more: the key
-    fig, axes = plt.subplots(n_rows, columns, figsize=(7.2, 1.9 * n_rows + 0.7), sharex=True, sharey=True,
+    columns = len(labels) + 1 if len(labels) <= 4 else 4           # one cell more: the key
+    n_rows = -(-(len(labels) + 1) // columns)
+    fig, axes = plt.subplots(n_rows, columns, figsize=(FIGURE_WIDTH, 1.6 * n_rows + 0.6), sharex=True, sharey=True,
                              squeeze=False)
     for ax, label in zip(axes.flat, labels):
         for rank, curve in table[table.label == label].groupby("rank"):
@@ -179,8 +180,10 @@ def expert_loss_curves(experts: pd.DataFrame, grid: str = "gating", dataset: str
 def _rank_key(ax, colours, n_ranks: int, rows: pd.DataFrame, window: int) -> None:
     """The colour key of the load ranks and what the lines and bands are, in a spare cell."""
     key = ax.inset_axes([0.05, 0.72, 0.9, 0.1])
+    narrow = ax.get_position().width < 0.2          # a fifth of the figure: every rank's tick would touch
+    ticks = [1, (n_ranks + 1) // 2, n_ranks] if narrow else list(range(1, n_ranks + 1))
     bar = plt.colorbar(plt.cm.ScalarMappable(plt.Normalize(0.5, n_ranks + 0.5), colours), cax=key,
-                       orientation="horizontal", ticks=range(1, n_ranks + 1))
+                       orientation="horizontal", ticks=ticks)
     bar.ax.tick_params(labelsize=7)
     bar.ax.set_title("expert's load rank at the end\n(1 = most loaded on the test set)", fontsize=7)
     seeds = _seed_count(rows.groupby("label").seed.nunique())
@@ -205,7 +208,7 @@ def class_routing(routing: pd.DataFrame, grid: str = "gating", dataset: str = "m
     rows = rows[rows.split == "test"]
     table = agreement if agreement is not None else spec.seed_agreement(rows, value=value)
     table = table[(table.grid == grid) & (table.dataset == dataset)].set_index("label")
-    fig = plt.figure(figsize=(7.2, 5.2 if class_names is None else 5.8), layout="constrained")
+    fig = plt.figure(figsize=(FIGURE_WIDTH, 3.9 if class_names is None else 4.5), layout="constrained")
     top, bottom = fig.add_gridspec(2, 1, height_ratios=[1.4, 1.0])
     heat_axes = top.subgridspec(1, len(labels) + 1, width_ratios=[1] * len(labels) + [0.06]).subplots()
     image = None
