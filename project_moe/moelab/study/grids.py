@@ -173,7 +173,7 @@ def grid_regularisation_balanced(grid: str, epochs: int) -> list[RunSpec]:
     return [RunSpec(grid, label, dict(base, **flags)) for label, flags in variants.items()]
 
 
-LR_RATES = (3e-4, 1e-3, 2e-3, 3e-3, 1e-2)   # 1.5 decades around the study's 2e-3
+LR_RATES = (3e-4, 1e-3, 2e-3, 3e-3, 1e-2, 3e-2)   # 2 decades around the study's 2e-3 (dense-active peaks at 1e-2)
 
 
 def grid_lr(grid: str, epochs: int, rates=LR_RATES) -> list[RunSpec]:
