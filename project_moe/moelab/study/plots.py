@@ -32,50 +32,9 @@ def _final_rows(frame: pd.DataFrame, split: str) -> pd.DataFrame:
     return rows[rows.epoch == last]
 
 
-def expert_usage(experts: pd.DataFrame, grid: str = "gating", dataset: str = "mnist") -> plt.Figure:
-    """Distribution over experts (and seeds) of the routed fraction and of the mean gate weight,
-    one box per router, on the validation split at the last epoch."""
-    rows = _final_rows(experts[(experts.grid == grid) & (experts.dataset == dataset)], "val")
-    labels = _ordered(rows.label, GATING_ORDER)
-    fig, axes = plt.subplots(1, 2, figsize=(5.2, 2.9), sharey=False)
-    for ax, column, title in ((axes[0], "frac_routed", "fraction routed"),
-                              (axes[1], "mean_gate", "mean gate weight")):
-        data = [rows.loc[rows.label == label, column].to_numpy() for label in labels]
-        ax.boxplot(data, showfliers=True)
-        ax.set_xticks(range(1, len(labels) + 1), labels)
-        for i, values in enumerate(data, 1):
-            ax.scatter(np.full(len(values), i) + np.random.default_rng(i).uniform(-0.15, 0.15, len(values)),
-                       values, s=6, alpha=0.5, color="tab:blue")
-        ax.set_title(title)
-        ax.tick_params(axis="x", rotation=35)
-    axes[0].axhline(0, color="grey", lw=0.5)
-    fig.suptitle(f"Expert activation per router ({dataset})")
-    fig.tight_layout()
-    return fig
-
-
 def _of_run(frame: pd.DataFrame, run: str, grid: str | None) -> pd.DataFrame:
     """The rows of one run; ``grid`` tells apart runs of the same name in several grids."""
     return frame[(frame.run == run) & ((frame.grid == grid) if grid is not None else True)]
-
-
-def per_expert_loss_curves(experts: pd.DataFrame, run: str, grid: str | None = None) -> plt.Figure:
-    """Each expert's own validation loss over training: on the samples routed to it (solid)
-    and on all samples (dashed, what it would do outside its specialty)."""
-    rows = _of_run(experts, run, grid)
-    rows = rows[rows.split == "val"]
-    fig, ax = plt.subplots(figsize=(5.2, 3.0))
-    colors = plt.cm.tab10(np.linspace(0, 1, 10))
-    for e, group in rows.groupby("expert"):
-        ax.plot(group.epoch, group.loss_routed, "-o", ms=3, color=colors[e % 10], label=f"E{e}")
-        ax.plot(group.epoch, group.loss_all, "--", color=colors[e % 10], alpha=0.5)
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy (val)")
-    ax.set_title(f"Per-expert loss: routed samples (solid) vs all (dashed)\n{run}")
-    ax.legend(ncol=4, fontsize=7, frameon=False)
-    fig.tight_layout()
-    return fig
 
 
 def class_expert_heatmap(routing: pd.DataFrame, run: str, class_names=None, grid: str | None = None) -> plt.Figure:
