@@ -27,6 +27,7 @@ from ..data.tables import TableDataset, TableOptions
 from ..training.config import Config
 from ..training.run_files import CSVLog, write_json
 from ..training.run_logs import METRICS_COLUMNS
+from ..training.tuning import best_candidate
 
 REFERENCE_MODELS = ("logistic", "ridge", "hgb")
 
@@ -86,7 +87,7 @@ def tuned_fit(name: str, dataset: TableDataset, seed: int) -> tuple[dict[str, fl
     R^2; ties: the lower validation loss, then the order of the grid), and its parameters."""
     key = "val_acc" if dataset.task == "classification" else "val_r2"
     fits = [(fit_and_score(name, dataset, seed, **params), params) for params in TUNE_GRID[name]]
-    best = min(range(len(fits)), key=lambda i: (-fits[i][0][key], fits[i][0]["val_loss"], i))
+    best = best_candidate([scores[key] for scores, _ in fits], [scores["val_loss"] for scores, _ in fits])
     return fits[best]
 
 

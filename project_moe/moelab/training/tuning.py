@@ -30,6 +30,12 @@ TUNING_COLUMNS = ["lr", "weight_decay", "best_val_score", "best_epoch", "val_los
 SCRATCH = "tuning"
 
 
+def best_candidate(scores: list[float], losses: list[float]) -> int:
+    """The index of the best validation score (accuracy or R^2), ties broken by the lower
+    validation loss, then by the order of the candidates: the rule of every tuned model."""
+    return min(range(len(scores)), key=lambda i: (-scores[i], losses[i], i))
+
+
 def candidates() -> list[dict[str, float]]:
     return [{"lr": lr, "weight_decay": wd} for lr in TUNE_GRID["lr"] for wd in TUNE_GRID["weight_decay"]]
 
@@ -62,7 +68,7 @@ def choose(cfg: Config, run_dir: Path, dataset, device: torch.device, train) -> 
         rows.append({**settings, "best_val_score": score, "best_epoch": epoch, "val_loss_at_best": val_loss})
         shutil.rmtree(candidate_dir)
     shutil.rmtree(scratch, ignore_errors=True)
-    best = min(range(len(rows)), key=lambda i: (-rows[i]["best_val_score"], rows[i]["val_loss_at_best"], i))
+    best = best_candidate([row["best_val_score"] for row in rows], [row["val_loss_at_best"] for row in rows])
     for i, row in enumerate(rows):
         row["chosen"] = int(i == best)
     CSVLog(run_dir / "tuning.csv", TUNING_COLUMNS).write(rows)
