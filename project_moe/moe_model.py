@@ -18,27 +18,7 @@ and says where each one is:
     moe = MoE(build_router("topk", 784, 8, top_k=2), MLPExperts(8, 784, 128, 10))
     out = moe(x)              # x (N, 784) -> out.logits (N, 10), out.routing, out.aux (unweighted losses)
 """
-from moelab.layers.experts import MLPExperts, ModuleExperts, mlp
-from moelab.layers.moe import MoE, MoEOutput
-from moelab.layers.routers import (
-                                   ExpertChoiceRouter,
-                                   GumbelTopKRouter,
-                                   HardRouter,
-                                   NoisyTopKRouter,
-                                   Router,
-                                   SoftRouter,
-                                   TopKRouter,
-                                   build_router,
-)
-from moelab.layers.routing import GATING_CHOICES, Routing
-from moelab.models.builder import build_model
-from moelab.models.classifier import DenseClassifier, MoEClassifier, build_dense_matched, classifier_logits
-from moelab.models.cost import model_cost
-from moelab.models.spec import ModelSpec
-from moelab.models.text import ByteTransformer
-from moelab.models.vit import ViTClassifier
+import moelab
+from moelab import *  # noqa: F403  (the package's front door, name for name)
 
-__all__ = ["MLPExperts", "ModuleExperts", "mlp", "MoE", "MoEOutput", "Router", "SoftRouter", "HardRouter",
-           "TopKRouter", "NoisyTopKRouter", "GumbelTopKRouter", "ExpertChoiceRouter", "build_router", "GATING_CHOICES",
-           "Routing", "build_model", "DenseClassifier", "MoEClassifier", "build_dense_matched", "classifier_logits",
-           "model_cost", "ModelSpec", "ViTClassifier", "ByteTransformer"]
+__all__ = moelab.__all__

@@ -53,3 +53,35 @@ def test_the_shipped_mnist_copy_and_text_corpus_are_package_data():
                                                                               "cpython-3.11.7-lib.tar.xz"]
     pyproject = (PACKAGE.parent.parent / "pyproject.toml").read_text()
     assert 'moelab = ["assets/mnist/*.gz", "assets/text/*.tar.xz", "assets/text/LICENSE.txt"]' in pyproject
+
+
+def test_the_layers_and_models_import_without_the_data_training_and_study_stacks(tmp_path):
+    code = ("import sys\n"
+            "import moelab.layers, moelab.models\n"
+            "from moelab.layers import MoE, build_router, MLPExperts\n"
+            "moe = MoE(build_router('topk', 6, 4, top_k=2), MLPExperts(4, 6, 8, 3))\n"
+            "import torch\n"
+            "assert moe(torch.randn(5, 6)).logits.shape == (5, 3)\n"
+            "print(' '.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded = out.stdout.split()
+    third_party = [name for name in ("pandas", "matplotlib", "seaborn", "sklearn", "scipy", "torchvision")
+                   if name in loaded]
+    assert not third_party, third_party
+    # the models read the byte vocabulary from data.types (torch only); no loader, dataset or run code
+    own = [name for name in loaded if name.startswith("moelab.") and
+           not name.startswith(("moelab.layers", "moelab.models")) and
+           name not in ("moelab.exports", "moelab.data", "moelab.data.types")]
+    assert not own, own
+
+
+def test_one_front_door_that_moe_model_re_exports():
+    import moe_model
+    assert moe_model.__all__ == moelab.__all__
+    for name in moelab.__all__:
+        assert getattr(moe_model, name) is getattr(moelab, name), name
+        # each name says where it lives: the module of its definition is inside the package
+        obj = getattr(moelab, name)
+        home = getattr(obj, "__module__", None)
+        assert home is None or home.startswith("moelab."), (name, home)

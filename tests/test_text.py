@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from moelab.data import text
-from moelab.data.images import DataError
+from moelab.data.types import DataError
 from moelab.data.loader import BatchLoader, StreamLoader, loader_for
 from moelab.models.builder import build_model
 from moelab.models.text import ByteTransformer

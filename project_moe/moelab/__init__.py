@@ -13,19 +13,28 @@ What a user may import from here; everything else is importable from its module:
 
     from moelab import MoE, MLPExperts, build_router
     moe = MoE(build_router("topk", 784, 8, top_k=2), MLPExperts(8, 784, 128, 10))
-"""
-from .layers.aux_losses import AUX_NAMES
-from .layers.experts import MLPExperts, ModuleExperts, mlp
-from .layers.moe import MoE, MoEOutput
-from .layers.routers import build_router
-from .layers.routing import GATING_CHOICES, Routing
-from .layers.soft_moe import SoftMoE
-from .models.builder import build_model
-from .models.classifier import DenseClassifier, MoEClassifier, build_dense_matched
-from .models.spec import ModelSpec
-from .models.vit import ViTClassifier
-from .training.config import Config
 
-__all__ = ["AUX_NAMES", "MLPExperts", "ModuleExperts", "mlp", "MoE", "MoEOutput", "build_router", "GATING_CHOICES",
-           "Routing", "SoftMoE", "build_model", "DenseClassifier", "MoEClassifier", "build_dense_matched",
-           "ModelSpec", "ViTClassifier", "Config"]
+The names below are imported on first use, so that ``import moelab.layers`` loads the layers
+alone (torch, no pandas, no data or training code); moe_model.py re-exports the same names.
+"""
+from .exports import lazy_exports
+
+_HOMES = {
+    **dict.fromkeys(["MoE", "MoEOutput"], "layers.moe"),
+    **dict.fromkeys(["MLPExperts", "ModuleExperts", "mlp"], "layers.experts"),
+    **dict.fromkeys(["build_router", "Router", "SoftRouter", "HardRouter", "TopKRouter", "NoisyTopKRouter",
+                     "GumbelTopKRouter", "ExpertChoiceRouter"], "layers.routers"),
+    **dict.fromkeys(["Routing", "GATING_CHOICES"], "layers.routing"),
+    "SoftMoE": "layers.soft_moe",
+    "AUX_NAMES": "layers.aux_losses",
+    "ModelSpec": "models.spec",
+    "build_model": "models.builder",
+    **dict.fromkeys(["MoEClassifier", "DenseClassifier", "build_dense_matched", "classifier_logits"],
+                    "models.classifier"),
+    "ViTClassifier": "models.vit",
+    "ByteTransformer": "models.text",
+    "model_cost": "models.cost",
+    "Config": "training.config",
+}
+__all__ = list(_HOMES)
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

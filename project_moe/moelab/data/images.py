@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..paths import PACKAGE_DIR, REPO_ROOT
+from .types import DataError, Dataset, Split
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "folder:PATH", "python-stdlib", "text:PATH", "csv-text:PATH",
                    "iris", "wine", "breast-cancer", "diabetes", "csv:PATH")
@@ -50,55 +51,11 @@ IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dim
 MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+# CIFAR-10's label order, which is also the sorted order of cifar10-jpeg's class folders
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".ppm", ".pgm", ".tif", ".tiff")
 FOLDER_CACHE_VERSION = 1  # bump when the cached tensor layout changes
 RESIZE_CHUNK = 4096  # images per chunk when resizing, to bound the temporary float copy
-
-
-class DataError(ValueError):
-    """A dataset cannot be found or read. The message is one line: what is wrong and how to fix it."""
-
-    def __init__(self, message: str):
-        # Collapse whitespace so that a caller can print it as a single log line.
-        super().__init__(" ".join(str(message).split()))
-
-
-@dataclass(frozen=True)
-class Split:
-    images: torch.Tensor  # (N, C, H, W) uint8, or (N, T) uint8 byte sequences (text classification)
-    labels: torch.Tensor  # (N,) int64
-
-    def __post_init__(self):
-        if self.images.dtype != torch.uint8 or self.images.dim() not in (2, 4):
-            raise ValueError(f"Split.images must be uint8 (N, C, H, W) or (N, T), "
-                             f"got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
-            raise ValueError(f"Split.labels must be int64 of shape ({len(self.images)},), "
-                             f"got {self.labels.dtype} {tuple(self.labels.shape)}")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class Dataset:
-    name: str
-    train: Split
-    val: Split
-    test: Split
-    classes: list[str]
-    mean: tuple[float, ...]  # per channel, [0, 1] units, from the train split only
-    std: tuple[float, ...]
-    augment: bool  # crop + flip suit natural RGB images, not digits whose mirror is another class
-    source: str
-
-    @property
-    def in_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +76,7 @@ def check_dataset_spec(name: str) -> None:
     """Fail fast on a bad --dataset value, before any loading; creates nothing."""
     if name in DATASET_CHOICES[:3] or name == "python-stdlib":
         return
-    from .tables import check_table_spec, is_table_dataset  # tables.py builds on this module's DataError
+    from .tables import check_table_spec, is_table_dataset  # tables (pandas) load only for a table
     if is_table_dataset(name):
         return check_table_spec(name)
     if name.startswith(("text:", "csv-text:")):

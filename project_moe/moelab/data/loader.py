@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from .images import Split
+from .types import Split
 from .tables import TableSplit
 
 

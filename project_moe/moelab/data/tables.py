@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .images import DataError
+from .types import DataError
 
 BUILTIN_TABLES = {     # name: (scikit-learn loader, task)
     "iris": ("load_iris", "classification"),

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from ..paths import PACKAGE_DIR
-from .images import DataError, Dataset, Split, cache_dir, split_train_val
+from .images import cache_dir, split_train_val
+from .types import PAD, VOCAB, DataError, Dataset, Split
 
 CORPUS_NAME = "python-stdlib"
 CORPUS_RELEASE = "3.11.7"
@@ -40,8 +41,6 @@ CORPUS_ASSET = PACKAGE_DIR / "assets" / "text" / f"cpython-{CORPUS_RELEASE}-lib.
 CORPUS_MD5 = "5f1db64f1793e58226cf8096894a1646"
 CORPUS_CACHE_VERSION = 2           # bump when the cached tensors or the byte kinds change
 TEST_SHARE, VAL_SHARE_DEFAULT = 0.05, 0.05
-VOCAB = 256                        # byte values; the classifier pads with byte 0 (PAD)
-PAD = 0
 
 # The kind of a byte: Python token types for .py sources (tokenize), character classes otherwise.
 KINDS = ("space", "newline", "name", "keyword", "operator", "number", "string", "comment",

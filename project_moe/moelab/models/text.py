@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..data.text import PAD, VOCAB
+from ..data.types import PAD, VOCAB
 from .spec import ModelSpec
 from .transformer import Block, TokenModel, TransformerOutput, token_model_cost
 

@@ -11,6 +11,10 @@ from .grids import split_lr_label
 
 DATASET_ORDER = ["mnist", "fashion-mnist", "cifar10-jpeg"]
 GATING_ORDER = ["soft", "hard", "top2", "noisy-top2", "gumbel-top1", "expert-choice", "expert-choice-2"]
+# How figures and report tables name the routers of the gating grids (labels of grids.py)
+ROUTER_NAMES = {"soft": "soft", "hard": "top-1 (Switch)", "top2": "top-2", "noisy-top2": "noisy top-2",
+                "gumbel-top1": "Gumbel top-1", "expert-choice": "expert choice, 1/sample",
+                "expert-choice-2": "expert choice, 2/sample"}
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "font.size": 9, "axes.titlesize": 10,
                      "axes.spines.top": False, "axes.spines.right": False})
 
@@ -49,7 +53,7 @@ def class_expert_heatmap(routing: pd.DataFrame, run: str, class_names=None, grid
         # seaborn: cell annotations in a colour readable on their cell, blank (NaN) cells, one call.
         labels = [class_names[c] if class_names else c for c in table.columns]
         sns.heatmap(table.set_axis(labels, axis=1).set_axis([f"E{e}" for e in table.index]), ax=ax,
-                    cmap="viridis", annot=table.size <= 160, fmt=fmt, annot_kws={"fontsize": 5.5},
+                    cmap="viridis", annot=table.size <= 160, fmt=fmt, annot_kws={"fontsize": 7},
                     cbar_kws={"fraction": 0.046})
         ax.tick_params(axis="x", labelrotation=45 if class_names else 0, labelsize=7)
         ax.tick_params(axis="y", labelrotation=0)
@@ -237,17 +241,19 @@ def sharpness_curves(curves: pd.DataFrame, ax=None) -> plt.Figure:
     ax.set_xlabel("t (step along the unit top eigenvector)")
     ax.set_ylabel("cross-entropy")
     ax.set_title("Loss along the sharpest direction")
-    ax.legend(fontsize=6, frameon=False)
+    ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
 
 
-def patch_routing(patches: pd.DataFrame, images: np.ndarray, run: str, n_images: int = 4) -> plt.Figure:
+def patch_routing(patches: pd.DataFrame, images: np.ndarray, run: str, n_images: int = 4,
+                  class_names=None) -> plt.Figure:
     """Which expert each patch of a test image goes to, per MoE block of a ViT: the image, then
     one panel per block with every patch tinted by its top-1 expert (number in the patch).
 
     patches: test_patches.csv rows (of ``run`` among others); images: that run's
-    test_patch_images.npy, (N, C, H, W) uint8, row ``index`` of patches is image ``index``.
+    test_patch_images.npy, (N, C, H, W) uint8, row ``index`` of patches is image ``index``;
+    class_names: the dataset's class names by label (titles show the label number without them).
     """
     rows = patches[patches.run == run]
     if rows.empty:
@@ -257,7 +263,7 @@ def patch_routing(patches: pd.DataFrame, images: np.ndarray, run: str, n_images:
     experts = int(rows.top1_expert.max()) + 1
     colors = plt.cm.tab10(np.arange(max(experts, 1)) % 10)
     grid_rows, grid_cols = int(rows.row.max()) + 1, int(rows.col.max()) + 1
-    fig, axes = plt.subplots(len(shown), 1 + len(layers), figsize=(1.25 * (1 + len(layers)), 1.3 * len(shown)),
+    fig, axes = plt.subplots(len(shown), 1 + len(layers), figsize=(1.5 * (1 + len(layers)), 1.6 * len(shown)),
                              squeeze=False)
     for image_axes, index in zip(axes, shown):
         picture = np.moveaxis(images[index], 0, -1)                            # (H, W, C)
@@ -265,7 +271,8 @@ def patch_routing(patches: pd.DataFrame, images: np.ndarray, run: str, n_images:
         cmap = "gray" if picture.ndim == 2 else None
         label = rows[rows["index"] == index].iloc[0]
         image_axes[0].imshow(picture, cmap=cmap)
-        image_axes[0].set_title(f"class {label['class']}", fontsize=7)
+        name = class_names[label["class"]] if class_names is not None else f"class {label['class']}"
+        image_axes[0].set_title(name, fontsize=8)
         for ax, layer in zip(image_axes[1:], layers):
             cells = rows[(rows["index"] == index) & (rows.layer == layer)]
             expert_map = np.zeros((grid_rows, grid_cols), dtype=int)
@@ -276,12 +283,12 @@ def patch_routing(patches: pd.DataFrame, images: np.ndarray, run: str, n_images:
                       interpolation="nearest")
             for r, c, e in zip(cells.row, cells.col, cells.top1_expert):
                 ax.text((c + 0.5) * width / grid_cols - 0.5, (r + 0.5) * height / grid_rows - 0.5, str(e),
-                        ha="center", va="center", fontsize=6, color="black")
-            ax.set_title(f"block {layer + 1}", fontsize=7)
+                        ha="center", va="center", fontsize=7.5, color="black")
+            ax.set_title(f"block {layer + 1}", fontsize=8)
         for ax in image_axes:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"Top-1 expert of every patch ({run})", fontsize=8)
+    fig.suptitle(f"Top-1 expert of every patch\n({run})", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -317,7 +324,7 @@ def capacity_tradeoff(summary: pd.DataFrame, grid: str = "capacity", ax=None) ->
     ax.set_xlabel("assignments dropped (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"capacity ({rows.dataset.iloc[0]}; dashed: dropless)", fontsize=8)
-    ax.legend(fontsize=6, frameon=False)
+    ax.legend(fontsize=7, frameon=False)
     return fig
 
 
@@ -335,7 +342,7 @@ def balancing_over_time(metrics: pd.DataFrame, grid: str = "balancing", ax=None)
     ax.set_xlabel("epoch")
     ax.set_ylabel("load CV (0 = balanced)")
     ax.set_title(f"balancing, top-1 ({rows.dataset.iloc[0]})", fontsize=8)
-    ax.legend(fontsize=6, frameon=False)
+    ax.legend(fontsize=7, frameon=False)
     return fig
 
 
@@ -360,7 +367,7 @@ def convergence(metrics: pd.DataFrame, grid: str | tuple[str, ...], dataset: str
     by_epoch.set_xlabel("epoch")
     by_epoch.set_ylabel("validation accuracy (%)")
     by_time.set_xlabel("training wall time (s)")
-    by_epoch.legend(fontsize=6, frameon=False)
+    by_epoch.legend(fontsize=7, frameon=False)
     fig.suptitle(f"{' and '.join(grids)} ({dataset})", fontsize=9)
     fig.tight_layout()
     return fig
@@ -394,7 +401,7 @@ def lm_convergence(metrics: pd.DataFrame, step_time: dict[str, float], grid: str
     by_step.set_xlabel("training step")
     by_step.set_ylabel("validation bits per byte")
     by_time.set_xlabel("steps x step time over dense-active")
-    by_step.legend(fontsize=6, frameon=False, ncol=2)
+    by_step.legend(fontsize=7, frameon=False, ncol=2)
     fig.tight_layout()
     return fig
 
@@ -408,14 +415,14 @@ def kind_expert_heatmap(kinds: pd.DataFrame, run: str, kind_names, split: str = 
     if rows.empty:
         return _no_runs(f"kinds.csv of {run}")
     layers = sorted(rows.layer.unique())[:blocks]
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 2.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False)
     for ax, layer in zip(axes[0], layers):
         table = rows[rows.layer == layer].pivot_table(index="expert", columns="kind", values="top1", aggfunc="sum")
         table = table.loc[:, table.sum(axis=0) > 0].astype(float)
         share = table / table.sum(axis=0)
         sns.heatmap(share.set_axis([kind_names[k] for k in share.columns], axis=1)
                     .set_axis([f"E{e}" for e in share.index]), ax=ax, cmap="viridis", vmin=0,
-                    annot=share.size <= 160, fmt=".2f", annot_kws={"fontsize": 5}, cbar=layer == layers[-1],
+                    annot=share.size <= 160, fmt=".2f", annot_kws={"fontsize": 7}, cbar=layer == layers[-1],
                     cbar_kws={"fraction": 0.046})
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         ax.tick_params(axis="y", labelrotation=0)
@@ -428,10 +435,11 @@ def kind_expert_heatmap(kinds: pd.DataFrame, run: str, kind_names, split: str = 
     return fig
 
 
-def text_routing(routed: pd.DataFrame, run: str, lines: int = 12, width: int = 64) -> plt.Figure:
+def text_routing(routed: pd.DataFrame, run: str, lines: int = 10, width: int = 56) -> plt.Figure:
     """The first ``lines`` lines of a language model's held-out text (test_text.csv rows of
     ``run``; lines cut at ``width`` bytes), each byte on a cell tinted by its top-1 expert, one
-    panel per MoE block. Bytes outside printable ASCII are drawn as a middle dot."""
+    panel per MoE block, with the colour of each expert in a legend. Bytes outside printable
+    ASCII are drawn as a middle dot."""
     rows = routed[routed.run == run]
     if rows.empty:
         return _no_runs(f"test_text.csv of {run}")
@@ -449,7 +457,8 @@ def text_routing(routed: pd.DataFrame, run: str, lines: int = 12, width: int = 6
         if col < width:
             cells.append((position, line, col))
         col += 1
-    fig, axes = plt.subplots(len(layers), 1, figsize=(0.11 * width + 0.4, 0.16 * lines * len(layers) + 0.5),
+    # A cell of 0.125 x 0.2 inch holds a 7.5-pt monospace character with room around it.
+    fig, axes = plt.subplots(len(layers), 1, figsize=(0.125 * width + 0.3, 0.2 * lines * len(layers) + 1.1),
                              squeeze=False)
     for ax, layer in zip(axes[:, 0], layers):
         of_layer = rows[rows.layer == layer].sort_values("index")
@@ -460,11 +469,14 @@ def text_routing(routed: pd.DataFrame, run: str, lines: int = 12, width: int = 6
         ax.imshow(tint, alpha=0.55, aspect="auto", interpolation="nearest")
         for position, r, c in cells:
             char = chr(byte[position]) if 32 <= byte[position] < 127 else "\u00b7"
-            ax.text(c, r, char, ha="center", va="center", fontsize=5.5, family="monospace")
+            ax.text(c, r, char, ha="center", va="center", fontsize=7.5, family="monospace")
         ax.set_axis_off()
-        ax.set_title(f"block {layer + 1}: top-1 expert of every byte (colour)", fontsize=7)
-    fig.suptitle(f"Held-out text routed by {run}", fontsize=8)
-    fig.tight_layout()
+        ax.set_title(f"block {layer + 1}: top-1 expert of every byte (colour)", fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[e][:3], alpha=0.55) for e in range(experts)]
+    fig.legend(handles, [f"E{e}" for e in range(experts)], loc="lower center", ncol=min(experts, 10),
+               fontsize=7.5, frameon=False, handlelength=1.2, columnspacing=1.0)
+    fig.suptitle(f"Held-out text routed by {run}", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 

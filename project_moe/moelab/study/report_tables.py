@@ -44,11 +44,6 @@ def tabular(header: list[str] | list[list[str]], rows: list[list[str]], align: s
     return "\n".join(lines)
 
 
-ROUTER_NAMES = {"soft": "soft", "hard": "top-1 (Switch)", "top2": "top-2", "noisy-top2": "noisy top-2",
-                "gumbel-top1": "Gumbel top-1", "expert-choice": "expert choice, 1/sample",
-                "expert-choice-2": "expert choice, 2/sample"}
-
-
 def _difference(comparisons: pd.DataFrame | None, grid: str, dataset: str, model: str, reference: str) -> str:
     """A paired difference in accuracy points, ``mean [low, high]``, or -- when not compared."""
     if comparisons is None:
@@ -71,7 +66,7 @@ def table_gating(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None,
     first = datasets[0]
     body = []
     for label in plots._ordered(rows.label, plots.GATING_ORDER):
-        cells = [ROUTER_NAMES.get(label, escape(label))]
+        cells = [plots.ROUTER_NAMES.get(label, escape(label))]
         for dataset in datasets:
             match = rows[(rows.dataset == dataset) & (rows.label == label)]
             cells.append(pm(match.test_acc_mean.iloc[0], match.test_acc_std.iloc[0]) if len(match) else "--")
@@ -105,8 +100,8 @@ def agreement_macros(summary: pd.DataFrame, agreement: pd.DataFrame | None) -> l
     rows = summary[(summary.grid == "gating") & summary.specialisation_mean.notna()]
     for dataset, table in rows.groupby("dataset", sort=False):
         low, high = table.loc[table.specialisation_mean.idxmin()], table.loc[table.specialisation_mean.idxmax()]
-        text = (f"{low.specialisation_mean:.2f} ({ROUTER_NAMES.get(low.label, low.label)}) to "
-                f"{high.specialisation_mean:.2f} ({ROUTER_NAMES.get(high.label, high.label)})")
+        text = (f"{low.specialisation_mean:.2f} ({plots.ROUTER_NAMES.get(low.label, low.label)}) to "
+                f"{high.specialisation_mean:.2f} ({plots.ROUTER_NAMES.get(high.label, high.label)})")
         lines.append(f"\\expandafter\\def\\csname specrange:{dataset}\\endcsname{{{text}}}")
     return lines
 

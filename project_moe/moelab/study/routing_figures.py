@@ -10,11 +10,8 @@ import pandas as pd
 from matplotlib.colors import ListedColormap
 
 from . import specialisation as spec
-from .plots import GATING_ORDER, _no_runs, _ordered
+from .plots import GATING_ORDER, ROUTER_NAMES, _no_runs, _ordered
 
-ROUTER_NAMES = {"soft": "soft", "hard": "top-1 (hard)", "top2": "top-2", "noisy-top2": "noisy top-2",
-                "gumbel-top1": "Gumbel top-1", "expert-choice": "expert choice, k=1",
-                "expert-choice-2": "expert choice, k=2"}
 CORE_ROUTERS = ("soft", "hard", "top2", "expert-choice")
 # Okabe-Ito: distinguishable with every common colour-vision deficiency.
 BAR_COLOUR, MASS_COLOUR, CHANCE_COLOUR = "#0072B2", "#D55E00", "#777777"

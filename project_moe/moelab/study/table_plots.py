@@ -103,9 +103,9 @@ def gate_partition(predictions: pd.DataFrame, gate_grid: pd.DataFrame, run: str,
     if title:
         fig.set_size_inches(3.6, 2.5)
     if title:    # the report's small figure: the legend beside the axes
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     else:
-        ax.legend(fontsize=6.5, loc="best", framealpha=0.8)
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
     ax.set_xlabel("first principal direction")
     ax.set_ylabel("second principal direction")
     ax.set_title(title or f"Gate regions and test rows by top-1 expert\n{run}", fontsize=8)
@@ -135,7 +135,7 @@ def expert_predictions(predictions: pd.DataFrame, run: str, target_name: str = "
         ax.plot([low, high], [low, high], color="k", lw=0.6)
         ax.set_xlabel(target_name)
     axes[0].set_ylabel("prediction")
-    axes[0].legend(fontsize=6)
+    axes[0].legend(fontsize=7)
     fig.suptitle(run, fontsize=8)
     fig.tight_layout()
     return fig

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.text import VOCAB
+from ..data.types import VOCAB
 from ..models.builder import build_model
 from .config import Config, ConfigError
 from .exits import EXIT_BAD_INPUT
