@@ -1,10 +1,15 @@
-"""Tiny datasets written in the real on-disk formats, for tests that go through moelab.data."""
+"""Tiny synthetic data for the tests: images, tables and text in the real on-disk formats, and numbered images."""
 from __future__ import annotations
 
 import pathlib
+import random
 
 import numpy as np
+import pandas as pd
+import torch
 from PIL import Image
+
+from moelab import data
 
 MNIST_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
                "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -73,3 +78,98 @@ def write_folder_layout(root: pathlib.Path, n_train: int = 600, n_test: int = 20
             rgb = np.repeat(image[:, :, None], 3, axis=2)
             Image.fromarray(rgb, "RGB").save(root / split / f"c{label}" / f"{i:04d}.png")
     return root
+
+
+# ----------------------------------------------------------------------------- an ImageFolder of random images
+
+def write_folder(root: pathlib.Path, per_class: dict[str, int], fmt="png", mode="RGB", size=8, seed=0,
+                 splits=("train", "test")) -> dict[str, list[np.ndarray]]:
+    """Random images under root/<split>/<class>/NNN.<fmt>; returns arrays in sorted-path order."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split in splits:
+        arrays = []
+        for cls in sorted(per_class):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class[cls]):
+                shape = (size, size, 3) if mode == "RGB" else (size, size)
+                arr = rng.integers(0, 256, shape, dtype=np.uint8)
+                Image.fromarray(arr, mode).save(root / split / cls / f"{i:03d}.{fmt}")
+                arrays.append(arr)
+        written[split] = arrays
+    return written
+
+
+# ----------------------------------------------------------------------------- images that spell their index
+
+def numbered_split(n: int, channels: int = 1, size: int = 4) -> data.Split:
+    """Images whose first two pixels spell their index, so a batch can be traced back to samples."""
+    images = torch.randint(0, 256, (n, channels, size, size), generator=torch.Generator().manual_seed(n), dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n) // 256
+    images[:, 0, 0, 1] = torch.arange(n) % 256
+    return data.Split(images, torch.arange(n) % 10)
+
+
+def sample_ids(images: torch.Tensor) -> list[int]:
+    return (images[:, 0, 0, 0].long() * 256 + images[:, 0, 0, 1].long()).tolist()
+
+
+# ----------------------------------------------------------------------------- a CSV table
+
+def write_csv(path, rows: int = 60, seed: int = 0, **overrides):
+    """A table with two numeric features, one string feature and a string target that depends on them."""
+    rng = np.random.default_rng(seed)
+    size = rng.normal(10.0, 3.0, rows)
+    weight = rng.normal(-5.0, 0.5, rows)
+    colour = rng.choice(["red", "green", "blue"], rows)
+    kind = np.where(size + 2 * (colour == "red") > 11, "big", "small")
+    frame = pd.DataFrame({"size": size, "weight": weight, "colour": colour, "kind": kind,
+                          "price": 3 * size + weight + rng.normal(0, 0.1, rows)})
+    for column, values in overrides.items():
+        frame[column] = values
+    frame.to_csv(path, index=False)
+    return frame
+
+
+# ----------------------------------------------------------------------------- text: Python sources, AG News layout
+
+PYTHON_KINDS = {"space", "newline", "name", "keyword", "operator", "number", "string", "comment"}
+
+
+def write_sources(folder: pathlib.Path, count: int, seed: int = 0) -> dict[str, bytes]:
+    """``count`` small Python modules of different sizes, each with a marker no other file holds."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for i in range(count):
+        marker = f"marker_{i:02d}_{rng.getrandbits(48):012x}"
+        body = "".join(f'''
+def {marker}_f{j}(x, y={j}):
+    """Return x and y ({marker})."""
+    if x > {j}.5:  # compare with {j}
+        return x + y * {i}
+    return [x, y, "s{j}"]
+''' for j in range(1 + rng.randrange(6)))
+        name = f"pkg{i % 3}/mod_{i:02d}.py"
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(f"# module {marker}\n{body}", encoding="utf-8")
+        written[name] = (folder / name).read_bytes()
+    return written
+
+
+AG_TRAIN = (
+    '"3","Wall St. Bears Claw Back Into the Black (Reuters)","Reuters - Short-sellers, Wall Street\'s dwindling'
+    '\\band of ultra-cynics, are seeing green again."\n'
+    '"1","Talks, again","Leaders met on Monday, ""briefly"", and left."\n'
+    '"2","Late goal","A 1-0 win, sealed in the 90th minute."\n'
+    '"4","Chips","Faster, cheaper, smaller: the café\'s new laptop."\n'
+) * 3
+AG_TEST = ('"2","Match","Drawn, 1-1."\n'
+           '"4","Software","An update, at last."\n'
+           '"1","Summit","No deal."\n')
+
+
+def write_ag_news(root: pathlib.Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train.csv").write_text(AG_TRAIN, encoding="utf-8")
+    (root / "test.csv").write_text(AG_TEST, encoding="utf-8")

@@ -7,7 +7,7 @@ What a user may import from here; everything else is importable from its module:
                the builder, parameter and FLOP accounting
     data/      datasets as whole tensors, the batch loader
     training/  the run config and its command line, the step, the trainer, evaluation, run files
-    distributed.py  data and expert parallelism under torchrun
+    distributed/  data and expert parallelism under torchrun
     study/     the grids, their runner, the results as DataFrames, the figures, the report
     bench/     the speed benchmarks and the GPU check
 

@@ -3,7 +3,7 @@
     python bench.py ep            # P = 1 and 2, N = 4096 rows, d = 256, experts 256 -> 512 -> 256, top-2 of 8
 
 P = 1 runs the layer in this process; P > 1 spawns P gloo ranks (torch.multiprocessing), each
-with its share of the rows and E / P experts, exchanging rows with all-to-all (distributed.py).
+with its share of the rows and E / P experts, exchanging rows with all-to-all (layers/expert_parallel.py).
 A step is forward + backward; each rank times its all-to-all calls apart from the rest
 (compute), and counts the bytes it sends to other ranks. On a CPU with few cores the ranks
 share the same cores and memory, so this measures the overhead of the exchange, not a speed-up.

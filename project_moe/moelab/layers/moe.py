@@ -57,8 +57,9 @@ class MoEOutput:
 
 class LocalExperts:
     """Runs rows on an expert bank that holds every expert: the exchange of an MoE layer in
-    one process. ``distributed.py`` installs its expert-parallel counterpart, which sends
-    the rows to the processes that own their experts and brings the outputs back."""
+    one process. Under expert parallelism ``distributed/parallelize.py`` installs its counterpart,
+    ``expert_parallel.ExpertParallel``, which sends the rows to the processes that own their
+    experts and brings the outputs back."""
 
     def run_sorted(self, experts: MLPExperts | ModuleExperts, x_sorted: Tensor, counts: Tensor) -> Tensor:
         """(M, ...) rows grouped by expert, counts (E,) -> (M, K)."""

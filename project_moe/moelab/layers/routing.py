@@ -58,7 +58,7 @@ class Routing:
 
 class LocalBatch:
     """The batch scope of a router when the whole batch is in this process: every call is the
-    identity. ``distributed.py`` installs a scope for a batch split over processes, where the
+    identity. ``distributed/parallelize.py`` installs a scope for a batch split over processes, where the
     same calls reach the other shards, so that a router computes what it would compute on
     the whole batch."""
 

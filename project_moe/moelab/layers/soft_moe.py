@@ -35,7 +35,7 @@ class SoftMoE(nn.Module):
         self.experts = experts
         self.slots_per_expert, self.tokens = slots_per_expert, tokens
         self.slot_params = nn.Parameter(torch.randn(dim, len(experts) * slots_per_expert) / math.sqrt(dim))  # Phi
-        self.batch = LOCAL_BATCH      # the auxiliary losses' batch scope (distributed.py)
+        self.batch = LOCAL_BATCH      # the auxiliary losses' batch scope (distributed/parallelize.py)
         self.loss_names = None        # as Router.loss_names
 
     def slot_weights(self, images: Tensor) -> tuple[Tensor, Tensor]:

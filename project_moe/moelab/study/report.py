@@ -143,7 +143,8 @@ def report_inputs(results: Path) -> ReportInputs:
     tables = build_tables(summary, bench, logs.read_all(results, "test_samples.csv"), load_train_bench(results),
                           load_sharpness(results), logs.read_all(results, "test_patches.csv"), bench_repeat,
                           load_sharpness(results, "sharpness_cifar"), logs.read_all(results, "metrics.csv"),
-                          load_vit_step_time(results), load_lm_step_time(results, summary), paired, agreement)
+                          load_vit_step_time(results), load_lm_step_time(results, summary), paired, agreement,
+                          logs.read_all(results, "tuning.csv"))
     return ReportInputs(tables, paired, experts, routing, agreement)
 
 

@@ -466,13 +466,29 @@ def table_hyperparameters() -> str:
                     "aux.\\ coef."], body, "llrrrlllrlr")
 
 
+def tuning_macros(tuning: pd.DataFrame | None) -> list[str]:
+    """``\\tunedlr{rate}`` and ``\\tunedwd{decay}``: the share (%) of the tuned network runs (the
+    tuning.csv rows of the candidate each run chose) whose choice has that peak learning rate or
+    weight decay (values as ``:g`` writes them, e.g. 0.01); ``\\tunedruns`` counts those runs."""
+    lines = ["\\newcommand{\\tunedlr}[1]{\\csname tunedlr:#1\\endcsname}",
+             "\\newcommand{\\tunedwd}[1]{\\csname tunedwd:#1\\endcsname}"]
+    chosen = (tuning[tuning.chosen == 1] if tuning is not None and not tuning.empty
+              else pd.DataFrame(columns=["lr", "weight_decay"]))
+    lines.append(f"\\newcommand{{\\tunedruns}}{{{len(chosen)}}}")
+    for macro, column in (("tunedlr", "lr"), ("tunedwd", "weight_decay")):
+        for value, share in chosen[column].value_counts(normalize=True).sort_index().items():
+            lines.append(f"\\expandafter\\def\\csname {macro}:{value:g}\\endcsname{{{100 * share:.0f}}}")
+    return lines
+
+
 def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.DataFrame,
                  train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None,
                  patches: pd.DataFrame, bench_repeat: pd.DataFrame | None = None,
                  cifar_sharpness: pd.DataFrame | None = None, metrics: pd.DataFrame | None = None,
                  vit_step_time: dict[tuple[int, str], float] | None = None,
                  lm_step_time: dict[str, float] | None = None,
-                 comparisons: pd.DataFrame | None = None, agreement: pd.DataFrame | None = None) -> dict[str, str]:
+                 comparisons: pd.DataFrame | None = None, agreement: pd.DataFrame | None = None,
+                 tuning: pd.DataFrame | None = None) -> dict[str, str]:
     metrics = metrics if metrics is not None else pd.DataFrame()
     convergence = convergence_rows(summary, metrics, vit_step_time)
     lm = lm_rows(summary, metrics, lm_step_time)
@@ -480,7 +496,7 @@ def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.
               "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
                                  logs.patch_coherence(patches) if not patches.empty else None,
                                  bench_repeat, cifar_sharpness, convergence, lm, comparisons) + vit_router_sizes()
-              + "\n".join(agreement_macros(summary, agreement)) + "\n",
+              + "\n".join(agreement_macros(summary, agreement) + tuning_macros(tuning)) + "\n",
               "lm": table_lm(lm), "tabular": table_tabular(summary),
               "hyperparameters": table_hyperparameters()}
     return tables

@@ -2,7 +2,7 @@
 
 The Student t distribution is computed here (regularised incomplete beta function by its
 continued fraction, Numerical Recipes 6.4; quantiles by bisection) so that the study needs no
-statistics package; tests/test_statistics.py checks every function against scipy.stats.
+statistics package; tests/study/test_statistics.py checks every function against scipy.stats.
 """
 from __future__ import annotations
 

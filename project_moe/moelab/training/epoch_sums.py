@@ -3,7 +3,7 @@
 Legend: E experts, L MoE blocks of a ViT.
 
 Under torchrun the cross-entropy and the auxiliary losses of a step are already those of the
-whole batch on every process (distributed.py), and so are their sums here; correct predictions
+whole batch on every process (moelab/distributed/), and so are their sums here; correct predictions
 and expert assignments are counted on each process's share and added over the processes when
 the sums are read (``totals``).
 """

@@ -63,7 +63,7 @@ def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[s
     Under torchrun, (x, y) is this rank's share of a global batch of ``batch_rows`` rows: it
     back-propagates its part of the global-batch loss and the gradients of the replicated
     parameters are summed over the ranks, which makes the step the one a single process
-    would take on the whole batch (distributed.py).
+    would take on the whole batch (moelab/distributed/).
     ``precision``: the forward pass under autocast (--amp), with loss scaling where it needs one.
     ``label_smoothing``: of the cross-entropy (which is then what the step returns).
     Raises FloatingPointError, before touching the weights, if the loss is not finite.

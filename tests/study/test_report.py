@@ -1,0 +1,116 @@
+"""moelab/study/report.py: the report built from the committed results (tables, PDF, claims) and its inputs."""
+import pandas as pd
+import pytest
+from pypdf import PdfReader
+
+from moelab.paths import PROJECT_DIR
+from moelab.study import report, report_tables
+
+RESULTS = report.RESULTS
+committed_results = pytest.mark.skipif(not (RESULTS / "summary.csv").exists(), reason="no committed results")
+
+
+@committed_results
+def test_summary_csv_is_the_aggregation_of_the_run_logs():
+    summary = report.load_summary(RESULTS)   # raises if summary.csv and the logs disagree
+    # 3 seeds for the core study and the language models of lm, 2 for the extension grids (cosine,
+    # sharpness, vit), 1 for the 12-block ViTs of vit_convergence_deep (a run costs twice a 6-block one; the report says so)
+    summary = summary[summary.grid != "vit_convergence_deep"]
+    assert (summary.seeds >= 2).all(), summary[summary.seeds < 2][["grid", "dataset", "label", "seeds"]]
+    core = summary[~summary.grid.isin(["cosine", "sharpness", "vit"])]
+    assert (core.seeds >= 3).all(), core[core.seeds < 3][["grid", "dataset", "label", "seeds"]]
+
+
+@committed_results
+def test_report_tables_equal_the_results():
+    for name, text in report.report_inputs(RESULTS).tables.items():
+        committed = (report.REPORT / "tables" / f"{name}.tex").read_text()
+        assert committed == text, f"report/tables/{name}.tex is stale: run python build_report.py"
+
+
+@committed_results
+def test_report_pdf_has_four_to_six_pages():
+    pdf = PROJECT_DIR / "report.pdf"
+    assert pdf.exists()
+    assert 4 <= len(PdfReader(pdf).pages) <= 6
+
+
+# Sentences of the report (and README) whose verb is typed rather than a \verdict macro: each holds
+# only if every paired comparison it summarises (model and reference: patterns) has one of these
+# verdicts in comparisons.csv.
+TYPED_CLAIMS = [
+    # "No MoE beats the dense network of its total size." (report, MoE against dense networks)
+    ("moe_vs_dense", None, r"moe-.*", "dense-params", {"tie", "worse"}),
+    # "no whole-image MoE beats the dense network with the same total parameters" (Discussion)
+    ("cifar_trunk", None, r"moe-.*", "dense-params", {"tie", "worse"}),
+    ("cnn_experts", None, r"moe-.*", "dense-params-cnn", {"tie", "worse"}),
+    # "none of them makes a better balanced MoE" (regularisation_balanced)
+    ("regularisation_balanced", "mnist", r".*", "balance", {"tie", "worse"}),
+    # "Token routing inside a shared ViT ties with the dense network of equal compute in accuracy" (Discussion)
+    ("vit", None, r"vit-moe-.*", "vit-dense-active", {"tie"}),
+    ("vit_convergence", None, r"d6-moe-top2", "d6-dense-active", {"tie"}),
+    # "on text ... the per-step gain holds over seeds" (Discussion; loss-free top-2 is named apart)
+    ("lm", None, r"lm-(top|shared-top).*", "lm-dense-active", {"better"}),
+    # "On small tables ... it ties at best; a linear model has the best mean accuracy" (Discussion)
+    ("tabular", None, r"e\d+-(soft|top1|top2).*", r"e\d+-dense-params", {"tie", "worse"}),
+    ("tabular", None, r"e\d+-.*", "ref-logistic", {"tie", "worse"}),
+]
+
+
+@committed_results
+def test_typed_claims_hold_in_the_paired_comparisons():
+    table = report.load_comparisons(RESULTS)
+    for grid, dataset, model, reference, allowed in TYPED_CLAIMS:
+        rows = table[(table.grid == grid) & table.model.str.fullmatch(model) & table.reference.str.fullmatch(reference)]
+        rows = rows if dataset is None else rows[rows.dataset == dataset]
+        assert len(rows), (grid, model, reference)
+        wrong = rows[~rows.verdict.isin(allowed)]
+        assert wrong.empty, f"the report's claim about {grid} {model} vs {reference} no longer holds:\n{wrong}"
+
+
+@committed_results
+def test_every_comparison_the_report_quotes_exists():
+    import re
+    table = report.load_comparisons(RESULTS)
+    keys = {key for row in table.itertuples() for key in report_tables.comparison_keys(row)}
+    text = "\n".join(path.read_text() for path in report.REPORT.glob("*.tex"))
+    quoted = {":".join(m) for m in re.findall(r"\\(?:cmp|verdict)\{([^}]*)\}\{([^}]*)\}\{([^}]*)\}\{([^}]*)\}", text)}
+    assert quoted and quoted <= keys, sorted(quoted - keys)
+
+
+@committed_results
+def test_the_readme_quotes_the_mnist_comparisons_of_comparisons_csv():
+    # README, Results: "top-1 of 8 experts loses to the dense network of its total size by 1.81 [1.53, 2.09]
+    # points and to that of its active size by 0.84 [0.53, 1.16]" (5 seeds)
+    table = report.load_comparisons(RESULTS)
+    readme = (PROJECT_DIR.parent / "README.md").read_text()
+    for reference in ("dense-params", "dense-active"):
+        row = table[(table.grid == "moe_vs_dense") & (table.dataset == "mnist") & (table.model == "moe-hard")
+                    & (table.reference == reference)].iloc[0]
+        assert row.verdict == "worse" and row.n == 5
+        quoted = f"{-100 * row.diff_mean:.2f} [{-100 * row.diff_high:.2f}, {-100 * row.diff_low:.2f}]"
+        assert quoted in readme, quoted
+
+
+def test_vit_step_times_are_read_from_the_benchmark_tables(tmp_path):
+    from moelab.study import report
+
+    (tmp_path / "bench").mkdir()
+    pd.DataFrame({"model": ["moe_top2", "dense_active"], "vs_dense_active": [0.5, 1.0]}).to_csv(
+        tmp_path / "bench" / "bench_vit_d6_b128.csv", index=False)
+    pd.DataFrame({"model": ["dense_active"], "vs_dense_active": [1.0]}).to_csv(
+        tmp_path / "bench" / "bench_vit_d6_b64.csv", index=False)        # not the grids' batch: ignored
+    assert report.load_vit_step_time(tmp_path) == {(6, "moe-top2"): 2.0, (6, "dense-active"): 1.0}
+
+
+def test_the_lm_step_time_is_what_the_runs_measured_beside_their_dense_model_where_they_did(tmp_path):
+    from moelab.study import report
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "bench_lm_b32.csv").write_text("model,vs_dense_active\ndense_active,1.0\ntop2_e8,0.8\n"
+                                                         "top1_e8,0.9\n")
+    assert report.load_lm_step_time(tmp_path) == {"lm-dense-active": 1.0, "lm-top2-e8": 1.25, "lm-top1-e8": 1 / 0.9}
+    summary = pd.DataFrame({"grid": ["lm", "lm", "lm", "vit"], "label": ["lm-dense-active", "lm-top2-e8", "lm-top1-e8", "x"],
+                            "step_time_vs_dense_active_mean": [0.98, 1.4, float("nan"), 2.0]})
+    ratios = report.load_lm_step_time(tmp_path, summary)
+    assert ratios == {"lm-dense-active": 1.0, "lm-top2-e8": 1.4, "lm-top1-e8": 1 / 0.9}   # the run's own, else the bench
