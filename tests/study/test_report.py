@@ -18,7 +18,11 @@ def test_summary_csv_is_the_aggregation_of_the_run_logs():
     summary = summary[summary.grid != "vit_convergence_deep"]
     assert (summary.seeds >= 2).all(), summary[summary.seeds < 2][["grid", "dataset", "label", "seeds"]]
     core = summary[~summary.grid.isin(["cosine", "sharpness", "vit"])]
-    assert (core.seeds >= 3).all(), core[core.seeds < 3][["grid", "dataset", "label", "seeds"]]
+    # Seeds still to train, each named here and "2 seeds" in the report and README where they are quoted:
+    # the lm grid's dense model of 2.7 M parameters (seed 2 trains with the grid's re-run at one commit).
+    pending = {("lm", "lm-dense-params-top1"): 2}
+    floor = [pending.get((grid, label), 3) for grid, label in zip(core.grid, core.label)]
+    assert (core.seeds >= floor).all(), core[core.seeds < floor][["grid", "dataset", "label", "seeds"]]
 
 
 @committed_results
@@ -51,6 +55,8 @@ TYPED_CLAIMS = [
     ("vit_convergence", None, r"d6-moe-top2", "d6-dense-active", {"tie"}),
     # "on text ... the per-step gain holds over seeds" (Discussion; loss-free top-2 is named apart)
     ("lm", None, r"lm-(top|shared-top).*", "lm-dense-active", {"better"}),
+    # "the dense model of the 2.7 M parameters of top-1 of 8 and top-4 of 32 beats both" (LM section, 2 seeds)
+    ("lm", None, r"lm-(top1-e8|top4-e32)", "lm-dense-params-top1", {"worse"}),
     # "On small tables ... it ties at best; a linear model has the best mean accuracy" (Discussion)
     ("tabular", None, r"e\d+-(soft|top1|top2).*", r"e\d+-dense-params", {"tie", "worse"}),
     ("tabular", None, r"e\d+-.*", "ref-logistic", {"tie", "worse"}),
@@ -114,3 +120,15 @@ def test_the_lm_step_time_is_what_the_runs_measured_beside_their_dense_model_whe
                             "step_time_vs_dense_active_mean": [0.98, 1.4, float("nan"), 2.0]})
     ratios = report.load_lm_step_time(tmp_path, summary)
     assert ratios == {"lm-dense-active": 1.0, "lm-top2-e8": 1.4, "lm-top1-e8": 1 / 0.9}   # the run's own, else the bench
+
+
+@committed_results
+def test_the_readme_quotes_the_dense_language_model_of_equal_total_parameters_from_summary_csv():
+    # README, Results: "the dense model of equal total parameters (2.7 M, 2 seeds) does better per step
+    # (1.633 +- 0.007) at 3.38x the step time"
+    summary = report.load_summary(RESULTS)
+    row = summary[(summary.grid == "lm") & (summary.label == "lm-dense-params-top1")].iloc[0]
+    readme = (PROJECT_DIR.parent / "README.md").read_text()
+    for quoted in (f"{row.test_bpb_mean:.3f} +- {row.test_bpb_std:.3f}", f"{row.step_time_vs_dense_active_mean:.2f}x",
+                   f"{int(row.seeds)} seeds"):
+        assert quoted in readme, quoted
