@@ -13,7 +13,7 @@ def test_tune_chooses_the_learning_rate_and_weight_decay_on_the_validation_rows_
                "--expert-hidden", "8", "--tune") == 0
     run = tmp_path / "runs" / "r"
     tried = pd.read_csv(run / "tuning.csv")
-    assert len(tried) == len(tuning.candidates()) == 9 and tried.chosen.sum() == 1
+    assert len(tried) == len(tuning.candidates()) == 8 and tried.chosen.sum() == 1
     chosen = tried[tried.chosen == 1].iloc[0]
     best = tried.sort_values(["best_val_score", "val_loss_at_best"], ascending=[False, True], kind="stable").iloc[0]
     assert (chosen.lr, chosen.weight_decay) == (best.lr, best.weight_decay)

@@ -23,9 +23,11 @@ from .config import Config
 from .run_files import CSVLog, read_json, read_log
 from .run_logs import METRICS_COLUMNS
 
-# 3 x 3 candidates: a decade of peak learning rates around the default 2e-3 and decoupled weight
-# decay from none to AdamW's strong end.
-TUNE_GRID = {"lr": (1e-3, 3e-3, 1e-2), "weight_decay": (0.0, 1e-2, 1e-1)}
+# 4 x 2 candidates: 1.5 decades of peak learning rates around the default 2e-3, and decoupled weight
+# decay off or at AdamW's strong end. Of 636 tabular runs tuned over (1e-3, 3e-3, 1e-2) x (0, 1e-2,
+# 1e-1), 77 % chose the largest rate and 6 % the middle decay (docs/notes.md): the rates reach 3e-2
+# and the decay keeps its two ends, so that the grid costs less than it did.
+TUNE_GRID = {"lr": (1e-3, 3e-3, 1e-2, 3e-2), "weight_decay": (0.0, 1e-1)}
 TUNING_COLUMNS = ["lr", "weight_decay", "best_val_score", "best_epoch", "val_loss_at_best", "chosen"]
 SCRATCH = "tuning"
 
