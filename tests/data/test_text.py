@@ -1,5 +1,4 @@
 """moelab/data/text.py: the shipped corpus, splits by file and by position, byte kinds, text classification layouts."""
-import csv
 import hashlib
 import io
 import keyword
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic import AG_TRAIN, PYTHON_KINDS, write_ag_news, write_sources
+from synthetic import PYTHON_KINDS, write_sources
 
 from moelab.data import text
 from moelab.data.types import DataError
@@ -250,70 +249,3 @@ def test_a_data_error_through_the_cli_exits_2_before_any_run_directory(tmp_path,
     err = capsys.readouterr().err.strip()
     assert code == EXIT_BAD_INPUT and err.startswith("error:") and "NUL" in err and "\n" not in err
     assert not out.exists()
-
-
-# ----------------------------------------------------------------------------- classification layouts
-
-
-def test_ag_news_layout_loads_quoted_fields_as_truncated_and_padded_bytes(tmp_path):
-    write_ag_news(tmp_path / "ag")
-    data = text.load_classification_dataset(f"csv-text:{tmp_path / 'ag'}", 40, 0.25, seed=0)
-    assert data.classes == ["1", "2", "3", "4"] and data.mean is None and not data.augment
-    assert data.test.labels.tolist() == [1, 3, 0] and data.test.labels.dtype == torch.int64
-    assert data.test.images.shape == (3, 40) and data.test.images.dtype == torch.uint8
-    assert bytes(data.test.images[0].tolist()) == b"Match Drawn, 1-1." + bytes(40 - 17)      # padded with 0
-    assert bytes(data.test.images[2].tolist()) == b"Summit No deal." + bytes(40 - 15)
-    assert len(data.train) + len(data.val) == 12 and len(data.val) == 3
-    expected = {}
-    for row in csv.reader(io.StringIO(AG_TRAIN)):
-        joined = f"{row[1]} {row[2]}".encode("utf-8")
-        expected[joined[:40]] = int(row[0]) - 1
-    assert len(expected) == 4
-    seen = torch.cat([data.train.images, data.val.images]), torch.cat([data.train.labels, data.val.labels])
-    for image, label in zip(*seen):
-        assert expected[bytes(image.tolist()).rstrip(b"\x00")] == int(label)
-    quoted = b'Talks, again Leaders met on Monday, "briefly", and left.'[:40]
-    assert quoted in expected and len(quoted) == 40                        # commas and quotes kept, truncated
-    assert text.encode_texts(["caf\u00e9\x00!"], 8)[0].tolist() == [99, 97, 102, 195, 169, 33, 0, 0]
-
-
-def test_imdb_layout_and_layout_errors(tmp_path):
-    imdb = tmp_path / "aclImdb"
-    reviews = {"neg": ["Bad film, long and dull " * 3, "Poor."], "pos": ["Good.", "A fine, warm story."]}
-    for split in ("train", "test"):
-        for label, texts in reviews.items():
-            (imdb / split / label).mkdir(parents=True)
-            for i, review in enumerate(texts):
-                (imdb / split / label / f"{i}_{7 if label == 'pos' else 2}.txt").write_text(review)
-        (imdb / split / "urls_pos.txt").write_text("http://www.imdb.com/title/tt0000001/usercomments\n")
-    (imdb / "train" / "unsup").mkdir()                                     # aclImdb: unlabelled reviews
-    (imdb / "train" / "unsup" / "0_0.txt").write_text("Unlabelled review.")
-    data = text.load_classification_dataset(f"csv-text:{imdb}", 12, 0.0, seed=0)
-    assert data.classes == ["neg", "pos"]
-    assert len(data.train) == 4 and len(data.val) == 0
-    assert data.test.labels.tolist() == [0, 0, 1, 1]
-    assert data.test.images.shape == (4, 12) and data.test.images.dtype == torch.uint8
-    assert bytes(data.test.images[0].tolist()) == b"Bad film, lo"                             # truncated
-    assert bytes(data.test.images[2].tolist()) == b"Good." + bytes(7)                         # padded
-    # Errors: no layout, one class, a test class never trained on.
-    (tmp_path / "nothing").mkdir()
-    with pytest.raises(DataError, match="expected train.csv and test.csv") as error:
-        text.load_classification_dataset(f"csv-text:{tmp_path / 'nothing'}", 12, 0.1, seed=0)
-    assert one_line(error)
-    one = tmp_path / "one"
-    one.mkdir()
-    (one / "train.csv").write_text('"1","A","b"\n"1","C","d"\n')
-    (one / "test.csv").write_text('"1","E","f"\n')
-    with pytest.raises(DataError, match="one class only") as error:
-        text.load_classification_dataset(f"csv-text:{one}", 12, 0.0, seed=0)
-    assert one_line(error)
-    (one / "test.csv").write_text('"2","E","f"\n')
-    with pytest.raises(DataError, match="never occur in training") as error:
-        text.load_classification_dataset(f"csv-text:{one}", 12, 0.0, seed=0)
-    assert one_line(error)
-    (one / "train.csv").write_text('"1","only one field"\n"2"\n')
-    with pytest.raises(DataError, match="line 2 has 1 field") as error:
-        text.load_classification_dataset(f"csv-text:{one}", 12, 0.0, seed=0)
-    assert one_line(error)
-    with pytest.raises(DataError, match="needs a path"):
-        text.load_text_dataset("csv-text:", 12, 0.0, seed=0)

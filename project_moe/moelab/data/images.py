@@ -11,7 +11,9 @@ Sources (see load_dataset):
   fashion-mnist  data_dir/FashionMNIST/raw/*-ubyte[.gz], else a torchvision download
   cifar10        data_dir/cifar-10-batches-py via torchvision
   folder:PATH    PATH/{train,test}/<class>/<image>, decoded once and cached
-  python-stdlib, text:PATH, csv-text:PATH   byte-level text (text.py)
+  python-stdlib, text:PATH   byte-level text for a language model (text.py)
+  rotten-tomatoes, csv-text:PATH   labelled texts as bytes (labelled_text.py)
+  tfidf:rotten-tomatoes, tfidf:csv-text:PATH   the same texts as a TF-IDF table (text_features.py)
   iris, wine, breast-cancer, diabetes, csv:PATH   tables (tables.py)
 """
 
@@ -25,7 +27,6 @@ import pathlib
 import re
 import tempfile
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,7 +36,8 @@ from ..paths import PACKAGE_DIR, REPO_ROOT
 from .types import DataError, Dataset, Split
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "folder:PATH", "python-stdlib", "text:PATH", "csv-text:PATH",
-                   "iris", "wine", "breast-cancer", "diabetes", "csv:PATH")
+                   "rotten-tomatoes", "tfidf:rotten-tomatoes", "tfidf:csv-text:PATH", "iris", "wine", "breast-cancer",
+                   "diabetes", "csv:PATH")
 
 # Module-level so that tests can point them at tiny fixtures instead of the real 60k images.
 MNIST_ASSET_DIR = PACKAGE_DIR / "assets" / "mnist"
@@ -74,7 +76,7 @@ def cache_dir() -> pathlib.Path:
 
 def check_dataset_spec(name: str) -> None:
     """Fail fast on a bad --dataset value, before any loading; creates nothing."""
-    if name in DATASET_CHOICES[:3] or name == "python-stdlib":
+    if name in DATASET_CHOICES[:3] or name in ("python-stdlib", "rotten-tomatoes"):
         return
     from .tables import check_table_spec, is_table_dataset  # tables (pandas) load only for a table
     if is_table_dataset(name):
@@ -437,11 +439,15 @@ def load_dataset(name: str, data_dir: pathlib.Path, val_fraction: float = 0.1, s
     TableDataset cut by ``table`` (a TableOptions: target column, task, folds)."""
     check_dataset_spec(name)
     from .tables import TableOptions, is_table_dataset, load_table_dataset
+    table = table or TableOptions()
+    if name.startswith("tfidf:"):
+        from .text_features import load_text_features
+        return load_text_features(name, table, val_fraction, seed)
     if is_table_dataset(name):
-        return load_table_dataset(name, table or TableOptions(), val_fraction, seed)
-    if name == "python-stdlib" or name.startswith(("text:", "csv-text:")):
-        from .text import load_text_dataset  # text.py builds on this module's Split and Dataset
-        return load_text_dataset(name, context, val_fraction, seed)
+        return load_table_dataset(name, table, val_fraction, seed)
+    from .text import is_text_dataset, load_text_dataset  # text.py builds on this module's Split and Dataset
+    if is_text_dataset(name):
+        return load_text_dataset(name, context, val_fraction, seed, table.folds, table.fold)
     if not 0 <= val_fraction < 1:
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if image_size is not None and image_size < 1:
@@ -462,14 +468,18 @@ def load_dataset(name: str, data_dir: pathlib.Path, val_fraction: float = 0.1, s
                    augment=train.images.shape[1] == 3, source=source)
 
 
-def split_train_val(split: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
-    """Random disjoint (train, val) fixed by seed; each keeps the original sample order."""
-    n = len(split)
+def train_val_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) row indices, a random disjoint cut of n rows fixed by seed, each in row order."""
     n_val = round(val_fraction * n)
     if n_val >= n:
         raise DataError(f"--val-fraction {val_fraction} leaves no training samples out of {n}; lower it")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    return perm[n_val:].sort().values.numpy(), perm[:n_val].sort().values.numpy()
+
+
+def split_train_val(split: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """Random disjoint (train, val) fixed by seed; each keeps the original sample order."""
+    train_idx, val_idx = (torch.from_numpy(rows) for rows in train_val_rows(len(split), val_fraction, seed))
     return (Split(split.images[train_idx], split.labels[train_idx]),
             Split(split.images[val_idx], split.labels[val_idx]))
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .folds import assign_folds, check_fold_flags, fold_rows  # noqa: F401 (tables.assign_folds)
 from .types import DataError
 
 BUILTIN_TABLES = {     # name: (scikit-learn loader, task)
@@ -43,7 +44,9 @@ MAX_INTEGER_CLASSES = 20   # an integer target with at most this many values is 
 
 
 def is_table_dataset(name: str) -> bool:
-    return name in BUILTIN_TABLES or name.startswith("csv:")
+    """A table of features: the bundled tables, csv:PATH, and the TF-IDF table of labelled texts
+    (tfidf:..., text_features.py)."""
+    return name in BUILTIN_TABLES or name.startswith(("csv:", "tfidf:"))
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,9 @@ class TableDataset:
 def check_table_spec(name: str) -> None:
     if name in BUILTIN_TABLES:
         return
+    if name.startswith("tfidf:"):
+        from .text_features import check_text_features_spec   # it builds on this module's TableDataset
+        return check_text_features_spec(name)
     path = name[len("csv:"):]
     if not path:
         raise DataError("--dataset csv: needs a path, e.g. --dataset csv:/data/winequality-red.csv --target quality")
@@ -165,33 +171,6 @@ def infer_task(values: pd.Series) -> str:
     numbers = values.to_numpy(dtype=float)
     whole = np.all(np.mod(numbers, 1) == 0)
     return "classification" if whole and len(np.unique(numbers)) <= MAX_INTEGER_CLASSES else "regression"
-
-
-# ----------------------------------------------------------------------------- folds
-
-def assign_folds(n: int, folds: int, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
-    """(n,) fold of every row. With ``labels`` each class is dealt round the folds in a random
-    order, so that every fold holds its share of every class (stratified K-fold)."""
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(n, dtype=np.int64)
-    groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    offset = 0
-    for rows in groups:
-        shuffled = rng.permutation(rows)
-        # Each class continues where the last one stopped, so that fold sizes differ by at most one.
-        fold_of[shuffled] = (offset + np.arange(len(rows))) % folds
-        offset += len(rows)
-    return fold_of
-
-
-def holdout(rows: np.ndarray, fraction: float, seed: int,
-            labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, held out) of ``rows``: ``fraction`` of them held out, per class with ``labels``."""
-    rng = np.random.default_rng(seed)
-    groups = [rows] if labels is None else [rows[labels[rows] == c] for c in np.unique(labels[rows])]
-    held = [g[rng.permutation(len(g))[:round(fraction * len(g))]] for g in groups]
-    held_out = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
-    return np.setdiff1d(rows, held_out), held_out
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -276,12 +255,7 @@ def load_table_dataset(name: str, options: TableOptions, val_fraction: float, se
     check_table_spec(name)
     frame, target, fixed_task, source = read_table(name, options.target)
     task = options.task if options.task != "auto" else (fixed_task or infer_task(frame[target].dropna()))
-    if options.folds < 2:
-        raise DataError(f"--folds must be at least 2 (got {options.folds}): one fold is the test split")
-    if not 0 <= options.fold < options.folds:
-        raise DataError(f"--fold must be in 0..{options.folds - 1} for --folds {options.folds} (got {options.fold})")
-    if len(frame) < options.folds:
-        raise DataError(f"{name} has {len(frame)} rows, fewer than --folds {options.folds}; lower --folds")
+    check_fold_flags(len(frame), options.folds, options.fold, name)
     _check_missing(frame, target, options.impute)
     features = frame.drop(columns=[target])
     if not any(_numeric(features[c]) for c in features.columns):
@@ -299,12 +273,8 @@ def load_table_dataset(name: str, options: TableOptions, val_fraction: float, se
             raise DataError(f"--target {target} is not numeric (e.g. {values.iloc[0]!r}); a regression needs numbers: "
                             "use --task classification, or another column")
         labels = None
-    fold_of = assign_folds(len(frame), options.folds, seed, labels)
-    test_rows = np.flatnonzero(fold_of == options.fold)
-    train_rows, val_rows = holdout(np.flatnonzero(fold_of != options.fold), val_fraction, seed + 1, labels)
-    if len(train_rows) == 0 or len(val_rows) == 0:
-        raise DataError(f"--val-fraction {val_fraction} leaves {len(train_rows)} training and {len(val_rows)} "
-                        f"validation rows of {name}; choose a value that keeps both")
+    train_rows, val_rows, test_rows = fold_rows(len(frame), options.folds, options.fold, val_fraction, seed, labels,
+                                                name)
     prep = fit_preprocessing(features.iloc[train_rows], options.impute)
     matrix = prep.transform(features)                                           # (N, F)
     if task == "classification":

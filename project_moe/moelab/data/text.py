@@ -6,8 +6,7 @@ Sources (see load_text_dataset):
   python-stdlib   the CPython 3.11.7 standard library sources (Lib/**/*.py, test suites
                   excluded), shipped as moelab/assets/text/ (xz tar, md5-checked, PSF licence)
   text:PATH       one UTF-8 file or a folder of them (a language model)
-  csv-text:PATH   AG News layout (PATH/train.csv, PATH/test.csv: class,title,description) or
-                  IMDB layout (PATH/{train,test}/<class>/*.txt): a text classifier
+  rotten-tomatoes, csv-text:PATH   labelled texts for a classifier (labelled_text.py)
 
 A language-model split is one byte stream (its files joined in a fixed order) with the kind of
 every byte (byte_kinds); the train / validation / test splits are made *by file*, so that no
@@ -16,7 +15,6 @@ last bytes held out), which is the only choice it leaves.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import keyword
@@ -32,8 +30,9 @@ import numpy as np
 import torch
 
 from ..paths import PACKAGE_DIR
-from .images import cache_dir, split_train_val
-from .types import PAD, VOCAB, DataError, Dataset, Split
+from .images import cache_dir
+from .labelled_text import DEFAULT_FOLDS, REVIEWS_NAME, is_classification_text, load_classification_dataset
+from .types import VOCAB, DataError
 
 CORPUS_NAME = "python-stdlib"
 CORPUS_RELEASE = "3.11.7"
@@ -87,11 +86,11 @@ class TextDataset:
 
 
 def is_text_dataset(name: str) -> bool:
-    return name == CORPUS_NAME or name.startswith(("text:", "csv-text:"))
+    return name in (CORPUS_NAME, REVIEWS_NAME) or name.startswith(("text:", "csv-text:"))
 
 
 def is_language_dataset(name: str) -> bool:
-    """Datasets a causal language model is trained on (csv-text: is classification)."""
+    """Datasets a causal language model is trained on (rotten-tomatoes and csv-text: are classification)."""
     return name == CORPUS_NAME or name.startswith("text:")
 
 
@@ -331,87 +330,12 @@ def load_language_dataset(name: str, context: int, val_fraction: float) -> TextD
                        context=context, source=source)
 
 
-# ----------------------------------------------------------------------------------------------
-# Text classification
-
-
-def encode_texts(texts: list[str], context: int) -> torch.Tensor:
-    """(N, T) uint8: each text's UTF-8 bytes truncated to T, padded with PAD (NUL bytes removed)."""
-    out = torch.full((len(texts), context), PAD, dtype=torch.uint8)
-    for i, text in enumerate(texts):
-        raw = text.encode("utf-8").replace(b"\x00", b"")[:context]
-        if raw:
-            out[i, :len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-    return out
-
-
-def _read_ag_news(path: pathlib.Path) -> tuple[list[str], list[str]]:
-    labels, texts = [], []
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            for line, row in enumerate(csv.reader(f), start=1):
-                if len(row) < 2:
-                    raise DataError(f"{path}: line {line} has {len(row)} field(s); the AG News layout is "
-                                    "class,title,description")
-                labels.append(row[0].strip())
-                texts.append(" ".join(field.strip() for field in row[1:]))
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not UTF-8 (byte {error.start}); convert it to UTF-8") from None
-    if not texts:
-        raise DataError(f"{path} holds no rows; the AG News layout is class,title,description")
-    return labels, texts
-
-
-def _read_imdb(split_dir: pathlib.Path) -> tuple[list[str], list[str]]:
-    labels, texts = [], []
-    # aclImdb's train/unsup holds unlabelled reviews: not a class.
-    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-                            and p.name != "unsup"):
-        for file in sorted(class_dir.glob("*.txt")):
-            try:
-                texts.append(file.read_text(encoding="utf-8"))
-            except UnicodeDecodeError as error:
-                raise DataError(f"{file} is not UTF-8 (byte {error.start}); convert it to UTF-8") from None
-            labels.append(class_dir.name)
-    if not texts:
-        raise DataError(f"{split_dir} has no <class>/*.txt files; the IMDB layout is train|test/<class>/*.txt")
-    return labels, texts
-
-
-def load_classification_dataset(name: str, context: int, val_fraction: float, seed: int) -> Dataset:
-    """AG News (train.csv, test.csv) or IMDB (train/, test/ of class folders), byte-level."""
-    root = pathlib.Path(name[len("csv-text:"):]).expanduser()
-    if (root / "train.csv").is_file() and (root / "test.csv").is_file():
-        (train_labels, train_texts), (test_labels, test_texts) = (_read_ag_news(root / f"{s}.csv")
-                                                                  for s in ("train", "test"))
-        layout = "AG News layout (train.csv, test.csv)"
-    elif (root / "train").is_dir() and (root / "test").is_dir():
-        (train_labels, train_texts), (test_labels, test_texts) = (_read_imdb(root / s) for s in ("train", "test"))
-        layout = "IMDB layout (train/, test/ class folders)"
-    else:
-        raise DataError(f"--dataset csv-text:{root}: expected train.csv and test.csv (AG News layout) or "
-                        "train/ and test/ folders of <class>/*.txt (IMDB layout)")
-    classes = sorted(set(train_labels), key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
-    unknown = sorted(set(test_labels) - set(classes))
-    if unknown:
-        raise DataError(f"--dataset csv-text:{root}: test classes {unknown} never occur in training")
-    if len(classes) < 2:
-        raise DataError(f"--dataset csv-text:{root}: one class only ({classes[0]}); a classifier needs two or more")
-    index = {c: i for i, c in enumerate(classes)}
-
-    def split(labels, texts) -> Split:
-        return Split(encode_texts(texts, context), torch.tensor([index[c] for c in labels], dtype=torch.int64))
-    train, val = split_train_val(split(train_labels, train_texts), val_fraction, seed)
-    return Dataset(name=f"csv-text:{root.absolute()}", train=train, val=val, test=split(test_labels, test_texts),
-                   classes=classes, mean=None, std=None, augment=False,
-                   source=f"{layout} under {root}, bytes truncated or padded to {context}")
-
-
-def load_text_dataset(name: str, context: int, val_fraction: float, seed: int):
-    if name.startswith("csv-text:"):
-        if not name[len("csv-text:"):]:
-            raise DataError("--dataset csv-text: needs a path, e.g. --dataset csv-text:/data/ag_news")
-        return load_classification_dataset(name, context, val_fraction, seed)
+def load_text_dataset(name: str, context: int, val_fraction: float, seed: int, folds: int = DEFAULT_FOLDS,
+                      fold: int = 0):
+    """A language model's TextDataset, or a text classifier's Dataset of byte sequences
+    (labelled_text.py; ``folds`` and ``fold`` cut rotten-tomatoes)."""
+    if is_classification_text(name):
+        return load_classification_dataset(name, context, val_fraction, seed, folds, fold)
     return load_language_dataset(name, context, val_fraction)
 
 

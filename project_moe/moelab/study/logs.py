@@ -26,8 +26,9 @@ KNOWN_COLUMNS = {**LOG_COLUMNS, "test_samples.csv": SAMPLES_COLUMNS, "test_patch
 
 
 def dataset_tag(dataset: str) -> str:
-    """A short name: the folder copy of CIFAR-10 is reported as such, not as CIFAR-10."""
-    return "cifar10-jpeg" if "cifar10-jpeg" in dataset else dataset
+    """A short name, fit for a run directory: the folder copy of CIFAR-10 is reported as such, not
+    as CIFAR-10; tfidf:rotten-tomatoes becomes tfidf-rotten-tomatoes."""
+    return "cifar10-jpeg" if "cifar10-jpeg" in dataset else dataset.replace(":", "-")
 
 
 def completed_runs(results: Path) -> list[Path]:

@@ -58,8 +58,10 @@ class Config:
     # data
     dataset: str = _opt("mnist", "mnist | fashion-mnist | cifar10 | folder:PATH (PATH/train and PATH/test "
                                  "ImageFolder trees) | python-stdlib (embedded CPython sources) | text:PATH "
-                                 "(UTF-8 file or folder): a language model | csv-text:PATH (AG News or IMDB "
-                                 "layout): text classification; text needs --arch gpt | iris | wine | "
+                                 "(UTF-8 file or folder): a language model | rotten-tomatoes (the review "
+                                 "snippets shipped with the package) | csv-text:PATH (AG News or IMDB layout): "
+                                 "text classification; text needs --arch gpt | tfidf:rotten-tomatoes | "
+                                 "tfidf:csv-text:PATH: the same texts as a table of TF-IDF features | iris | wine | "
                                  "breast-cancer | diabetes (the tables bundled with scikit-learn) | csv:PATH "
                                  "(a CSV table, with --target)")
     data_dir: str | None = _opt(None, "dataset root (default: $MOE_DATA_DIR, else data/ at the repo root)", type=str)
@@ -230,6 +232,7 @@ class Config:
             dataset += "" if self.task == "auto" else f"-{self.task[:3]}"
             dataset += "-imp" if self.impute != "none" else ""
             dataset += f"-b{self.target_bins}" if self.target_bins != TableOptions.target_bins else ""
+        if has_folds(self.dataset):
             kind = f"{kind}-f{self.fold}of{self.folds}"
         return f"{dataset}-{body}-{kind}-s{self.seed}"
 
@@ -261,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
 # A table has a few hundred rows: an epoch is a handful of steps, so it trains for more epochs,
 # in smaller batches, unless the command line says otherwise (config.json records the values used).
 TABLE_DEFAULTS = {"epochs": 50, "batch_size": 16}
+# A TF-IDF table has thousands of rows and thousands of features: the image defaults' batches, fewer epochs.
+TEXT_FEATURE_DEFAULTS = {"epochs": 10}
+
+
+def has_folds(dataset: str) -> bool:
+    """Datasets without a given test split, cut by --folds and --fold: the tables, and the review
+    snippets (as bytes or as a TF-IDF table); csv-text:PATH brings its own test split."""
+    inner = dataset[len("tfidf:"):] if dataset.startswith("tfidf:") else dataset
+    return (is_table_dataset(dataset) and not inner.startswith("csv-text:")) or inner == "rotten-tomatoes"
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -270,7 +282,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         for action in probe._actions:
             action.default = argparse.SUPPRESS
         given = vars(probe.parse_args(argv))
-        values.update({name: value for name, value in TABLE_DEFAULTS.items() if name not in given})
+        defaults = TEXT_FEATURE_DEFAULTS if values["dataset"].startswith("tfidf:") else TABLE_DEFAULTS
+        values.update({name: value for name, value in defaults.items() if name not in given})
     return Config(**values)
 
 
@@ -331,8 +344,10 @@ def validate(cfg: Config) -> None:
     need(cfg.steps_per_epoch >= 0, f"--steps-per-epoch must be >= 0 (got {cfg.steps_per_epoch})")
     text = is_text_dataset(cfg.dataset)
     need(text == (cfg.arch == "gpt"),
-         f"--dataset {cfg.dataset} is text: it needs --arch gpt" if text else
-         f"--arch gpt reads bytes: use a text dataset (python-stdlib, text:PATH, csv-text:PATH), not {cfg.dataset}")
+         f"--dataset {cfg.dataset} is text: it needs --arch gpt (or, for labelled texts, --dataset "
+         f"tfidf:{cfg.dataset} and MLP experts on their TF-IDF features)" if text else
+         f"--arch gpt reads bytes: use a text dataset (python-stdlib, text:PATH, rotten-tomatoes, csv-text:PATH), "
+         f"not {cfg.dataset}")
     need(cfg.steps_per_epoch == 0 or is_language_dataset(cfg.dataset),
          "--steps-per-epoch sets the epochs of a language model (python-stdlib, text:PATH); "
          f"an epoch of {cfg.dataset} is one pass over its samples: drop --steps-per-epoch")
@@ -360,9 +375,12 @@ def validate(cfg: Config) -> None:
     need(0 <= cfg.fold < cfg.folds, f"--fold must be in 0..{cfg.folds - 1} for --folds {cfg.folds} (got {cfg.fold})")
     need(cfg.target_bins >= 2, f"--target-bins must be >= 2 (got {cfg.target_bins})")
     defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    for name in ("folds", "fold", "target_bins"):
-        need(table or getattr(cfg, name) == defaults[name],
-             f"--{name.replace('_', '-')} sets how a table is split or binned; {cfg.dataset} is not a table: drop it")
+    for name in ("folds", "fold"):
+        need(has_folds(cfg.dataset) or getattr(cfg, name) == defaults[name],
+             f"--{name.replace('_', '-')} cuts a dataset that has no test split of its own (a table, "
+             f"rotten-tomatoes); {cfg.dataset} has one: drop it")
+    need(table or cfg.target_bins == defaults["target_bins"],
+         f"--target-bins sets how a table's regression target is binned; {cfg.dataset} is not a table: drop it")
     need(not cfg.expert_variance or table, "--expert-variance is for a regression on a table; drop it")
     need(not cfg.expert_variance or cfg.model == "dense" or cfg.combine == "probs",
          "--expert-variance trains each expert's variance through the mixture likelihood: add --combine probs "

@@ -24,7 +24,7 @@ DATA_DIR_TOKEN = "<data-dir>"
 # Set by ``sweep.py --allow-dirty`` for the runs it starts: config.json records that the run was
 # asked for from a tree with uncommitted code changes.
 ALLOW_DIRTY_ENV = "MOELAB_ALLOW_DIRTY"
-PATH_PREFIXES = ("folder:", "csv-text:", "csv:", "text:")   # dataset specs that hold a path
+PATH_PREFIXES = ("folder:", "tfidf:csv-text:", "csv-text:", "csv:", "text:")   # dataset specs that hold a path
 
 # The code of the repository: a change elsewhere (results/, figures/, the report, docs) does not
 # change what a run computes.
