@@ -173,3 +173,24 @@ def write_ag_news(root: pathlib.Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "train.csv").write_text(AG_TRAIN, encoding="utf-8")
     (root / "test.csv").write_text(AG_TEST, encoding="utf-8")
+
+
+def write_tu(root: pathlib.Path, graphs: list[dict], name: str = "TOY") -> None:
+    """Write ``graphs`` in the TU Dortmund format under root/: each graph a dict of ``label``,
+    ``nodes`` (its node labels), ``edges`` (undirected pairs of its 0-based node slots, written
+    both ways, as the TU files do) and optionally ``attributes`` (one list of numbers per node)."""
+    root.mkdir(parents=True, exist_ok=True)
+    a, indicator, node_labels, attributes = [], [], [], []
+    first = 1
+    for g, graph in enumerate(graphs, start=1):
+        for u, v in graph["edges"]:
+            a += [f"{first + u}, {first + v}", f"{first + v}, {first + u}"]
+        indicator += [str(g)] * len(graph["nodes"])
+        node_labels += [str(label) for label in graph["nodes"]]
+        attributes += [", ".join(str(x) for x in row) for row in graph.get("attributes", [])]
+        first += len(graph["nodes"])
+    files = {"A": a, "graph_indicator": indicator, "graph_labels": [str(g["label"]) for g in graphs],
+             "node_labels": node_labels, "node_attributes": attributes}
+    for part, lines in files.items():
+        if lines:
+            (root / f"{name}_{part}.txt").write_text("\n".join(lines) + "\n")
