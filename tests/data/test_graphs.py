@@ -102,3 +102,31 @@ def test_bad_tu_files_stop_with_one_line_naming_the_file_and_line(tmp_path, dama
     with pytest.raises(DataError, match=message) as error:
         graphs.read_tu(tmp_path / "toy")
     assert one_line(error)
+
+
+def test_a_tiny_graph_run_trains_from_the_command_line_and_refuses_bad_flags(tmp_path, capsys):
+    import json
+
+    from runs import TINY
+
+    from moelab.training import launch
+    from moelab.training.exits import EXIT_BAD_INPUT
+    written = random_graphs(60, seed=3)
+    for graph in written:                      # a learnable label: does the graph hold a node of label 1?
+        graph["label"] = int(1 in graph["nodes"])
+    write_tu(tmp_path / "toy", written)
+    out = tmp_path / "runs"
+    common = ["--dataset", f"tu:{tmp_path / 'toy'}", "--arch", "graph", *TINY, "--epochs", "2", "--out", str(out),
+              "--log-every", "0", "--val-fraction", "0.2"]
+    for gating in ("topk", "expert-choice"):
+        assert launch.main([*common, "--gating", gating, "--run-name", gating]) == 0
+        summary = json.loads((out / gating / "summary.json").read_text())
+        assert summary["status"] == "completed" and 0 <= summary["test_acc"] <= 1
+    config = json.loads((out / "topk" / "config.json").read_text())
+    assert config["cost"]["dense_params"]["params_total"] > config["cost"]["this"]["params_active"]
+    for flags, message in ((["--gating", "soft-slots"], "graphs differ in size"),
+                           (["--fold", "5"], "--fold must be in 0..4")):
+        assert launch.main([*common, *flags, "--run-name", "bad"]) == EXIT_BAD_INPUT
+        assert message in capsys.readouterr().err and not (out / "bad").exists()
+    assert launch.main(["--dataset", f"tu:{tmp_path / 'toy'}", "--out", str(out), "--run-name", "bad"]) == EXIT_BAD_INPUT
+    assert "needs --arch graph" in capsys.readouterr().err

@@ -132,3 +132,24 @@ def test_the_readme_quotes_the_dense_language_model_of_equal_total_parameters_fr
     for quoted in (f"{row.test_bpb_mean:.3f} +- {row.test_bpb_std:.3f}", f"{row.step_time_vs_dense_active_mean:.2f}x",
                    f"{int(row.seeds)} seeds"):
         assert quoted in readme, quoted
+
+
+@committed_results
+def test_the_readme_quotes_the_tables_from_summary_csv():
+    # README, Results, Tables: "(iris, 4 experts: top-1 A %, dense B %), logistic regression has the best
+    # mean accuracy (iris C %)" and the diabetes R^2 of top-1 with both losses and of ridge.
+    summary = report.load_summary(RESULTS)
+    tables = summary[summary.grid == "tabular"]
+    readme = (PROJECT_DIR.parent / "README.md").read_text()
+
+    def row(dataset, label):
+        return tables[(tables.dataset == dataset) & (tables.label == label)].iloc[0]
+    for label in ("e4-top1", "e4-dense-params", "ref-logistic"):
+        quoted = f"{100 * row('iris', label).test_acc_mean:.2f} %"
+        assert quoted in readme, (label, quoted)
+    for label in ("e4-top1-mix", "e4-top1-mse", "ref-ridge"):
+        quoted = f"{row('diabetes', label).test_r2_mean:.3f}"
+        assert quoted in readme, (label, quoted)
+    for dataset in ("iris", "wine", "breast-cancer"):         # "logistic regression has the best mean accuracy"
+        accuracy = tables[tables.dataset == dataset].set_index("label").test_acc_mean
+        assert accuracy.idxmax() == "ref-logistic" or accuracy.max() == accuracy["ref-logistic"], dataset

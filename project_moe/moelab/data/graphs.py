@@ -21,6 +21,7 @@ adjacency (B, N, N) with self-loops in a few gathers and one scatter, whatever t
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from dataclasses import dataclass
 
@@ -61,6 +62,9 @@ class GraphSplit:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def to(self, device) -> "GraphSplit":
+        return GraphSplit(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
     @property
     def sizes(self) -> torch.Tensor:
@@ -251,3 +255,58 @@ def split_tu(tu: TUGraphs, folds: int, fold: int, val_fraction: float,
         for split in (train, val, test):
             split.nodes[:, columns] = (split.nodes[:, columns] - mean) / std
     return train, val, test
+
+
+# ----------------------------------------------------------------------------------------------
+# A dataset of graphs, and its batches as one tensor
+
+
+def is_graph_dataset(name: str) -> bool:
+    return name.startswith("tu:")
+
+
+@dataclass
+class GraphDataset:
+    name: str
+    train: GraphSplit
+    val: GraphSplit
+    test: GraphSplit
+    classes: list[str]
+    kinds: list[str]          # node kinds of the routing tables
+    feature_names: list[str]
+    source: str
+    folds: int
+    fold: int
+    augment: bool = False
+    mean = std = None
+
+    @property
+    def in_shape(self) -> tuple[int]:
+        return (self.train.nodes.shape[1],)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_graph_dataset(name: str, folds: int, fold: int, val_fraction: float, seed: int) -> GraphDataset:
+    path = name[len("tu:"):]
+    if not path:
+        raise DataError("--dataset tu: needs a path, e.g. --dataset tu:/data/MUTAG")
+    tu = read_tu(pathlib.Path(path))
+    train, val, test = split_tu(tu, folds, fold, val_fraction, seed)
+    return GraphDataset(f"tu:{pathlib.Path(path).expanduser().absolute()}", train, val, test, tu.classes, tu.kinds,
+                        tu.feature_names, f"{tu.source}, stratified fold {fold} of {folds} from seed {seed} as the "
+                        f"test split, {val_fraction:g} of the rest validates", folds, fold)
+
+
+def pack(x: torch.Tensor, mask: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+    """One (B, N, F + 1 + N) float tensor of a padded batch, so that the training loop, the
+    evaluation and the sharding of a batch over processes handle graphs as any (B, ...) input:
+    per node its features, then 1.0 for a real node, then its row of the adjacency."""
+    return torch.cat([x, mask[..., None].to(x.dtype), adjacency.to(x.dtype)], dim=-1)
+
+
+def unpack(packed: torch.Tensor, features: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (B, N, F), mask (B, N) and adjacency (B, N, N) back from ``pack``'s tensor."""
+    return packed[..., :features], packed[..., features] > 0.5, packed[..., features + 1:] > 0.5

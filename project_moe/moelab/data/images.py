@@ -15,6 +15,7 @@ Sources (see load_dataset):
   rotten-tomatoes, csv-text:PATH   labelled texts as bytes (labelled_text.py)
   tfidf:rotten-tomatoes, tfidf:csv-text:PATH   the same texts as a TF-IDF table (text_features.py)
   iris, wine, breast-cancer, diabetes, csv:PATH   tables (tables.py)
+  tu:PATH   graphs in the TU Dortmund format (graphs.py)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .types import DataError, Dataset, Split
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "folder:PATH", "python-stdlib", "text:PATH", "csv-text:PATH",
                    "rotten-tomatoes", "tfidf:rotten-tomatoes", "tfidf:csv-text:PATH", "iris", "wine", "breast-cancer",
-                   "diabetes", "csv:PATH")
+                   "diabetes", "csv:PATH", "tu:PATH")
 
 # Module-level so that tests can point them at tiny fixtures instead of the real 60k images.
 MNIST_ASSET_DIR = PACKAGE_DIR / "assets" / "mnist"
@@ -81,7 +82,7 @@ def check_dataset_spec(name: str) -> None:
     from .tables import check_table_spec, is_table_dataset  # tables (pandas) load only for a table
     if is_table_dataset(name):
         return check_table_spec(name)
-    if name.startswith(("text:", "csv-text:")):
+    if name.startswith(("text:", "csv-text:", "tu:")):
         kind, _, path = name.partition(":")
         if not path:
             raise DataError(f"--dataset {kind}: needs a path, e.g. --dataset {kind}:/data/corpus")
@@ -440,6 +441,9 @@ def load_dataset(name: str, data_dir: pathlib.Path, val_fraction: float = 0.1, s
     check_dataset_spec(name)
     from .tables import TableOptions, is_table_dataset, load_table_dataset
     table = table or TableOptions()
+    if name.startswith("tu:"):
+        from .graphs import load_graph_dataset
+        return load_graph_dataset(name, table.folds, table.fold, val_fraction, seed)
     if name.startswith("tfidf:"):
         from .text_features import load_text_features
         return load_text_features(name, table, val_fraction, seed)

@@ -11,8 +11,9 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from .types import Split
+from .graphs import GraphSplit, pack, padded_batch
 from .tables import TableSplit
+from .types import Split
 
 
 def draw_augment_params(batch: int, generator: torch.Generator, pad: int = 4):
@@ -178,12 +179,42 @@ class TableLoader:
             yield self.features[idx], self.targets[idx]
 
 
+class GraphLoader:
+    """Batches of graphs: x (B, N, F + 1 + N) float32, a padded batch packed into one tensor
+    (graphs.pack), and y (B,) classes. The order of an epoch depends only on (seed, epoch)."""
+
+    def __init__(self, split: GraphSplit, batch_size: int, *, shuffle: bool, seed: int,
+                 device: torch.device | str = "cpu"):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.split = split.to(self.device)                 # copied once
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.split) / self.batch_size)
+
+    def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not 0 <= start_step <= len(self):
+            raise ValueError(f"start_step must be in [0, {len(self)}], got {start_step}")
+        n = len(self.split)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed("shuffle", self.seed, epoch))) \
+            if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        for step in range(start_step, len(self)):
+            graphs = order[step * self.batch_size:(step + 1) * self.batch_size]
+            yield pack(*padded_batch(self.split, graphs)), self.split.labels[graphs]
+
+
 def loader_for(dataset, split, batch_size: int, *, shuffle: bool, seed: int, device, steps: int = 0,
                channels_last: bool = False):
     """The loader of one split of any dataset: a StreamLoader for a language model's byte
-    stream, a TableLoader for a table, a BatchLoader (images or byte sequences) otherwise."""
+    stream, a TableLoader for a table, a GraphLoader for graphs, a BatchLoader (images or byte
+    sequences) otherwise."""
     if isinstance(split, TableSplit):
         return TableLoader(split, batch_size, shuffle=shuffle, seed=seed, device=device)
+    if isinstance(split, GraphSplit):
+        return GraphLoader(split, batch_size, shuffle=shuffle, seed=seed, device=device)
     if hasattr(split, "kinds"):
         return StreamLoader(split, batch_size, dataset.context, shuffle=shuffle, seed=seed, steps=steps,
                             device=device)

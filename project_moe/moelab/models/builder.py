@@ -10,16 +10,20 @@ from torch import nn
 from .classifier import MoEClassifier, build_dense_matched, moe_param_counts
 from .cost import model_cost
 from .spec import ModelSpec
+from .graph import GraphTransformer, graph_cost
 from .text import ByteTransformer, text_cost
 from .vit import ViTClassifier, vit_cost
 
 
 def build_model(spec: ModelSpec, in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """``in_shape``: (C, H, W) of an image, or (T,) of a byte sequence for --arch gpt."""
+    """``in_shape``: (C, H, W) of an image, (T,) of a byte sequence for --arch gpt, (F,) node
+    features for --arch graph."""
     if spec.arch == "vit":
         return ViTClassifier(spec, in_shape, num_classes)
     if spec.arch == "gpt":
         return ByteTransformer(spec, in_shape[0], num_classes, spec.causal)
+    if spec.arch == "graph":
+        return GraphTransformer(spec, in_shape[0], num_classes)
     moe = MoEClassifier(spec, in_shape, num_classes)
     if spec.model == "moe":
         return moe
@@ -30,8 +34,8 @@ def build_model(spec: ModelSpec, in_shape: tuple[int, ...], num_classes: int) ->
 
 def cost_report(model, spec: ModelSpec, in_shape, num_classes: int) -> dict:
     """Parameters and FLOPs of this model and of the models it is compared with."""
-    if spec.arch in ("vit", "gpt"):
-        cost = (lambda m: vit_cost(m, in_shape)) if spec.arch == "vit" else text_cost
+    if spec.arch in ("vit", "gpt", "graph"):
+        cost = {"vit": lambda m: vit_cost(m, in_shape), "gpt": text_cost, "graph": graph_cost}[spec.arch]
         variants = {"moe": dataclasses.replace(spec, model="moe"),
                     "dense_params": dataclasses.replace(spec, model="dense", dense_match="params"),
                     "dense_active": dataclasses.replace(spec, model="dense", dense_match="active")}

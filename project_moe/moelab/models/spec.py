@@ -8,7 +8,7 @@ from torch import nn
 
 from ..layers.routers import build_router
 
-ARCH_CHOICES = ("mixture", "vit", "gpt")
+ARCH_CHOICES = ("mixture", "vit", "gpt", "graph")
 EXPERT_TYPES = ("mlp", "cnn")
 COMBINE_CHOICES = ("logits", "probs")
 DENSE_MATCH_CHOICES = ("params", "active")
@@ -19,7 +19,7 @@ class ModelSpec:
     """Everything that decides the architecture (a subset of the run config)."""
 
     model: str = "moe"               # moe | dense
-    arch: str = "mixture"            # mixture of expert classifiers | vit | gpt (MoE blocks routing tokens)
+    arch: str = "mixture"            # mixture of expert classifiers | vit | gpt | graph (MoE blocks routing tokens)
     experts: int = 8
     gating: str = "hard"
     top_k: int = 2

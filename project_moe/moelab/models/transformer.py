@@ -35,11 +35,13 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """``key_mask``: (B, T) bool, the tokens that may be attended to (padding excluded)."""
+        """``key_mask``: (B, T) bool, the tokens that may be attended to (padding excluded), or
+        (B, T, T) bool, entry [b, i, j] whether token i may attend to token j (a graph's edges)."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).view(batch, tokens, 3, self.heads, dim // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)                                   # each (B, h, T, d/h)
-        mask = None if key_mask is None else key_mask[:, None, None, :]       # (B, 1, 1, T)
+        mask = None if key_mask is None else \
+            key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None]   # (B, 1, 1 or T, T)
         mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal)  # (B, h, T, d/h)
         return self.out(mixed.transpose(1, 2).reshape(batch, tokens, dim))
 
@@ -57,11 +59,17 @@ class Block(nn.Module):
     def is_moe(self) -> bool:
         return isinstance(self.ffn, (MoE, SoftMoE))
 
-    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> tuple[Tensor, Routing | None]:
+    def forward(self, x: Tensor, key_mask: Tensor | None = None,
+                token_mask: Tensor | None = None) -> tuple[Tensor, Routing | None]:
+        """``token_mask``: (B, T) bool, the real tokens; the MoE layer then routes those alone
+        (a padded graph node takes no expert's capacity and no share of the balancing losses)."""
         x = x + self.attention(self.norm1(x), key_mask)                        # (B, T, d)
         h = self.norm2(x)
         if not self.is_moe:
             return x + self.ffn(h), None
+        if token_mask is not None:
+            out = self.ffn(h[token_mask])                                      # (M, d): real tokens, one by one
+            return x + torch.zeros_like(x).index_put((token_mask,), out.logits), out.routing
         batch, tokens, dim = h.shape
         out = self.ffn(h.reshape(batch * tokens, dim))                         # tokens routed one by one
         return x + out.logits.view(batch, tokens, dim), out.routing
@@ -123,10 +131,11 @@ class TokenModel(nn.Module):
     def moe_blocks(self) -> list[int]:
         return [i for i, block in enumerate(self.blocks) if block.is_moe]
 
-    def run_blocks(self, x: Tensor, key_mask: Tensor | None = None) -> tuple[Tensor, list[Routing]]:
+    def run_blocks(self, x: Tensor, key_mask: Tensor | None = None,
+                   token_mask: Tensor | None = None) -> tuple[Tensor, list[Routing]]:
         routings = []
         for block in self.blocks:
-            x, routing = block(x, key_mask)
+            x, routing = block(x, key_mask, token_mask)
             if routing is not None:
                 routings.append(routing)
         return x, routings

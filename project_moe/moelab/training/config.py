@@ -97,7 +97,8 @@ class Config:
     arch: str = _opt("mixture", "mixture: the classifier is a mixture of expert classifiers (after an optional "
                                 "trunk); vit: a small Vision Transformer whose every --moe-every-th MLP block is "
                                 "an MoE layer routing patch tokens; gpt: the same blocks over bytes (text "
-                                "datasets), causal for a language model", ARCH_CHOICES)
+                                "datasets), causal for a language model; graph: the same blocks over the nodes "
+                                "of a graph, attention along its edges (tu:PATH)", ARCH_CHOICES)
     experts: int = _opt(8, "number of experts E")
     gating: str = _opt("hard", "router; soft-slots: Soft MoE (ViT), experts process soft mixtures of an image's "
                                "tokens", GATING_CHOICES + SLOT_GATINGS)
@@ -224,7 +225,7 @@ class Config:
                 body += f"-cap{self.capacity_factor:g}{self.drop_policy[:3]}"
             if self.bias_balance_rate:
                 body += f"-lf{self.bias_balance_rate:g}"
-        kind = self.arch if self.arch in ("vit", "gpt") else self.expert_type
+        kind = self.arch if self.arch in ("vit", "gpt", "graph") else self.expert_type
         if is_table_dataset(self.dataset):
             body += ("-probs" if self.combine == "probs" else "") + ("-var" if self.expert_variance else "")
             # what else chooses the data of a table: its target column, a forced task, imputation, bins
@@ -269,10 +270,11 @@ TEXT_FEATURE_DEFAULTS = {"epochs": 10}
 
 
 def has_folds(dataset: str) -> bool:
-    """Datasets without a given test split, cut by --folds and --fold: the tables, and the review
-    snippets (as bytes or as a TF-IDF table); csv-text:PATH brings its own test split."""
+    """Datasets without a given test split, cut by --folds and --fold: the tables, the review
+    snippets (as bytes or as a TF-IDF table) and graphs (tu:PATH); csv-text:PATH brings its own."""
     inner = dataset[len("tfidf:"):] if dataset.startswith("tfidf:") else dataset
-    return (is_table_dataset(dataset) and not inner.startswith("csv-text:")) or inner == "rotten-tomatoes"
+    return (is_table_dataset(dataset) and not inner.startswith("csv-text:")) or inner == "rotten-tomatoes" \
+        or dataset.startswith("tu:")
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -331,7 +333,7 @@ def validate(cfg: Config) -> None:
     need(cfg.image_size is None or cfg.image_size >= 1, f"--image-size must be >= 1 (got {cfg.image_size})")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1 (got {cfg.threads})")
     need(cfg.dist_timeout > 0, f"--dist-timeout must be > 0 seconds (got {cfg.dist_timeout})")
-    tokens = cfg.arch in ("vit", "gpt")
+    tokens = cfg.arch in ("vit", "gpt", "graph")
     need(not tokens or (cfg.trunk == "none" and cfg.expert_type == "mlp"),
          f"--arch {cfg.arch} has its own embedding and MLP experts: drop --trunk and --expert-type")
     need(not tokens or cfg.vit_dim % cfg.vit_heads == 0,
@@ -348,6 +350,14 @@ def validate(cfg: Config) -> None:
          f"tfidf:{cfg.dataset} and MLP experts on their TF-IDF features)" if text else
          f"--arch gpt reads bytes: use a text dataset (python-stdlib, text:PATH, rotten-tomatoes, csv-text:PATH), "
          f"not {cfg.dataset}")
+    graph = cfg.dataset.startswith("tu:")
+    need(graph == (cfg.arch == "graph"),
+         f"--dataset {cfg.dataset} is graphs: it needs --arch graph" if graph else
+         f"--arch graph reads graphs: use --dataset tu:PATH, not {cfg.dataset}")
+    need(not graph or cfg.gating != "soft-slots", "--gating soft-slots mixes a fixed number of tokens per input; "
+                                                 "graphs differ in size: choose another router")
+    need(not graph or cfg.router_score != "attention", "--router-score attention needs a fixed number of tokens per "
+                                                       "input; graphs differ in size: use linear or cosine")
     need(cfg.steps_per_epoch == 0 or is_language_dataset(cfg.dataset),
          "--steps-per-epoch sets the epochs of a language model (python-stdlib, text:PATH); "
          f"an epoch of {cfg.dataset} is one pass over its samples: drop --steps-per-epoch")
