@@ -89,20 +89,32 @@ def table_gating(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None,
     return tabular(header, body, "l" + "r" * (len(header) - 1))
 
 
+def keyed_macro(name: str, arity: int, prefix: str | None = None) -> str:
+    """``\\newcommand{\\name}[arity]{...}``: a macro whose arguments, joined by colons, name the
+    value that keyed_value defined (``prefix:#1:#2...``; the prefix is the macro's name unless given)."""
+    key = ":".join(f"#{i + 1}" for i in range(arity))
+    return f"\\newcommand{{\\{name}}}[{arity}]{{\\csname {prefix or name}:{key}\\endcsname}}"
+
+
+def keyed_value(key: str, value: str) -> str:
+    """The value a keyed_macro finds under ``key`` (``prefix:arg1:arg2...``)."""
+    return f"\\expandafter\\def\\csname {key}\\endcsname{{{value}}}"
+
+
 def agreement_macros(summary: pd.DataFrame, agreement: pd.DataFrame | None) -> list[str]:
     """\\agree{dataset}{label}: mean agreement of specialisation across seeds (gating grid), and
     \\specrange{dataset}: the lowest and highest I/H of the gating grid's routers, named."""
-    lines = ["\\newcommand{\\agree}[2]{\\csname agree:#1:#2\\endcsname}",
-             "\\newcommand{\\specrange}[1]{\\csname specrange:#1\\endcsname}"]
+    lines = [keyed_macro("agree", 2),
+             keyed_macro("specrange", 1)]
     for r in (agreement.itertuples() if agreement is not None else []):
         if r.grid == "gating":
-            lines.append(f"\\expandafter\\def\\csname agree:{r.dataset}:{r.label}\\endcsname{{{r.agreement_mean:.2f}}}")
+            lines.append(keyed_value(f"agree:{r.dataset}:{r.label}", f"{r.agreement_mean:.2f}"))
     rows = summary[(summary.grid == "gating") & summary.specialisation_mean.notna()]
     for dataset, table in rows.groupby("dataset", sort=False):
         low, high = table.loc[table.specialisation_mean.idxmin()], table.loc[table.specialisation_mean.idxmax()]
         text = (f"{low.specialisation_mean:.2f} ({plots.ROUTER_NAMES.get(low.label, low.label)}) to "
                 f"{high.specialisation_mean:.2f} ({plots.ROUTER_NAMES.get(high.label, high.label)})")
-        lines.append(f"\\expandafter\\def\\csname specrange:{dataset}\\endcsname{{{text}}}")
+        lines.append(keyed_value(f"specrange:{dataset}", text))
     return lines
 
 
@@ -271,9 +283,7 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
     (comparison_macros)."""
     lines = []
     for macro in ("res", "spec", "loadcv", "dropped", "minutes", "params", "unpicked"):
-        args = "[1]" if macro == "unpicked" else "[3]"
-        body = "#1" if macro == "unpicked" else "#1:#2:#3"
-        lines.append(f"\\newcommand{{\\{macro}}}{args}{{\\csname {macro}:{body}\\endcsname}}")
+        lines.append(keyed_macro(macro, 1 if macro == "unpicked" else 3))
     for r in summary.itertuples():
         key = f"{r.grid}:{r.dataset}:{r.label}"
         values = {"res": _mean_spread(100 * r.test_acc_mean, 100 * r.test_acc_std, 2),   # one seed: the mean
@@ -283,52 +293,52 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
                   "minutes": f"{r.time_s_mean / 60:.1f}" if not pd.isna(r.time_s_mean) else "--",
                   "params": thousands(r.params_total)}
         for macro, value in values.items():
-            lines.append(f"\\expandafter\\def\\csname {macro}:{key}\\endcsname{{{value}}}")
+            lines.append(keyed_value(f"{macro}:{key}", value))
     for label, share in unpicked.items():
-        lines.append(f"\\expandafter\\def\\csname unpicked:{label}\\endcsname{{{100 * share:.1f}}}")
+        lines.append(keyed_value(f"unpicked:{label}", f"{100 * share:.1f}"))
     if bench is not None:
-        lines.append("\\newcommand{\\bench}[3]{\\csname bench:#1:#2:#3\\endcsname}")
-        lines.append("\\newcommand{\\benchsoft}[2]{\\csname benchsoft:#1:#2\\endcsname}")
+        lines.append(keyed_macro("bench", 3))
+        lines.append(keyed_macro("benchsoft", 2))
         for r in bench[bench.impl == "moe"].itertuples():
-            lines.append(f"\\expandafter\\def\\csname bench:{r.E}:{r.k}:{r.mode}\\endcsname{{{r.vs_dense:.2f}}}")
+            lines.append(keyed_value(f"bench:{r.E}:{r.k}:{r.mode}", f"{r.vs_dense:.2f}"))
             if r.mode == "fwd+bwd":
-                lines.append(f"\\expandafter\\def\\csname benchsoft:{r.E}:{r.k}\\endcsname{{{1 / r.vs_soft:.1f}}}")
-    lines.append("\\newcommand{\\benchrepeat}[3]{\\csname benchrepeat:#1:#2:#3\\endcsname}")
+                lines.append(keyed_value(f"benchsoft:{r.E}:{r.k}", f"{1 / r.vs_soft:.1f}"))
+    lines.append(keyed_macro("benchrepeat", 3))
     for r in (bench_repeat[bench_repeat.impl == "moe"].itertuples() if bench_repeat is not None else []):
-        lines.append(f"\\expandafter\\def\\csname benchrepeat:{r.E}:{r.k}:{r.mode}\\endcsname{{{r.vs_dense:.2f}}}")
-    lines.append("\\newcommand{\\trainratio}[2]{\\csname train:#1:#2\\endcsname}")
-    lines.append("\\newcommand{\\trainopt}[2]{\\csname trainopt:#1:#2\\endcsname}")
-    lines.append("\\newcommand{\\trainops}[2]{\\csname trainops:#1:#2\\endcsname}")
+        lines.append(keyed_value(f"benchrepeat:{r.E}:{r.k}:{r.mode}", f"{r.vs_dense:.2f}"))
+    lines.append(keyed_macro("trainratio", 2, prefix="train"))
+    lines.append(keyed_macro("trainopt", 2))
+    lines.append(keyed_macro("trainops", 2))
     for batch, table in train_bench.items():
         for r in table.itertuples():
-            lines.append(f"\\expandafter\\def\\csname train:{batch}:{r.model}\\endcsname{{{r.vs_dense_active:.2f}}}")
+            lines.append(keyed_value(f"train:{batch}:{r.model}", f"{r.vs_dense_active:.2f}"))
             if math.isfinite(r.optimizer_vs_dense_active):
-                lines.append(f"\\expandafter\\def\\csname trainopt:{batch}:{r.model}\\endcsname"
-                             f"{{{r.optimizer_vs_dense_active:.1f}}}")
+                lines.append(keyed_value(f"trainopt:{batch}:{r.model}",
+                             f"{r.optimizer_vs_dense_active:.1f}"))
             if math.isfinite(getattr(r, "ops_per_step", math.nan)):
-                lines.append(f"\\expandafter\\def\\csname trainops:{batch}:{r.model}\\endcsname"
-                             f"{{{r.ops_per_step:.0f}}}")
-    lines.append("\\newcommand{\\curvature}[4]{\\csname curvature:#1:#2:#3:#4\\endcsname}")
+                lines.append(keyed_value(f"trainops:{batch}:{r.model}",
+                             f"{r.ops_per_step:.0f}"))
+    lines.append(keyed_macro("curvature", 4))
     for name, table in (("sharpness", sharpness), ("sharpness_cifar", cifar_sharpness)):
         for r in (table.itertuples() if table is not None else []):
             for metric in ("top_eigenvalue", "trace", "loss"):
-                lines.append(f"\\expandafter\\def\\csname curvature:{name}:{r.label}:{r.split}:{metric}\\endcsname"
-                             f"{{{getattr(r, metric + '_mean'):.2f}}}")
-    lines.append("\\newcommand{\\reachepochs}[3]{\\csname reachepochs:#1:#2:#3\\endcsname}")
-    lines.append("\\newcommand{\\reachminutes}[3]{\\csname reachminutes:#1:#2:#3\\endcsname}")
-    lines.append("\\newcommand{\\reachtime}[3]{\\csname reachtime:#1:#2:#3\\endcsname}")
-    lines.append("\\newcommand{\\vitstep}[2]{\\csname vitstep:#1:#2\\endcsname}")
+                lines.append(keyed_value(f"curvature:{name}:{r.label}:{r.split}:{metric}",
+                             f"{getattr(r, metric + '_mean'):.2f}"))
+    lines.append(keyed_macro("reachepochs", 3))
+    lines.append(keyed_macro("reachminutes", 3))
+    lines.append(keyed_macro("reachtime", 3))
+    lines.append(keyed_macro("vitstep", 2))
     for row in convergence or []:
         r = row["summary"]
         if math.isfinite(row["step_time"]):
-            lines.append(f"\\expandafter\\def\\csname vitstep:{row['depth']}:{row['model']}\\endcsname"
-                         f"{{{row['step_time']:.2f}}}")
+            lines.append(keyed_value(f"vitstep:{row['depth']}:{row['model']}",
+                         f"{row['step_time']:.2f}"))
         for macro, values in (("epochs", row["epochs"]), ("minutes", row["minutes"]),
                               ("time", row["epochs"] * row["step_time"])):
-            lines.append(f"\\expandafter\\def\\csname reach{macro}:{r.grid}:{r.dataset}:{r.label}\\endcsname"
-                         f"{{{_mean_if_all(values, 1)}}}")
+            lines.append(keyed_value(f"reach{macro}:{r.grid}:{r.dataset}:{r.label}",
+                         f"{_mean_if_all(values, 1)}"))
     for macro in ("lmbpb", "lmgain", "lmsteps", "lmstep", "lmtime"):
-        lines.append(f"\\newcommand{{\\{macro}}}[1]{{\\csname {macro}:#1\\endcsname}}")
+        lines.append(keyed_macro(macro, 1))
     lines.append(f"\\newcommand{{\\lmtarget}}{{{LM_TARGET_BPB:.2f}}}")
     lead = lm_time_lead(lm or [])
     lines.append(f"\\newcommand{{\\lmlead}}{{{'--' if math.isnan(lead) else f'{lead:.0f}'}}}")
@@ -338,15 +348,15 @@ def numbers(summary: pd.DataFrame, unpicked: pd.Series, bench: pd.DataFrame | No
                   "lmsteps": _mean_reached(row["steps"], 0), "lmstep": "--" if math.isnan(ratio) else f"{ratio:.2f}",
                   "lmtime": _mean_reached(row["steps"] * ratio, 0)}
         for macro, value in values.items():
-            lines.append(f"\\expandafter\\def\\csname {macro}:{row['name']}\\endcsname{{{value}}}")
-    lines.append("\\newcommand{\\coherence}[3]{\\csname coherence:#1:#2:#3\\endcsname}")
+            lines.append(keyed_value(f"{macro}:{row['name']}", value))
+    lines.append(keyed_macro("coherence", 3))
     for r in (coherence.itertuples() if coherence is not None else []):
         key = f"{r.dataset}:{r.label}:{r.layer + 1}"   # blocks numbered from 1 in the text
-        lines.append(f"\\expandafter\\def\\csname coherence:{key}\\endcsname{{{100 * r.share_mean:.0f}}}")
-    lines.append("\\newcommand{\\tab}[2]{\\csname tab:#1:#2\\endcsname}")
+        lines.append(keyed_value(f"coherence:{key}", f"{100 * r.share_mean:.0f}"))
+    lines.append(keyed_macro("tab", 2))
     for r in summary[summary.grid == "tabular"].itertuples():
-        lines.append(f"\\expandafter\\def\\csname tab:{r.dataset}:{r.label}\\endcsname"
-                     f"{{{_table_cell(summary[summary.grid == 'tabular'], r.dataset, r.label)}}}")
+        lines.append(keyed_value(f"tab:{r.dataset}:{r.label}",
+                     f"{_table_cell(summary[summary.grid == 'tabular'], r.dataset, r.label)}"))
     lines += comparison_macros(comparisons)
     trained = summary[summary.model != "reference"] if "model" in summary else summary
     # A configuration several grids list is one run (a linked directory): its rows are equal to the
@@ -391,20 +401,20 @@ def comparison_macros(comparisons: pd.DataFrame | None) -> list[str]:
     """\\cmp{grid}{dataset}{model}{reference}: the paired difference model - reference with its 95 %
     interval (comparison_text); \\verdict: "beats", "ties with" (the interval holds 0) or "loses to",
     so that a sentence's verb is the data's."""
-    lines = ["\\newcommand{\\cmp}[4]{\\csname cmp:#1:#2:#3:#4\\endcsname}",
-             "\\newcommand{\\verdict}[4]{\\csname verdict:#1:#2:#3:#4\\endcsname}"]
-    lines.append("\\newcommand{\\lrbest}[1]{\\csname lrbest:#1\\endcsname}")
+    lines = [keyed_macro("cmp", 4),
+             keyed_macro("verdict", 4)]
+    lines.append(keyed_macro("lrbest", 1))
     best = {}
     for row in (comparisons.itertuples() if comparisons is not None else []):
         if row.grid in LR_GRIDS:    # each model at its best rate, which the text names by \\lrbest{model}
             best |= dict(split_lr_label(label) for label in (row.model, row.reference))
         for key in comparison_keys(row):
-            lines.append(f"\\expandafter\\def\\csname cmp:{key}\\endcsname{{{comparison_text(row)}}}")
-            lines.append(f"\\expandafter\\def\\csname verdict:{key}\\endcsname{{{VERDICT_WORDS[row.verdict]}}}")
+            lines.append(keyed_value(f"cmp:{key}", comparison_text(row)))
+            lines.append(keyed_value(f"verdict:{key}", VERDICT_WORDS[row.verdict]))
     for model, rate in best.items():
         mantissa, exponent = f"{float(rate):.0e}".split("e")
         latex = f"${mantissa}\\times 10^{{{int(exponent)}}}$"
-        lines.append(f"\\expandafter\\def\\csname lrbest:{model}\\endcsname{{{latex}}}")
+        lines.append(keyed_value(f"lrbest:{model}", latex))
     return lines
 
 
@@ -470,14 +480,14 @@ def tuning_macros(tuning: pd.DataFrame | None) -> list[str]:
     """``\\tunedlr{rate}`` and ``\\tunedwd{decay}``: the share (%) of the tuned network runs (the
     tuning.csv rows of the candidate each run chose) whose choice has that peak learning rate or
     weight decay (values as ``:g`` writes them, e.g. 0.01); ``\\tunedruns`` counts those runs."""
-    lines = ["\\newcommand{\\tunedlr}[1]{\\csname tunedlr:#1\\endcsname}",
-             "\\newcommand{\\tunedwd}[1]{\\csname tunedwd:#1\\endcsname}"]
+    lines = [keyed_macro("tunedlr", 1),
+             keyed_macro("tunedwd", 1)]
     chosen = (tuning[tuning.chosen == 1] if tuning is not None and not tuning.empty
               else pd.DataFrame(columns=["lr", "weight_decay"]))
     lines.append(f"\\newcommand{{\\tunedruns}}{{{len(chosen)}}}")
     for macro, column in (("tunedlr", "lr"), ("tunedwd", "weight_decay")):
         for value, share in chosen[column].value_counts(normalize=True).sort_index().items():
-            lines.append(f"\\expandafter\\def\\csname {macro}:{value:g}\\endcsname{{{100 * share:.0f}}}")
+            lines.append(keyed_value(f"{macro}:{value:g}", f"{100 * share:.0f}"))
     return lines
 
 
