@@ -136,8 +136,8 @@ def test_the_readme_quotes_the_dense_language_model_of_equal_total_parameters_fr
 
 @committed_results
 def test_the_readme_quotes_the_tables_from_summary_csv():
-    # README, Results, Tables: "(iris, 4 experts: top-1 A %, dense B %), logistic regression has the best
-    # mean accuracy (iris C %)" and the diabetes R^2 of top-1 with both losses and of ridge.
+    # README, Results, Tables: "(iris, 4 experts: top-1 A %, dense B %, a tie), no network beats logistic
+    # regression (iris C %)" and the diabetes R^2 of top-1 with both losses and of ridge.
     summary = report.load_summary(RESULTS)
     tables = summary[summary.grid == "tabular"]
     readme = (PROJECT_DIR.parent / "README.md").read_text()
@@ -150,6 +150,6 @@ def test_the_readme_quotes_the_tables_from_summary_csv():
     for label in ("e4-top1-mix", "e4-top1-mse", "ref-ridge"):
         quoted = f"{row('diabetes', label).test_r2_mean:.3f}"
         assert quoted in readme, (label, quoted)
-    for dataset in ("iris", "wine", "breast-cancer"):         # "logistic regression has the best mean accuracy"
+    for dataset in ("iris", "breast-cancer"):     # report: "the best mean accuracy on iris and breast cancer"
         accuracy = tables[tables.dataset == dataset].set_index("label").test_acc_mean
-        assert accuracy.idxmax() == "ref-logistic" or accuracy.max() == accuracy["ref-logistic"], dataset
+        assert accuracy.max() == accuracy["ref-logistic"], dataset
