@@ -55,7 +55,7 @@ def test_tta_flip_on_data_trained_without_flips_is_refused_before_the_run_direct
 
 def test_table_flags_are_refused_elsewhere_and_tables_under_torchrun(tmp_path, capsys, monkeypatch):
     assert cli(tmp_path, "--dataset", "mnist", "--folds", "3") == 2
-    assert "--folds sets how a table is split" in capsys.readouterr().err
+    assert "--folds cuts a dataset that has no test split" in capsys.readouterr().err
     assert cli(tmp_path, "--dataset", "iris", "--target-bins", "3") == 2
     assert "--target-bins bins a regression target" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")

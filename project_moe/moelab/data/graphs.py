@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .folds import fold_rows
-from .types import DataError
+from .types import DataError, pack, unpack  # noqa: F401 (graphs.pack, graphs.unpack)
 
 
 @dataclass(frozen=True)
@@ -298,15 +298,3 @@ def load_graph_dataset(name: str, folds: int, fold: int, val_fraction: float, se
     return GraphDataset(f"tu:{pathlib.Path(path).expanduser().absolute()}", train, val, test, tu.classes, tu.kinds,
                         tu.feature_names, f"{tu.source}, stratified fold {fold} of {folds} from seed {seed} as the "
                         f"test split, {val_fraction:g} of the rest validates", folds, fold)
-
-
-def pack(x: torch.Tensor, mask: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
-    """One (B, N, F + 1 + N) float tensor of a padded batch, so that the training loop, the
-    evaluation and the sharding of a batch over processes handle graphs as any (B, ...) input:
-    per node its features, then 1.0 for a real node, then its row of the adjacency."""
-    return torch.cat([x, mask[..., None].to(x.dtype), adjacency.to(x.dtype)], dim=-1)
-
-
-def unpack(packed: torch.Tensor, features: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x (B, N, F), mask (B, N) and adjacency (B, N, N) back from ``pack``'s tensor."""
-    return packed[..., :features], packed[..., features] > 0.5, packed[..., features + 1:] > 0.5

@@ -1,6 +1,7 @@
 """The records every dataset module shares, with no dependency beyond torch: the one-line
-``DataError``, a ``Split`` of whole tensors, the ``Dataset`` the loaders read, and the byte
-vocabulary that the text datasets write and the text models read."""
+``DataError``, a ``Split`` of whole tensors, the ``Dataset`` the loaders read, the byte
+vocabulary that the text datasets write and the text models read, and the one-tensor form of a
+padded batch of graphs that the graph loader writes and the graph model reads."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,3 +56,15 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def pack(x: torch.Tensor, mask: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+    """One (B, N, F + 1 + N) float tensor of a padded batch, so that the training loop, the
+    evaluation and the sharding of a batch over processes handle graphs as any (B, ...) input:
+    per node its features, then 1.0 for a real node, then its row of the adjacency."""
+    return torch.cat([x, mask[..., None].to(x.dtype), adjacency.to(x.dtype)], dim=-1)
+
+
+def unpack(packed: torch.Tensor, features: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (B, N, F), mask (B, N) and adjacency (B, N, N) back from ``pack``'s tensor."""
+    return packed[..., :features], packed[..., features] > 0.5, packed[..., features + 1:] > 0.5

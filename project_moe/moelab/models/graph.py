@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..data.graphs import pack, unpack
+from ..data.types import pack, unpack
 from .spec import ModelSpec
 from .transformer import Block, TokenModel, TransformerOutput, token_model_cost
 
