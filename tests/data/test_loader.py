@@ -191,3 +191,30 @@ def test_loader_for_picks_the_stream_loader_for_a_language_model_only(tmp_path, 
     assert isinstance(loader, BatchLoader)
     x, y = next(loader.iter_epoch(0))
     assert x.dtype == torch.int64 and x.shape == (2, 16) and torch.equal(x, cls.test.images[:2].long())
+
+
+def test_images_tables_and_graphs_visit_their_examples_in_one_epoch_order():
+    """One epoch_order serves every loader: with the same (seed, epoch), the n-th example of an image
+    split, a table and a set of graphs is visited at the same step, and a resumed epoch is its tail."""
+    from moelab.data.graphs import GraphSplit
+    from moelab.data.loader import GraphLoader, TableLoader, epoch_order
+    from moelab.data.tables import TableSplit
+
+    n, batch = 23, 5
+    table = TableSplit(torch.arange(n, dtype=torch.float32)[:, None], torch.arange(n), torch.arange(n))
+    sizes = torch.ones(n, dtype=torch.int64)                      # one node per graph, no edges
+    graphs = GraphSplit.build(torch.zeros(n, 1), sizes, torch.zeros(2, 0, dtype=torch.int64), torch.arange(n),
+                              torch.zeros(n, dtype=torch.int64))
+    for shuffle in (True, False):
+        expected = epoch_order(n, shuffle=shuffle, seed=3, epoch=2, device="cpu").tolist()
+        assert sorted(expected) == list(range(n)) and (expected != list(range(n))) == shuffle
+        images = [i for x, _ in make_loader(numbered_split(n), batch_size=batch, shuffle=shuffle, seed=3).iter_epoch(2)
+                  for i in sample_ids((x * 255).round().to(torch.uint8))]
+        rows = torch.cat([y for _, y in TableLoader(table, batch, shuffle=shuffle, seed=3).iter_epoch(2)]).tolist()
+        graph_loader = GraphLoader(graphs, batch, shuffle=shuffle, seed=3)
+        visited = torch.cat([y for _, y in graph_loader.iter_epoch(2)]).tolist()
+        assert images == rows == visited == expected
+        tail = torch.cat([y for _, y in graph_loader.iter_epoch(2, start_step=2)]).tolist()
+        assert tail == expected[2 * batch:]
+    with pytest.raises(ValueError, match="start_step"):
+        next(TableLoader(table, batch, shuffle=True, seed=3).iter_epoch(0, start_step=n))

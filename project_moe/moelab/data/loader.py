@@ -49,6 +49,21 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int, device) -> torch.Tensor:
+    """The order (n,) int64 in which an epoch visits n examples: a permutation drawn from (seed, epoch)
+    only, or 0..n-1 without ``shuffle``. Drawn on a CPU generator so the order does not depend on the
+    device type."""
+    if not shuffle:
+        return torch.arange(n, device=device)
+    g = torch.Generator().manual_seed(derive_seed("shuffle", seed, epoch))
+    return torch.randperm(n, generator=g).to(device)
+
+
+def check_start_step(start_step: int, steps: int) -> None:
+    if not 0 <= start_step <= steps:
+        raise ValueError(f"start_step must be in [0, {steps}], got {start_step}")
+
+
 class BatchLoader:
     """Batches of a Split that lives on the device as uint8; normalised float32 comes out.
 
@@ -81,9 +96,8 @@ class BatchLoader:
         """Yield (x float32 (B, C, H, W), y int64 (B,)) on the device, from batch start_step on
         (x in channels-last memory layout if the loader was made with ``channels_last``); for
         byte sequences x is int64 (B, T)."""
-        if not 0 <= start_step <= len(self):
-            raise ValueError(f"start_step must be in [0, {len(self)}], got {start_step}")
-        order = self._order(epoch)
+        check_start_step(start_step, len(self))
+        order = epoch_order(len(self.labels), shuffle=self.shuffle, seed=self.seed, epoch=epoch, device=self.device)
         for step in range(start_step, len(self)):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
             x = self.images[idx]
@@ -93,14 +107,6 @@ class BatchLoader:
             if self.augment:
                 x = augment_batch(x, torch.Generator().manual_seed(derive_seed("augment", self.seed, epoch, step)))
             yield (x.float() * self.scale - self.shift).contiguous(memory_format=self.memory_format), self.labels[idx]
-
-    def _order(self, epoch: int) -> torch.Tensor:
-        n = len(self.labels)
-        if not self.shuffle:
-            return torch.arange(n, device=self.device)
-        # Drawn on a CPU generator so the order does not depend on the device type.
-        g = torch.Generator().manual_seed(derive_seed("shuffle", self.seed, epoch))
-        return torch.randperm(n, generator=g).to(self.device)
 
 
 class StreamLoader:
@@ -130,8 +136,7 @@ class StreamLoader:
         return self.steps if self.shuffle else math.ceil(self.windows / self.batch_size)
 
     def iter_epoch(self, epoch: int, start_step: int = 0):
-        if not 0 <= start_step <= len(self):
-            raise ValueError(f"start_step must be in [0, {len(self)}], got {start_step}")
+        check_start_step(start_step, len(self))
         last_start = len(self.tokens) - self.context - 1
         for step in range(start_step, len(self)):
             if self.shuffle:
@@ -166,14 +171,8 @@ class TableLoader:
         return math.ceil(len(self.targets) / self.batch_size)
 
     def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if not 0 <= start_step <= len(self):
-            raise ValueError(f"start_step must be in [0, {len(self)}], got {start_step}")
-        n = len(self.targets)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(derive_seed("shuffle", self.seed, epoch))
-            order = torch.randperm(n, generator=g).to(self.device)
-        else:
-            order = torch.arange(n, device=self.device)
+        check_start_step(start_step, len(self))
+        order = epoch_order(len(self.targets), shuffle=self.shuffle, seed=self.seed, epoch=epoch, device=self.device)
         for step in range(start_step, len(self)):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
             yield self.features[idx], self.targets[idx]
@@ -195,12 +194,8 @@ class GraphLoader:
         return math.ceil(len(self.split) / self.batch_size)
 
     def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if not 0 <= start_step <= len(self):
-            raise ValueError(f"start_step must be in [0, {len(self)}], got {start_step}")
-        n = len(self.split)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed("shuffle", self.seed, epoch))) \
-            if self.shuffle else torch.arange(n)
-        order = order.to(self.device)
+        check_start_step(start_step, len(self))
+        order = epoch_order(len(self.split), shuffle=self.shuffle, seed=self.seed, epoch=epoch, device=self.device)
         for step in range(start_step, len(self)):
             graphs = order[step * self.batch_size:(step + 1) * self.batch_size]
             yield pack(*padded_batch(self.split, graphs)), self.split.labels[graphs]
