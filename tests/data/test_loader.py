@@ -212,9 +212,9 @@ def test_images_tables_and_graphs_visit_their_examples_in_one_epoch_order():
                   for i in sample_ids((x * 255).round().to(torch.uint8))]
         rows = torch.cat([y for _, y in TableLoader(table, batch, shuffle=shuffle, seed=3).iter_epoch(2)]).tolist()
         graph_loader = GraphLoader(graphs, batch, shuffle=shuffle, seed=3)
-        visited = torch.cat([y for _, y in graph_loader.iter_epoch(2)]).tolist()
+        visited = torch.cat([batch[1] for batch in graph_loader.iter_epoch(2)]).tolist()
         assert images == rows == visited == expected
-        tail = torch.cat([y for _, y in graph_loader.iter_epoch(2, start_step=2)]).tolist()
+        tail = torch.cat([batch[1] for batch in graph_loader.iter_epoch(2, start_step=2)]).tolist()
         assert tail == expected[2 * batch:]
     with pytest.raises(ValueError, match="start_step"):
         next(TableLoader(table, batch, shuffle=True, seed=3).iter_epoch(0, start_step=n))

@@ -113,6 +113,14 @@ def padded_batch(split: GraphSplit, graphs: torch.Tensor) -> tuple[torch.Tensor,
     return x, mask, adjacency | torch.diag_embed(mask)                         # every node sees itself
 
 
+def padded_kinds(split: GraphSplit, graphs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, N) int64: the kind of each node of the graphs ``graphs`` (B,) as padded_batch lays them
+    out (``mask`` (B, N) its node mask), -1 on padding."""
+    slot = torch.arange(mask.shape[1], device=mask.device)
+    node = torch.where(mask, split.offsets[graphs][:, None] + slot, 0)         # (B, N) node ids
+    return torch.where(mask, split.node_kinds[node], -1)
+
+
 # ----------------------------------------------------------------------------------------------
 # The TU Dortmund format
 
@@ -262,7 +270,8 @@ def split_tu(tu: TUGraphs, folds: int, fold: int, val_fraction: float,
 
 
 def is_graph_dataset(name: str) -> bool:
-    return name.startswith("tu:")
+    """tu:PATH, or superpixels:SPEC (superpixels.py: the graphs of an image dataset)."""
+    return name.startswith(("tu:", "superpixels:"))
 
 
 @dataclass

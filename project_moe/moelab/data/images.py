@@ -82,6 +82,9 @@ def check_dataset_spec(name: str) -> None:
     from .tables import check_table_spec, is_table_dataset  # tables (pandas) load only for a table
     if is_table_dataset(name):
         return check_table_spec(name)
+    if name.startswith("superpixels:"):
+        from .superpixels import check_superpixel_spec   # superpixels.py builds on this module's loaders
+        return check_superpixel_spec(name)
     if name.startswith(("text:", "csv-text:", "tu:")):
         kind, _, path = name.partition(":")
         if not path:
@@ -444,6 +447,9 @@ def load_dataset(name: str, data_dir: pathlib.Path, val_fraction: float = 0.1, s
     if name.startswith("tu:"):
         from .graphs import load_graph_dataset
         return load_graph_dataset(name, table.folds, table.fold, val_fraction, seed)
+    if name.startswith("superpixels:"):
+        from .superpixels import load_superpixel_dataset
+        return load_superpixel_dataset(name, data_dir, val_fraction, seed, download)
     if name.startswith("tfidf:"):
         from .text_features import load_text_features
         return load_text_features(name, table, val_fraction, seed)
@@ -454,22 +460,28 @@ def load_dataset(name: str, data_dir: pathlib.Path, val_fraction: float = 0.1, s
         return load_text_dataset(name, context, val_fraction, seed, table.folds, table.fold)
     if not 0 <= val_fraction < 1:
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    name, full_train, test, classes, source = load_image_splits(name, data_dir, download, image_size)
+    train, val = split_train_val(full_train, val_fraction, seed)
+    mean, std = channel_stats(train.images)
+    return Dataset(name=name, train=train, val=val, test=test, classes=classes, mean=mean, std=std,
+                   augment=train.images.shape[1] == 3, source=source)
+
+
+def load_image_splits(name: str, data_dir: pathlib.Path, download: bool = True,
+                      image_size: int | None = None) -> tuple[str, Split, Split, list[str], str]:
+    """(name with an absolute folder path, the whole training split, the test split, class names,
+    where they were read) of an image dataset: mnist, fashion-mnist, cifar10 or folder:PATH."""
     if image_size is not None and image_size < 1:
         raise DataError(f"--image-size must be a positive integer, got {image_size}")
     data_dir = pathlib.Path(data_dir).expanduser().absolute()
     if name.startswith("folder:"):
         root = _folder_root(name)
-        name = f"folder:{root}"
-        full_train, test, classes, source = _load_folder(root, image_size)
-    else:
-        loader = {"mnist": _load_mnist, "fashion-mnist": _load_fashion_mnist, "cifar10": _load_cifar10}[name]
-        full_train, test, classes, source = loader(data_dir, download)
-        if image_size is not None and full_train.images.shape[-1] != image_size:
-            full_train, test = (Split(resize_images(s.images, image_size), s.labels) for s in (full_train, test))
-    train, val = split_train_val(full_train, val_fraction, seed)
-    mean, std = channel_stats(train.images)
-    return Dataset(name=name, train=train, val=val, test=test, classes=classes, mean=mean, std=std,
-                   augment=train.images.shape[1] == 3, source=source)
+        return (f"folder:{root}", *_load_folder(root, image_size))
+    loader = {"mnist": _load_mnist, "fashion-mnist": _load_fashion_mnist, "cifar10": _load_cifar10}[name]
+    full_train, test, classes, source = loader(data_dir, download)
+    if image_size is not None and full_train.images.shape[-1] != image_size:
+        full_train, test = (Split(resize_images(s.images, image_size), s.labels) for s in (full_train, test))
+    return name, full_train, test, classes, source
 
 
 def train_val_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

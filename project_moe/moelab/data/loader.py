@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from .graphs import GraphSplit, pack, padded_batch
+from .graphs import GraphSplit, pack, padded_batch, padded_kinds
 from .tables import TableSplit
 from .types import Split
 
@@ -180,7 +180,9 @@ class TableLoader:
 
 class GraphLoader:
     """Batches of graphs: x (B, N, F + 1 + N) float32, a padded batch packed into one tensor
-    (graphs.pack), and y (B,) classes. The order of an epoch depends only on (seed, epoch)."""
+    (graphs.pack), and y (B,) classes. The order of an epoch depends only on (seed, epoch).
+    Evaluation (not ``shuffle``) adds each node's kind, (B, N) int64, -1 on padding: batches are
+    (x, y, kinds), as a language model's, for the routing tables per node kind."""
 
     def __init__(self, split: GraphSplit, batch_size: int, *, shuffle: bool, seed: int,
                  device: torch.device | str = "cpu"):
@@ -198,7 +200,11 @@ class GraphLoader:
         order = epoch_order(len(self.split), shuffle=self.shuffle, seed=self.seed, epoch=epoch, device=self.device)
         for step in range(start_step, len(self)):
             graphs = order[step * self.batch_size:(step + 1) * self.batch_size]
-            yield pack(*padded_batch(self.split, graphs)), self.split.labels[graphs]
+            x, mask, adjacency = padded_batch(self.split, graphs)
+            if self.shuffle:
+                yield pack(x, mask, adjacency), self.split.labels[graphs]
+            else:
+                yield pack(x, mask, adjacency), self.split.labels[graphs], padded_kinds(self.split, graphs, mask)
 
 
 def loader_for(dataset, split, batch_size: int, *, shuffle: bool, seed: int, device, steps: int = 0,

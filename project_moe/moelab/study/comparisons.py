@@ -37,6 +37,9 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "vit_convergence_deep": ("d12-dense-active", "d12-dense-params"),
     "lm": ("lm-dense-active", "lm-dense-params", "lm-dense-params-top1"),
     "tabular": ("e{E}-dense-params", "e{E}-dense-active", "ref-logistic", "ref-ridge"),
+    "reviews": ("dense-params", "dense-active", "dense-active-top2", "ref-logistic"),
+    "reviews_bytes": ("dense-params", "dense-active"),
+    "graphs": ("dense-params", "dense-active"),
 }
 # Grids whose references hold per router: a label is compared with the reference of its own
 # router, the part of the label before the first "-" (top1-cf1-position with top1-dropless).

@@ -487,6 +487,22 @@ def grid_reviews_bytes(grid: str, epochs: int) -> list[RunSpec]:
                     fold=REVIEW_FOLD) for label, flags in REVIEW_BYTE_MODELS.items()]
 
 
+# Graph classification on MNIST's superpixel graphs (docs/graphs.md): the graph transformer of width 64
+# (4 blocks, every second block's MLP an MoE slot routing each node), top-2 of 8 experts against the
+# dense transformers of its active FLOPs and of its total parameters, as the byte classifier above.
+GRAPHS = dict(arch="graph", vit_dim=64, vit_heads=4, vit_depth=4, moe_every=2, batch_size=64, lr=2e-3,
+              lr_schedule="onecycle", warmup_fraction=0.05, val_fraction=0.1, balance_coef=0.01, experts=8,
+              expert_hidden=128, log_every=0)
+GRAPH_MODELS = {"top2-e8": dict(gating="topk", top_k=2),
+                "dense-params": dict(model="dense", dense_match="params", gating="topk", top_k=2),
+                "dense-active": dict(model="dense", dense_match="active", gating="topk", top_k=2)}
+
+
+def grid_graphs(grid: str, epochs: int) -> list[RunSpec]:
+    return [RunSpec(grid, label, dict(GRAPHS, **flags, epochs=epochs), dataset="superpixels:mnist")
+            for label, flags in GRAPH_MODELS.items()]
+
+
 def keeps_every_log(run: RunSpec) -> bool:
     """The tabular runs whose routing logs stay in results/ (the others keep config, summary and
     metrics): the mixtures of 4 experts, seed 0, fold 0, which the figures draw."""
@@ -520,13 +536,14 @@ GRIDS: dict[str, Grid] = {
     "tabular": Grid(grid_tabular, 50, compact=True),
     "reviews": Grid(grid_reviews, 10),
     "reviews_bytes": Grid(grid_reviews_bytes, 5, verify_epochs=1),
+    "graphs": Grid(grid_graphs, 5, verify_epochs=1),
 }
 KEEP_WEIGHTS = {name for name, grid in GRIDS.items() if grid.keep_weights}
 CONVERGENCE_GRIDS = tuple(name for name, grid in GRIDS.items() if grid.convergence)
 COMPACT_GRIDS = {name for name, grid in GRIDS.items() if grid.compact}
 LR_GRIDS = tuple(name for name, grid in GRIDS.items() if grid.lr_sweep)
 DATASET_TAGS = ("mnist", "fashion-mnist", "cifar10-jpeg", "python-stdlib", *TABLE_DATASETS, "tfidf-rotten-tomatoes",
-                "rotten-tomatoes")
+                "rotten-tomatoes", "superpixels-mnist")
 
 
 def runs(name: str, epochs: int | None = None, **options) -> list[RunSpec]:

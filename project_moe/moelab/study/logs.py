@@ -27,7 +27,10 @@ KNOWN_COLUMNS = {**LOG_COLUMNS, "test_samples.csv": SAMPLES_COLUMNS, "test_patch
 
 def dataset_tag(dataset: str) -> str:
     """A short name, fit for a run directory: the folder copy of CIFAR-10 is reported as such, not
-    as CIFAR-10; tfidf:rotten-tomatoes becomes tfidf-rotten-tomatoes."""
+    as CIFAR-10; tfidf:rotten-tomatoes becomes tfidf-rotten-tomatoes, superpixels:mnist
+    superpixels-mnist."""
+    if dataset.startswith("superpixels:"):
+        return "superpixels-" + dataset_tag(dataset[len("superpixels:"):])
     return "cifar10-jpeg" if "cifar10-jpeg" in dataset else dataset.replace(":", "-")
 
 

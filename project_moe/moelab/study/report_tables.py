@@ -477,12 +477,13 @@ def table_hyperparameters() -> str:
 
 
 def tuning_macros(tuning: pd.DataFrame | None) -> list[str]:
-    """``\\tunedlr{rate}`` and ``\\tunedwd{decay}``: the share (%) of the tuned network runs (the
-    tuning.csv rows of the candidate each run chose) whose choice has that peak learning rate or
-    weight decay (values as ``:g`` writes them, e.g. 0.01); ``\\tunedruns`` counts those runs."""
+    """``\\tunedlr{rate}`` and ``\\tunedwd{decay}``: the share (%) of the tuned network runs of the
+    tabular grid (the tuning.csv rows of the candidate each run chose) whose choice has that peak
+    learning rate or weight decay (values as ``:g`` writes them, e.g. 0.01); ``\\tunedruns`` counts
+    those runs."""
     lines = [keyed_macro("tunedlr", 1),
              keyed_macro("tunedwd", 1)]
-    chosen = (tuning[tuning.chosen == 1] if tuning is not None and not tuning.empty
+    chosen = (tuning[(tuning.chosen == 1) & (tuning.grid == "tabular")] if tuning is not None and not tuning.empty
               else pd.DataFrame(columns=["lr", "weight_decay"]))
     lines.append(f"\\newcommand{{\\tunedruns}}{{{len(chosen)}}}")
     for macro, column in (("tunedlr", "lr"), ("tunedwd", "weight_decay")):

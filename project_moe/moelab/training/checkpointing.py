@@ -79,6 +79,6 @@ class Checkpointing:
     def _check_files_to_resume(self) -> None:
         """Rank 0, before any file of the run is written: the logs cut back to the checkpoint's
         step, and the best weights, which the test reads at the end, must be readable."""
-        check_logs(self.run_dir, self.global_step, layers=bool(self.moe_blocks), kinds=self.language)
+        check_logs(self.run_dir, self.global_step, layers=bool(self.moe_blocks), kinds=bool(self.token_kinds))
         if self.best_epoch > 0:
             load_checkpoint(self.run_dir / "best.pt")

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.graphs import is_graph_dataset
 from ..data.tables import IMPUTE_CHOICES, TASK_CHOICES, TableOptions, is_table_dataset
 from ..data.text import is_language_dataset, is_text_dataset
 from ..layers.experts import DISPATCH_CHOICES
@@ -63,7 +64,8 @@ class Config:
                                  "text classification; text needs --arch gpt | tfidf:rotten-tomatoes | "
                                  "tfidf:csv-text:PATH: the same texts as a table of TF-IDF features | iris | wine | "
                                  "breast-cancer | diabetes (the tables bundled with scikit-learn) | csv:PATH "
-                                 "(a CSV table, with --target)")
+                                 "(a CSV table, with --target) | tu:PATH (TU Dortmund graphs) | superpixels:SPEC "
+                                 "(the SLIC superpixel graphs of image dataset SPEC): graphs need --arch graph")
     data_dir: str | None = _opt(None, "dataset root (default: $MOE_DATA_DIR, else data/ at the repo root)", type=str)
     val_fraction: float = _opt(0.1, "fraction of the training set held out for validation (model selection)")
     image_size: int | None = _opt(None, "resize folder: images to SIZE x SIZE (needed when sizes differ)", type=int)
@@ -98,7 +100,7 @@ class Config:
                                 "trunk); vit: a small Vision Transformer whose every --moe-every-th MLP block is "
                                 "an MoE layer routing patch tokens; gpt: the same blocks over bytes (text "
                                 "datasets), causal for a language model; graph: the same blocks over the nodes "
-                                "of a graph, attention along its edges (tu:PATH)", ARCH_CHOICES)
+                                "of a graph, attention along its edges (tu:PATH, superpixels:SPEC)", ARCH_CHOICES)
     experts: int = _opt(8, "number of experts E")
     gating: str = _opt("hard", "router; soft-slots: Soft MoE (ViT), experts process soft mixtures of an image's "
                                "tokens", GATING_CHOICES + SLOT_GATINGS)
@@ -350,10 +352,10 @@ def validate(cfg: Config) -> None:
          f"tfidf:{cfg.dataset} and MLP experts on their TF-IDF features)" if text else
          f"--arch gpt reads bytes: use a text dataset (python-stdlib, text:PATH, rotten-tomatoes, csv-text:PATH), "
          f"not {cfg.dataset}")
-    graph = cfg.dataset.startswith("tu:")
+    graph = is_graph_dataset(cfg.dataset)
     need(graph == (cfg.arch == "graph"),
          f"--dataset {cfg.dataset} is graphs: it needs --arch graph" if graph else
-         f"--arch graph reads graphs: use --dataset tu:PATH, not {cfg.dataset}")
+         f"--arch graph reads graphs: use --dataset tu:PATH or superpixels:SPEC, not {cfg.dataset}")
     need(not graph or cfg.gating != "soft-slots", "--gating soft-slots mixes a fixed number of tokens per input; "
                                                  "graphs differ in size: choose another router")
     need(not graph or cfg.router_score != "attention", "--router-score attention needs a fixed number of tokens per "

@@ -65,7 +65,8 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=Non
     (None: this process evaluates whole batches).
     A language model's batches are (x, y, kinds), y and kinds (B, T): its loss and accuracy are
     per predicted byte, and with ``kinds`` (the number of byte kinds) each MoE block's routing
-    is also tabulated per kind of input byte (kind_rows).
+    is also tabulated per kind of input byte (kind_rows); a graph's are (x, y, kinds), kinds
+    (B, N) of its nodes, -1 on padding, tabulated per node kind.
     ``task`` (tasks.py) gives the loss, the hits and the groups of the routing tables: classes,
     or for a regression the target bins (``num_classes`` of them), with RMSE, MAE and R^2."""
     was_training = model.training
@@ -117,6 +118,7 @@ def _token_batch_sums(output, kinds: Tensor | None = None, num_kinds: int = 0) -
     weights = torch.stack([r.weights for r in output.routings])              # (L, N, E)
     tables = {}
     if kinds is not None:
+        kinds = kinds[kinds >= 0]         # a graph batch's padding (-1) is not routed: real nodes, in order
         per_block = [stats.class_expert_matrix(w, kinds, num_kinds) for w in weights]
         tables = {f"kind_{name}": torch.stack([t[name] for t in per_block]).double() for name in per_block[0]}
     return {**tables,"tokens": torch.tensor(float(weights.shape[1]), device=weights.device),

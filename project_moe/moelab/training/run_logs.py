@@ -30,7 +30,8 @@ def check_logs(run_dir: Path, step: int, layers: bool, kinds: bool = False) -> N
 
 def logs_of_run(layers: bool, kinds: bool = False) -> dict[str, list[str]]:
     """The CSV logs of a run and their columns: layers.csv only for a model with MoE blocks of
-    tokens (ViT, gpt), kinds.csv only for a language model with MoE blocks."""
+    tokens (ViT, gpt, graph), kinds.csv only for MoE blocks whose tokens have kinds (a language
+    model's bytes, a graph's nodes)."""
     wanted = {"layers.csv": layers, "kinds.csv": layers and kinds}
     return {name: columns for name, columns in LOG_COLUMNS.items() if wanted.get(name, True)}
 

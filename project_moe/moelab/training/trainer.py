@@ -74,6 +74,9 @@ class Trainer(Checkpointing, Reporting):
         self.moe_blocks = self.model.moe_blocks if isinstance(self.model, TokenModel) else []
         # A language model: its samples are predicted bytes, its routing tables per byte kind.
         self.language = isinstance(dataset, data.TextDataset)
+        # Routing tables per kind of token (kinds.csv): a language model's byte kinds, a graph's node kinds.
+        self.token_kinds = len(dataset.classes) if self.language else \
+            len(dataset.kinds) if isinstance(dataset, data.GraphDataset) else 0
         self.routes = self.is_moe or bool(self.moe_blocks)
         if cfg.compile:
             # In place: the module keeps its class, attributes and state_dict keys. Routed rows per
@@ -109,7 +112,8 @@ class Trainer(Checkpointing, Reporting):
         self.started = time.perf_counter()
         if resume and (refused := self.resume()) is not None:
             return refused
-        logs = RunLogs(self.run_dir, self.cluster.is_writer, layers=bool(self.moe_blocks), kinds=self.language)
+        logs = RunLogs(self.run_dir, self.cluster.is_writer, layers=bool(self.moe_blocks),
+                       kinds=bool(self.token_kinds))
         if resume:
             logs.keep_through_step(self.global_step)
             self.say(f"resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.global_step}")
@@ -235,7 +239,7 @@ class Trainer(Checkpointing, Reporting):
         with self.precision.autocast():
             result = evaluate(self.model, self._eval_batches(split), self.dataset.num_classes,
                               reduce=distributed.summer(self.cluster), tta_flip=self.cfg.tta_flip,
-                              kinds=len(self.dataset.classes) if self.language else 0, task=self.task)
+                              kinds=self.token_kinds, task=self.task)
         self.logs.split(result, log_as or split, epoch, self.global_step)
         return result
 
