@@ -39,7 +39,7 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "tabular": ("e{E}-dense-params", "e{E}-dense-active", "ref-logistic", "ref-ridge"),
     "reviews": ("dense-params", "dense-active", "dense-active-top2", "ref-logistic"),
     "reviews_bytes": ("dense-params", "dense-active"),
-    "graphs": ("dense-params", "dense-active"),
+    "graphs": ("e{E}-dense-params", "dense-active", "dense-active-top2"),
 }
 # Grids whose references hold per router: a label is compared with the reference of its own
 # router, the part of the label before the first "-" (top1-cf1-position with top1-dropless).

@@ -488,19 +488,28 @@ def grid_reviews_bytes(grid: str, epochs: int) -> list[RunSpec]:
 
 
 # Graph classification on MNIST's superpixel graphs (docs/graphs.md): the graph transformer of width 64
-# (4 blocks, every second block's MLP an MoE slot routing each node), top-2 of 8 experts against the
-# dense transformers of its active FLOPs and of its total parameters, as the byte classifier above.
+# (4 blocks, every second block's MLP an MoE slot routing each node); top-1, top-2 and expert choice
+# (capacity of 2 experts per node on average) with 4 and 8 experts of width 128, the dense transformers
+# of the MoEs' total parameters (per E) and of the top-1 and top-2 active FLOPs (the same for every E).
 GRAPHS = dict(arch="graph", vit_dim=64, vit_heads=4, vit_depth=4, moe_every=2, batch_size=64, lr=2e-3,
-              lr_schedule="onecycle", warmup_fraction=0.05, val_fraction=0.1, balance_coef=0.01, experts=8,
+              lr_schedule="onecycle", warmup_fraction=0.05, val_fraction=0.1, balance_coef=0.01,
               expert_hidden=128, log_every=0)
-GRAPH_MODELS = {"top2-e8": dict(gating="topk", top_k=2),
-                "dense-params": dict(model="dense", dense_match="params", gating="topk", top_k=2),
-                "dense-active": dict(model="dense", dense_match="active", gating="topk", top_k=2)}
+GRAPH_EXPERTS = (4, 8)
+GRAPH_ROUTERS = {"top1": dict(gating="hard"), "top2": dict(gating="topk", top_k=2),
+                 "ec": dict(gating="expert-choice", top_k=2)}
 
 
 def grid_graphs(grid: str, epochs: int) -> list[RunSpec]:
+    configs = {}
+    for experts in GRAPH_EXPERTS:
+        for router, flags in GRAPH_ROUTERS.items():
+            configs[f"e{experts}-{router}"] = dict(experts=experts, **flags)
+        configs[f"e{experts}-dense-params"] = dict(experts=experts, model="dense", dense_match="params",
+                                                   gating="topk", top_k=2)
+    configs["dense-active"] = dict(experts=8, model="dense", dense_match="active", gating="hard")
+    configs["dense-active-top2"] = dict(experts=8, model="dense", dense_match="active", gating="topk", top_k=2)
     return [RunSpec(grid, label, dict(GRAPHS, **flags, epochs=epochs), dataset="superpixels:mnist")
-            for label, flags in GRAPH_MODELS.items()]
+            for label, flags in configs.items()]
 
 
 def keeps_every_log(run: RunSpec) -> bool:
