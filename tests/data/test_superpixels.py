@@ -109,6 +109,17 @@ def test_a_tiny_superpixel_run_trains_from_the_command_line(tmp_path, monkeypatc
     for _, block in kinds.groupby("layer"):
         per_kind = block.groupby("kind").top1.sum()
         assert per_kind.tolist() == torch.bincount(test.node_kinds, minlength=3).tolist()
+    # The routed graphs: the first test graphs themselves, and the top-1 expert of each of their nodes.
+    graphs = np.load(out / "sp" / "test_graphs.npz")
+    nodes = pd.read_csv(out / "sp" / "test_nodes.csv")
+    assert graphs["labels"].tolist() == test.labels[:len(graphs["labels"])].tolist()
+    assert list(graphs["kind_names"]) == ["dark", "mid", "bright"] and graphs["nodes"].shape[1] == 3
+    for (index, layer), graph in nodes.groupby(["index", "layer"]):
+        start, end = graphs["offsets"][index], graphs["offsets"][index + 1]
+        assert graph.node.tolist() == list(range(end - start))
+        assert graph.kind.tolist() == graphs["node_kinds"][start:end].tolist()
+        assert graph["class"].iloc[0] == graphs["labels"][index] and graph.top1_expert.between(0, 3).all()
+    assert nodes["index"].nunique() == len(graphs["labels"]) == min(16, len(test))
     assert launch.main(["--dataset", "superpixels:mnist", "--data-dir", str(tmp_path / "data"), "--out", str(out),
                         "--run-name", "bad"]) == 2
     assert "needs --arch graph" in capsys.readouterr().err and not (out / "bad").exists()

@@ -15,14 +15,15 @@ import pandas as pd
 import torch
 
 from .. import stats
-from ..training.evaluation import PATCH_COLUMNS, SAMPLES_COLUMNS
+from ..training.evaluation import NODE_COLUMNS, PATCH_COLUMNS, SAMPLES_COLUMNS
 from ..training.run_files import RunFileError, read_config, read_json, read_log
 from ..training.run_logs import LOG_COLUMNS
 from . import statistics
 
 # Damaged run files are refused (RunFileError): aggregating without them would change the results.
 SET_ASIDE = "restore it from a copy, or move its run directory out of the results folder"
-KNOWN_COLUMNS = {**LOG_COLUMNS, "test_samples.csv": SAMPLES_COLUMNS, "test_patches.csv": PATCH_COLUMNS}
+KNOWN_COLUMNS = {**LOG_COLUMNS, "test_samples.csv": SAMPLES_COLUMNS, "test_patches.csv": PATCH_COLUMNS,
+                 "test_nodes.csv": NODE_COLUMNS}
 
 
 def dataset_tag(dataset: str) -> str:

@@ -26,6 +26,7 @@ KIND_COLUMNS = ["layer", "expert", "kind", "count", "gate_mass", "top1"]
 TEXT_COLUMNS = ["index", "byte", "kind", "layer", "top1_expert", "top1_weight", "experts_used"]
 PATCH_COLUMNS = ["index", "class", "predicted", "layer", "patch", "row", "col", "top1_expert", "top1_weight",
                  "experts_used"]
+NODE_COLUMNS = ["index", "class", "predicted", "layer", "node", "kind", "top1_expert", "top1_weight", "experts_used"]
 
 
 @dataclass
@@ -310,6 +311,37 @@ def patch_routing(model: ViTClassifier, batches, limit: int, gather=_no_gather) 
             for patch, (expert, count, weight) in enumerate(zip(experts_of, used_of, weight_of)):
                 rows.append({"index": image, "class": labels[image], "predicted": predicted[image],
                              "layer": layer, "patch": patch, "row": patch // columns, "col": patch % columns,
+                             "top1_expert": int(expert), "top1_weight": weight, "experts_used": int(count)})
+    model.train(was_training)
+    return rows
+
+
+@torch.no_grad()
+def node_routing(model: TokenModel, batches, limit: int, gather=_no_gather) -> list[dict]:
+    """Top-1 expert of every node of the first ``limit`` graphs of a split (at most one evaluation
+    batch, routed as in evaluation), in every MoE block. Graph ``index`` is the index in the split,
+    ``node`` the node's number in its graph as the split stores it, ``kind`` its kind (the routing
+    tables'). ``gather`` as in sample_routing."""
+    was_training = model.training
+    model.eval()
+    x, y, kinds = next(iter(batches))                                         # kinds (b, N), -1 on padding
+    output = model(x)
+    real = kinds >= 0                                                         # (b, N)
+    graphs = gather(torch.stack([y, output.logits.argmax(dim=1)], dim=1)).cpu()   # (B, 2)
+    take = min(limit, graphs.shape[0])
+    node_kinds = gather(kinds)[:take].cpu()                                   # (take, N)
+    rows = []
+    for layer, routing in zip(model.moe_blocks, output.routings):
+        top_weight, top_expert = routing.weights.max(dim=-1)                  # (M,) the real nodes, in order
+        used = stats.routed_mask(routing.weights).sum(dim=-1)                 # (M,)
+        table = torch.zeros(real.shape[0], 3, real.shape[1], dtype=torch.float64, device=real.device)  # (b, 3, N)
+        table.permute(1, 0, 2)[:, real] = torch.stack([top_expert.double(), used.double(), top_weight.double()])
+        table = gather(table)[:take].cpu()                                    # (take, 3, N)
+        for graph in range(take):
+            for node in torch.nonzero(node_kinds[graph] >= 0).flatten().tolist():
+                expert, count, weight = table[graph, :, node].tolist()
+                rows.append({"index": graph, "class": int(graphs[graph, 0]), "predicted": int(graphs[graph, 1]),
+                             "layer": layer, "node": node, "kind": int(node_kinds[graph, node]),
                              "top1_expert": int(expert), "top1_weight": weight, "experts_used": int(count)})
     model.train(was_training)
     return rows

@@ -7,15 +7,18 @@ import signal
 import sys
 
 import numpy as np
+import torch
 
 from .. import distributed, stats
 from ..data.tables import TableDataset
 from ..layers.aux_losses import AUX_NAMES
 from .evaluation import (
+    NODE_COLUMNS,
     PATCH_COLUMNS,
     SAMPLES_COLUMNS,
     TEXT_COLUMNS,
     SplitResult,
+    node_routing,
     patch_routing,
     sample_routing,
     sample_rows,
@@ -28,6 +31,7 @@ from .table_routing import table_routing
 ROUTED_SAMPLES = 1000   # test samples of test_samples.csv (test_gates.npz has every one, compactly)
 GATES_KEPT_WHOLE = 16   # test_gates.npz keeps every gate weight up to this many experts, the top ones beyond
 ROUTED_PATCH_IMAGES = 16  # ViT: test images whose per-patch routing is kept
+ROUTED_GRAPHS = 16        # graphs: test graphs whose per-node routing is kept, with the graphs themselves
 ROUTED_TEXT_BYTES = 1024  # language model: leading test bytes whose per-byte routing is kept
 
 
@@ -118,6 +122,12 @@ class Reporting:
             images = self.dataset.test.images[:ROUTED_PATCH_IMAGES].cpu().numpy()          # (n, C, H, W) uint8
             if self.cluster.is_writer:
                 atomic_write_bytes(self.run_dir / "test_patch_images.npy", lambda handle: np.save(handle, images))
+        elif self.moe_blocks and self.cfg.arch == "graph":
+            self.logs.table("test_nodes.csv", NODE_COLUMNS,
+                            node_routing(self.model, self._eval_batches("test"), ROUTED_GRAPHS, gather))
+            if self.cluster.is_writer:
+                graphs = test_graphs(self.dataset, ROUTED_GRAPHS)
+                atomic_write_bytes(self.run_dir / "test_graphs.npz", lambda handle: np.savez_compressed(handle, **graphs))
 
     def write_summary(self, status: str, test: SplitResult | None = None, extra: dict | None = None) -> None:
         if not self.cluster.is_writer:
@@ -165,3 +175,14 @@ class Reporting:
               f"the last checkpoint is {self.run_dir / 'checkpoint.pt'}: add --resume to the command to continue",
               file=sys.stderr)
         return EXIT_PEER_FAILED
+
+
+def test_graphs(dataset, count: int) -> dict[str, np.ndarray]:
+    """The first ``count`` test graphs of a graph dataset, as test_graphs.npz keeps them beside the
+    routing of their nodes (test_nodes.csv): node features (M, F), offsets (G + 1,), edges (2, P)
+    with edge_offsets (G + 1,), labels (G,), node kinds (M,), and the names of the features and kinds."""
+    split = dataset.test.subset(torch.arange(min(count, len(dataset.test)), device=dataset.test.labels.device))
+    return {"nodes": split.nodes.cpu().numpy(), "offsets": split.offsets.cpu().numpy(),
+            "edges": split.edges.cpu().numpy(), "edge_offsets": split.edge_offsets.cpu().numpy(),
+            "labels": split.labels.cpu().numpy(), "node_kinds": split.node_kinds.cpu().numpy(),
+            "feature_names": np.array(dataset.feature_names), "kind_names": np.array(dataset.kinds)}
