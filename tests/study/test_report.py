@@ -60,6 +60,11 @@ TYPED_CLAIMS = [
     # "On small tables ... it ties at best; a linear model has the best mean accuracy" (Discussion)
     ("tabular", None, r"e\d+-(soft|top1|top2).*", r"e\d+-dense-params", {"tie", "worse"}),
     ("tabular", None, r"e\d+-.*", "ref-logistic", {"tie", "worse"}),
+    # "each ties with the dense networks of its total and of its active size" (report, reviews) and
+    # "On small tables and on the reviews' TF-IDF features ... no network beats a tuned linear model" (Discussion)
+    ("reviews", None, r"soft|top1|top2", r"dense-.*", {"tie"}),
+    ("reviews", None, r"soft|top1|top2", "ref-logistic", {"tie", "worse"}),
+    ("reviews", None, "ref-logistic", r"dense-.*", {"tie", "better"}),
 ]
 
 
@@ -153,3 +158,15 @@ def test_the_readme_quotes_the_tables_from_summary_csv():
     for dataset in ("iris", "breast-cancer"):     # report: "the best mean accuracy on iris and breast cancer"
         accuracy = tables[tables.dataset == dataset].set_index("label").test_acc_mean
         assert accuracy.max() == accuracy["ref-logistic"], dataset
+
+
+@committed_results
+def test_the_readme_quotes_the_reviews_from_summary_csv():
+    # README, Results, Sentiment of real reviews: "top-1 A %, dense of its total size B %", "logistic
+    # regression (C %)", "a byte-level MoE transformer gets D %", every mixture tied with both dense networks.
+    summary = report.load_summary(RESULTS)
+    readme = (PROJECT_DIR.parent / "README.md").read_text()
+    for grid, label in (("reviews", "top1"), ("reviews", "dense-params"), ("reviews", "ref-logistic"),
+                        ("reviews_bytes", "top2-e8")):
+        row = summary[(summary.grid == grid) & (summary.label == label)].iloc[0]
+        assert row.seeds == 3 and f"{100 * row.test_acc_mean:.2f} %" in readme, (grid, label)

@@ -560,6 +560,9 @@ WHERE_MOE_PAYS = (
     ("iris, top-1 of 4", "tabular", "iris", "e4-top1", "e4-dense-params", "e4-dense-active"),
     ("wine, top-1 of 4", "tabular", "wine", "e4-top1", "e4-dense-params", "e4-dense-active"),
     ("breast cancer, top-1 of 4", "tabular", "breast-cancer", "e4-top1", "e4-dense-params", "e4-dense-active"),
+    ("reviews, TF-IDF, top-1 of 4", "reviews", "tfidf-rotten-tomatoes", "top1", "dense-params", "dense-active"),
+    ("reviews, TF-IDF, top-2 of 4", "reviews", "tfidf-rotten-tomatoes", "top2", "dense-params", "dense-active-top2"),
+    ("reviews, bytes, top-2 blocks", "reviews_bytes", "rotten-tomatoes", "top2-e8", "dense-params", "dense-active"),
 )
 WHERE_MOE_PAYS_TEXT = (
     ("top-2 of 8", "lm", "python-stdlib", "lm-top2-e8", "lm-dense-params", "lm-dense-active"),
@@ -585,7 +588,7 @@ def where_moe_pays(comparisons: pd.DataFrame) -> plt.Figure:
     its active parameters (orange squares): the paired difference over seeds (and folds) with its
     95 % interval. Left: test accuracy in points (right of 0: the MoE is better); right: the
     language models' test bits per byte saved (right of 0: the MoE predicts better)."""
-    panels = [(WHERE_MOE_PAYS, 100.0, "test accuracy: MoE - dense (points)", "images and tables"),
+    panels = [(WHERE_MOE_PAYS, 100.0, "test accuracy: MoE - dense (points)", "images, tables and reviews"),
               (WHERE_MOE_PAYS_TEXT, -1.0, "test bits/byte: dense - MoE", "byte-level language model")]
     panels = [(rows, scale, label, title) for rows, scale, label, title in panels
               if any(_paired(comparisons, *row[1:5]) is not None or _paired(comparisons, *row[1:4], row[5]) is not None

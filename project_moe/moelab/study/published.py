@@ -29,12 +29,14 @@ ROKAH_2026_HEADS = pd.DataFrame(
      "paper_top_eigenvalue_test": [63.87, 92.22, 68.71]})
 
 SENTENCE_POLARITY = pd.DataFrame(
-    {"model": ["NBSVM, word 1-2-grams", "multinomial naive Bayes, 1-2-grams", "SVM, 1-2-grams", "CNN, word2vec"],
+    {"key": ["nbsvm-bigram", "mnb-bigram", "svm-bigram", "cnn-word2vec"],
+     "model": ["NBSVM, word 1-2-grams", "multinomial naive Bayes, 1-2-grams", "SVM, 1-2-grams", "CNN, word2vec"],
      "source": ["Wang and Manning 2012"] * 3 + ["Kim 2014"],
      "paper_test_acc": [79.38, 79.03, 77.72, 81.5]})
 
 DWIVEDI_2020_MNIST_SUPERPIXELS = pd.DataFrame(
-    {"model": ["GatedGCN", "GraphSage", "GIN", "GAT", "GCN"],
+    {"key": ["gatedgcn", "graphsage", "gin", "gat", "gcn"],
+     "model": ["GatedGCN", "GraphSage", "GIN", "GAT", "GCN"],
      "params": [104217, 104337, 105434, 110400, 101365],
      "paper_test_acc": [97.340, 97.312, 96.485, 95.535, 90.705],
      "paper_test_acc_std": [0.143, 0.097, 0.252, 0.205, 0.218]})

@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..models.builder import build_model
 from ..training.config import Config
-from . import grids, logs, plots
+from . import grids, logs, plots, published
 from .grids import (
     CONVERGENCE_GRIDS,
     CONVERGENCE_TARGETS,
@@ -492,6 +492,15 @@ def tuning_macros(tuning: pd.DataFrame | None) -> list[str]:
     return lines
 
 
+def published_macros() -> list[str]:
+    """``\\paperacc{key}``: a published test accuracy (%) of published.py, by its key (nbsvm-bigram,
+    cnn-word2vec, gatedgcn, ...), as the paper gives it to one decimal."""
+    lines = [keyed_macro("paperacc", 1)]
+    for table in (published.SENTENCE_POLARITY, published.DWIVEDI_2020_MNIST_SUPERPIXELS):
+        lines += [keyed_value(f"paperacc:{r.key}", f"{r.paper_test_acc:.1f}") for r in table.itertuples()]
+    return lines
+
+
 def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.DataFrame,
                  train_bench: dict[int, pd.DataFrame], sharpness: pd.DataFrame | None,
                  patches: pd.DataFrame, bench_repeat: pd.DataFrame | None = None,
@@ -507,7 +516,7 @@ def build_tables(summary: pd.DataFrame, bench: pd.DataFrame | None, samples: pd.
               "numbers": numbers(summary, unpicked_share(samples), bench, train_bench, sharpness,
                                  logs.patch_coherence(patches) if not patches.empty else None,
                                  bench_repeat, cifar_sharpness, convergence, lm, comparisons) + vit_router_sizes()
-              + "\n".join(agreement_macros(summary, agreement) + tuning_macros(tuning)) + "\n",
+              + "\n".join(agreement_macros(summary, agreement) + tuning_macros(tuning) + published_macros()) + "\n",
               "lm": table_lm(lm), "tabular": table_tabular(summary),
               "hyperparameters": table_hyperparameters()}
     return tables
