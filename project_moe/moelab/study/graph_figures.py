@@ -33,8 +33,8 @@ def routed_graphs(nodes: pd.DataFrame, graphs, layer: int | None = None, count: 
     if nodes.empty:
         return _no_runs("the routed test graphs (test_nodes.csv)")
     layer = int(nodes.layer.max()) if layer is None else layer
+    experts = max(int(nodes.top1_expert.max()) + 1, 1)        # every block's: the same colours in each
     nodes = nodes[nodes.layer == layer]
-    experts = max(int(nodes.top1_expert.max()) + 1, 1)
     colours = ListedColormap((EXPERT_COLOURS + ["0.5"] * experts)[:experts])
     shown = sorted(nodes["index"].unique())[:count]
     columns = min(len(shown), 4)
@@ -79,8 +79,8 @@ def kind_routing(kinds: pd.DataFrame, kind_names: list[str], split: str = "test"
     table = kind_shares(kinds, split)
     layers = sorted(table.layer.unique())
     experts = int(table.expert.max()) + 1
-    fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers) + 0.6, 0.35 * len(kind_names) + 1.3),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.6 * len(layers) + 0.6, 0.35 * len(kind_names) + 1.5),
+                             squeeze=False, layout="constrained")
     for ax, layer in zip(axes[0], layers):
         grid = np.zeros((len(kind_names), experts))
         part = table[table.layer == layer]
@@ -93,6 +93,6 @@ def kind_routing(kinds: pd.DataFrame, kind_names: list[str], split: str = "test"
         for (k, e), share in np.ndenumerate(grid):
             ax.text(e, k, f"{share:.2f}", ha="center", va="center", fontsize=6,
                     color="white" if share < 0.5 else "black")
-    fig.colorbar(image, ax=axes[0].tolist(), fraction=0.03, pad=0.02).ax.tick_params(labelsize=7)
+    fig.colorbar(image, ax=axes[0].tolist(), fraction=0.05, pad=0.02).ax.tick_params(labelsize=7)
     fig.suptitle(title or f"P(top-1 expert | node kind), {split} split, last epoch", fontsize=8.5)
     return fig
