@@ -29,6 +29,10 @@ def test_references_score_the_same_folds_as_the_mixtures_and_aggregate_over_fold
     best = min(val, key=lambda c: (-val[c][0], val[c][1]))
     recorded = json.loads((tmp_path / "runs" / "tabular" / runs[-1].name / "config.json").read_text())
     assert recorded["tuned"]["chosen"] == {"C": best} and recorded["config"]["tune"] is True
+    from moelab.training.provenance import code_state
+    assert recorded["environment"]["git_commit"] == code_state().commit          # provenance, as a trained run
+    commit = (code_state().commit or "unknown")[:12]
+    assert logs.run_commit(tmp_path / "runs" / "tabular" / runs[-1].name).startswith(commit)
     accuracy = (fits[best].predict(x["test"]) == y["test"]).mean()
     table = logs.run_table(tmp_path)
     row = table[(table.seed == 1) & (table.fold == 1)].iloc[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import platform
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 from .. import data
 from ..data.tables import TableDataset, TableOptions
 from ..training.config import Config
+from ..training.provenance import code_state, cpu_model
 from ..training.run_files import CSVLog, write_json
 from ..training.run_logs import METRICS_COLUMNS
 from ..training.tuning import best_candidate
@@ -95,6 +97,8 @@ def write_reference_run(run_dir: Path, name: str, dataset_name: str, seed: int, 
                         val_fraction: float, tune: bool = False) -> None:
     """Fit reference ``name`` on one fold (``tune``: its parameters chosen on the validation
     rows) and write its run directory."""
+    import sklearn
+
     begin = time.perf_counter()
     dataset = data.load_dataset(dataset_name, Path("."), val_fraction=val_fraction, seed=seed,
                                 table=TableOptions(folds=folds, fold=fold))
@@ -110,6 +114,10 @@ def write_reference_run(run_dir: Path, name: str, dataset_name: str, seed: int, 
                                          "dataset": {"source": dataset.source, "task": dataset.task,
                                                      "features": dataset.feature_names},
                                          "reference": f"scikit-learn {estimator}",
+                                         # the code that fitted it, as a trained run records it (logs.run_commit)
+                                         "environment": {"python": platform.python_version(),
+                                                         "sklearn": sklearn.__version__, "cpu_model": cpu_model(),
+                                                         **code_state().as_record()},
                                          **({"tuned": {"chosen": params, "candidates": TUNE_GRID[name]}}
                                             if tune else {})})
     nan = math.nan
