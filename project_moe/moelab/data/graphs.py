@@ -94,15 +94,22 @@ def ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return starts[segment] + torch.arange(len(segment), device=lengths.device) - first[segment]
 
 
+def padded_layout(starts: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Node mask (B, N) bool and node ids (B, N) int64 (0 on padding) of B graphs whose nodes are
+    starts[b] .. starts[b] + sizes[b] - 1, padded to the largest (N = max size)."""
+    width = int(sizes.max()) if len(sizes) else 0
+    slot = torch.arange(width, device=sizes.device)                            # (N,)
+    mask = slot < sizes[:, None]                                               # (B, N)
+    return mask, torch.where(mask, starts[:, None] + slot, 0)
+
+
 def padded_batch(split: GraphSplit, graphs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (B, N, F), node mask (B, N) bool and adjacency (B, N, N) bool (self-loops included; entry
     [b, i, j]: node i of graph b receives from node j) of the graphs ``graphs`` (B,)."""
     device = split.nodes.device
     sizes, starts = split.sizes[graphs], split.offsets[graphs]                 # (B,), (B,)
-    width = int(sizes.max()) if len(sizes) else 0
-    slot = torch.arange(width, device=device)                                  # (N,)
-    mask = slot < sizes[:, None]                                               # (B, N)
-    node = torch.where(mask, starts[:, None] + slot, 0)                        # (B, N) node ids
+    mask, node = padded_layout(starts, sizes)                                  # (B, N), (B, N)
+    width = mask.shape[1]
     x = split.nodes[node] * mask[..., None]                                    # (B, N, F), padding zero
     counts = split.edge_counts[graphs]                                         # (B,)
     edge = ranges(split.edge_offsets[graphs], counts)                          # (P_b,) the batch's edges
@@ -113,11 +120,10 @@ def padded_batch(split: GraphSplit, graphs: torch.Tensor) -> tuple[torch.Tensor,
     return x, mask, adjacency | torch.diag_embed(mask)                         # every node sees itself
 
 
-def padded_kinds(split: GraphSplit, graphs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def padded_kinds(split: GraphSplit, graphs: torch.Tensor) -> torch.Tensor:
     """(B, N) int64: the kind of each node of the graphs ``graphs`` (B,) as padded_batch lays them
-    out (``mask`` (B, N) its node mask), -1 on padding."""
-    slot = torch.arange(mask.shape[1], device=mask.device)
-    node = torch.where(mask, split.offsets[graphs][:, None] + slot, 0)         # (B, N) node ids
+    out, -1 on padding."""
+    mask, node = padded_layout(split.offsets[graphs], split.sizes[graphs])     # (B, N), (B, N)
     return torch.where(mask, split.node_kinds[node], -1)
 
 

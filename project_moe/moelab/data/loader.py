@@ -200,11 +200,10 @@ class GraphLoader:
         order = epoch_order(len(self.split), shuffle=self.shuffle, seed=self.seed, epoch=epoch, device=self.device)
         for step in range(start_step, len(self)):
             graphs = order[step * self.batch_size:(step + 1) * self.batch_size]
-            x, mask, adjacency = padded_batch(self.split, graphs)
             if self.shuffle:
-                yield pack(x, mask, adjacency), self.split.labels[graphs]
+                yield pack(*padded_batch(self.split, graphs)), self.split.labels[graphs]
             else:
-                yield pack(x, mask, adjacency), self.split.labels[graphs], padded_kinds(self.split, graphs, mask)
+                yield pack(*padded_batch(self.split, graphs)), self.split.labels[graphs], padded_kinds(self.split, graphs)
 
 
 def loader_for(dataset, split, batch_size: int, *, shuffle: bool, seed: int, device, steps: int = 0,

@@ -25,7 +25,7 @@ import pathlib
 import numpy as np
 import torch
 
-from .graphs import GraphDataset, GraphSplit
+from .graphs import GraphDataset, GraphSplit, padded_layout
 from .images import cache_dir, check_dataset_spec, load_image_splits, train_val_rows
 from .types import DataError, Split
 
@@ -108,10 +108,8 @@ def knn_edges(centroids: torch.Tensor, sizes: torch.Tensor, k: int = NEIGHBOURS,
     pieces = []
     for first in range(0, len(sizes), chunk):
         part = sizes[first:first + chunk]                                              # (g,)
-        width = int(part.max()) if len(part) else 0
-        slot = torch.arange(width)
-        mask = slot < part[:, None]                                                    # (g, N)
-        node = torch.where(mask, offsets[first:first + len(part), None] + slot, 0)    # (g, N) node ids
+        mask, node = padded_layout(offsets[first:first + len(part)], part)             # (g, N), (g, N) node ids
+        width = mask.shape[1]
         points = centroids[node]                                                       # (g, N, 2)
         distance = torch.cdist(points, points)                                         # (g, N, N)
         distance.masked_fill_(~mask[:, None, :], float("inf"))                         # no padding neighbour
