@@ -2,6 +2,7 @@
 tables, and summary.json (schemas in docs/run-files.md)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import sys
@@ -182,7 +183,5 @@ def test_graphs(dataset, count: int) -> dict[str, np.ndarray]:
     routing of their nodes (test_nodes.csv): node features (M, F), offsets (G + 1,), edges (2, P)
     with edge_offsets (G + 1,), labels (G,), node kinds (M,), and the names of the features and kinds."""
     split = dataset.test.subset(torch.arange(min(count, len(dataset.test)), device=dataset.test.labels.device))
-    return {"nodes": split.nodes.cpu().numpy(), "offsets": split.offsets.cpu().numpy(),
-            "edges": split.edges.cpu().numpy(), "edge_offsets": split.edge_offsets.cpu().numpy(),
-            "labels": split.labels.cpu().numpy(), "node_kinds": split.node_kinds.cpu().numpy(),
+    return {**{f.name: getattr(split, f.name).cpu().numpy() for f in dataclasses.fields(split)},
             "feature_names": np.array(dataset.feature_names), "kind_names": np.array(dataset.kinds)}
