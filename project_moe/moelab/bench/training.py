@@ -9,7 +9,6 @@ from torch import Tensor, nn
 
 from .. import data
 from ..layers.experts import dispatch_as
-from ..layers.moe import MoE
 from ..layers.precision import Precision
 from ..layers.routers import set_loss_names
 from ..models.builder import build_model
@@ -34,9 +33,6 @@ TRAIN_VARIANTS = {
     "moe_hard_grouped": dict(gating="hard", expert_dispatch="grouped"),
     "moe_hard_padded": dict(gating="hard", expert_dispatch="padded"),
     "moe_hard_grouped_mm": dict(gating="hard", expert_dispatch="grouped_mm"),
-    # the hard MoE routing and combining with plain autograd operations (fused_routing.py off);
-    # fused_routing is a switch of the MoE layers, not a Config field
-    "moe_hard_plain_routing": dict(gating="hard", fused_routing=False),
 }
 # also timed under --modes amp / compile
 MODE_VARIANTS = ("dense_active", "dense_params", "moe_hard", "moe_hard_grouped_mm")
@@ -89,14 +85,9 @@ def bench_train(args, device: torch.device) -> list[dict]:
         batches = list(loader.iter_epoch(0))[:args.steps or None]
     models, compile_s = {}, {}
     for name, (overrides, mode) in variants.items():
-        overrides = dict(overrides)
-        fused_routing = overrides.pop("fused_routing", True)
         cfg = Config(**{"experts": 8, **overrides, "batch_size": args.batch_size})
         torch.manual_seed(0)
         model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
-        for layer in model.modules():
-            if isinstance(layer, MoE):
-                layer.fused_routing = fused_routing
         # As in the trainer (Trainer._choose_losses): the losses outside the objective are computed on logging steps only.
         set_loss_names(model, tuple(aux_coefficients(cfg)))
         precision, coefs = Precision(mode == "amp", device), aux_coefficients(cfg)

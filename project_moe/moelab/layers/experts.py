@@ -305,8 +305,8 @@ def dispatch_report(model: nn.Module) -> str | None:
 
 
 def use_reference_experts(model: nn.Module) -> None:
-    """Run every MLP bank of ``model`` with plain autograd ops (see ``MLPExperts``); their MoE
-    layers then route with plain autograd ops too (``MoE._fuses_top1``)."""
+    """Run every MLP bank of ``model`` with plain autograd ops (see ``MLPExperts``), which any
+    ``torch.func`` transform can differentiate."""
     for bank in mlp_banks(model):
         bank.fused = False
 

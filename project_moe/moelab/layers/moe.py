@@ -19,9 +19,6 @@ import torch
 from torch import Tensor, nn
 
 from .experts import MLPExperts, ModuleExperts
-from .fused_routing import Top1Combine, Top1Dispatch
-from .precision import autocast_dtype
-from .routers import HardRouter
 from .routing import Routing
 
 
@@ -90,42 +87,19 @@ class MoE(nn.Module):
         # are added to the routed mixture.
         self.shared = shared
         self.exchange = LOCAL_EXPERTS
-        self.fused_routing = True   # top-1 training steps through fused_routing.py where it applies
 
     def all_expert_outputs(self, x: Tensor) -> Tensor:
         """(N, ...) -> (E, N, K): every expert of the layer on every row."""
         return self.exchange.run_all(self.experts, x)
 
     def forward(self, x: Tensor, router_input: Tensor | None = None) -> MoEOutput:
-        if self._fuses_top1(x):
-            output = self._fused_top1(x, router_input)
-        else:
-            routing = self.router(x.flatten(1) if router_input is None else router_input)
-            output = self._dense(x, routing) if routing.is_dense else self._sparse(x, routing)
+        """x (N, ...) rows for the experts; ``router_input`` (N, D) what the router sees, the
+        flattened rows by default."""
+        routing = self.router(x.flatten(1) if router_input is None else router_input)
+        output = self._dense(x, routing) if routing.is_dense else self._sparse(x, routing)
         if self.shared is not None:
             output.logits = output.logits + self.shared.forward_all(x).sum(dim=0)   # (N, K)
         return output
-
-    def _fuses_top1(self, x: Tensor) -> bool:
-        """Whether a training step takes the fused top-1 path (fused_routing.py): the Switch
-        router with linear scores and nothing that moves its choice (capacity, selection bias),
-        combining logits, on an MLP bank in its fused mode (not under torch.func) and outside
-        autocast (the router computes in float32 there); ``fused_routing = False`` turns it off."""
-        router = self.router
-        return (self.fused_routing and self.training and torch.is_grad_enabled() and type(router) is HardRouter
-                and router.score == "linear" and router.grad == "switch" and not router.bias_rate
-                and router.drop_policy == "dropless" and self.combine == "logits"
-                and getattr(self.experts, "fused", False) and autocast_dtype(x.device.type) is None)
-
-    def _fused_top1(self, x: Tensor, router_input: Tensor | None) -> MoEOutput:
-        """What ``_sparse`` computes for the top-1 router, in three autograd nodes."""
-        rows = x.flatten(1)                                                     # (N, D)
-        logits, probs, expert_index, sample_index, gate, rows_sorted, counts = Top1Dispatch.apply(
-            rows if router_input is None else router_input, self.router.proj.weight, rows)
-        weights = probs.new_zeros(probs.shape).index_put_((sample_index, expert_index), gate)   # (N, E)
-        routing = self.router._record(logits, probs, weights, sample_index, expert_index, gate, counts=counts)
-        out = self.exchange.run_sorted(self.experts, rows_sorted, counts)       # (N, K)
-        return MoEOutput(Top1Combine.apply(out, gate, sample_index), routing, sample_index, expert_index, out)
 
     def _dense(self, x: Tensor, routing: Routing) -> MoEOutput:
         expert_out = self.all_expert_outputs(x)                                # (E, N, K)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import ListedColormap
 
-from .plots import _no_runs
+from .plots import no_runs
 
 # Okabe-Ito, then greys: distinguishable with every common colour-vision deficiency up to 8 experts.
 EXPERT_COLOURS = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
@@ -31,7 +31,7 @@ def routed_graphs(nodes: pd.DataFrame, graphs, layer: int | None = None, count: 
     ``layer`` (default: the last), edges in grey; superpixel graphs drawn at their centroids, as the
     image they come from (row 0 at the top)."""
     if nodes.empty:
-        return _no_runs("the routed test graphs (test_nodes.csv)")
+        return no_runs("the routed test graphs (test_nodes.csv)")
     layer = int(nodes.layer.max()) if layer is None else layer
     experts = max(int(nodes.top1_expert.max()) + 1, 1)        # every block's: the same colours in each
     nodes = nodes[nodes.layer == layer]
@@ -75,7 +75,7 @@ def kind_shares(kinds: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 def kind_routing(kinds: pd.DataFrame, kind_names: list[str], split: str = "test", title: str = "") -> plt.Figure:
     """Heatmaps, one per MoE block: the share of each kind of node that each expert takes as top-1."""
     if kinds.empty:
-        return _no_runs("the expert x node-kind tables (kinds.csv)")
+        return no_runs("the expert x node-kind tables (kinds.csv)")
     table = kind_shares(kinds, split)
     layers = sorted(table.layer.unique())
     experts = int(table.expert.max()) + 1

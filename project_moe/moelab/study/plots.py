@@ -19,14 +19,16 @@ plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "font.size": 9, "axe
                      "axes.spines.top": False, "axes.spines.right": False})
 
 
-def _no_runs(what: str) -> plt.Figure:
+def no_runs(what: str) -> plt.Figure:
+    """A small figure that says no completed run holds ``what`` (the notebook and report still show a figure)."""
     fig, ax = plt.subplots(figsize=(4, 1.2))
     ax.axis("off")
     ax.text(0.5, 0.5, f"no completed runs for {what} in these results", ha="center", va="center")
     return fig
 
 
-def _ordered(labels, order):
+def ordered(labels, order):
+    """The distinct ``labels`` in the order of ``order``, then the others sorted (figures and tables list them alike)."""
     return [x for x in order if x in set(labels)] + sorted(set(labels) - set(order))
 
 
@@ -69,7 +71,7 @@ def balance_over_time(metrics: pd.DataFrame, grid: str = "gating", dataset: str 
     """Load CV and gate entropy on validation per epoch, mean +- std over seeds, per router."""
     rows = metrics[(metrics.grid == grid) & (metrics.dataset == dataset)]
     fig, axes = plt.subplots(1, 2, figsize=(5.2, 2.9))
-    for label in _ordered(rows.label, GATING_ORDER):
+    for label in ordered(rows.label, GATING_ORDER):
         group = rows[rows.label == label].groupby("epoch")
         for ax, column in zip(axes, ("val_load_cv", "val_gate_entropy")):
             mean, std = group[column].mean(), group[column].std()
@@ -94,7 +96,7 @@ def accuracy_vs_experts(summary: pd.DataFrame) -> plt.Figure:
     """Test accuracy against E at a fixed total budget and at a fixed expert size."""
     rows = summary[summary.grid == "experts"]
     if rows.empty:
-        return _no_runs("accuracy vs experts")
+        return no_runs("accuracy vs experts")
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
     for prefix, label in (("budget", "fixed total budget (E x hidden = 512)"),
                           ("per-expert", "fixed expert size (hidden 64)")):
@@ -127,17 +129,17 @@ def gating_comparison(summary: pd.DataFrame) -> plt.Figure:
     """Test accuracy and throughput of every router, per dataset (mean ± std over seeds)."""
     rows = summary[summary.grid == "gating"]
     if rows.empty:
-        return _no_runs("gating comparison")
-    datasets = _ordered(rows.dataset, DATASET_ORDER)
+        return no_runs("gating comparison")
+    datasets = ordered(rows.dataset, DATASET_ORDER)
     fig, axes = plt.subplots(1, len(datasets) + 1, figsize=(3.0 * (len(datasets) + 1), 3.0))
     for ax, dataset in zip(axes, datasets):
         table = rows[rows.dataset == dataset]
-        labels = _ordered(table.label, GATING_ORDER)
+        labels = ordered(table.label, GATING_ORDER)
         _bars(ax, table, labels, "test_acc", 100)
         _accuracy_ylim(ax, table)
         ax.set_title(f"{dataset}: test accuracy (%)")
     table = rows[rows.dataset == datasets[0]]
-    _bars(axes[-1], table, _ordered(table.label, GATING_ORDER), "samples_per_s")
+    _bars(axes[-1], table, ordered(table.label, GATING_ORDER), "samples_per_s")
     # Grid runs share the machine with other work: their throughput is labelled, not a benchmark.
     axes[-1].set_title(f"{datasets[0]}: samples/s as scheduled\n(not a benchmark: docs/benchmarks.md)", fontsize=9)
     fig.tight_layout()
@@ -148,7 +150,7 @@ def regularisation_effect(summary: pd.DataFrame) -> plt.Figure:
     """Accuracy and final load imbalance for each regulariser (hard routing, MNIST)."""
     rows = summary[summary.grid == "regularisation"]
     if rows.empty:
-        return _no_runs("regularisation effect")
+        return no_runs("regularisation effect")
     labels = list(rows.label)
     fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.9))
     _bars(axes[0], rows, labels, "test_acc", 100)
@@ -165,11 +167,11 @@ def specialisation(summary: pd.DataFrame, grid: str = "gating") -> plt.Figure:
     """I(expert; class) / H(class) of the test routing (top-1 expert), per router and dataset."""
     rows = summary[summary.grid == grid]
     if rows.empty:
-        return _no_runs("specialisation")
+        return no_runs("specialisation")
     fig, ax = plt.subplots(figsize=(5.0, 2.9))
-    datasets = _ordered(rows.dataset, DATASET_ORDER)
+    datasets = ordered(rows.dataset, DATASET_ORDER)
     width = 0.8 / max(len(datasets), 1)
-    labels = _ordered(rows.label, GATING_ORDER)
+    labels = ordered(rows.label, GATING_ORDER)
     for i, dataset in enumerate(datasets):
         table = rows[rows.dataset == dataset].set_index("label").reindex(labels)
         ax.bar(np.arange(len(labels)) + i * width, table.specialisation_mean, width,
@@ -211,8 +213,8 @@ def moe_vs_dense(summary: pd.DataFrame, grids=("moe_vs_dense", "cifar_trunk")) -
 def _accuracy_panels(rows: pd.DataFrame, title: str) -> plt.Figure:
     """One bar panel per dataset: test accuracy (mean ± std over seeds) of each label."""
     if rows.empty:
-        return _no_runs(title)
-    datasets = _ordered(rows.dataset, DATASET_ORDER)
+        return no_runs(title)
+    datasets = ordered(rows.dataset, DATASET_ORDER)
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.0 * len(datasets), 2.9), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         table = rows[rows.dataset == dataset]
@@ -227,7 +229,7 @@ def sharpness_curves(curves: pd.DataFrame, ax=None) -> plt.Figure:
     """Loss along the top Hessian eigenvector, L(theta + t v), one colour per run, train solid and
     test dashed (rows of analysis.py's sharpness_curves.csv). Draws on ``ax`` when given."""
     if curves.empty and ax is None:
-        return _no_runs("sharpness curves")
+        return no_runs("sharpness curves")
     fig, ax = plt.subplots(figsize=(4.6, 3.0)) if ax is None else (ax.figure, ax)
     colors = plt.cm.tab10(np.linspace(0, 1, 10))
     styles = {"train": "-", "test": "--"}
@@ -257,7 +259,7 @@ def patch_routing(patches: pd.DataFrame, images: np.ndarray, run: str, n_images:
     """
     rows = patches[patches.run == run]
     if rows.empty:
-        return _no_runs(f"patch routing of {run}")
+        return no_runs(f"patch routing of {run}")
     layers = sorted(rows.layer.unique())
     shown = sorted(rows["index"].unique())[:n_images]
     experts = int(rows.top1_expert.max()) + 1
@@ -306,7 +308,7 @@ def capacity_tradeoff(summary: pd.DataFrame, grid: str = "capacity", ax=None) ->
     router and drop policy, one point per capacity factor; dropless as a dashed line."""
     rows = summary[summary.grid == grid]
     if rows.empty:
-        return _no_runs(f"the {grid} grid")
+        return no_runs(f"the {grid} grid")
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(3.6, 2.9))
     colors = {"top1": "tab:blue", "top2": "tab:orange"}
     for router, color in colors.items():
@@ -332,9 +334,9 @@ def balancing_over_time(metrics: pd.DataFrame, grid: str = "balancing", ax=None)
     """Validation load CV per epoch (mean ± std over seeds) of each balancing method."""
     rows = metrics[metrics.grid == grid]
     if rows.empty:
-        return _no_runs(f"the {grid} grid")
+        return no_runs(f"the {grid} grid")
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(3.4, 2.9))
-    for label in _ordered(rows.label, BALANCING_ORDER):
+    for label in ordered(rows.label, BALANCING_ORDER):
         group = rows[rows.label == label].groupby("epoch").val_load_cv
         mean, std = group.mean(), group.std()
         ax.plot(mean.index, mean, "-o", ms=3, label=label)
@@ -354,7 +356,7 @@ def convergence(metrics: pd.DataFrame, grid: str | tuple[str, ...], dataset: str
     grids = (grid,) if isinstance(grid, str) else tuple(grid)
     rows = metrics[metrics.grid.isin(grids) & (metrics.dataset == dataset)]
     if rows.empty:
-        return _no_runs(f"the {' and '.join(grids)} grid on {dataset}")
+        return no_runs(f"the {' and '.join(grids)} grid on {dataset}")
     fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(8.0, height), sharey=True)
     for label, color in zip(sorted(rows.label.unique()), plt.cm.tab10.colors):
         runs = rows[rows.label == label]
@@ -382,11 +384,11 @@ def lm_convergence(metrics: pd.DataFrame, step_time: dict[str, float], grid: str
     compare; a label without a ratio is left out on the right)."""
     rows = metrics[metrics.grid == grid]
     if rows.empty:
-        return _no_runs(f"the {grid} grid")
+        return no_runs(f"the {grid} grid")
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(width, height), sharey=True)
     tops = []
     moe_colors = iter(plt.cm.tab10.colors[2:])
-    for label in _ordered(rows.label.unique(), ["lm-dense-active", "lm-dense-params"]):
+    for label in ordered(rows.label.unique(), ["lm-dense-active", "lm-dense-params"]):
         curve = rows[rows.label == label].groupby("step").val_bpb
         mean, std = curve.mean(), curve.std().fillna(0)
         dense = label.startswith("lm-dense")
@@ -413,7 +415,7 @@ def kind_expert_heatmap(kinds: pd.DataFrame, run: str, kind_names, split: str = 
     never occur in the split are left out."""
     rows = _final_rows(kinds[kinds.run == run], split)
     if rows.empty:
-        return _no_runs(f"kinds.csv of {run}")
+        return no_runs(f"kinds.csv of {run}")
     layers = sorted(rows.layer.unique())[:blocks]
     fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False)
     for ax, layer in zip(axes[0], layers):
@@ -442,7 +444,7 @@ def text_routing(routed: pd.DataFrame, run: str, lines: int = 10, width: int = 5
     ASCII are drawn as a middle dot."""
     rows = routed[routed.run == run]
     if rows.empty:
-        return _no_runs(f"test_text.csv of {run}")
+        return no_runs(f"test_text.csv of {run}")
     layers = sorted(rows.layer.unique())
     experts = int(rows.top1_expert.max()) + 1
     colors = plt.cm.tab10(np.arange(experts) % 10) if experts <= 10 else plt.cm.tab20(np.arange(experts) % 20)
@@ -491,7 +493,7 @@ def learning_rate_sweep(summary: pd.DataFrame, grid: str = "lr") -> plt.Figure:
     or bits per byte for the language model (lower is better)."""
     rows = summary[summary.grid == grid]
     if rows.empty:
-        return _no_runs(f"learning-rate sweep ({grid})")
+        return no_runs(f"learning-rate sweep ({grid})")
     model_rate = [split_lr_label(label) for label in rows.label]
     rows = rows.assign(model=[model for model, _ in model_rate], lr=[float(rate) for _, rate in model_rate])
     bits = rows.test_acc_mean.isna().all() or rows.test_bpb_mean.notna().any()
@@ -520,7 +522,7 @@ def regularisers_on_balanced(summary: pd.DataFrame, grid: str = "regularisation_
     need not start at 0."""
     rows = summary[summary.grid == grid]
     if rows.empty:
-        return _no_runs("regularisers on a balanced MoE")
+        return no_runs("regularisers on a balanced MoE")
     base = rows[rows.label == "balance"].iloc[0]
     families = {"dropout": ("dropout", "dropout rate"), "entropy": ("entropy", "gate-entropy coefficient"),
                 "z": ("z", "router z-loss coefficient")}
@@ -594,7 +596,7 @@ def where_moe_pays(comparisons: pd.DataFrame) -> plt.Figure:
               if any(_paired(comparisons, *row[1:5]) is not None or _paired(comparisons, *row[1:4], row[5]) is not None
                      for row in rows)]
     if not panels:
-        return _no_runs("the MoE-against-dense comparisons")
+        return no_runs("the MoE-against-dense comparisons")
     fig, axes = plt.subplots(1, len(panels), figsize=(6.7, 0.18 * max(len(rows) for rows, *_ in panels) + 1.1),
                              gridspec_kw={"width_ratios": [1.35, 1][:len(panels)]}, squeeze=False)
     for ax, (rows, scale, label, title) in zip(axes[0], panels):

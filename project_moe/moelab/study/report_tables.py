@@ -62,10 +62,10 @@ def table_gating(summary: pd.DataFrame, comparisons: pd.DataFrame | None = None,
     Fashion-MNIST accuracy, I/H, the agreement of specialisation across seeds
     (specialisation.seed_agreement), final validation load CV and seeds."""
     rows = summary[summary.grid == "gating"]
-    datasets = plots._ordered(rows.dataset, plots.DATASET_ORDER)
+    datasets = plots.ordered(rows.dataset, plots.DATASET_ORDER)
     first = datasets[0]
     body = []
-    for label in plots._ordered(rows.label, plots.GATING_ORDER):
+    for label in plots.ordered(rows.label, plots.GATING_ORDER):
         cells = [plots.ROUTER_NAMES.get(label, escape(label))]
         for dataset in datasets:
             match = rows[(rows.dataset == dataset) & (rows.label == label)]

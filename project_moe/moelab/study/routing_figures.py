@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.colors import ListedColormap
 
 from . import specialisation as spec
-from .plots import GATING_ORDER, ROUTER_NAMES, _no_runs, _ordered
+from .plots import GATING_ORDER, ROUTER_NAMES, no_runs, ordered
 
 CORE_ROUTERS = ("soft", "hard", "top2", "expert-choice")
 # Okabe-Ito: distinguishable with every common colour-vision deficiency.
@@ -29,7 +29,7 @@ def _chosen(frame: pd.DataFrame, grid: str, dataset: str, labels) -> tuple[pd.Da
     when None) that have rows there."""
     rows = frame[(frame.grid == grid) & (frame.dataset == dataset)] if not frame.empty else frame
     present = set(rows.label) if not rows.empty else set()
-    wanted = _ordered(present, GATING_ORDER) if labels is None else [x for x in labels if x in present]
+    wanted = ordered(present, GATING_ORDER) if labels is None else [x for x in labels if x in present]
     return rows, wanted
 
 
@@ -52,7 +52,7 @@ def activation_distributions(gates: pd.DataFrame, grid: str = "gating", dataset:
     balanced 1/E. Bars are the mean over seeds of each seed's shares, whiskers min to max."""
     rows, labels = _chosen(gates, grid, dataset, labels)
     if not labels:
-        return _no_runs(f"test gates of {grid} on {dataset}")
+        return no_runs(f"test gates of {grid} on {dataset}")
     n_experts = rows.weights.iloc[0].shape[1]
     entropy_bins = np.linspace(0.0, np.log(n_experts), ENTROPY_BINS + 1)
     fig, axes = plt.subplots(len(labels), 4, figsize=(FIGURE_WIDTH, 1.05 * len(labels) + 1.1), squeeze=False)
@@ -141,7 +141,7 @@ def expert_loss_curves(experts: pd.DataFrame, grid: str = "gating", dataset: str
     rolling mean over ``window`` consecutive logs of each expert (one batch gives it few rows)."""
     rows, labels = _chosen(experts, grid, dataset, labels)
     if not labels:
-        return _no_runs(f"expert losses of {grid} on {dataset}")
+        return no_runs(f"expert losses of {grid} on {dataset}")
     table = spec.loss_by_load_rank(rows[rows.label.isin(labels)], window=window)
     n_ranks = int(table["rank"].max())
     colours = ListedColormap(plt.cm.viridis(np.linspace(0.0, 0.85, n_ranks)))   # ordered; no pale yellow
@@ -201,7 +201,7 @@ def class_routing(routing: pd.DataFrame, grid: str = "gating", dataset: str = "m
     agreement in each heatmap's title). ``agreement``: seed_agreement's table, computed when None."""
     rows, labels = _chosen(routing, grid, dataset, labels)
     if not labels:
-        return _no_runs(f"class routing of {grid} on {dataset}")
+        return no_runs(f"class routing of {grid} on {dataset}")
     rows = rows[rows.split == "test"]
     table = agreement if agreement is not None else spec.seed_agreement(rows, value=value)
     table = table[(table.grid == grid) & (table.dataset == dataset)].set_index("label")
@@ -246,7 +246,7 @@ def _profile_heatmap(ax, profiles: np.ndarray, class_names):
 
 
 def _agreement_panel(ax, table: pd.DataFrame) -> None:
-    labels = _ordered(table.index, GATING_ORDER)
+    labels = ordered(table.index, GATING_ORDER)
     table = table.loc[labels]
     x = np.arange(len(labels))
     ax.errorbar(x - 0.1, table.overlap_mean, yerr=table.overlap_std.fillna(0), fmt="o", ms=4, capsize=2,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import BoundaryNorm, ListedColormap
 
-from .plots import _no_runs
+from .plots import no_runs
 
 TABLE_ORDER = ["iris", "wine", "breast-cancer", "diabetes"]
 MIXTURES = {"soft": "soft", "top1": "top-1", "top2": "top-2"}
@@ -33,7 +33,7 @@ def scores_vs_experts(summary: pd.DataFrame, grid: str = "tabular") -> plt.Figur
     over folds x seeds, with the scikit-learn references as horizontal lines."""
     rows = summary[summary.grid == grid]
     if rows.empty:
-        return _no_runs(f"the {grid} grid")
+        return no_runs(f"the {grid} grid")
     datasets = [d for d in TABLE_ORDER if d in set(rows.dataset)]
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.1 * len(datasets), 2.9), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
@@ -82,7 +82,7 @@ def gate_partition(predictions: pd.DataFrame, gate_grid: pd.DataFrame, run: str,
     over the gate's decision regions (its most probable expert on a grid of that plane)."""
     rows, grid = _run_rows(predictions, run), _run_rows(gate_grid, run)
     if rows.empty or grid.empty:
-        return _no_runs(f"the test tables of {run}")
+        return no_runs(f"the test tables of {run}")
     experts = int(max(rows.top1_expert.max(), grid.top1_expert.max())) + 1
     colours = ListedColormap([f"C{e}" for e in range(experts)])
     norm = BoundaryNorm(np.arange(experts + 1) - 0.5, experts)
@@ -118,7 +118,7 @@ def expert_predictions(predictions: pd.DataFrame, run: str, target_name: str = "
     gate sends to it (top-1) highlighted, and the mixture's prediction."""
     rows = _run_rows(predictions, run)
     if rows.empty or "expert_0" not in rows:
-        return _no_runs(f"the expert predictions of {run}")
+        return no_runs(f"the expert predictions of {run}")
     rows = rows.assign(top1_expert=rows.top1_expert.astype(int))   # stacked with dense runs' rows: float
     experts = sorted(int(c.split("_")[1]) for c in rows.columns if c.startswith("expert_") and rows[c].notna().any())
     fig, axes = plt.subplots(1, len(experts) + 1, figsize=(2.3 * (len(experts) + 1), 2.5), sharex=True, sharey=True)
