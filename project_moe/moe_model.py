@@ -13,6 +13,8 @@ and says where each one is:
     classifiers    moelab/models/classifier.py  MoEClassifier, DenseClassifier, build_dense_matched
     ViT            moelab/models/vit.py         a ViT whose MLP blocks route patch tokens
     any model      moelab/models/builder.py     build_model(spec, in_shape, num_classes)
+    their output   moelab/models/output.py      ModelOutput: logits, one Routing per MoE layer (none for
+                                                a dense model), the unweighted auxiliary losses
 
     from moe_model import MoE, MLPExperts, build_router
     moe = MoE(build_router("topk", 784, 8, top_k=2), MLPExperts(8, 784, 128, 10))

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from moelab import data
+from moelab.models.output import ModelOutput
 
 MNIST_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
                "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -194,3 +195,18 @@ def write_tu(root: pathlib.Path, graphs: list[dict], name: str = "TOY") -> None:
     for part, lines in files.items():
         if lines:
             (root / f"{name}_{part}.txt").write_text("\n".join(lines) + "\n")
+
+
+class LogitsModel(torch.nn.Module):
+    """Any network of logits as a model of the study: it returns the record every model returns
+    (a dense one: no routings)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        return ModelOutput(self.net(x))
+
+    def routers(self) -> list:
+        return []

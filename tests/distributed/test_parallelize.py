@@ -33,7 +33,6 @@ from moelab.layers.moe import MoE
 from moelab.layers.routers import build_router
 from moelab.layers.routing import GATING_CHOICES
 from moelab.models.builder import build_model
-from moelab.models.classifier import classifier_logits
 from moelab.paths import REPO_ROOT
 from moelab.training import launch
 from moelab.training.config import Config
@@ -121,7 +120,7 @@ def _vit(gating: str, drop: str = "dropless", score: str = "linear") -> torch.nn
 
 def _loss(output, weights: torch.Tensor) -> torch.Tensor:
     """A loss that reaches every output row with its own weight, plus every auxiliary loss."""
-    loss = (classifier_logits(output) * weights).sum()
+    loss = (output.logits * weights).sum()
     return loss + sum(coef * output.aux[name] for name, coef in AUX_COEFS.items())
 
 
@@ -143,8 +142,8 @@ def _check_equivalence(model: torch.nn.Module, x: torch.Tensor, rank: int, exper
     distributed.sync_gradients(parallel, cluster)
 
     close = dict(rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(distributed.gather_rows(cluster, classifier_logits(out_mine).detach()),
-                               classifier_logits(out_all).detach(), **close)
+    torch.testing.assert_close(distributed.gather_rows(cluster, out_mine.logits.detach()),
+                               out_all.logits.detach(), **close)
     for name in out_all.aux:
         torch.testing.assert_close(out_mine.aux[name].detach(), out_all.aux[name].detach(), **close, msg=name)
     torch.testing.assert_close(x_mine.grad, distributed.shard(cluster, x_all.grad)[0], **close)

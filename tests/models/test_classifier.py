@@ -23,7 +23,7 @@ def test_dense_baseline_matches_moe_size(spec_kwargs, shape, match):
     dense = build_model(ModelSpec(model="dense", dense_match=match, **spec_kwargs), in_shape, classes)
     target = moe_param_counts(moe)["total" if match == "params" else "active"]
     assert abs(count_params(dense) - target) / target < 0.02
-    assert dense(torch.zeros(2, *in_shape)).shape == (2, classes)
+    assert dense(torch.zeros(2, *in_shape)).logits.shape == (2, classes)
 
 
 def test_the_default_models_training_step_runs_the_router_forward_and_the_sparse_dispatch(monkeypatch):

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad
 
 from moelab.models.builder import build_model
-from moelab.models.classifier import classifier_logits
 from moelab.models.spec import ModelSpec
 from moelab.study import sharpness
 from moelab.training import launch
@@ -130,7 +129,7 @@ def tiny_moe(gating: str) -> torch.nn.Module:
 
 
 def assignments(model, params, x):
-    out = functional_call(model, params, (x,))
+    out = functional_call(model, params, (x,)).mixture
     return out.sample_index, out.expert_index
 
 
@@ -177,7 +176,7 @@ def test_batched_hvp_equals_the_hvp_of_the_mean_loss():
     batched = sharpness.mean_loss_hvp(model, params, [(x[:8], y[:8]), (x[8:], y[8:])])(v)
 
     def mean_loss(p):
-        return F.cross_entropy(classifier_logits(functional_call(model, p, (x,))), y)
+        return F.cross_entropy(functional_call(model, p, (x,)).logits, y)
     whole = sharpness.hvp_fn(mean_loss, params)(v)
     for k in params:
         torch.testing.assert_close(batched[k], whole[k], rtol=1e-10, atol=1e-12)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from runs import TINY, cli, read_rows
-from synthetic import PYTHON_KINDS, write_ag_news, write_csv, write_sources
+from synthetic import PYTHON_KINDS, LogitsModel, write_ag_news, write_csv, write_sources
 
 from moelab.data import text
 from moelab.training import launch
@@ -15,9 +15,9 @@ from moelab.training.evaluation import evaluate
 
 def test_flip_augmentation_at_test_time_averages_the_logits_of_both_images():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    net = LogitsModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))).eval()
     x, y = torch.randn(8, 1, 3, 4), torch.randint(0, 3, (8,))
-    logits = (net(x) + net(x.flip(-1))) / 2
+    logits = (net(x).logits + net(x.flip(-1)).logits) / 2
     result = evaluate(net, [(x, y)], 3, tta_flip=True)
     assert result.loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
     assert result.acc == pytest.approx((logits.argmax(1) == y).float().mean().item())

@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import LogitsModel
 
 from moelab.training.config import Config
 from moelab.training.step import lr_factor, make_optimizer, train_step
@@ -24,8 +25,8 @@ def test_sgd_is_nesterov_with_the_given_momentum():
 
 def test_label_smoothing_enters_the_training_loss():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    net = LogitsModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)))
     x, y = torch.randn(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
-    expected = F.cross_entropy(net(x), y, label_smoothing=0.1)
+    expected = F.cross_entropy(net(x).logits, y, label_smoothing=0.1)
     _, _, ce = train_step(net, torch.optim.SGD(net.parameters(), lr=0.0), x, y, {}, label_smoothing=0.1)
     assert torch.allclose(ce, expected)

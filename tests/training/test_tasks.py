@@ -22,20 +22,26 @@ def _moe_output(gating: str, combine: str, variance: bool, seed: int = 0, rows: 
     return model, model(x), y
 
 
+def _layer(output):
+    """The mixture's MoE layer record: the expert output of every assignment."""
+    return output.mixture
+
+
 @pytest.mark.parametrize("gating", ["soft", "topk", "hard", "expert-choice"])
 @pytest.mark.parametrize("variance", [False, True])
 def test_mixture_likelihood_matches_a_per_sample_reference(gating, variance):
     model, output, y = _moe_output(gating, "probs", variance)
     loss = Regression("probs", variance, [0.0]).per_sample_loss(output, y)
-    weights = output.routing.weights.detach()
+    layer = _layer(output)
+    weights = layer.routing.weights.detach()
     for n in range(len(y)):
         density = 0.0
         for e in range(4):
             if weights[n, e] == 0:
                 continue
-            m = ((output.sample_index == n) & (output.expert_index == e)).nonzero().item()
-            mu = output.expert_logits[m, 0].item()
-            var = math.exp(output.expert_logits[m, 1].item()) if variance else 1.0
+            m = ((layer.sample_index == n) & (layer.expert_index == e)).nonzero().item()
+            mu = layer.expert_logits[m, 0].item()
+            var = math.exp(layer.expert_logits[m, 1].item()) if variance else 1.0
             normal = math.exp(-(y[n].item() - mu) ** 2 / (2 * var)) / math.sqrt(2 * math.pi * var)
             density += weights[n, e].item() * normal
         expected = -math.log(density) if density > 0 else -math.log(1e-12)
@@ -46,10 +52,11 @@ def test_mixture_likelihood_matches_a_per_sample_reference(gating, variance):
 def test_combined_squared_error_matches_a_per_sample_reference(gating):
     model, output, y = _moe_output(gating, "logits", False)
     loss = Regression("logits", False, [0.0]).per_sample_loss(output, y)
-    weights = output.routing.weights.detach()
+    layer = _layer(output)
+    weights = layer.routing.weights.detach()
     for n in range(len(y)):
-        mixed = sum(weights[n, e].item() * output.expert_logits[
-            ((output.sample_index == n) & (output.expert_index == e)).nonzero().item(), 0].item()
+        mixed = sum(weights[n, e].item() * layer.expert_logits[
+            ((layer.sample_index == n) & (layer.expert_index == e)).nonzero().item(), 0].item()
             for e in range(4) if weights[n, e] != 0)
         assert loss[n].item() == pytest.approx((y[n].item() - mixed) ** 2, rel=1e-4, abs=1e-6)
 

@@ -14,9 +14,10 @@ import math
 from torch import Tensor, nn
 
 from ..layers.experts import MLPExperts, ModuleExperts, mlp
-from ..layers.moe import MoE, MoEOutput
+from ..layers.moe import MoE
 from ..layers.routers import experts_per_sample
 from . import trunks
+from .output import ModelOutput
 from .spec import ModelSpec, spec_router
 from .trunks import CNNTrunk, ResNetTrunk, trunk_features
 
@@ -58,8 +59,18 @@ class MoEClassifier(nn.Module):
             return self.trunk(x)
         return x.flatten(1) if self.spec.expert_type == "mlp" else x
 
-    def forward(self, x: Tensor) -> MoEOutput:
-        return self.moe(self.expert_input(x))
+    def forward(self, x: Tensor) -> ModelOutput:
+        return self.classify_features(self.expert_input(x))
+
+    def classify_features(self, features: Tensor) -> ModelOutput:
+        """The model's output from what ``expert_input`` returns (evaluation reuses the features
+        to run every expert on every sample)."""
+        layer = self.moe(features)
+        return ModelOutput(layer.logits, [layer.routing], mixture=layer)
+
+    def routers(self) -> list[nn.Module]:
+        """The model's routers, in the order of its output's routings."""
+        return [self.moe.router]
 
 
 class DenseClassifier(nn.Module):
@@ -75,8 +86,11 @@ class DenseClassifier(nn.Module):
 
     expert_input = MoEClassifier.expert_input
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.expert_input(x))
+    def forward(self, x: Tensor) -> ModelOutput:
+        return ModelOutput(self.net(self.expert_input(x)))
+
+    def routers(self) -> list[nn.Module]:
+        return []
 
 
 def build_trunk(spec: ModelSpec, in_shape) -> CNNTrunk | ResNetTrunk | None:
@@ -140,7 +154,3 @@ def build_dense_matched(spec: ModelSpec, in_shape, num_classes: int, target_para
     best = min((low, high), key=lambda w: abs(size(w) - target_params))
     return DenseClassifier(spec, in_shape, num_classes, best, channels)
 
-
-def classifier_logits(output) -> Tensor:
-    """Logits of any model kind (MoE models return a record, dense nets a tensor)."""
-    return output if isinstance(output, Tensor) else output.logits

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from ..data.types import pack, unpack
 from .spec import ModelSpec
-from .transformer import Block, TokenModel, TransformerOutput, token_model_cost
+from .output import ModelOutput
+from .transformer import Block, TokenModel, token_model_cost
 
 
 class GraphTransformer(TokenModel):
@@ -36,7 +37,7 @@ class GraphTransformer(TokenModel):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, adjacency: Tensor | None = None) -> TransformerOutput:
+    def forward(self, x: Tensor, mask: Tensor | None = None, adjacency: Tensor | None = None) -> ModelOutput:
         """x (B, N, F), mask (B, N) real nodes, adjacency (B, N, N) with self-loops (data/graphs.py);
         or x alone, the (B, N, F + 1 + N) tensor the graph loader yields (graphs.pack)."""
         if mask is None:
@@ -47,7 +48,7 @@ class GraphTransformer(TokenModel):
         h, routings = self.run_blocks(self.embed(x), attend, mask)             # (B, N, d)
         weights = mask.unsqueeze(-1).to(h.dtype)                               # (B, N, 1)
         pooled = (self.norm(h) * weights).sum(1) / weights.sum(1).clamp_min(1)  # (B, d)
-        return TransformerOutput(self.head(pooled), routings, x.shape[1])
+        return ModelOutput(self.head(pooled), routings, x.shape[1])
 
 
 

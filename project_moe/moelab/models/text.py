@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from ..data.types import PAD, VOCAB
 from .spec import ModelSpec
-from .transformer import Block, TokenModel, TransformerOutput, token_model_cost
+from .output import ModelOutput
+from .transformer import Block, TokenModel, token_model_cost
 
 # What a causal language model cannot use, and why (config.validate says it).
 LM_REFUSED = {
@@ -45,7 +46,7 @@ class ByteTransformer(TokenModel):
         self.norm = nn.LayerNorm(dim)
         self.head = None if causal else nn.Linear(dim, num_classes)
 
-    def forward(self, tokens: Tensor) -> TransformerOutput:
+    def forward(self, tokens: Tensor) -> ModelOutput:
         batch, length = tokens.shape                                           # (B, T) int64
         x = self.embed(tokens) + self.position[:, :length]                     # (B, T, d)
         # (B, T) real bytes; the first position always counts, so that an empty text attends somewhere.
@@ -58,7 +59,7 @@ class ByteTransformer(TokenModel):
             weights = keep.unsqueeze(-1).to(h.dtype)                           # (B, T, 1)
             pooled = (h * weights).sum(1) / weights.sum(1).clamp_min(1)        # (B, d)
             logits = self.head(pooled)                                         # (B, K)
-        return TransformerOutput(logits, routings, length)
+        return ModelOutput(logits, routings, length)
 
 
 def text_cost(model: ByteTransformer) -> dict[str, float]:

@@ -1,14 +1,12 @@
 """The transformer room: multi-head self-attention (bidirectional or causal), the pre-norm
-block, the MoE slot a block's MLP may become, and what every model of tokens shares (its
-output record, its MoE blocks, the width of its plain MLPs). The ViT and the byte-level text
+block, the MoE slot a block's MLP may become, and what every model of tokens shares (its MoE
+blocks and routers, the width of its plain MLPs). The ViT and the byte-level text
 models build on it.
 
 Legend: B sequences (images, texts), T tokens each, d width, N = B*T tokens, E experts,
 L MoE blocks.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -88,32 +86,6 @@ def moe_slot(spec: ModelSpec, dim: int, tokens: int) -> nn.Module:
     return MoE(router, experts, combine="logits", shared=shared)
 
 
-@dataclass
-class TransformerOutput:
-    """logits: (B, K) for a classifier, (N, V) for a language model (one row per token);
-    routings: one token-level Routing (N = B*T rows) per MoE block, in block order; tokens: T
-    per sequence (token n of the batch is token n % T of sequence n // T)."""
-
-    logits: Tensor
-    routings: list[Routing]
-    tokens: int
-
-    @property
-    def aux(self) -> dict[str, Tensor]:
-        """Each auxiliary loss averaged over the MoE blocks (empty for a dense model or in eval)."""
-        if not self.routings or not self.routings[0].aux:
-            return {}
-        return {name: torch.stack([r.aux[name] for r in self.routings]).mean() for name in self.routings[0].aux}
-
-    def assignment_counts(self) -> Tensor:
-        """(L, E) tokens each expert of each MoE block processed."""
-        return torch.stack([r.assignment_counts() for r in self.routings])
-
-    def dropped_counts(self) -> Tensor:
-        """(L, E) token assignments each expert's capacity dropped, per MoE block."""
-        return torch.stack([r.dropped_counts() for r in self.routings])
-
-
 class TokenModel(nn.Module):
     """What the models of tokens share: ``self.blocks`` of Block, every --moe-every-th an MoE
     block with --model moe, the others plain MLPs of the MoE layer's active width."""
@@ -130,6 +102,11 @@ class TokenModel(nn.Module):
     @property
     def moe_blocks(self) -> list[int]:
         return [i for i, block in enumerate(self.blocks) if block.is_moe]
+
+    def routers(self) -> list[nn.Module]:
+        """The router of each MoE block, in the order of the output's routings (a Soft MoE layer
+        routes by itself: its slot parameters are its router)."""
+        return [getattr(self.blocks[index].ffn, "router", self.blocks[index].ffn) for index in self.moe_blocks]
 
     def run_blocks(self, x: Tensor, key_mask: Tensor | None = None,
                    token_mask: Tensor | None = None) -> tuple[Tensor, list[Routing]]:

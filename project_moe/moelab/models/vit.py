@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from .spec import ModelSpec
-from .transformer import Block, TokenModel, TransformerOutput, mlp_width, token_model_cost
+from .output import ModelOutput
+from .transformer import Block, TokenModel, mlp_width, token_model_cost
 
 
 def check_vit_fits(spec: ModelSpec, in_shape: tuple[int, int, int]) -> None:
@@ -35,9 +36,6 @@ def check_vit_fits(spec: ModelSpec, in_shape: tuple[int, int, int]) -> None:
     if height % spec.vit_patch or width % spec.vit_patch:
         raise ValueError(f"--vit-patch {spec.vit_patch} does not divide the {height}x{width} images; "
                          f"choose a divisor of {math.gcd(height, width)}")
-
-
-ViTOutput = TransformerOutput     # the name the ViT's callers know
 
 
 class ViTClassifier(TokenModel):
@@ -61,11 +59,11 @@ class ViTClassifier(TokenModel):
     def mlp_width(spec: ModelSpec, moe_slot: bool, tokens: int) -> int:
         return mlp_width(spec, moe_slot, tokens)
 
-    def forward(self, images: Tensor) -> ViTOutput:
+    def forward(self, images: Tensor) -> ModelOutput:
         x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.position  # (B, T, d)
         x, routings = self.run_blocks(x)
         logits = self.head(self.norm(x).mean(dim=1))                           # (B, K)
-        return ViTOutput(logits, routings, x.shape[1])
+        return ModelOutput(logits, routings, x.shape[1])
 
 
 def vit_cost(model: ViTClassifier, in_shape: tuple[int, int, int]) -> dict[str, float]:

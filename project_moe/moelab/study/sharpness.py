@@ -55,7 +55,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .. import data
 from ..layers.experts import use_reference_experts
 from ..models.builder import build_model
-from ..models.classifier import classifier_logits, count_params
+from ..models.classifier import count_params
 from ..paths import PROJECT_DIR
 from ..training.config import DEVICE_CHOICES, Config, ConfigError
 from ..training.device import resolve_device
@@ -194,7 +194,7 @@ def summed_loss(model: nn.Module, x: Tensor, y: Tensor) -> Callable[[Params], Te
     use_reference_experts(model)
 
     def loss(params: Params) -> Tensor:
-        return F.cross_entropy(classifier_logits(functional_call(model, params, (x,))), y, reduction="sum")
+        return F.cross_entropy(functional_call(model, params, (x,)).logits, y, reduction="sum")
     return loss
 
 
@@ -216,7 +216,7 @@ def mean_loss_hvp(model: nn.Module, params: Params, batches: Batches) -> HVP:
 def loss_and_accuracy(model: nn.Module, params: Params, batches: Batches) -> tuple[float, float]:
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in batches:
-        logits = classifier_logits(functional_call(model, params, (x,)))   # (B, K)
+        logits = functional_call(model, params, (x,)).logits   # (B, K)
         loss_sum += F.cross_entropy(logits.double(), y, reduction="sum").item()
         correct += (logits.argmax(dim=1) == y).sum().item()
         count += len(y)

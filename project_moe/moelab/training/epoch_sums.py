@@ -47,9 +47,9 @@ class EpochSums:
                     if name in output.aux:
                         s["aux"][i] += output.aux[name].detach().double() * batch_rows
                         s["aux_rows"][i] += batch_rows
-                s["routed"] += output.assignment_counts().double()
+                s["routed"] += output.assignment_counts().double().view(self.routed_shape)   # (L, E), or (E,)
                 if self.drops:
-                    s["dropped"] += output.dropped_counts().double()
+                    s["dropped"] += output.dropped_counts().double().view(self.routed_shape)
 
     def add_seconds(self, seconds: float) -> None:
         self.sums["train_seconds"] += seconds

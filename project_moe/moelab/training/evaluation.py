@@ -15,7 +15,9 @@ from torch import Tensor
 
 from .. import stats
 from ..layers.capacity import selection_bias
-from ..models.classifier import MoEClassifier, classifier_logits
+from ..layers.moe import MoEOutput
+from ..models.classifier import MoEClassifier
+from ..models.output import ModelOutput
 from ..models.transformer import TokenModel
 from ..models.vit import ViTClassifier
 from .tasks import CLASSIFICATION
@@ -83,15 +85,15 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=Non
         y = y.reshape(-1)                        # (B,), or (B*T,) next bytes of a language model
         if is_moe and detailed:
             features = model.expert_input(x)
-            output = model.moe(features)
-            _accumulate(totals, _moe_batch_sums(model, features, output, y, num_classes, task))
+            output = model.classify_features(features)
+            _accumulate(totals, _moe_batch_sums(model, features, output.mixture, y, num_classes, task))
         else:
             output = model(x)
             if routes_tokens and detailed:
                 _accumulate(totals, _token_batch_sums(output, groups[0].reshape(-1) if kinds and groups else None,
                                                       kinds))
         if tta_flip:
-            output = (classifier_logits(output) + classifier_logits(model(x.flip(-1)))) / 2
+            output = ModelOutput((output.logits + model(x.flip(-1)).logits) / 2)
         loss_sum += task.loss(output, y, reduction="sum")
         correct += task.correct(output, y)
         _accumulate(totals, task.split_sums(output, y))
@@ -129,13 +131,6 @@ def _token_batch_sums(output, kinds: Tensor | None = None, num_kinds: int = 0) -
             "entropy_sum": torch.stack([stats.mean_gate_entropy(w) for w in weights]).double() * weights.shape[1]}
 
 
-def model_routers(model) -> list:
-    """The routers of a model, in the order of its MoE layers (of its output's routings)."""
-    if isinstance(model, TokenModel):
-        return [model.blocks[index].ffn.router for index in model.moe_blocks]
-    return [model.moe.router] if isinstance(model, MoEClassifier) else []
-
-
 def _fill_layers(result: SplitResult, totals: dict[str, Tensor], blocks: list[int], biases: list[list[float]]) -> None:
     t = {name: value.double().cpu() for name, value in totals.items()}
     tokens = t["tokens"].item()
@@ -159,8 +154,9 @@ def _fill_layers(result: SplitResult, totals: dict[str, Tensor], blocks: list[in
     result.dropped = stats.dropped_share(t["routed"], t["dropped"]).item()
 
 
-def _moe_batch_sums(model: MoEClassifier, features: Tensor, output, y: Tensor, num_classes: int,
+def _moe_batch_sums(model: MoEClassifier, features: Tensor, output: MoEOutput, y: Tensor, num_classes: int,
                     task=CLASSIFICATION) -> dict[str, Tensor]:
+    """The mixture's tables of one batch; ``output``: its MoE layer's record (ModelOutput.mixture)."""
     weights = output.routing.weights                                          # (N, E)
     all_logits = model.moe.all_expert_outputs(features)                       # (E, N, W)
     every = torch.ones_like(weights, dtype=torch.bool)
@@ -219,11 +215,11 @@ def _fill_routing(result: SplitResult, totals: dict[str, Tensor], count: int, bi
     result.class_expert = tables
 
 
-def train_batch_expert_rows(output, y: Tensor, num_experts: int, reduce=None, bias=None,
+def train_batch_expert_rows(output: MoEOutput, y: Tensor, num_experts: int, reduce=None, bias=None,
                             task=CLASSIFICATION) -> list[dict]:
     """Per-expert rows for one training batch, from the assignments already computed
-    (no extra forward pass, hence no loss over all samples). ``bias``: the router's selection
-    bias per expert, as logged."""
+    (no extra forward pass, hence no loss over all samples): ``output``, the mixture's MoE layer
+    record (ModelOutput.mixture). ``bias``: the router's selection bias per expert, as logged."""
     with torch.no_grad():
         target = y[output.sample_index]                                        # (M,)
         loss, correct = task.assignment_losses(output.expert_logits, target)
@@ -265,7 +261,7 @@ def sample_routing(model: MoEClassifier, batches, gather=_no_gather, task=CLASSI
     tables = []
     for x, y in batches:
         output = model(x)
-        weights = output.routing.weights                                       # (n, E)
+        weights = output.routings[0].weights                                   # (n, E)
         top_weight, top_expert = weights.max(dim=1)
         columns = torch.stack([task.group_of(y), task.predicted_group(output), top_expert,
                                stats.routed_mask(weights).sum(dim=1)]).t().double()   # (n, 4)

@@ -11,10 +11,7 @@ from ..distributed import Cluster
 from ..layers.aux_losses import AUX_NAMES
 from ..layers.capacity import update_selection_bias
 from ..layers.precision import FULL, Precision
-from ..models.classifier import classifier_logits
-from ..models.vit import ViTOutput
 from .config import Config
-from .evaluation import model_routers
 from .tasks import CLASSIFICATION
 
 
@@ -71,17 +68,13 @@ def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[s
     """
     with precision.autocast():
         output = model(x)
-        logits = classifier_logits(output)
+        logits = output.logits
         if cluster.is_distributed:
             ce_part = task.loss(output, y, reduction="sum", label_smoothing=label_smoothing) / batch_rows
             ce = distributed.all_sum(cluster, ce_part.detach())
         else:
             ce = ce_part = task.loss(output, y, label_smoothing=label_smoothing)
-        loss = ce_part
-        aux = getattr(output, "aux", None)
-        if aux:
-            for name, coef in coefs.items():
-                loss = loss + coef * aux[name]
+        loss = output.plus_weighted_aux(ce_part, coefs)
     whole_batch_loss = loss if not cluster.is_distributed else loss.detach() - ce_part.detach() + ce
     value = whole_batch_loss.item()       # one host sync; torch.isfinite would add four small ops
     if not math.isfinite(value):
@@ -96,7 +89,6 @@ def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[s
 def balance_selection(model, output, cluster: Cluster) -> None:
     """One step of loss-free balancing for every router of ``model``, on the loads of the
     whole batch (summed over the processes)."""
-    routings = output.routings if isinstance(output, ViTOutput) else [output.routing]
-    chosen = torch.stack([r.counts + r.dropped_counts() for r in routings])   # (L, E) before capacity
-    for router, load in zip(model_routers(model), distributed.all_sum(cluster, chosen)):
+    chosen = torch.stack([r.counts + r.dropped_counts() for r in output.routings])   # (L, E) before capacity
+    for router, load in zip(model.routers(), distributed.all_sum(cluster, chosen)):
         update_selection_bias(router, load)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..data.tables import TableDataset
-from ..models.classifier import MoEClassifier, classifier_logits
+from ..models.classifier import MoEClassifier
 
 GRID_SIDE = 40          # grid points per axis of gate_grid.csv
 GRID_MARGIN = 0.1       # the grid extends the test rows' range by this share on every side
@@ -39,9 +39,9 @@ def table_routing(model, dataset: TableDataset, task, batches, device: torch.dev
         if task.name == "regression":
             parts["predicted"].append(dataset.to_original(task.prediction(output).double().cpu().numpy()))
         else:
-            parts["predicted"].append(classifier_logits(output).argmax(dim=1).cpu().numpy())
+            parts["predicted"].append(output.logits.argmax(dim=1).cpu().numpy())
         if moe:
-            parts["weights"].append(output.routing.weights.float().cpu())                               # (b, E)
+            parts["weights"].append(output.routings[0].weights.float().cpu())                             # (b, E)
             parts["experts"].append(_expert_predictions(model.moe.all_expert_outputs(x), task, dataset))  # (E, b)
     plane, predicted = np.concatenate(parts["plane"]), np.concatenate(parts["predicted"])
     rows_of = dataset.test.rows.numpy()

@@ -24,7 +24,7 @@ from torch import Tensor
 from .. import stats
 from ..data.tables import target_bins
 from ..layers.moe import MoEOutput
-from ..models.classifier import classifier_logits
+from ..models.output import ModelOutput
 from ..models.spec import ModelSpec
 
 LOG_2PI = math.log(2 * math.pi)
@@ -74,17 +74,17 @@ class Classification:
     def model_spec(self, spec: ModelSpec) -> ModelSpec:
         return spec
 
-    def loss(self, output, y: Tensor, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
-        return F.cross_entropy(classifier_logits(output), y, reduction=reduction, label_smoothing=label_smoothing)
+    def loss(self, output: ModelOutput, y: Tensor, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+        return F.cross_entropy(output.logits, y, reduction=reduction, label_smoothing=label_smoothing)
 
-    def correct(self, output, y: Tensor) -> Tensor:
-        return (classifier_logits(output).argmax(dim=1) == y).sum()
+    def correct(self, output: ModelOutput, y: Tensor) -> Tensor:
+        return (output.logits.argmax(dim=1) == y).sum()
 
     def group_of(self, y: Tensor) -> Tensor:
         return y
 
-    def predicted_group(self, output) -> Tensor:
-        return classifier_logits(output).argmax(dim=1)
+    def predicted_group(self, output: ModelOutput) -> Tensor:
+        return output.logits.argmax(dim=1)
 
     def expert_sums(self, all_out: Tensor, y: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """(E,) sums of each expert's own loss and hits (E, N, W outputs; mask (N, E))."""
@@ -113,19 +113,19 @@ class Regression:
         # --combine probs is the loss's business, as it needs the target.
         return dataclasses.replace(spec, combine="logits")
 
-    def prediction(self, output) -> Tensor:
+    def prediction(self, output: ModelOutput) -> Tensor:
         """(N,) predicted standardised target."""
-        mixed = classifier_logits(output)[:, 0].float()
-        if isinstance(output, MoEOutput) and self.combine == "probs":
-            mass = output.routing.weights.float().sum(dim=1)
+        mixed = output.logits[:, 0].float()
+        if output.mixture is not None and self.combine == "probs":
+            mass = output.mixture.routing.weights.float().sum(dim=1)
             return torch.where(mass > 0, mixed / mass.clamp_min(1e-12), torch.zeros_like(mixed))
         return mixed
 
-    def per_sample_loss(self, output, y: Tensor) -> Tensor:
-        if isinstance(output, MoEOutput) and self.combine == "probs":
-            return mixture_nll(output.expert_logits, assignment_gates(output), output.sample_index,
-                               output.expert_index, y, output.routing.weights.shape[1])
-        out = classifier_logits(output).float()
+    def per_sample_loss(self, output: ModelOutput, y: Tensor) -> Tensor:
+        if (layer := output.mixture) is not None and self.combine == "probs":
+            return mixture_nll(layer.expert_logits, assignment_gates(layer), layer.sample_index,
+                               layer.expert_index, y, layer.routing.weights.shape[1])
+        out = output.logits.float()
         if self.variance:          # a dense network's Gaussian likelihood
             return -gaussian_log_likelihood(y.float(), out[:, 0], out[:, 1])
         return (y.float() - out[:, 0]).square()

@@ -77,7 +77,7 @@ class Trainer(Checkpointing, Reporting):
         # Routing tables per kind of token (kinds.csv): a language model's byte kinds, a graph's node kinds.
         self.token_kinds = len(dataset.classes) if self.language else \
             len(dataset.kinds) if isinstance(dataset, data.GraphDataset) else 0
-        self.routes = self.is_moe or bool(self.moe_blocks)
+        self.routes = bool(self.model.routers())   # routing layers: auxiliary losses and load counts to log
         if cfg.compile:
             # In place: the module keeps its class, attributes and state_dict keys. Routed rows per
             # expert change every step: symbolic shapes from the start, or a recompilation per step.
@@ -183,7 +183,7 @@ class Trainer(Checkpointing, Reporting):
             self.global_step += 1
             if self.is_moe and cfg.log_every and self.global_step % cfg.log_every == 0:
                 self.logs.train_batch(self.epoch + 1, self.global_step, train_batch_expert_rows(
-                    output, y, cfg.experts, distributed.summer(cluster), selection_bias(self.model.moe.router),
+                    output.mixture, y, cfg.experts, distributed.summer(cluster), selection_bias(self.model.moe.router),
                     self.task))
             if bar.disable is False and self.global_step % 20 == 0:
                 bar.set_postfix(self.accum.progress(self.routes), refresh=False)
