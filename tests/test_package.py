@@ -70,10 +70,11 @@ def test_the_layers_and_models_import_without_the_data_training_and_study_stacks
     third_party = [name for name in ("pandas", "matplotlib", "seaborn", "sklearn", "scipy", "torchvision")
                    if name in loaded]
     assert not third_party, third_party
-    # the models read the byte vocabulary from data.types (torch only); no loader, dataset or run code
+    # the models read the byte vocabulary from data.types (torch only), the router's configuration
+    # its flag fields from options.py (dataclasses only); no loader, dataset or run code
     own = [name for name in loaded if name.startswith("moelab.") and
            not name.startswith(("moelab.layers", "moelab.models")) and
-           name not in ("moelab.exports", "moelab.data", "moelab.data.types")]
+           name not in ("moelab.exports", "moelab.options", "moelab.data", "moelab.data.types")]
     assert not own, own
 
 

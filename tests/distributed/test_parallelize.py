@@ -103,8 +103,8 @@ def _join_group(rank: int, store: str) -> None:
 
 
 def _mlp_layer(gating: str, dispatch: str, score: str = "linear", drop: str = "dropless", shared: int = 0) -> MoE:
-    router = build_router(gating, D, E, top_k=2, score=score, score_dim=6, capacity_factor=0.75, drop_policy=drop,
-                          bias_rate=0.1 if shared else 0.0)
+    router = build_router(gating, D, E, top_k=2, router_score=score, router_dim=6, capacity_factor=0.75, drop_policy=drop,
+                          bias_balance_rate=0.1 if shared else 0.0)
     if shared:
         router.selection_bias.copy_(torch.linspace(-1.0, 1.0, E))        # a bias that changes the choices
     return MoE(router, MLPExperts(E, D, 8, K, depth=1, dispatch=dispatch),

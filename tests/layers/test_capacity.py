@@ -84,7 +84,7 @@ def test_capacity_serves_first_choices_before_second_choices():
 @pytest.mark.parametrize("gating", TOKEN_CHOICE)
 def test_selection_bias_moves_the_choice_but_not_the_weights_or_the_gradient(gating):
     torch.manual_seed(0)
-    router = build_router(gating, D, E, top_k=2, bias_rate=0.1).train()
+    router = build_router(gating, D, E, top_k=2, bias_balance_rate=0.1).train()
     router.selection_bias.copy_(torch.tensor([50.0] + [0.0] * (E - 1)))       # every token picks expert 0
     assert "selection_bias" not in dict(router.named_parameters()) and not router.selection_bias.requires_grad
     x = torch.randn(N, D)
@@ -112,12 +112,12 @@ def test_selection_bias_moves_the_choice_but_not_the_weights_or_the_gradient(gat
 
 
 def test_selection_bias_update_rule_on_a_hand_made_load():
-    router = build_router("hard", D, 4, bias_rate=0.25)
+    router = build_router("hard", D, 4, bias_balance_rate=0.25)
     update_selection_bias(router, torch.tensor([4, 0, 2, 2]))              # mean load 2
     assert router.selection_bias.tolist() == [-0.25, 0.25, 0.0, 0.0]
     update_selection_bias(router, torch.tensor([4, 0, 2, 2]))
     assert router.selection_bias.tolist() == [-0.5, 0.5, 0.0, 0.0]
-    fresh = build_router("hard", D, 4, bias_rate=0.25)
+    fresh = build_router("hard", D, 4, bias_balance_rate=0.25)
     fresh.load_state_dict(router.state_dict())                               # saved with the model
     assert torch.equal(fresh.selection_bias, router.selection_bias)
     assert "selection_bias" not in build_router("hard", D, 4).state_dict()   # off: old checkpoints still load

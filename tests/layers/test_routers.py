@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from moelab.layers.routers import ExpertChoiceRouter, build_router
+from moelab.layers.routers import build_router
 from moelab.layers.routing import GATING_CHOICES
 
 from .routing_cases import TOKEN_CHOICE, D, E, K, N, make_moe
@@ -48,7 +48,7 @@ def test_counts_are_the_assignments_per_expert_and_feed_the_switch_loss(gating):
 
 @pytest.mark.parametrize("capacity_factor,k", [(1.0, 1), (1.0, 2), (2.0, 2), (0.5, 1)])
 def test_expert_choice_respects_capacity(capacity_factor, k):
-    router = ExpertChoiceRouter(D, E, k=k, capacity_factor=capacity_factor)
+    router = build_router("expert-choice", D, E, top_k=k, capacity_factor=capacity_factor)
     routing = router(torch.randn(N, D))
     capacity = min(N, math.ceil(capacity_factor * N * k / E))
     assert torch.equal(routing.assignment_counts(), torch.full((E,), capacity))

@@ -9,7 +9,7 @@ from moelab.layers.routers import build_router
 
 def test_cosine_scores_ignore_input_scale_and_use_the_nearest_centroid():
     torch.manual_seed(0)
-    router = build_router("topk", 12, 5, top_k=2, score="cosine", score_dim=6, centroids=3)
+    router = build_router("topk", 12, 5, top_k=2, router_score="cosine", router_dim=6, router_centroids=3)
     x = torch.randn(7, 12)
     logits = router.router_logits(x)
     assert torch.allclose(logits, router.router_logits(10 * x), atol=1e-5)     # cosine: scale-free
@@ -31,7 +31,7 @@ def test_cosine_scores_ignore_input_scale_and_use_the_nearest_centroid():
 
 def _attention_router(gating="topk", tokens=5, dim=6, rank=3):
     torch.manual_seed(0)
-    return build_router(gating, dim, 4, top_k=2, score="attention", score_dim=rank, tokens=tokens)
+    return build_router(gating, dim, 4, top_k=2, router_score="attention", router_dim=rank, tokens=tokens)
 
 
 def test_attention_votes_equal_a_per_image_double_loop():
@@ -66,6 +66,6 @@ def test_attention_router_parameters_are_d_r_times_experts_plus_one():
         router = _attention_router(gating, dim=96, rank=16)
         assert sum(p.numel() for p in router.parameters()) == 96 * 16 * (4 + 1)
     # The figures docs/models.md quotes: the default ViT's router (E=8, r=16) and one of its experts.
-    router = build_router("topk", 96, 8, score="attention", score_dim=16, tokens=49)
+    router = build_router("topk", 96, 8, router_score="attention", router_dim=16, tokens=49)
     assert sum(p.numel() for p in router.parameters()) == 13_824
     assert MLPExperts(8, 96, 128, 96).params_per_expert() == 24_800

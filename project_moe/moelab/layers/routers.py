@@ -19,23 +19,28 @@ from torch import Tensor, nn
 
 from . import aux_losses
 from .capacity import CapacityAndBias
-from .routing import GATING_CHOICES, LOCAL_BATCH, TOKEN_CHOICE, Routing
+from .router_config import RouterConfig
+from .routing import GATING_CHOICES, LOCAL_BATCH, Routing
 from .scores import ExpertScores
 
 
 class Router(CapacityAndBias, ExpertScores):
     """Gate g(x) = softmax(s(x)) over expert scores s(x) (scores.py); subclasses decide which
     experts run. Token choice goes through the capacity and selection bias of capacity.py;
-    ``_record`` assembles the Routing record and the auxiliary losses of the batch."""
+    ``_record`` assembles the Routing record and the auxiliary losses of the batch.
 
-    def __init__(self, in_features: int, num_experts: int, score: str = "linear", score_dim: int = 16,
-                 centroids: int = 1, capacity_factor: float = 1.0, drop_policy: str = "dropless",
-                 bias_rate: float = 0.0, tokens: int = 1):
-        super().__init__(in_features, num_experts, score, score_dim, centroids, tokens)
-        self.capacity_factor = capacity_factor
-        self.drop_policy = drop_policy
-        self.bias_rate = bias_rate
-        if bias_rate:
+    Every router reads its :class:`RouterConfig` whole (``self.config``); ``tokens``: the tokens
+    per image of the attention scores."""
+
+    def __init__(self, in_features: int, num_experts: int, config: RouterConfig, tokens: int = 1):
+        super().__init__(in_features, num_experts, config.router_score, config.router_dim, config.router_centroids,
+                         tokens)
+        self.config = config
+        self.capacity_factor = config.capacity_factor
+        # Capacities and the selection bias act on token choice only: the other routers ignore them.
+        self.drop_policy = config.drop_policy if config.token_choice else "dropless"
+        self.bias_rate = config.bias_balance_rate if config.token_choice else 0.0
+        if self.bias_rate:
             # Loss-free balancing: decides which experts a token picks, never how they are weighted;
             # a buffer (saved with the model), moved by update_selection_bias, not by the optimiser.
             self.register_buffer("selection_bias", torch.zeros(num_experts))
@@ -120,9 +125,9 @@ class TopKRouter(Router):
     """Top-k token choice with the k selected probabilities renormalised to sum to 1
     (as in Mixtral / GShard top-2). Gradient reaches the router through the weights."""
 
-    def __init__(self, in_features: int, num_experts: int, k: int = 2, **score):
-        super().__init__(in_features, num_experts, **score)
-        self.k = k
+    def __init__(self, in_features: int, num_experts: int, config: RouterConfig, tokens: int = 1):
+        super().__init__(in_features, num_experts, config, tokens)
+        self.k = config.top_k
 
     def select(self, logits: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
         if self.bias_rate:
@@ -147,9 +152,10 @@ class HardRouter(TopKRouter):
     the weight were p_i(x).
     """
 
-    def __init__(self, in_features: int, num_experts: int, grad: str = "switch", **score):
-        super().__init__(in_features, num_experts, k=1, **score)
-        self.grad = grad
+    def __init__(self, in_features: int, num_experts: int, config: RouterConfig, tokens: int = 1):
+        super().__init__(in_features, num_experts, config, tokens)
+        self.k = 1
+        self.grad = config.hard_grad
 
     def select(self, logits: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
         if self.bias_rate:
@@ -172,10 +178,11 @@ class NoisyTopKRouter(Router):
     re-drawn; summed over the batch it is the differentiable "load" of the CV^2 loss.
     """
 
-    def __init__(self, in_features: int, num_experts: int, k: int = 2, min_noise: float = 1e-2, **score):
-        super().__init__(in_features, num_experts, **score)
-        self.k = k
-        self.min_noise = min_noise
+    min_noise = 1e-2   # the smallest noise deviation: the load estimate divides by it
+
+    def __init__(self, in_features: int, num_experts: int, config: RouterConfig, tokens: int = 1):
+        super().__init__(in_features, num_experts, config, tokens)
+        self.k = config.top_k
         self.noise_proj = nn.Linear(in_features, num_experts, bias=False)
         nn.init.zeros_(self.noise_proj.weight)  # start with unit-scale softplus(0) noise
 
@@ -217,10 +224,10 @@ class GumbelTopKRouter(Router):
     (straight-through). Evaluation: no noise, top-k of the logits, weights 1/k.
     """
 
-    def __init__(self, in_features: int, num_experts: int, k: int = 1, tau: float = 1.0, **score):
-        super().__init__(in_features, num_experts, **score)
-        self.k = k
-        self.tau = tau
+    def __init__(self, in_features: int, num_experts: int, config: RouterConfig, tokens: int = 1):
+        super().__init__(in_features, num_experts, config, tokens)
+        self.k = config.top_k
+        self.tau = config.tau
 
     def forward(self, x: Tensor) -> Routing:
         logits = self.router_logits(x)
@@ -249,9 +256,9 @@ class ExpertChoiceRouter(Router):
     batch. A sample picked by no expert gets zero logits (a uniform prediction).
     """
 
-    def __init__(self, in_features: int, num_experts: int, k: int = 2, **settings):
-        super().__init__(in_features, num_experts, **settings)
-        self.k = k
+    def __init__(self, in_features: int, num_experts: int, config: RouterConfig, tokens: int = 1):
+        super().__init__(in_features, num_experts, config, tokens)
+        self.k = config.top_k
 
     def capacity(self, num_samples: int) -> int:
         return min(num_samples, math.ceil(self.capacity_factor * num_samples * self.k / self.num_experts))
@@ -275,39 +282,20 @@ class ExpertChoiceRouter(Router):
         return self._record(logits, probs, weights, sample_index, expert_index, gate)
 
 
-def build_router(gating: str, in_features: int, num_experts: int, *, top_k: int = 2,
-                 capacity_factor: float = 1.0, drop_policy: str = "dropless", bias_rate: float = 0.0,
-                 hard_grad: str = "switch", tau: float = 1.0, score: str = "linear", score_dim: int = 16,
-                 centroids: int = 1, tokens: int = 1) -> Router:
-    """``capacity_factor``: expert-choice's C, and with a ``drop_policy`` other than dropless
-    the capacity of every expert under token choice (Router._token_choice). ``bias_rate``: the
-    step of loss-free balancing (token choice; update_selection_bias)."""
-    token_choice = gating in TOKEN_CHOICE
-    settings = dict(score=score, score_dim=score_dim, centroids=centroids, tokens=tokens, capacity_factor=capacity_factor,
-                    drop_policy=drop_policy if token_choice else "dropless",
-                    bias_rate=bias_rate if token_choice else 0.0)
-    if gating == "soft":
-        return SoftRouter(in_features, num_experts, **settings)
-    if gating == "hard":
-        return HardRouter(in_features, num_experts, grad=hard_grad, **settings)
-    if gating == "topk":
-        return TopKRouter(in_features, num_experts, k=top_k, **settings)
-    if gating == "noisy-topk":
-        return NoisyTopKRouter(in_features, num_experts, k=top_k, **settings)
-    if gating == "gumbel":
-        return GumbelTopKRouter(in_features, num_experts, k=top_k, tau=tau, **settings)
-    if gating == "expert-choice":
-        return ExpertChoiceRouter(in_features, num_experts, k=top_k, **settings)
-    raise ValueError(f"unknown gating {gating!r}; choose one of {', '.join(GATING_CHOICES)}")
+ROUTERS = {"soft": SoftRouter, "hard": HardRouter, "topk": TopKRouter, "noisy-topk": NoisyTopKRouter,
+           "gumbel": GumbelTopKRouter, "expert-choice": ExpertChoiceRouter}
 
 
-def experts_per_sample(gating: str, num_experts: int, top_k: int, capacity_factor: float,
-                       drop_policy: str = "dropless") -> float:
-    """Average number of experts that process one sample (what sets the active compute); with
-    a capacity under token choice, the most the capacity lets through."""
-    if gating == "soft":
-        return float(num_experts)
-    if gating == "expert-choice":
-        return min(float(num_experts), capacity_factor * top_k)
-    chosen = 1.0 if gating == "hard" else float(top_k)
-    return chosen if drop_policy == "dropless" else min(chosen, capacity_factor * chosen)
+def build_router(config: RouterConfig | str, in_features: int, num_experts: int, *, tokens: int = 1,
+                 **options) -> Router:
+    """The router ``config`` asks for (a RouterConfig, or what is one: the run's Config, a
+    ModelSpec), reading ``in_features``-wide rows (``tokens`` per image for attention scores).
+    ``config`` may also be a gating name, with RouterConfig fields as keywords:
+    ``build_router("topk", 784, 8, top_k=2)``."""
+    if isinstance(config, str):
+        config = RouterConfig(gating=config, **options)
+    elif options:
+        raise TypeError(f"build_router: options {sorted(options)} go into the RouterConfig")
+    if config.gating not in ROUTERS:
+        raise ValueError(f"unknown gating {config.gating!r}; choose one of {', '.join(GATING_CHOICES)}")
+    return ROUTERS[config.gating](in_features, num_experts, config, tokens)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 GATING_CHOICES = ("soft", "hard", "topk", "noisy-topk", "gumbel", "expert-choice")
 TOKEN_CHOICE = ("hard", "topk", "noisy-topk", "gumbel")
+SLOT_GATINGS = ("soft-slots",)   # Soft MoE (soft_moe.py): slots, not a router
 DROP_POLICIES = ("dropless", "position", "priority")
 HARD_GRAD_CHOICES = ("switch", "ste")
 SCORE_CHOICES = ("linear", "cosine", "attention")

@@ -26,8 +26,6 @@ from .moe import MoEOutput
 from .routers import batch_losses
 from .routing import LOCAL_BATCH, Routing
 
-SLOT_GATINGS = ("soft-slots",)
-
 
 class SoftMoE(nn.Module):
     def __init__(self, dim: int, experts: MLPExperts, slots_per_expert: int, tokens: int):

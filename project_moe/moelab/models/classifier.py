@@ -15,7 +15,6 @@ from torch import Tensor, nn
 
 from ..layers.experts import MLPExperts, ModuleExperts, mlp
 from ..layers.moe import MoE
-from ..layers.routers import experts_per_sample
 from . import trunks
 from .output import ModelOutput
 from .spec import ModelSpec, spec_router
@@ -125,7 +124,7 @@ def moe_param_counts(model: MoEClassifier) -> dict[str, float]:
     spec = model.spec
     per_expert = model.moe.experts.params_per_expert()
     shared = count_params(model.trunk) + count_params(model.moe.router) + count_params(model.moe.shared)
-    used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)   # as chosen, not capped
+    used = spec.experts_per_sample(spec.experts)   # as chosen, not capped
     return {"total": count_params(model), "active": shared + used * per_expert}
 
 

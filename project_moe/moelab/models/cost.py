@@ -6,7 +6,6 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers.experts import dispatch_as
-from ..layers.routers import experts_per_sample
 from .classifier import DenseClassifier, count_params, moe_param_counts
 
 
@@ -46,7 +45,7 @@ def model_cost(model: nn.Module, in_shape: tuple[int, int, int]) -> dict[str, fl
     router_flops = forward_flops(model.moe.router.proj, features.flatten(1))
     expert_flops = forward_flops(model.moe.experts.expert_module(0), features)
     # The capacity of token choice caps the experts' work (drop policies): count at most that.
-    used = experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor, spec.drop_policy)
+    used = spec.experts_per_sample(spec.experts, capped=True)
     counts = moe_param_counts(model)
     return {"params_total": counts["total"], "params_active": counts["active"],
             "flops_per_sample": trunk_flops + router_flops + (used + spec.shared_experts) * expert_flops}

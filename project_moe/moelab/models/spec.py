@@ -1,11 +1,12 @@
-"""What decides a model's architecture: the ModelSpec (a subset of the run config), and the
-router it asks for."""
+"""What decides a model's architecture: the ModelSpec (a subset of the run config, the router's
+configuration included), and the router it asks for."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from torch import nn
 
+from ..layers.router_config import RouterConfig
 from ..layers.routers import build_router
 
 ARCH_CHOICES = ("mixture", "vit", "gpt", "graph")
@@ -15,22 +16,13 @@ DENSE_MATCH_CHOICES = ("params", "active")
 
 
 @dataclass
-class ModelSpec:
-    """Everything that decides the architecture (a subset of the run config)."""
+class ModelSpec(RouterConfig):
+    """Everything that decides the architecture (a subset of the run config): the router's
+    fields, inherited from RouterConfig, and these."""
 
     model: str = "moe"               # moe | dense
     arch: str = "mixture"            # mixture of expert classifiers | vit | gpt | graph (MoE blocks routing tokens)
     experts: int = 8
-    gating: str = "hard"
-    top_k: int = 2
-    capacity_factor: float = 1.0
-    drop_policy: str = "dropless"    # token choice: dropless | position | priority (capacity.py)
-    bias_balance_rate: float = 0.0   # token choice: loss-free balancing step (capacity.py)
-    hard_grad: str = "switch"
-    tau: float = 1.0
-    router_score: str = "linear"
-    router_dim: int = 16
-    router_centroids: int = 1
     expert_type: str = "mlp"
     expert_hidden: int = 128
     expert_depth: int = 1
@@ -53,9 +45,6 @@ class ModelSpec:
 
 
 def spec_router(spec: ModelSpec, in_features: int, tokens: int = 1) -> nn.Module:
-    """The router the spec asks for, reading ``in_features``-wide inputs (``tokens`` per image)."""
-    return build_router(spec.gating, in_features, spec.experts, top_k=spec.top_k,
-                        capacity_factor=spec.capacity_factor, drop_policy=spec.drop_policy,
-                        bias_rate=spec.bias_balance_rate, hard_grad=spec.hard_grad, tau=spec.tau,
-                        score=spec.router_score, score_dim=spec.router_dim, centroids=spec.router_centroids,
-                        tokens=tokens)
+    """The router the spec asks for (the spec is its RouterConfig), reading ``in_features``-wide
+    inputs (``tokens`` per image)."""
+    return build_router(spec, in_features, spec.experts, tokens=tokens)

@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 from ..layers.experts import MLPExperts, mlp
 from ..layers.moe import MoE
-from ..layers.routers import experts_per_sample
 from ..layers.routing import Routing
 from ..layers.soft_moe import SoftMoE
 from .classifier import count_params
@@ -133,7 +132,7 @@ def experts_per_token(spec: ModelSpec, tokens: int) -> float:
     """Experts' work per token: k for top-k; E n / T under Soft MoE (E n slots per sequence of T tokens)."""
     if spec.gating == "soft-slots":
         return spec.experts * spec.slots_per_expert / tokens
-    return experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
+    return spec.experts_per_sample(spec.experts)
 
 
 def token_model_cost(model: TokenModel, example: Tensor, per: int) -> dict[str, float]:
@@ -146,7 +145,7 @@ def token_model_cost(model: TokenModel, example: Tensor, per: int) -> dict[str, 
     for index in model.moe_blocks:
         experts = model.blocks[index].ffn.experts
         used = len(experts) if spec.gating == "soft-slots" else \
-            experts_per_sample(spec.gating, spec.experts, spec.top_k, spec.capacity_factor)
+            spec.experts_per_sample(spec.experts)
         inactive += (len(experts) - used) * experts.params_per_expert()
     return {"params_total": total, "params_active": total - inactive,
             "flops_per_sample": forward_flops(model, example) / (example.shape[0] * per)}

@@ -9,21 +9,15 @@ import argparse
 import dataclasses
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.graphs import is_graph_dataset
 from ..data.tables import IMPUTE_CHOICES, TASK_CHOICES, TableOptions, is_table_dataset
 from ..data.text import is_language_dataset, is_text_dataset
 from ..layers.experts import DISPATCH_CHOICES
-from ..layers.routing import (
-    DROP_POLICIES,
-    GATING_CHOICES,
-    HARD_GRAD_CHOICES,
-    SCORE_CHOICES,
-    TOKEN_CHOICE,
-)
-from ..layers.soft_moe import SLOT_GATINGS
+from ..layers.router_config import RouterConfig
+from ..layers.routing import TOKEN_CHOICE
 from ..models.spec import (
     ARCH_CHOICES,
     COMBINE_CHOICES,
@@ -33,6 +27,7 @@ from ..models.spec import (
 )
 from ..models.text import LM_REFUSED
 from ..models.trunks import TRUNK_CHOICES
+from ..options import option
 
 MODEL_CHOICES = ("moe", "dense")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -50,158 +45,135 @@ class ConfigError(ValueError):
     """A bad setting; the message is one line naming the flag and what is allowed."""
 
 
-def _opt(default, help: str, choices=None, type=None):
-    return field(default=default, metadata={"help": help, "choices": choices, "type": type})
 
 
 @dataclass
-class Config:
+class Config(RouterConfig):
+    """The run: these fields and the router's (inherited from RouterConfig, read whole by the
+    router), each one a --flag."""
+
     # data
-    dataset: str = _opt("mnist", "mnist | fashion-mnist | cifar10 | folder:PATH (PATH/train and PATH/test "
-                                 "ImageFolder trees) | python-stdlib (embedded CPython sources) | text:PATH "
-                                 "(UTF-8 file or folder): a language model | rotten-tomatoes (the review "
-                                 "snippets shipped with the package) | csv-text:PATH (AG News or IMDB layout): "
-                                 "text classification; text needs --arch gpt | tfidf:rotten-tomatoes | "
-                                 "tfidf:csv-text:PATH: the same texts as a table of TF-IDF features | iris | wine | "
-                                 "breast-cancer | diabetes (the tables bundled with scikit-learn) | csv:PATH "
-                                 "(a CSV table, with --target) | tu:PATH (TU Dortmund graphs) | superpixels:SPEC "
-                                 "(the SLIC superpixel graphs of image dataset SPEC): graphs need --arch graph")
-    data_dir: str | None = _opt(None, "dataset root (default: $MOE_DATA_DIR, else data/ at the repo root)", type=str)
-    val_fraction: float = _opt(0.1, "fraction of the training set held out for validation (model selection)")
-    image_size: int | None = _opt(None, "resize folder: images to SIZE x SIZE (needed when sizes differ)", type=int)
-    context: int = _opt(128, "text: bytes per sequence (language model: its context; classification: texts "
-                             "truncated or padded to it)")
-    target: str | None = _opt(None, "csv:PATH: the column to predict", type=str)
-    task: str = _opt(TableOptions.task, "tables: classification or regression (auto: classification for a "
-                                        "string target or integers with at most 20 values, regression otherwise)",
-                     TASK_CHOICES)
-    folds: int = _opt(TableOptions.folds, "tables: K of K-fold cross-validation (stratified for classification); "
-                                          "fold --fold is the test split, the others train (with --val-fraction of "
-                                          "them held out for validation)")
-    tune: bool = _opt(False, "tables: choose --lr and --weight-decay among 3 x 3 values (tuning.py) on the "
-                             "validation rows of the training folds, a fixed inner split that never sees the test "
-                             "fold, then train with them (tuning.csv; the epochs: the best validation epoch's)")
-    fold: int = _opt(TableOptions.fold, "tables: which fold is the test split (0 .. --folds - 1; sweep.py runs them "
-                                        "all)")
-    impute: str = _opt(TableOptions.impute, "tables: refuse missing feature values (none), or fill them with the "
-                                            "training medians and, for string columns, the most frequent training "
-                                            "value (median)", IMPUTE_CHOICES)
-    target_bins: int = _opt(TableOptions.target_bins, "regression: quantile bins of the training targets that take "
-                                                      "the place of classes in the routing tables")
-    expert_variance: bool = _opt(False, "regression: every expert (or the dense network) also predicts a "
-                                        "log-variance, trained by Gaussian likelihood (needs --combine probs for "
-                                        "an MoE: the mixture likelihood)")
-    steps_per_epoch: int = _opt(0, "language model: training steps (batches of random windows) per epoch, "
-                                   "each epoch ending with a validation pass (0 = as many as cover the training "
-                                   "bytes once)")
+    dataset: str = option("mnist", "mnist | fashion-mnist | cifar10 | folder:PATH (PATH/train and PATH/test "
+                                   "ImageFolder trees) | python-stdlib (embedded CPython sources) | text:PATH "
+                                   "(UTF-8 file or folder): a language model | rotten-tomatoes (the review "
+                                   "snippets shipped with the package) | csv-text:PATH (AG News or IMDB layout): "
+                                   "text classification; text needs --arch gpt | tfidf:rotten-tomatoes | "
+                                   "tfidf:csv-text:PATH: the same texts as a table of TF-IDF features | iris | wine | "
+                                   "breast-cancer | diabetes (the tables bundled with scikit-learn) | csv:PATH "
+                                   "(a CSV table, with --target) | tu:PATH (TU Dortmund graphs) | superpixels:SPEC "
+                                   "(the SLIC superpixel graphs of image dataset SPEC): graphs need --arch graph")
+    data_dir: str | None = option(None, "dataset root (default: $MOE_DATA_DIR, else data/ at the repo root)", type=str)
+    val_fraction: float = option(0.1, "fraction of the training set held out for validation (model selection)")
+    image_size: int | None = option(None, "resize folder: images to SIZE x SIZE (needed when sizes differ)", type=int)
+    context: int = option(128, "text: bytes per sequence (language model: its context; classification: texts "
+                               "truncated or padded to it)")
+    target: str | None = option(None, "csv:PATH: the column to predict", type=str)
+    task: str = option(TableOptions.task, "tables: classification or regression (auto: classification for a "
+                                          "string target or integers with at most 20 values, regression otherwise)",
+                       TASK_CHOICES)
+    folds: int = option(TableOptions.folds, "tables: K of K-fold cross-validation (stratified for classification); "
+                                            "fold --fold is the test split, the others train (with --val-fraction of "
+                                            "them held out for validation)")
+    tune: bool = option(False, "tables: choose --lr and --weight-decay among 3 x 3 values (tuning.py) on the "
+                               "validation rows of the training folds, a fixed inner split that never sees the test "
+                               "fold, then train with them (tuning.csv; the epochs: the best validation epoch's)")
+    fold: int = option(TableOptions.fold, "tables: which fold is the test split (0 .. --folds - 1; sweep.py runs them "
+                                          "all)")
+    impute: str = option(TableOptions.impute, "tables: refuse missing feature values (none), or fill them with the "
+                                              "training medians and, for string columns, the most frequent training "
+                                              "value (median)", IMPUTE_CHOICES)
+    target_bins: int = option(TableOptions.target_bins, "regression: quantile bins of the training targets that take "
+                                                        "the place of classes in the routing tables")
+    expert_variance: bool = option(False, "regression: every expert (or the dense network) also predicts a "
+                                          "log-variance, trained by Gaussian likelihood (needs --combine probs for "
+                                          "an MoE: the mixture likelihood)")
+    steps_per_epoch: int = option(0, "language model: training steps (batches of random windows) per epoch, "
+                                     "each epoch ending with a validation pass (0 = as many as cover the training "
+                                     "bytes once)")
     # model
-    model: str = _opt("moe", "moe, or the dense baseline of matched size", MODEL_CHOICES)
-    arch: str = _opt("mixture", "mixture: the classifier is a mixture of expert classifiers (after an optional "
-                                "trunk); vit: a small Vision Transformer whose every --moe-every-th MLP block is "
-                                "an MoE layer routing patch tokens; gpt: the same blocks over bytes (text "
-                                "datasets), causal for a language model; graph: the same blocks over the nodes "
-                                "of a graph, attention along its edges (tu:PATH, superpixels:SPEC)", ARCH_CHOICES)
-    experts: int = _opt(8, "number of experts E")
-    gating: str = _opt("hard", "router; soft-slots: Soft MoE (ViT), experts process soft mixtures of an image's "
-                               "tokens", GATING_CHOICES + SLOT_GATINGS)
-    slots_per_expert: int = _opt(1, "soft-slots: slots each expert processes per image (its cost: experts x slots "
-                                    "rows per image)")
-    top_k: int = _opt(2, "experts per sample k for topk / noisy-topk / gumbel; expert-choice uses it in "
-                         "its capacity C = capacity_factor * N * k / E")
-    capacity_factor: float = _opt(1.0, "capacity factor cf: expert-choice takes C = ceil(cf * N * k / E) samples "
-                                        "per expert; with a --drop-policy, token choice keeps at most C "
-                                        "assignments per expert")
-    drop_policy: str = _opt("dropless", "token choice (hard, topk, noisy-topk, gumbel): dropless, or cap every "
-                                        "expert at --capacity-factor and drop the rest by batch position "
-                                        "(Switch) or keep the most probable first (priority, V-MoE)",
-                            DROP_POLICIES)
-    bias_balance_rate: float = _opt(0.0, "token choice: loss-free balancing (DeepSeek-V3): a per-expert bias "
-                                         "added to the router probabilities for the choice of experts only, moved "
-                                         "by this step toward the mean load after every step (0 = off)")
-    hard_grad: str = _opt("switch", "gradient of hard (top-1) routing: scale by the gate probability "
-                                    "(switch) or straight-through one-hot (ste)", HARD_GRAD_CHOICES)
-    tau: float = _opt(1.0, "Gumbel-softmax temperature")
-    router_score: str = _opt("linear", "expert scores of the router: x W (linear), the votes of the other tokens "
-                                       "of the image (attention, ViT), or cosine similarity of a "
-                                       "projection of x to learnable expert centroids over a learned "
-                                       "temperature (cosine, X-MoE)", SCORE_CHOICES)
-    router_dim: int = _opt(16, "cosine router: dimension of the projection and the centroids; attention router: "
-                               "width r of the query and the keys")
-    router_centroids: int = _opt(1, "cosine router: centroids per expert (score = the nearest one)")
-    combine: str = _opt("logits", "mix expert logits (Shazeer/Switch) or class probabilities (Jacobs 1991)",
-                        COMBINE_CHOICES)
-    expert_type: str = _opt("mlp", "expert network", EXPERT_TYPES)
-    expert_hidden: int = _opt(128, "hidden width of each expert (MLP layers, or the CNN's head)")
-    shared_experts: int = _opt(0, "experts, shaped as the routed ones, that process every sample or token, their "
-                                  "outputs added to the routed mixture (DeepSeekMoE)")
-    expert_depth: int = _opt(1, "hidden layers per MLP expert")
-    expert_channels: int = _opt(32, "channels of the first conv layer of a CNN expert")
-    trunk: str = _opt("none", "shared feature extractor in front of router and experts", TRUNK_CHOICES)
-    trunk_channels: int = _opt(32, "channels of the first conv layer of the trunk (features: 16x for cnn, 8x for "
-                                   "resnet)")
-    trunk_blocks: int = _opt(1, "resnet trunk: residual blocks per stage (3 stages)")
-    dropout: float = _opt(0.0, "dropout after each hidden layer of the experts")
-    expert_dispatch: str = _opt("auto", "how MLP experts run their samples: one matmul per expert (grouped), one "
-                                        "batched matmul over rows padded to the busiest expert's count "
-                                        "(padded), torch's grouped GEMM, one call per layer for all experts "
-                                        "(grouped_mm; grouped where torch or the device lacks it), or padded "
-                                        "while experts get few rows and grouped otherwise (auto); the same "
-                                        "results up to float rounding", DISPATCH_CHOICES)
-    vit_patch: int = _opt(4, "vit: patch size in pixels (must divide the image size)")
-    vit_dim: int = _opt(96, "vit, gpt: token width d")
-    vit_depth: int = _opt(4, "vit, gpt: transformer blocks")
-    vit_heads: int = _opt(3, "vit, gpt: attention heads (must divide --vit-dim)")
-    moe_every: int = _opt(2, "vit, gpt: every N-th block (N, 2N, ...) has an MoE layer instead of its MLP")
-    dense_match: str = _opt("params", "--model dense: match the MoE's total parameters or its active "
-                                      "parameters per sample", DENSE_MATCH_CHOICES)
+    model: str = option("moe", "moe, or the dense baseline of matched size", MODEL_CHOICES)
+    arch: str = option("mixture", "mixture: the classifier is a mixture of expert classifiers (after an optional "
+                                  "trunk); vit: a small Vision Transformer whose every --moe-every-th MLP block is "
+                                  "an MoE layer routing patch tokens; gpt: the same blocks over bytes (text "
+                                  "datasets), causal for a language model; graph: the same blocks over the nodes "
+                                  "of a graph, attention along its edges (tu:PATH, superpixels:SPEC)", ARCH_CHOICES)
+    experts: int = option(8, "number of experts E")
+    slots_per_expert: int = option(1, "soft-slots: slots each expert processes per image (its cost: experts x slots "
+                                      "rows per image)")
+    combine: str = option("logits", "mix expert logits (Shazeer/Switch) or class probabilities (Jacobs 1991)",
+                          COMBINE_CHOICES)
+    expert_type: str = option("mlp", "expert network", EXPERT_TYPES)
+    expert_hidden: int = option(128, "hidden width of each expert (MLP layers, or the CNN's head)")
+    shared_experts: int = option(0, "experts, shaped as the routed ones, that process every sample or token, their "
+                                    "outputs added to the routed mixture (DeepSeekMoE)")
+    expert_depth: int = option(1, "hidden layers per MLP expert")
+    expert_channels: int = option(32, "channels of the first conv layer of a CNN expert")
+    trunk: str = option("none", "shared feature extractor in front of router and experts", TRUNK_CHOICES)
+    trunk_channels: int = option(32, "channels of the first conv layer of the trunk (features: 16x for cnn, 8x for "
+                                     "resnet)")
+    trunk_blocks: int = option(1, "resnet trunk: residual blocks per stage (3 stages)")
+    dropout: float = option(0.0, "dropout after each hidden layer of the experts")
+    expert_dispatch: str = option("auto", "how MLP experts run their samples: one matmul per expert (grouped), one "
+                                          "batched matmul over rows padded to the busiest expert's count "
+                                          "(padded), torch's grouped GEMM, one call per layer for all experts "
+                                          "(grouped_mm; grouped where torch or the device lacks it), or padded "
+                                          "while experts get few rows and grouped otherwise (auto); the same "
+                                          "results up to float rounding", DISPATCH_CHOICES)
+    vit_patch: int = option(4, "vit: patch size in pixels (must divide the image size)")
+    vit_dim: int = option(96, "vit, gpt: token width d")
+    vit_depth: int = option(4, "vit, gpt: transformer blocks")
+    vit_heads: int = option(3, "vit, gpt: attention heads (must divide --vit-dim)")
+    moe_every: int = option(2, "vit, gpt: every N-th block (N, 2N, ...) has an MoE layer instead of its MLP")
+    dense_match: str = option("params", "--model dense: match the MoE's total parameters or its active "
+                                        "parameters per sample", DENSE_MATCH_CHOICES)
     # auxiliary losses (0 = off)
-    balance_coef: float = _opt(0.1, "Switch load-balancing loss E * sum_i f_i P_i")
-    cv_coef: float = _opt(0.0, "Shazeer importance + load CV^2 loss")
-    z_coef: float = _opt(0.0, "ST-MoE router z-loss")
-    entropy_coef: float = _opt(0.0, "per-sample gate entropy (positive sharpens, negative smooths)")
-    kl_uniform_coef: float = _opt(0.0, "KL(batch-mean gate || uniform)")
-    centroid_coef: float = _opt(0.0, "cosine router: mean squared cosine between centroids (pushes them apart)")
+    balance_coef: float = option(0.1, "Switch load-balancing loss E * sum_i f_i P_i")
+    cv_coef: float = option(0.0, "Shazeer importance + load CV^2 loss")
+    z_coef: float = option(0.0, "ST-MoE router z-loss")
+    entropy_coef: float = option(0.0, "per-sample gate entropy (positive sharpens, negative smooths)")
+    kl_uniform_coef: float = option(0.0, "KL(batch-mean gate || uniform)")
+    centroid_coef: float = option(0.0, "cosine router: mean squared cosine between centroids (pushes them apart)")
     # optimisation
-    epochs: int = _opt(5, "training epochs (tables: 50)")
-    batch_size: int = _opt(128, "training batch size (also the evaluation batch for expert-choice; tables: 16)")
-    optimizer: str = _opt("adamw", "adamw, or sgd with Nesterov momentum", OPTIMIZER_CHOICES)
-    lr: float = _opt(2e-3, "peak learning rate")
-    momentum: float = _opt(0.9, "sgd: Nesterov momentum")
-    weight_decay: float = _opt(0.0, "weight decay (decoupled for adamw, L2 for sgd)")
-    lr_schedule: str = _opt("cosine", "learning-rate schedule over all steps (onecycle: linear warm-up over "
-                                      "--warmup-fraction of the steps, then linear decay to 0)", SCHEDULE_CHOICES)
-    warmup_fraction: float = _opt(0.2, "onecycle: share of the steps spent warming up")
-    label_smoothing: float = _opt(0.0, "label smoothing of the training cross-entropy (evaluation stays plain)")
-    tta_flip: bool = _opt(False, "evaluate on each image and its mirror image, averaging the logits; "
-                                 "only for 3-channel data, trained with flips (refused otherwise)")
-    seed: int = _opt(0, "seed of initialisation, validation split, batch order, augmentation and noise")
-    device: str = _opt("auto", "auto picks cuda when available", DEVICE_CHOICES)
-    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)", type=int)
-    amp: bool = _opt(False, "mixed precision: bf16 autocast (float16 with loss scaling on GPUs without bf16); "
-                            "router scores, weights, logs and checkpoints stay float32")
-    compile: bool = _opt(False, "torch.compile the model's forward pass (its first step, which compiles, is timed "
-                                "apart and left out of samples/s)")
-    channels_last: bool = _opt(False, "keep conv weights and image batches in channels-last (NHWC) memory "
-                                      "layout, which convolution kernels on recent CPUs and GPUs prefer")
+    epochs: int = option(5, "training epochs (tables: 50)")
+    batch_size: int = option(128, "training batch size (also the evaluation batch for expert-choice; tables: 16)")
+    optimizer: str = option("adamw", "adamw, or sgd with Nesterov momentum", OPTIMIZER_CHOICES)
+    lr: float = option(2e-3, "peak learning rate")
+    momentum: float = option(0.9, "sgd: Nesterov momentum")
+    weight_decay: float = option(0.0, "weight decay (decoupled for adamw, L2 for sgd)")
+    lr_schedule: str = option("cosine", "learning-rate schedule over all steps (onecycle: linear warm-up over "
+                                        "--warmup-fraction of the steps, then linear decay to 0)", SCHEDULE_CHOICES)
+    warmup_fraction: float = option(0.2, "onecycle: share of the steps spent warming up")
+    label_smoothing: float = option(0.0, "label smoothing of the training cross-entropy (evaluation stays plain)")
+    tta_flip: bool = option(False, "evaluate on each image and its mirror image, averaging the logits; "
+                                   "only for 3-channel data, trained with flips (refused otherwise)")
+    seed: int = option(0, "seed of initialisation, validation split, batch order, augmentation and noise")
+    device: str = option("auto", "auto picks cuda when available", DEVICE_CHOICES)
+    threads: int | None = option(None, "CPU threads for torch (default: torch's choice)", type=int)
+    amp: bool = option(False, "mixed precision: bf16 autocast (float16 with loss scaling on GPUs without bf16); "
+                              "router scores, weights, logs and checkpoints stay float32")
+    compile: bool = option(False, "torch.compile the model's forward pass (its first step, which compiles, is timed "
+                                  "apart and left out of samples/s)")
+    channels_last: bool = option(False, "keep conv weights and image batches in channels-last (NHWC) memory "
+                                        "layout, which convolution kernels on recent CPUs and GPUs prefer")
     # several processes (under torchrun)
-    expert_parallel: bool = _opt(False, "under torchrun: split the experts of every MoE layer over the processes "
-                                        "(all-to-all exchange) instead of replicating them")
-    dist_backend: str = _opt("auto", "under torchrun: torch.distributed backend (auto: nccl on CUDA, gloo on CPU)",
-                             DIST_BACKEND_CHOICES)
-    dist_timeout: float = _opt(120.0, "under torchrun: seconds a process waits for the others in a collective "
-                                      "before it gives up (a peer that died or hangs)")
+    expert_parallel: bool = option(False, "under torchrun: split the experts of every MoE layer over the processes "
+                                          "(all-to-all exchange) instead of replicating them")
+    dist_backend: str = option("auto", "under torchrun: torch.distributed backend (auto: nccl on CUDA, gloo on CPU)",
+                               DIST_BACKEND_CHOICES)
+    dist_timeout: float = option(120.0, "under torchrun: seconds a process waits for the others in a collective "
+                                        "before it gives up (a peer that died or hangs)")
     # output
-    out: str = _opt("runs", "directory that holds run directories")
-    run_name: str | None = _opt(None, "run directory name (default: built from the main flags and the seed)",
-                                type=str)
-    log_every: int = _opt(40, "write each expert's loss and load on the training batch to experts.csv every N "
-                              "steps (0 = off; 40: 52 points in 5 epochs of MNIST)")
-    step_time_rounds: int = _opt(0, "after training, time this run's training step against the dense network of "
-                                    "its active width, side by side in N interleaved rounds, and record the ratio "
-                                    "in summary.json (0 = off)")
-    train_eval_size: int = _opt(5000, "training samples re-evaluated each epoch for per-expert statistics")
-    resume: bool = _opt(False, "continue the run in --out/--run-name from its last checkpoint")
-    overwrite: bool = _opt(False, "delete an existing run directory of the same name first")
+    out: str = option("runs", "directory that holds run directories")
+    run_name: str | None = option(None, "run directory name (default: built from the main flags and the seed)",
+                                  type=str)
+    log_every: int = option(40, "write each expert's loss and load on the training batch to experts.csv every N "
+                                "steps (0 = off; 40: 52 points in 5 epochs of MNIST)")
+    step_time_rounds: int = option(0, "after training, time this run's training step against the dense network of "
+                                      "its active width, side by side in N interleaved rounds, and record the ratio "
+                                      "in summary.json (0 = off)")
+    train_eval_size: int = option(5000, "training samples re-evaluated each epoch for per-expert statistics")
+    resume: bool = option(False, "continue the run in --out/--run-name from its last checkpoint")
+    overwrite: bool = option(False, "delete an existing run directory of the same name first")
 
     def model_spec(self) -> ModelSpec:
         names = {f.name for f in dataclasses.fields(ModelSpec)}
@@ -248,11 +220,21 @@ class Config:
         return Path(self.out) / (self.run_name or self.default_run_name())
 
 
+def flag_fields() -> list[dataclasses.Field]:
+    """The fields of Config in the order of its flags: the router's, inherited (and so first among
+    the dataclass fields), come after --experts."""
+    router = [f for f in dataclasses.fields(RouterConfig)]
+    names = {f.name for f in router}
+    own = [f for f in dataclasses.fields(Config) if f.name not in names]
+    at = next(i for i, f in enumerate(own) if f.name == "experts") + 1
+    return own[:at] + router + own[at:]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train one Mixture-of-Experts model (or its dense baseline) and log its routing.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(Config):
+    for f in flag_fields():
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata
         if isinstance(f.default, bool):
