@@ -108,3 +108,29 @@ def test_noisy_smooth_load_matches_monte_carlo_load():
     actual = torch.stack([r.assignment_counts().float() for r in draws]).mean(0)
     assert torch.allclose(smooth, actual, atol=0.35), (smooth, actual)
     assert torch.allclose(smooth.sum(), torch.tensor(N * 2.0), rtol=0.02)
+
+
+def test_router_jitter_scales_each_router_input_in_training_only():
+    """--router-jitter eps: in training the scores are those of x * m, m ~ U(1 - eps, 1 + eps)
+    elementwise; off (0) or in evaluation, those of x itself."""
+    x = torch.randn(N, D)
+    plain, jittered = build_router("topk", D, E, top_k=2), build_router("topk", D, E, top_k=2, router_jitter=0.1)
+    jittered.load_state_dict(plain.state_dict())
+    weight = plain.proj.weight
+    assert torch.equal(plain.train()(x).logits, x @ weight.t())
+    assert torch.equal(jittered.eval()(x).logits, x @ weight.t())
+    torch.manual_seed(0)
+    noisy = jittered.train()(x).logits
+    torch.manual_seed(0)
+    scale = 0.9 + 0.2 * torch.rand(N, D)                    # the same draw, as the router makes it
+    torch.testing.assert_close(noisy, (x * scale) @ weight.t())
+    assert not torch.allclose(noisy, x @ weight.t())
+
+
+def test_a_router_option_reaches_the_router_from_the_command_line():
+    from moelab.models.builder import build_model
+    from moelab.training.config import parse_args
+
+    cfg = parse_args(["--router-jitter", "0.01", "--gating", "topk"])
+    model = build_model(cfg.model_spec(), (1, 28, 28), 10)
+    assert model.routers()[0].config.router_jitter == 0.01 and model.routers()[0].k == 2

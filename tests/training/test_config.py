@@ -11,6 +11,7 @@ BAD_INPUTS = [
     (["--gating", "topk", "--top-k", "5", "--experts", "4"], "--top-k"),
     (["--gating", "topk", "--top-k", "0"], "--top-k"),
     (["--capacity-factor", "0"], "--capacity-factor"),
+    (["--router-jitter", "1"], "--router-jitter"),
     (["--capacity-factor", "-1"], "--capacity-factor"),
     (["--lr", "0"], "--lr"),
     (["--lr", "-0.1"], "--lr"),

@@ -38,6 +38,8 @@ class RouterConfig:
     router_dim: int = option(16, "cosine router: dimension of the projection and the centroids; attention router: "
                                  "width r of the query and the keys")
     router_centroids: int = option(1, "cosine router: centroids per expert (score = the nearest one)")
+    router_jitter: float = option(0.0, "Switch Transformer's jitter: in training, every router input is multiplied "
+                                       "elementwise by noise drawn from U(1 - eps, 1 + eps), eps this value (0 = off)")
 
     @property
     def token_choice(self) -> bool:

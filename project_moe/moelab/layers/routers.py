@@ -50,8 +50,16 @@ class Router(CapacityAndBias, ExpertScores):
     def forward(self, x: Tensor) -> Routing:
         raise NotImplementedError
 
+    def router_logits(self, x: Tensor) -> Tensor:
+        """The expert scores of ``x`` (N, D) -> (N, E); in training with --router-jitter eps, of
+        x * U(1 - eps, 1 + eps) elementwise (Fedus et al. 2021: noise on the router's input)."""
+        if self.training and self.config.router_jitter:
+            eps = self.config.router_jitter
+            x = x * (1.0 - eps + 2.0 * eps * self.batch_noise(x, torch.rand))
+        return super().router_logits(x)
+
     def batch_noise(self, like: Tensor, draw) -> Tensor:
-        """``draw(shape)`` noise for these (n, E) rows, cut from one draw for the whole batch,
+        """``draw(shape)`` noise for these (n, ...) rows, cut from one draw for the whole batch,
         so that a batch split over processes gets the noise one process would draw."""
         offset, total = self.batch.row_span(like.shape[0])
         if total == like.shape[0]:

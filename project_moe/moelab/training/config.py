@@ -298,6 +298,7 @@ def validate(cfg: Config) -> None:
          + ("has its own capacity (--capacity-factor)" if cfg.gating == "expert-choice" else "drops nothing")
          + ": drop --drop-policy")
     need(cfg.tau > 0, f"--tau must be > 0 (got {cfg.tau})")
+    need(0 <= cfg.router_jitter < 1, f"--router-jitter must be in [0, 1) (got {cfg.router_jitter})")
     for name in ("epochs", "batch_size", "expert_hidden", "expert_depth", "expert_channels", "trunk_channels",
                  "router_dim", "router_centroids", "vit_patch", "vit_dim", "vit_depth", "vit_heads", "moe_every",
                  "context"):
