@@ -3,7 +3,7 @@ import pytest
 from runs import base_args, cli
 
 from moelab.training import launch
-from moelab.training.config import ConfigError, parse_args, validate
+from moelab.training.config import Config, ConfigError, build_parser, config_record, parse_args, validate
 from moelab.training.exits import EXIT_BAD_INPUT
 
 BAD_INPUTS = [
@@ -120,3 +120,11 @@ def test_drop_policy_is_refused_where_nothing_is_dropped(tmp_path, capsys):
     assert code == 2 and not (tmp_path / "r").exists()
     err = capsys.readouterr().err.strip()
     assert "--drop-policy" in err and "--gating expert-choice" in err and err.count("\n") == 0
+
+
+def test_config_json_lists_the_settings_in_the_order_of_the_flags():
+    """The router's fields are inherited from RouterConfig; config.json and the parser still list them after
+    --experts, where a reader of `train.py --help` finds them."""
+    flags = [action.dest for action in build_parser()._actions if action.dest != "help"]
+    assert list(config_record(Config())) == flags
+    assert flags.index("gating") == flags.index("experts") + 1

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import data
 from ..data.tables import TableDataset, TableOptions
-from ..training.config import Config
+from ..training.config import Config, config_record
 from ..training.provenance import code_state, cpu_model
 from ..training.run_files import CSVLog, write_json
 from ..training.run_logs import METRICS_COLUMNS
@@ -110,7 +110,7 @@ def write_reference_run(run_dir: Path, name: str, dataset_name: str, seed: int, 
                                  tune=tune)
     run_dir.mkdir(parents=True, exist_ok=True)
     estimator = type(make_model(name, dataset.task, seed)).__name__
-    write_json(run_dir / "config.json", {"config": dataclasses.asdict(config),
+    write_json(run_dir / "config.json", {"config": config_record(config),
                                          "dataset": {"source": dataset.source, "task": dataset.task,
                                                      "features": dataset.feature_names},
                                          "reference": f"scikit-learn {estimator}",

@@ -230,6 +230,11 @@ def flag_fields() -> list[dataclasses.Field]:
     return own[:at] + router + own[at:]
 
 
+def config_record(cfg: Config) -> dict:
+    """The settings by name in the order of the flags (config.json's ``config``)."""
+    return {f.name: getattr(cfg, f.name) for f in flag_fields()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train one Mixture-of-Experts model (or its dense baseline) and log its routing.",

@@ -21,7 +21,7 @@ from ..distributed import Cluster
 from ..models.builder import describe_cost
 from ..models.vit import check_vit_fits
 from . import tuning
-from .config import RESUMABLE_DIFFERENCES, Config, ConfigError, parse_args, validate
+from .config import RESUMABLE_DIFFERENCES, Config, ConfigError, config_record, parse_args, validate
 from .device import resolve_device
 from .exits import EXIT_BAD_INPUT, EXIT_PEER_FAILED
 from .provenance import ALLOW_DIRTY_ENV, PortablePaths, code_state, cpu_model
@@ -44,7 +44,7 @@ def environment(device: torch.device, cluster: Cluster, paths: PortablePaths) ->
 
 def portable_config(cfg: Config, paths: PortablePaths) -> dict:
     """The settings as config.json records them: the paths among them made portable."""
-    record = dataclasses.asdict(cfg)
+    record = config_record(cfg)
     for name in ("dataset", "data_dir", "out"):
         record[name] = paths.portable(record[name])
     return record
@@ -70,7 +70,7 @@ def prepare_run_dir(cfg: Config) -> Path:
 
 
 def check_same_config(cfg: Config, saved: dict) -> None:
-    raw = dataclasses.asdict(cfg)   # runs recorded before paths were made portable hold them as given
+    raw = config_record(cfg)   # runs recorded before paths were made portable hold them as given
     current = portable_config(cfg, PortablePaths.for_run(cfg.run_dir, data.resolve_data_dir(cfg.data_dir)))
     for key, value in saved.items():
         if key in RESUMABLE_DIFFERENCES or key not in current or value in (current[key], raw[key]):
