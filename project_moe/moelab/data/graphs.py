@@ -276,8 +276,9 @@ def split_tu(tu: TUGraphs, folds: int, fold: int, val_fraction: float,
 
 
 def is_graph_dataset(name: str) -> bool:
-    """tu:PATH, or superpixels:SPEC (superpixels.py: the graphs of an image dataset)."""
-    return name.startswith(("tu:", "superpixels:"))
+    """tu:PATH, superpixels:SPEC (superpixels.py: the graphs of an image dataset) or solubility
+    (molecules.py)."""
+    return name.startswith(("tu:", "superpixels:")) or name == "solubility"
 
 
 @dataclass

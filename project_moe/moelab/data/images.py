@@ -77,7 +77,7 @@ def cache_dir() -> pathlib.Path:
 
 def check_dataset_spec(name: str) -> None:
     """Fail fast on a bad --dataset value, before any loading; creates nothing."""
-    if name in DATASET_CHOICES[:3] or name in ("python-stdlib", "rotten-tomatoes"):
+    if name in DATASET_CHOICES[:3] or name in ("python-stdlib", "rotten-tomatoes", "solubility"):
         return
     from .tables import check_table_spec, is_table_dataset  # tables (pandas) load only for a table
     if is_table_dataset(name):
@@ -450,6 +450,9 @@ def load_dataset(name: str, data_dir: pathlib.Path, val_fraction: float = 0.1, s
     if name.startswith("superpixels:"):
         from .superpixels import load_superpixel_dataset
         return load_superpixel_dataset(name, data_dir, val_fraction, seed, download)
+    if name == "solubility":
+        from .molecules import load_molecule_dataset
+        return load_molecule_dataset(val_fraction, seed)
     if name.startswith("tfidf:"):
         from .text_features import load_text_features
         return load_text_features(name, table, val_fraction, seed)

@@ -40,6 +40,7 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "reviews": ("dense-params", "dense-active", "dense-active-top2", "ref-logistic"),
     "reviews_bytes": ("dense-params", "dense-active"),
     "graphs": ("e{E}-dense-params", "dense-active", "dense-active-top2"),
+    "molecules": ("e{E}-dense-params", "dense-active", "dense-active-top2"),
 }
 # Grids whose references hold per router: a label is compared with the reference of its own
 # router, the part of the label before the first "-" (top1-cf1-position with top1-dropless).

@@ -61,7 +61,8 @@ class Config(RouterConfig):
                                    "tfidf:csv-text:PATH: the same texts as a table of TF-IDF features | iris | wine | "
                                    "breast-cancer | diabetes (the tables bundled with scikit-learn) | csv:PATH "
                                    "(a CSV table, with --target) | tu:PATH (TU Dortmund graphs) | superpixels:SPEC "
-                                   "(the SLIC superpixel graphs of image dataset SPEC): graphs need --arch graph")
+                                   "(the SLIC superpixel graphs of image dataset SPEC) | solubility (molecules "
+                                   "by solubility class, shipped with the package): graphs need --arch graph")
     data_dir: str | None = option(None, "dataset root (default: $MOE_DATA_DIR, else data/ at the repo root)", type=str)
     val_fraction: float = option(0.1, "fraction of the training set held out for validation (model selection)")
     image_size: int | None = option(None, "resize folder: images to SIZE x SIZE (needed when sizes differ)", type=int)
@@ -96,7 +97,7 @@ class Config(RouterConfig):
                                   "trunk); vit: a small Vision Transformer whose every --moe-every-th MLP block is "
                                   "an MoE layer routing patch tokens; gpt: the same blocks over bytes (text "
                                   "datasets), causal for a language model; graph: the same blocks over the nodes "
-                                  "of a graph, attention along its edges (tu:PATH, superpixels:SPEC)", ARCH_CHOICES)
+                                  "of a graph, attention along its edges (tu:PATH, superpixels:SPEC, solubility)", ARCH_CHOICES)
     experts: int = option(8, "number of experts E")
     slots_per_expert: int = option(1, "soft-slots: slots each expert processes per image (its cost: experts x slots "
                                       "rows per image)")
@@ -343,7 +344,7 @@ def validate(cfg: Config) -> None:
     graph = is_graph_dataset(cfg.dataset)
     need(graph == (cfg.arch == "graph"),
          f"--dataset {cfg.dataset} is graphs: it needs --arch graph" if graph else
-         f"--arch graph reads graphs: use --dataset tu:PATH or superpixels:SPEC, not {cfg.dataset}")
+         f"--arch graph reads graphs: use --dataset tu:PATH, superpixels:SPEC or solubility, not {cfg.dataset}")
     need(not graph or cfg.gating != "soft-slots", "--gating soft-slots mixes a fixed number of tokens per input; "
                                                  "graphs differ in size: choose another router")
     need(not graph or cfg.router_score != "attention", "--router-score attention needs a fixed number of tokens per "
