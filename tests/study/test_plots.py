@@ -25,6 +25,7 @@ def test_where_moe_pays_draws_each_difference_where_the_moe_is_better_to_the_rig
     lm_marker = next(line for line in text.lines if line.get_marker() in ("o", "s"))
     assert float(lm_marker.get_xdata()[0]) == pytest.approx(0.06)                               # dense - MoE
     assert images.get_yticklabels()[0].get_text() == "MNIST, top-1 of 8 MLPs"
+    assert len(images.get_yticks()) == 1 and len(text.get_yticks()) == 1   # only the rows whose grid has run
     empty = plots.where_moe_pays(rows.iloc[0:0])
     assert "no completed runs" in empty.axes[0].texts[0].get_text()
 

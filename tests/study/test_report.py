@@ -170,3 +170,16 @@ def test_the_readme_quotes_the_reviews_from_summary_csv():
                         ("reviews_bytes", "top2-e8")):
         row = summary[(summary.grid == grid) & (summary.label == label)].iloc[0]
         assert row.seeds == 3 and f"{100 * row.test_acc_mean:.2f} %" in readme, (grid, label)
+
+
+@committed_results
+def test_the_report_s_claim_on_how_molecules_are_routed_holds_in_the_logs():
+    # report, Molecules: "in block 2 of top-2 of 8 (seed 0), every halogen atom of the test molecules
+    # (F, Cl, Br, I) has the same top-1 expert" (kinds.csv: layer 1 is block 2, kinds are molecules.KIND_NAMES)
+    from moelab.data.molecules import KIND_NAMES
+
+    kinds = pd.read_csv(RESULTS / "runs" / "molecules" / "solubility-e8-top2-s0" / "kinds.csv")
+    block2 = kinds[(kinds.split == "test") & (kinds.layer == 1)]
+    halogens = block2[block2.kind.isin([KIND_NAMES.index(e) for e in ("F", "Cl", "Br", "I")]) & (block2.top1 > 0)]
+    assert halogens.top1.sum() >= 50 and halogens.expert.nunique() == 1
+    assert "every halogen atom" in (report.REPORT / "molecules_paragraph.tex").read_text()

@@ -94,5 +94,7 @@ def kind_routing(kinds: pd.DataFrame, kind_names: list[str], split: str = "test"
             ax.text(e, k, f"{share:.2f}", ha="center", va="center", fontsize=6,
                     color="white" if share < 0.5 else "black")
     fig.colorbar(image, ax=axes[0].tolist(), fraction=0.05, pad=0.02).ax.tick_params(labelsize=7)
-    fig.suptitle(title or f"P(top-1 expert | node kind), {split} split, last epoch", fontsize=8.5)
+    # The test split is evaluated once, with the weights of the best validation epoch.
+    when = "weights of the best epoch" if split == "test" else "last epoch"
+    fig.suptitle(title or f"P(top-1 expert | node kind), {split} split, {when}", fontsize=8.5)
     return fig
