@@ -45,15 +45,19 @@ def test_scripts_are_command_lines_over_the_package():
         assert len([node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]) == 0, name
 
 
-def test_the_shipped_mnist_copy_and_text_corpus_are_package_data():
+def test_the_shipped_mnist_copy_text_corpus_and_molecules_are_package_data():
     assets = sorted(p.name for p in (PACKAGE / "assets" / "mnist").iterdir())
     assert assets == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",
                       "train-labels-idx1-ubyte.gz"]
     assert sorted(p.name for p in (PACKAGE / "assets" / "text").iterdir()) == [
         "LICENSE.txt", "cpython-3.11.7-lib.tar.xz", "rotten_tomatoes_NOTICE.txt", "rotten_tomatoes_corpus_full.csv.bz2"]
-    pyproject = (PACKAGE.parent.parent / "pyproject.toml").read_text()
-    assert ('moelab = ["assets/mnist/*.gz", "assets/text/*.tar.xz", "assets/text/*.csv.bz2", "assets/text/*.txt"]'
-            in pyproject)
+    assert sorted(p.name for p in (PACKAGE / "assets" / "molecules").iterdir()) == [
+        "solubility.test.sdf.bz2", "solubility.train.sdf.bz2", "solubility_NOTICE.txt"]
+    import tomllib
+    pyproject = tomllib.loads((PACKAGE.parent.parent / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["package-data"]["moelab"] == [
+        "assets/mnist/*.gz", "assets/text/*.tar.xz", "assets/text/*.csv.bz2", "assets/text/*.txt",
+        "assets/molecules/*.sdf.bz2", "assets/molecules/*.txt"]
 
 
 def test_the_layers_and_models_import_without_the_data_training_and_study_stacks(tmp_path):
