@@ -43,9 +43,10 @@ class EpochSums:
             s["count"] += batch_rows
             if routes:
                 # A step computes the losses it trains on, and the others only when it logs them.
+                aux = output.aux          # averaged over the MoE layers on each access: read once
                 for i, name in enumerate(AUX_NAMES):
-                    if name in output.aux:
-                        s["aux"][i] += output.aux[name].detach().double() * batch_rows
+                    if name in aux:
+                        s["aux"][i] += aux[name].detach().double() * batch_rows
                         s["aux_rows"][i] += batch_rows
                 s["routed"] += output.assignment_counts().double().view(self.routed_shape)   # (L, E), or (E,)
                 if self.drops:
