@@ -7,7 +7,7 @@ import torch
 from moelab.layers import aux_losses
 from moelab.layers.experts import MLPExperts
 from moelab.layers.moe import MoE
-from moelab.layers.routers import build_router, set_loss_names
+from moelab.layers.routers import build_router
 from moelab.layers.routing import GATING_CHOICES
 
 N, D, E, K = 40, 12, 6, 5
@@ -123,19 +123,23 @@ def make_moe(gating: str, seed: int = 0) -> MoE:
 
 
 @pytest.mark.parametrize("gating", GATING_CHOICES)
-def test_a_router_computes_only_the_losses_it_is_asked_for_and_the_same_values(gating):
+def test_a_router_computes_each_loss_when_first_asked_for_and_the_same_values(gating):
     moe = make_moe(gating).train()
     x = torch.randn(N, D)
     torch.manual_seed(1)
     every = moe(x).aux
     assert set(every) == set(aux_losses.AUX_NAMES)
     for names in [("balance",), ("cv", "z"), ("entropy", "kl_uniform", "centroid"), ()]:
-        set_loss_names(moe, names)
         torch.manual_seed(1)
-        some = moe(x).aux
-        assert set(some) == set(names)
+        routing = moe(x).routing
+        some = routing.losses(names)
+        assert set(some) == set(names) == set(routing.batch_losses.computed)   # nothing else computed
         for name in names:
             assert torch.equal(some[name], every[name]), name
+        again = routing.losses(names)
+        assert all(again[name] is some[name] for name in names)               # kept, not computed again
+        assert set(routing.losses()) == set(aux_losses.AUX_NAMES)              # the rest when asked for
+    assert moe.eval()(x).routing.losses() == {}                               # none in evaluation
 
 
 def test_centroid_overlap_loss_is_zero_for_orthogonal_and_one_for_equal_centroids():

@@ -18,7 +18,9 @@ from moelab.layers.routing import GATING_CHOICES
 from moelab.models.builder import build_model
 from moelab.paths import REPO_ROOT
 from moelab.training import launch, trainer
+from moelab.training.checkpointing import Checkpoints
 from moelab.training.config import Config
+from moelab.training.reporting import RunReport
 from moelab.training.step import train_step
 
 TIME_COLUMNS = ["samples_per_s", "epoch_time_s", "wall_time_s"]
@@ -238,3 +240,45 @@ def _wait_for_step(path, step, proc, timeout=120.0):
                 return
         time.sleep(0.02)
     raise TimeoutError(f"no step {step} in {path}")
+
+
+class _RecordedReport(RunReport):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.lines, self.summaries = [], []
+
+    def say(self, message, error=False):
+        self.lines.append(message)
+
+    def write_summary(self, summary):
+        self.summaries.append(summary)
+
+
+class _RecordedCheckpoints(Checkpoints):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.saved = []
+
+    def save(self, name, state):
+        self.saved.append(name)
+        super().save(name, state)
+
+
+def test_the_trainer_reports_and_checkpoints_through_the_collaborators_it_is_given(tmp_path, tiny_data):
+    """Trainer(..., checkpoints, report): every checkpoint, console line and summary of the run goes
+    through the two objects passed in (here recording ones), none around them."""
+    cfg = Config(experts=4, expert_hidden=16, epochs=2, batch_size=32, train_eval_size=100, threads=1,
+                 out=str(tmp_path / "runs"))
+    run_dir = tmp_path / "runs" / "given"
+    run_dir.mkdir(parents=True)
+    dataset = data.load_dataset("mnist", tiny_data, seed=0)
+    cluster, device = distributed.SINGLE_PROCESS, torch.device("cpu")
+    checkpoints = _RecordedCheckpoints(run_dir, cluster, device)
+    report = _RecordedReport(run_dir, cluster, cfg.out)
+    assert trainer.Trainer(cfg, run_dir, dataset, device, cluster, checkpoints, report).run(resume=False) == 0
+    # best.pt after epochs that improved on validation, checkpoint.pt after each epoch, model.pt at the end
+    assert checkpoints.saved.count("checkpoint.pt") == 2 and "model.pt" in checkpoints.saved
+    assert "best.pt" in checkpoints.saved and (run_dir / "checkpoint.pt").exists()
+    assert [s["status"] for s in report.summaries] == ["completed"] and report.summaries[0]["epochs_done"] == 2
+    assert not (run_dir / "summary.json").exists()          # the recording report wrote none
+    assert sum(line.startswith("epoch ") for line in report.lines) == 2 and report.lines[-1].startswith("test loss")

@@ -14,7 +14,6 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .. import data
-from ..layers.routers import set_loss_names
 from ..models.builder import build_model
 from ..training.config import Config, ConfigError
 from ..training.step import aux_coefficients, make_optimizer, train_step
@@ -30,7 +29,6 @@ def profile_steps(name: str, dataset, batches: list, device: torch.device) -> di
     torch.manual_seed(0)
     model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
     coefs = aux_coefficients(cfg)
-    set_loss_names(model, tuple(coefs))        # as in training: losses outside the objective on logging steps only
     optimizer = make_optimizer(model, cfg)
     for x, y in batches[:WARMUP_STEPS]:
         train_step(model, optimizer, x, y, coefs)

@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from .. import data
 from ..layers.experts import dispatch_as
 from ..layers.precision import Precision
-from ..layers.routers import set_loss_names
 from ..models.builder import build_model
 from ..study.grids import CIFAR, LM_BASE, LM_VARIANTS, split_convergence_label
 from ..study.grids import runs as grid_runs
@@ -88,8 +87,6 @@ def bench_train(args, device: torch.device) -> list[dict]:
         cfg = Config(**{"experts": 8, **overrides, "batch_size": args.batch_size})
         torch.manual_seed(0)
         model = build_model(cfg.model_spec(), dataset.in_shape, dataset.num_classes).to(device)
-        # As in the trainer (Trainer._choose_losses): the losses outside the objective are computed on logging steps only.
-        set_loss_names(model, tuple(aux_coefficients(cfg)))
         precision, coefs = Precision(mode == "amp", device), aux_coefficients(cfg)
         initial = {k: v.clone() for k, v in model.state_dict().items()}
         if mode == "compile":

@@ -8,7 +8,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..layers.expert_parallel import ExpertParallel
-from ..layers.experts import MLPExperts, ModuleExperts
 from ..layers.moe import MoE
 from ..layers.routers import Router
 from ..layers.soft_moe import SoftMoE
@@ -49,31 +48,22 @@ class ShardedBatch:
 
 
 def parallelize(model: nn.Module, cluster: Cluster) -> nn.Module:
-    """Make ``model`` (built the same way on every rank) one model spread over the ranks.
-    Call before the optimiser is made: expert parallelism replaces the expert parameters."""
+    """Make ``model`` (built the same way on every rank) one model spread over the ranks: each
+    routing layer computes its batch statistics over the whole batch, batch norm is
+    synchronised, and under expert parallelism each MoE layer keeps its rank's experts and runs
+    them through the exchange. Call before the optimiser is made: expert parallelism replaces
+    the expert parameters."""
     if not cluster.is_distributed:
         return model
     scope = ShardedBatch(cluster)
     for module in model.modules():
         if isinstance(module, (Router, SoftMoE)):
-            module.batch = scope
+            module.use_batch_scope(scope)
     sync_batchnorm(model)
     if cluster.expert_parallel:
         for name, module in model.named_modules():
             if isinstance(module, MoE):
-                if isinstance(module.experts, ModuleExperts):
-                    raise ValueError("expert parallelism needs stacked MLP experts")
-                keep_own_experts(module.experts, cluster)
-                module.exchange = ExpertParallel(cluster)
+                module.use_exchange(ExpertParallel(cluster))
                 for param_name, param in module.experts.named_parameters():
                     cluster.sharded[f"{name}.experts.{param_name}".lstrip(".")] = param.shape[0] * cluster.world_size
     return model
-
-
-def keep_own_experts(bank: MLPExperts, cluster: Cluster) -> None:
-    local = bank.num_experts // cluster.world_size
-    own = slice(cluster.rank * local, (cluster.rank + 1) * local)
-    for params in (bank.weights, bank.biases):
-        for i, param in enumerate(params):
-            params[i] = nn.Parameter(param.detach()[own].clone())
-    bank.num_experts = local

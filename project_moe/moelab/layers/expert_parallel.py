@@ -1,6 +1,7 @@
 """The exchange of an MoE layer whose experts are spread over the ranks (``--expert-parallel``):
 rows go to the rank that owns their expert and come back, through all-to-all collectives with
-gradients. ``distributed/parallelize.py`` installs it in place of the layer's LocalExperts.
+gradients. ``distributed/parallelize.py`` gives it to the layer (``MoE.use_exchange``) in place of
+LocalExperts.
 
 Legend: P ranks, L = E / P experts per rank, M assignments of this rank, R rows this rank's experts
 receive, D input and K output features."""
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..distributed.batches import all_sizes
 from .experts import MLPExperts
@@ -51,6 +52,18 @@ class ExpertParallel:
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
+
+    def adopt(self, bank) -> None:
+        """Keep this rank's L experts of the whole bank (built alike on every rank, so that the
+        experts are those one process would have)."""
+        if not isinstance(bank, MLPExperts):
+            raise ValueError("expert parallelism needs stacked MLP experts")
+        local = bank.num_experts // self.cluster.world_size
+        own = slice(self.cluster.rank * local, (self.cluster.rank + 1) * local)
+        for params in (bank.weights, bank.biases):
+            for i, param in enumerate(params):
+                params[i] = nn.Parameter(param.detach()[own].clone())
+        bank.num_experts = local
 
     def run_sorted(self, experts: MLPExperts, x_sorted: Tensor, counts: Tensor) -> Tensor:
         """(M, D) this rank's rows grouped by expert, counts (E,) -> (M, K) their outputs."""

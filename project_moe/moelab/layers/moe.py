@@ -54,9 +54,12 @@ class MoEOutput:
 
 class LocalExperts:
     """Runs rows on an expert bank that holds every expert: the exchange of an MoE layer in
-    one process. Under expert parallelism ``distributed/parallelize.py`` installs its counterpart,
-    ``expert_parallel.ExpertParallel``, which sends the rows to the processes that own their
-    experts and brings the outputs back."""
+    one process. Under expert parallelism the layer is given its counterpart (``MoE.use_exchange``,
+    from ``distributed/parallelize.py``), ``expert_parallel.ExpertParallel``, which sends the rows
+    to the processes that own their experts and brings the outputs back."""
+
+    def adopt(self, experts: MLPExperts | ModuleExperts) -> None:
+        """Nothing to change: every expert stays in this process."""
 
     def run_sorted(self, experts: MLPExperts | ModuleExperts, x_sorted: Tensor, counts: Tensor) -> Tensor:
         """(M, ...) rows grouped by expert, counts (E,) -> (M, K)."""
@@ -87,6 +90,12 @@ class MoE(nn.Module):
         # are added to the routed mixture.
         self.shared = shared
         self.exchange = LOCAL_EXPERTS
+
+    def use_exchange(self, exchange) -> None:
+        """Run the experts through ``exchange`` (a LocalExperts, or expert_parallel.ExpertParallel,
+        which keeps this process's share of the bank and sends rows to the others)."""
+        exchange.adopt(self.experts)
+        self.exchange = exchange
 
     def all_expert_outputs(self, x: Tensor) -> Tensor:
         """(N, ...) -> (E, N, K): every expert of the layer on every row."""

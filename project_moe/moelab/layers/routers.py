@@ -45,7 +45,11 @@ class Router(CapacityAndBias, ExpertScores):
             # a buffer (saved with the model), moved by update_selection_bias, not by the optimiser.
             self.register_buffer("selection_bias", torch.zeros(num_experts))
         self.batch = LOCAL_BATCH
-        self.loss_names = None   # the auxiliary losses a training step computes (None: all; set_loss_names)
+
+    def use_batch_scope(self, scope) -> None:
+        """Compute the batch statistics (auxiliary losses, capacities, noise) in ``scope``: a batch
+        split over processes (distributed/parallelize.py) instead of LOCAL_BATCH."""
+        self.batch = scope
 
     def forward(self, x: Tensor) -> Routing:
         raise NotImplementedError
@@ -85,39 +89,42 @@ class Router(CapacityAndBias, ExpertScores):
             chosen = (counts if chosen is None else chosen).to(probs.dtype)           # the Switch loss's f, unnormalised
             if load is None:
                 load = chosen
-        aux = {}
+        losses = None
         if self.training:   # the losses only matter for optimisation
             # Dense routing sends everything everywhere; for the Switch loss the dispatch
             # fraction f_i is taken from each sample's top-1 expert.
             top1 = (lambda: torch.bincount(probs.argmax(dim=1), minlength=self.num_experts)) \
                 if sample_index is None else (lambda: chosen)
-            aux = batch_losses(self, logits, probs, weights, top1, load,
-                               lambda: self.batch.batch_independent(self.centroid_overlap()))
-        return Routing(logits, probs, weights, sample_index, expert_index, gate, counts, load, aux, dropped)
+            losses = BatchLosses(self.batch, logits, probs, weights, top1, load,
+                                 lambda: self.batch.batch_independent(self.centroid_overlap()))
+        return Routing(logits, probs, weights, sample_index, expert_index, gate, counts, load, dropped, losses)
 
-def batch_losses(layer: nn.Module, logits: Tensor, probs: Tensor, weights: Tensor, top1_counts, load: Tensor,
-                 centroid) -> dict[str, Tensor]:
+
+class BatchLosses:
     """The auxiliary losses of a routing layer's whole batch (all processes' shards when it is
-    split) that ``layer.loss_names`` asks for. ``top1_counts()``: the (E,) assignments of the
-    Switch loss, and ``centroid()`` the centroid loss, each computed only when asked for."""
-    names = aux_losses.wanted(layer.loss_names)
-    losses = {}
-    if names:
-        counts = top1_counts() if "balance" in names else None
-        sums = layer.batch.global_sums(aux_losses.routing_sums(logits, probs, weights, counts, load, names))
-        losses = aux_losses.losses_from_sums(sums, names)
-    if layer.loss_names is None or "centroid" in layer.loss_names:
-        losses["centroid"] = centroid()
-    return losses
+    split: ``scope``, the layer's batch scope), each computed when first asked for and then kept.
+    ``top1_counts()``: the (E,) assignments of the Switch loss, and ``centroid()`` the centroid
+    loss, each computed only when asked for. A call's batch losses come from one set of batch
+    sums (one collective when the batch is split); every process asks for the same names in the
+    same order, as the training step and its logs do."""
 
+    def __init__(self, scope, logits: Tensor, probs: Tensor, weights: Tensor, top1_counts, load: Tensor, centroid):
+        self.scope, self.logits, self.probs, self.weights, self.load = scope, logits, probs, weights, load
+        self.top1_counts, self.centroid = top1_counts, centroid
+        self.computed: dict[str, Tensor] = {}
 
-def set_loss_names(model: nn.Module, names: tuple[str, ...] | None) -> None:
-    """Make every routing layer of ``model`` compute only the auxiliary losses ``names`` on a
-    training step (None: all of them). Those in the training objective are needed on every
-    step; the others only on the steps whose statistics are logged."""
-    for module in model.modules():
-        if hasattr(module, "loss_names"):
-            module.loss_names = names
+    def __call__(self, names: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+        asked = aux_losses.AUX_NAMES if names is None else names
+        missing = tuple(name for name in asked if name not in self.computed)
+        batch = aux_losses.wanted(missing)
+        if batch:
+            counts = self.top1_counts() if "balance" in batch else None
+            sums = self.scope.global_sums(aux_losses.routing_sums(self.logits, self.probs, self.weights, counts,
+                                                                  self.load, batch))
+            self.computed.update(aux_losses.losses_from_sums(sums, batch))
+        if "centroid" in missing:
+            self.computed["centroid"] = self.centroid()
+        return {name: self.computed[name] for name in aux_losses.AUX_NAMES if name in asked}
 
 
 class SoftRouter(Router):

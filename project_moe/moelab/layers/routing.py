@@ -4,7 +4,8 @@ Legend: N samples in the batch, E experts, M assignments = (sample, expert) pair
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -28,9 +29,10 @@ class Routing:
         gate[m] == weights[sample_index[m], expert_index[m]]. ``None`` for dense routing.
     counts:  (E,) int64 samples each expert processes (N for every expert when dense).
     load:    (E,) per-expert load fed to the CV^2 loss: counts, or a smooth estimate.
-    aux:     unweighted auxiliary losses by name (see aux_losses.py); empty in eval mode.
     dropped: (E,) int64 assignments the router chose but the expert's capacity refused
         (token choice with a drop policy); None when nothing can be dropped.
+    batch_losses: the batch's unweighted auxiliary losses (routers.BatchLosses), computed when
+        first asked for by ``losses``; None in eval mode, where there are none.
     """
 
     logits: Tensor
@@ -41,8 +43,19 @@ class Routing:
     gate: Tensor | None
     counts: Tensor
     load: Tensor
-    aux: dict[str, Tensor] = field(default_factory=dict)
     dropped: Tensor | None = None
+    batch_losses: Callable[[tuple[str, ...] | None], dict[str, Tensor]] | None = None
+
+    def losses(self, names: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+        """The unweighted auxiliary losses ``names`` (None: all of aux_losses.AUX_NAMES) by name;
+        empty in eval mode. A training step asks for those of its objective, and for the others
+        only on the steps whose statistics are logged: each is computed once, when first asked for."""
+        return self.batch_losses(names) if self.batch_losses is not None else {}
+
+    @property
+    def aux(self) -> dict[str, Tensor]:
+        """Every auxiliary loss (``losses()``)."""
+        return self.losses()
 
     @property
     def is_dense(self) -> bool:

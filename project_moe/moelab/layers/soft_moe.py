@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .experts import MLPExperts
 from .moe import MoEOutput
-from .routers import batch_losses
+from .routers import BatchLosses, Router
 from .routing import LOCAL_BATCH, Routing
 
 
@@ -33,8 +33,9 @@ class SoftMoE(nn.Module):
         self.experts = experts
         self.slots_per_expert, self.tokens = slots_per_expert, tokens
         self.slot_params = nn.Parameter(torch.randn(dim, len(experts) * slots_per_expert) / math.sqrt(dim))  # Phi
-        self.batch = LOCAL_BATCH      # the auxiliary losses' batch scope (distributed/parallelize.py)
-        self.loss_names = None        # as Router.loss_names
+        self.batch = LOCAL_BATCH      # the auxiliary losses' batch scope (use_batch_scope)
+
+    use_batch_scope = Router.use_batch_scope
 
     def slot_weights(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, d) -> dispatch (B, T, S), softmax over tokens, and combine (B, T, S), over slots."""
@@ -59,8 +60,9 @@ class SoftMoE(nn.Module):
         num_experts = weights.shape[1]
         logits = weights.clamp_min(1e-12).log()
         counts = torch.full((num_experts,), weights.shape[0], device=weights.device)
-        aux = {}
+        losses = None
         if self.training:   # the classic soft gate's losses, on the combine mass (all batch sums)
             top1 = lambda: torch.bincount(weights.argmax(dim=1), minlength=num_experts)   # noqa: E731
-            aux = batch_losses(self, logits, weights, weights, top1, weights.sum(dim=0), lambda: weights.new_zeros(()))
-        return Routing(logits, weights, weights, None, None, None, counts, weights.sum(dim=0), aux)
+            losses = BatchLosses(self.batch, logits, weights, weights, top1, weights.sum(dim=0),
+                                 lambda: weights.new_zeros(()))
+        return Routing(logits, weights, weights, None, None, None, counts, weights.sum(dim=0), None, losses)

@@ -41,6 +41,8 @@ class SmallCNN(nn.Module):
 class MoEClassifier(nn.Module):
     """[optional shared trunk] -> MoE over experts that each predict class logits."""
 
+    routes_tokens = False  # it routes whole samples (the trainer logs its per-expert tables)
+
     def __init__(self, spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
         self.spec = spec
@@ -74,6 +76,8 @@ class MoEClassifier(nn.Module):
 
 class DenseClassifier(nn.Module):
     """The baseline: [same trunk] -> one expert-shaped network of width ``hidden``."""
+
+    routes_tokens = False
 
     def __init__(self, spec: ModelSpec, in_shape: tuple[int, int, int], num_classes: int, hidden: int,
                  channels: int | None = None):

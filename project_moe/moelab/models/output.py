@@ -31,20 +31,26 @@ class ModelOutput:
     tokens: int = 1
     mixture: MoEOutput | None = None
 
+    def losses(self, names: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+        """The unweighted auxiliary losses ``names`` (None: all of them) by name, each averaged
+        over the MoE layers (empty for a dense model and in evaluation); computed when first
+        asked for (Routing.losses)."""
+        if not self.routings:
+            return {}
+        per_layer = [r.losses(names) for r in self.routings]
+        if len(per_layer) == 1 or not per_layer[0]:
+            return per_layer[0]
+        return {name: torch.stack([losses[name] for losses in per_layer]).mean() for name in per_layer[0]}
+
     @property
     def aux(self) -> dict[str, Tensor]:
-        """The unweighted auxiliary losses by name, each averaged over the MoE layers (empty for
-        a dense model and in evaluation)."""
-        if not self.routings or not self.routings[0].aux:
-            return {}
-        if len(self.routings) == 1:
-            return self.routings[0].aux
-        return {name: torch.stack([r.aux[name] for r in self.routings]).mean() for name in self.routings[0].aux}
+        """Every auxiliary loss (``losses()``)."""
+        return self.losses()
 
     def plus_weighted_aux(self, loss: Tensor, coefs: dict[str, float]) -> Tensor:
         """``loss`` + sum_name coefs[name] * aux[name]: the training objective (the coefficients
         are the run's --*-coef; a dense model adds nothing)."""
-        aux = self.aux
+        aux = self.losses(tuple(coefs))
         if aux:
             for name, coef in coefs.items():
                 loss = loss + coef * aux[name]

@@ -89,6 +89,8 @@ class TokenModel(nn.Module):
     """What the models of tokens share: ``self.blocks`` of Block, every --moe-every-th an MoE
     block with --model moe, the others plain MLPs of the MoE layer's active width."""
 
+    routes_tokens = True   # its MoE blocks route tokens (the trainer logs their tables per layer)
+
     spec: ModelSpec
 
     def block_ffn(self, block: int, dim: int, tokens: int) -> nn.Module:

@@ -1,64 +1,47 @@
-"""Checkpoints of a run: the whole training state (every rank takes part, rank 0 writes), the
-weights of the best and of the last epoch, and what --resume reads back before anything is written."""
+"""The checkpoints of a run directory: checkpoint.pt (the whole training state, for --resume),
+best.pt (the weights of the best validation epoch, which the test reads) and model.pt (the last
+weights); and what --resume checks before anything is written. Rank 0 writes; what rank 0 reads
+reaches every rank."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
 
 from .. import distributed
-from . import rng_state
+from ..distributed import Cluster
 from .exits import EXIT_BAD_INPUT, first_line
 from .run_files import RunFileError, load_checkpoint, save_checkpoint
 from .run_logs import check_logs
 
 
-class Checkpointing:
-    """The checkpoints of a Trainer (its model, optimiser, scheduler, counters, epoch sums,
-    precision, run directory and processes)."""
+class Checkpoints:
+    def __init__(self, run_dir: Path, cluster: Cluster, device: torch.device):
+        self.run_dir, self.cluster, self.device = run_dir, cluster, device
 
-    def state(self) -> dict:
-        return {"model": distributed.model_state(self.model, self.cluster),
-                "optimizer": distributed.optimizer_state(self.optimizer, self.model, self.cluster),
-                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "global_step": self.global_step, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
-                "best_val_r2": self.best_val_r2,
-                "accum": self.accum.state_dict(), "elapsed": self.elapsed(), "rng": rng_state.capture(),
-                "precision": self.precision.state_dict()}
-
-    def load_state(self, state: dict) -> None:
-        distributed.load_model_state(self.model, state["model"], self.cluster)
-        distributed.load_optimizer_state(self.optimizer, self.model, state["optimizer"], self.cluster)
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.global_step = state["global_step"]
-        self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
-        self.best_val_r2 = state.get("best_val_r2", float("nan"))     # checkpoints from before regression
-        self.accum.load_state_dict(state["accum"])
-        self.elapsed_before = state["elapsed"]
-        rng_state.restore(state["rng"])
-        self.precision.load_state_dict(state.get("precision", {}))
-
-    def save(self) -> None:
-        state = self.state()
+    def save(self, name: str, state: dict) -> None:
+        """``state`` (gathered on every rank) into the run directory's ``name``, by rank 0."""
         if self.cluster.is_writer:
-            save_checkpoint(self.run_dir / "checkpoint.pt", state)
+            save_checkpoint(self.run_dir / name, state)
 
-    def save_weights(self, name: str, extra: dict | None = None) -> None:
-        weights = distributed.model_state(self.model, self.cluster)
-        if self.cluster.is_writer:
-            save_checkpoint(self.run_dir / name, {"model": weights, **extra} if extra is not None else weights)
+    def read(self, name: str) -> dict:
+        """A checkpoint of the run directory, read by rank 0 and sent to every rank (RunFileError
+        on rank 0, RefusedElsewhere on the others, when it is damaged)."""
+        return distributed.load_on_writer(self.cluster, self.run_dir / name, self.device, load_checkpoint,
+                                          (RunFileError,))
 
-    def load_best(self) -> None:
-        """The weights of the best validation epoch, back into the model (for the test)."""
-        best = self._read_on_writer("best.pt")
-        distributed.load_model_state(self.model, best["model"], self.cluster)
-
-    def resume(self) -> int | None:
-        """Load checkpoint.pt and check, before any file is written, what --resume continues;
-        the exit code when the run cannot be resumed."""
+    def resume(self, restore: Callable[[dict], tuple[int, int]], layers: bool, kinds: bool) -> int | None:
+        """--resume: checkpoint.pt into ``restore`` (which returns the restored global step and best
+        epoch), then, on rank 0 before any file of the run is written, the checks that the logs
+        can be cut back to that step (``layers``, ``kinds``: the run's per-layer and per-kind
+        logs) and that the best weights are readable. The exit code when the run cannot be resumed."""
         path = self.run_dir / "checkpoint.pt"
         try:
-            self.load_state(self._read_on_writer("checkpoint.pt"))
-            distributed.on_writer(self.cluster, self._check_files_to_resume, (RunFileError,))
+            step, best_epoch = restore(self.read("checkpoint.pt"))
+            distributed.on_writer(self.cluster, lambda: self._check_files(step, best_epoch, layers, kinds),
+                                  (RunFileError,))
         except RunFileError as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -70,15 +53,7 @@ class Checkpointing:
             return EXIT_BAD_INPUT
         return None
 
-    def _read_on_writer(self, name: str) -> dict:
-        """A checkpoint of the run directory, read by rank 0 and sent to every rank (RunFileError
-        on rank 0, RefusedElsewhere on the others, when it is damaged)."""
-        return distributed.load_on_writer(self.cluster, self.run_dir / name, self.device, load_checkpoint,
-                                          (RunFileError,))
-
-    def _check_files_to_resume(self) -> None:
-        """Rank 0, before any file of the run is written: the logs cut back to the checkpoint's
-        step, and the best weights, which the test reads at the end, must be readable."""
-        check_logs(self.run_dir, self.global_step, layers=bool(self.moe_blocks), kinds=bool(self.token_kinds))
-        if self.best_epoch > 0:
+    def _check_files(self, step: int, best_epoch: int, layers: bool, kinds: bool) -> None:
+        check_logs(self.run_dir, step, layers=layers, kinds=kinds)
+        if best_epoch > 0:
             load_checkpoint(self.run_dir / "best.pt")

@@ -19,9 +19,12 @@ from .tasks import CLASSIFICATION
 
 
 class EpochSums:
-    def __init__(self, routed_shape: tuple[int, ...], device: torch.device, cluster: Cluster, drops: bool = False):
-        """``drops``: the routers have expert capacities, whose dropped assignments are counted."""
+    def __init__(self, routed_shape: tuple[int, ...], device: torch.device, cluster: Cluster, drops: bool = False,
+                 objective: tuple[str, ...] = ()):
+        """``drops``: the routers have expert capacities, whose dropped assignments are counted.
+        ``objective``: the auxiliary losses in the training loss, which every step computes."""
         self.routed_shape, self.device, self.cluster, self.drops = routed_shape, device, cluster, drops
+        self.objective = objective
         self.reset()
 
     def reset(self) -> None:
@@ -32,10 +35,12 @@ class EpochSums:
                      "routed": zero(*self.routed_shape), "dropped": zero(*self.routed_shape), "train_seconds": 0.0}
 
     def add(self, output, logits: Tensor, ce: Tensor, labels: Tensor, batch_rows: int, routes: bool,
-            task=CLASSIFICATION) -> None:
+            task=CLASSIFICATION, logs_aux: bool = False) -> None:
         """One step: ``ce`` (the task's loss) of the whole batch of ``batch_rows`` rows; output and
         labels of this process's rows; ``routes``: the model has routers (aux losses, (E,) or
-        (L, E) counts). A regression counts no correct predictions (its accuracy is NaN)."""
+        (L, E) counts). A regression counts no correct predictions (its accuracy is NaN).
+        ``logs_aux``: the step computed every auxiliary loss (train_step's ``logs_aux``), not only
+        those of the objective."""
         s = self.sums
         with torch.no_grad():
             s["loss"] += ce.detach().double() * batch_rows
@@ -43,7 +48,7 @@ class EpochSums:
             s["count"] += batch_rows
             if routes:
                 # A step computes the losses it trains on, and the others only when it logs them.
-                aux = output.aux          # averaged over the MoE layers on each access: read once
+                aux = output.losses(None if logs_aux else self.objective)   # those the step computed
                 for i, name in enumerate(AUX_NAMES):
                     if name in aux:
                         s["aux"][i] += aux[name].detach().double() * batch_rows

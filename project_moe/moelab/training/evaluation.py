@@ -74,8 +74,9 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=Non
     or for a regression the target bins (``num_classes`` of them), with RMSE, MAE and R^2."""
     was_training = model.training
     model.eval()
-    is_moe = isinstance(model, MoEClassifier)
-    routes_tokens = isinstance(model, TokenModel) and bool(model.moe_blocks)
+    # The mixture routes whole samples (per-expert tables); a token model its MoE blocks' tokens.
+    routes = bool(model.routers())
+    is_moe, routes_tokens = routes and not model.routes_tokens, routes and model.routes_tokens
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
@@ -111,7 +112,7 @@ def evaluate(model, batches, num_classes: int, detailed: bool = True, reduce=Non
         biases = [selection_bias(model.blocks[index].ffn) for index in model.moe_blocks]
         _fill_layers(result, totals, model.moe_blocks, biases)
     elif totals:
-        _fill_routing(result, totals, count, selection_bias(model.moe.router))
+        _fill_routing(result, totals, count, selection_bias(model.routers()[0]))
     return result
 
 

@@ -21,10 +21,12 @@ from ..distributed import Cluster
 from ..models.builder import describe_cost
 from ..models.vit import check_vit_fits
 from . import tuning
+from .checkpointing import Checkpoints
 from .config import RESUMABLE_DIFFERENCES, Config, ConfigError, config_record, parse_args, validate
 from .device import resolve_device
 from .exits import EXIT_BAD_INPUT, EXIT_PEER_FAILED
 from .provenance import ALLOW_DIRTY_ENV, PortablePaths, code_state, cpu_model
+from .reporting import RunReport
 from .run_files import RunFileError, read_config, read_json, write_json
 from .trainer import Trainer
 
@@ -125,7 +127,13 @@ def table_facts(dataset) -> dict:
 
 
 def _train_candidate(cfg: Config, run_dir: Path, dataset, device: torch.device) -> int:
-    return Trainer(cfg, run_dir, dataset, device).run(resume=False)
+    return make_trainer(cfg, run_dir, dataset, device, distributed.SINGLE_PROCESS).run(resume=False)
+
+
+def make_trainer(cfg: Config, run_dir: Path, dataset, device: torch.device, cluster: Cluster) -> Trainer:
+    """The run's trainer with its collaborators: the checkpoints and the report of ``run_dir``."""
+    return Trainer(cfg, run_dir, dataset, device, cluster, Checkpoints(run_dir, cluster, device),
+                   RunReport(run_dir, cluster, cfg.out))
 
 
 def tuned_settings(cfg: Config, run_dir: Path, dataset, device: torch.device) -> dict[str, float]:
@@ -173,7 +181,7 @@ def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
     distributed.barrier(cluster)
     if cfg.tune:              # a table, one process: the learning rate and weight decay of the run
         cfg = dataclasses.replace(cfg, **tuned_settings(cfg, run_dir, dataset, device))
-    trainer = Trainer(cfg, run_dir, dataset, device, cluster)
+    trainer = make_trainer(cfg, run_dir, dataset, device, cluster)
     table = isinstance(dataset, data.TableDataset)
     unit = " bytes" if trainer.language else " rows" if table else ""
     fold = f" (fold {dataset.fold} of {dataset.folds}; {dataset.task}, {dataset.in_shape[0]} features)" if table else ""

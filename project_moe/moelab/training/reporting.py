@@ -6,11 +6,13 @@ import dataclasses
 import math
 import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import distributed, stats
+from ..distributed import Cluster
 from ..data.tables import TableDataset
 from ..layers.aux_losses import AUX_NAMES
 from .evaluation import (
@@ -91,91 +93,85 @@ def compact_gates(routing: dict) -> dict[str, np.ndarray]:
     return {**gates, "top_weights": top.numpy().astype(np.float16), "top_experts": experts.numpy().astype(np.int16)}
 
 
-class Reporting:
-    """The console and the files a Trainer reports to (rank 0 writes)."""
+class RunReport:
+    """The console of a run and its summary.json (rank 0 writes; ``out``: the run's --out, for
+    the command that continues it)."""
+
+    def __init__(self, run_dir: Path, cluster: Cluster, out: str):
+        self.run_dir, self.cluster, self.out = run_dir, cluster, out
 
     def say(self, message: str, error: bool = False) -> None:
         """Print once for the whole run (rank 0)."""
         if self.cluster.is_writer:
             print(message, file=sys.stderr if error else sys.stdout)
 
-    def write_test_tables(self) -> None:
-        """The routing of the first test images (MoE) and of their patches (ViT with MoE blocks)."""
-        gather = lambda rows: distributed.gather_rows(self.cluster, rows)  # noqa: E731
-        if self.is_moe:
-            routing = sample_routing(self.model, self._eval_batches("test"), gather, self.task)
-            self.logs.table("test_samples.csv", SAMPLES_COLUMNS, sample_rows(routing, ROUTED_SAMPLES))
-            if self.cluster.is_writer:
-                gates = compact_gates(routing)
-                atomic_write_bytes(self.run_dir / "test_gates.npz", lambda handle: np.savez_compressed(handle, **gates))
-        if isinstance(self.dataset, TableDataset) and self.cluster.is_writer:
-            predictions, grid = table_routing(self.model, self.dataset, self.task,
-                                              self.eval_loaders["test"].iter_epoch(0), self.device)
-            self.logs.table("test_predictions.csv", list(predictions[0]), predictions)
-            if grid:
-                self.logs.table("gate_grid.csv", list(grid[0]), grid)
-        if self.moe_blocks and self.language:
-            self.logs.table("test_text.csv", TEXT_COLUMNS,
-                            text_routing(self.model, self._eval_batches("test"), ROUTED_TEXT_BYTES, gather))
-        elif self.moe_blocks and self.cfg.arch == "vit":
-            self.logs.table("test_patches.csv", PATCH_COLUMNS,
-                            patch_routing(self.model, self._eval_batches("test"), ROUTED_PATCH_IMAGES, gather))
-            images = self.dataset.test.images[:ROUTED_PATCH_IMAGES].cpu().numpy()          # (n, C, H, W) uint8
-            if self.cluster.is_writer:
-                atomic_write_bytes(self.run_dir / "test_patch_images.npy", lambda handle: np.save(handle, images))
-        elif self.moe_blocks and self.cfg.arch == "graph":
-            self.logs.table("test_nodes.csv", NODE_COLUMNS,
-                            node_routing(self.model, self._eval_batches("test"), ROUTED_GRAPHS, gather))
-            if self.cluster.is_writer:
-                graphs = test_graphs(self.dataset, ROUTED_GRAPHS)
-                atomic_write_bytes(self.run_dir / "test_graphs.npz", lambda handle: np.savez_compressed(handle, **graphs))
+    def write_summary(self, summary: dict) -> None:
+        if self.cluster.is_writer:
+            write_json(self.run_dir / "summary.json", summary)
 
-    def write_summary(self, status: str, test: SplitResult | None = None, extra: dict | None = None) -> None:
-        if not self.cluster.is_writer:
-            return
-        summary = {"status": status, "epochs_done": self.epoch, "steps": self.global_step,
-                   "test_loss": test.loss if test else None,
-                   "test_bpb": test.loss / math.log(2) if test and self.language else None,
-                   "test_dropped": test.dropped if test and self.cfg.drop_policy != "dropless" else None,
-                   **self._test_scores(test),
-                   "best_epoch": self.best_epoch if self.best_epoch > 0 else None,
-                   **self.cost["this"], "cost": self.cost, "total_time_s": self.elapsed(),
-                   "processes": self.cluster.world_size, "precision": self.precision.describe(),
-                   "compile_s": self.compile_seconds, **(extra or {})}
-        write_json(self.run_dir / "summary.json", summary)
-
-    def _test_scores(self, test: SplitResult | None) -> dict:
-        """The task's test metrics and the best validation score, under their names."""
-        best = self.best_val_acc if self.best_epoch > 0 else None
-        if self.task.name != "regression":
-            return {"task": self.task.name, "test_acc": test.acc if test else None, "best_val_acc": best}
-        return {"task": "regression", "test_acc": None,
-                "best_val_r2": self.best_val_r2 if self.best_epoch > 0 else None,
-                **{f"test_{name}": getattr(test, name) if test else None for name in ("rmse", "mae", "r2")}}
-
-    def stopped_by_signal(self) -> int:
-        """After SIGINT / SIGTERM, with the checkpoint saved: the summary, how to continue, the exit code."""
-        name = signal.Signals(self.stop_signal).name
-        self.write_summary("interrupted", extra={"signal": name})
+    def stopped_by_signal(self, signum: int, step: int) -> int:
+        """After SIGINT / SIGTERM, with the checkpoint and summary saved: how to continue, the exit code."""
         launcher = "torchrun ... train.py" if self.cluster.is_distributed else "python train.py"
-        self.say(f"{name}: stopped after step {self.global_step}; logs and checkpoint saved. "
-                 f"Continue with: {launcher} --resume --out {self.cfg.out} --run-name {self.run_dir.name} "
+        self.say(f"{signal.Signals(signum).name}: stopped after step {step}; logs and checkpoint saved. "
+                 f"Continue with: {launcher} --resume --out {self.out} --run-name {self.run_dir.name} "
                  "and the same settings", error=True)
-        return 128 + self.stop_signal
+        return 128 + signum
 
     def diverged(self, error: FloatingPointError) -> int:
-        self.write_summary("diverged", extra={"error": str(error)})
         self.say(f"error: {error}; the last good checkpoint is {self.run_dir / 'checkpoint.pt'}. "
                  "Try a lower --lr or enable the router z-loss (--z-coef 1e-3)", error=True)
         return EXIT_DIVERGED
 
     def peer_failed(self, error: RuntimeError) -> int:
         """Every rank says it: the one that failed may not have."""
-        self.write_summary("failed", extra={"error": first_line(error)})
         print(f"error: rank {self.cluster.rank}: the other processes stopped answering ({first_line(error)}); "
               f"the last checkpoint is {self.run_dir / 'checkpoint.pt'}: add --resume to the command to continue",
               file=sys.stderr)
         return EXIT_PEER_FAILED
+
+
+def test_scores(task_name: str, test: SplitResult | None, best_epoch: int, best_val_acc: float,
+                best_val_r2: float) -> dict:
+    """summary.json's test metrics of the task and its best validation score, under their names."""
+    if task_name != "regression":
+        return {"task": task_name, "test_acc": test.acc if test else None,
+                "best_val_acc": best_val_acc if best_epoch > 0 else None}
+    return {"task": "regression", "test_acc": None, "best_val_r2": best_val_r2 if best_epoch > 0 else None,
+            **{f"test_{name}": getattr(test, name) if test else None for name in ("rmse", "mae", "r2")}}
+
+
+def write_test_tables(model, dataset, task, arch: str, test_batches, test_loader, logs, cluster: Cluster,
+                      run_dir: Path, mixture: bool, token_layers: bool, language: bool) -> None:
+    """The routing of the test split: of its first samples (``mixture``: a model routing whole
+    samples), of a table's rows and its gate grid, of the bytes, patches or nodes of the first
+    texts, images or graphs (``token_layers``: a token model with MoE blocks; ``language``: a
+    language model). ``test_batches()``: this rank's share of the test batches, afresh;
+    ``test_loader``: all of them (tables, rank 0)."""
+    gather = lambda rows: distributed.gather_rows(cluster, rows)  # noqa: E731
+    if mixture:
+        routing = sample_routing(model, test_batches(), gather, task)
+        logs.table("test_samples.csv", SAMPLES_COLUMNS, sample_rows(routing, ROUTED_SAMPLES))
+        if cluster.is_writer:
+            gates = compact_gates(routing)
+            atomic_write_bytes(run_dir / "test_gates.npz", lambda handle: np.savez_compressed(handle, **gates))
+    if isinstance(dataset, TableDataset) and cluster.is_writer:
+        predictions, grid = table_routing(model, dataset, task, test_loader.iter_epoch(0), test_loader.device)
+        logs.table("test_predictions.csv", list(predictions[0]), predictions)
+        if grid:
+            logs.table("gate_grid.csv", list(grid[0]), grid)
+    if token_layers and language:
+        logs.table("test_text.csv", TEXT_COLUMNS, text_routing(model, test_batches(), ROUTED_TEXT_BYTES, gather))
+    elif token_layers and arch == "vit":
+        logs.table("test_patches.csv", PATCH_COLUMNS,
+                   patch_routing(model, test_batches(), ROUTED_PATCH_IMAGES, gather))
+        images = dataset.test.images[:ROUTED_PATCH_IMAGES].cpu().numpy()          # (n, C, H, W) uint8
+        if cluster.is_writer:
+            atomic_write_bytes(run_dir / "test_patch_images.npy", lambda handle: np.save(handle, images))
+    elif token_layers and arch == "graph":
+        logs.table("test_nodes.csv", NODE_COLUMNS, node_routing(model, test_batches(), ROUTED_GRAPHS, gather))
+        if cluster.is_writer:
+            graphs = test_graphs(dataset, ROUTED_GRAPHS)
+            atomic_write_bytes(run_dir / "test_graphs.npz", lambda handle: np.savez_compressed(handle, **graphs))
 
 
 def test_graphs(dataset, count: int) -> dict[str, np.ndarray]:

@@ -53,7 +53,7 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
 
 def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[str, float],
                cluster: Cluster = distributed.SINGLE_PROCESS, batch_rows: int | None = None,
-               precision: Precision = FULL, label_smoothing: float = 0.0, task=CLASSIFICATION):
+               precision: Precision = FULL, label_smoothing: float = 0.0, task=CLASSIFICATION, logs_aux: bool = False):
     """One optimisation step: the task's loss (cross-entropy, or a regression loss: tasks.py)
     plus the weighted auxiliary losses of an MoE.
 
@@ -63,12 +63,16 @@ def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, coefs: dict[s
     would take on the whole batch (moelab/distributed/).
     ``precision``: the forward pass under autocast (--amp), with loss scaling where it needs one.
     ``label_smoothing``: of the cross-entropy (which is then what the step returns).
+    ``logs_aux``: a step whose statistics are logged computes every auxiliary loss
+    (``output.losses()``); the others only those of the objective, ``coefs``.
     Raises FloatingPointError, before touching the weights, if the loss is not finite.
     Returns (model output, logits, task loss of the whole batch).
     """
     with precision.autocast():
         output = model(x)
         logits = output.logits
+        # In one batch, before the update: the centroid loss reads the weights the step changes.
+        output.losses(None if logs_aux else tuple(coefs))
         if cluster.is_distributed:
             ce_part = task.loss(output, y, reduction="sum", label_smoothing=label_smoothing) / batch_rows
             ce = distributed.all_sum(cluster, ce_part.detach())

@@ -18,7 +18,6 @@ import time
 import torch
 
 from ..layers.precision import Precision
-from ..layers.routers import set_loss_names
 from ..models.builder import build_model
 from .config import Config
 from .step import aux_coefficients, make_optimizer, train_step
@@ -49,7 +48,6 @@ def step_time_ratio(model: torch.nn.Module, cfg: Config, task, in_shape, batches
         for name, m in timed.items():
             m.load_state_dict(initial[name])      # every round trains from the same weights
             m.train()
-            set_loss_names(m, tuple(coefs))       # as on the trainer's steps that do not log
             optimizer = make_optimizer(m, cfg)
             x, y = batches[0]
             train_step(m, optimizer, x, y.reshape(-1), coefs, precision=precision, task=task)   # untimed

@@ -17,12 +17,9 @@ from ..distributed import Cluster
 from ..layers.capacity import selection_bias
 from ..layers.experts import dispatch_report
 from ..layers.precision import Precision
-from ..layers.routers import set_loss_names
 from ..models.builder import build_model, cost_report
-from ..models.classifier import MoEClassifier
-from ..models.transformer import TokenModel
 from . import rng_state
-from .checkpointing import Checkpointing
+from .checkpointing import Checkpoints
 from .config import Config
 from .epoch_sums import EpochSums
 from .evaluation import (
@@ -30,8 +27,8 @@ from .evaluation import (
     evaluate,
     train_batch_expert_rows,
 )
-from .exits import EXIT_BAD_INPUT
-from .reporting import Reporting, epoch_line, metrics_row
+from .exits import EXIT_BAD_INPUT, first_line
+from .reporting import RunReport, epoch_line, metrics_row, test_scores, write_test_tables
 from .run_files import RunFileError
 from .run_logs import RunLogs
 from .step import (
@@ -53,13 +50,16 @@ class Interrupted(Exception):
     pass
 
 
-class Trainer(Checkpointing, Reporting):
-    """One run's training: the epoch loop (here), checkpoints (checkpointing.py), what it
-    reports (reporting.py)."""
+class Trainer:
+    """One run's training: the epoch loop, evaluation after each epoch and the test at the end.
+    Its collaborators: ``checkpoints`` (the run directory's checkpoints, checkpointing.py) and
+    ``report`` (its console and summary.json, reporting.py), both of the run directory."""
 
     def __init__(self, cfg: Config, run_dir: Path, dataset: data.Dataset, device: torch.device,
-                 cluster: Cluster = distributed.SINGLE_PROCESS):
+                 cluster: Cluster, checkpoints: Checkpoints, report: RunReport):
         self.cfg, self.run_dir, self.dataset, self.device, self.cluster = cfg, run_dir, dataset, device, cluster
+        self.checkpoints, self.report = checkpoints, report
+        self.say = report.say
         rng_state.seed_everything(cfg.seed)
         self.task = task_for(dataset, cfg.combine, cfg.expert_variance)   # classification, or a regression
         self.spec = self.task.model_spec(cfg.model_spec())
@@ -69,15 +69,16 @@ class Trainer(Checkpointing, Reporting):
         self.cost = cost_report(model, self.spec, dataset.in_shape, self.task.out_width)   # of the whole model
         self.model = distributed.parallelize(model, cluster)
         self.precision = Precision(cfg.amp, device)
-        self.is_moe = isinstance(self.model, MoEClassifier)
-        # Models with routers: the MoE classifier, or a ViT with MoE blocks (routing tokens).
-        self.moe_blocks = self.model.moe_blocks if isinstance(self.model, TokenModel) else []
+        self.routes = bool(self.model.routers())   # routing layers: auxiliary losses and load counts to log
+        # The mixture routes whole samples (per-expert tables of its samples); a token model
+        # routes the tokens of its MoE blocks (per-layer tables).
+        self.mixture = self.routes and not self.model.routes_tokens
+        self.moe_blocks = self.model.moe_blocks if self.model.routes_tokens else []
         # A language model: its samples are predicted bytes, its routing tables per byte kind.
         self.language = isinstance(dataset, data.TextDataset)
         # Routing tables per kind of token (kinds.csv): a language model's byte kinds, a graph's node kinds.
         self.token_kinds = len(dataset.classes) if self.language else \
             len(dataset.kinds) if isinstance(dataset, data.GraphDataset) else 0
-        self.routes = bool(self.model.routers())   # routing layers: auxiliary losses and load counts to log
         if cfg.compile:
             # In place: the module keeps its class, attributes and state_dict keys. Routed rows per
             # expert change every step: symbolic shapes from the start, or a recompilation per step.
@@ -94,11 +95,11 @@ class Trainer(Checkpointing, Reporting):
         self.best_val_acc, self.best_epoch = -math.inf, -1   # the best validation score (SplitResult.score)
         self.best_val_r2 = math.nan                           # a regression: R^2 of that epoch
         routed_shape = (len(self.moe_blocks), cfg.experts) if self.moe_blocks else (cfg.experts,)
-        self.accum = EpochSums(routed_shape, device, cluster, drops=cfg.drop_policy != "dropless")
+        self.accum = EpochSums(routed_shape, device, cluster, drops=cfg.drop_policy != "dropless",
+                               objective=tuple(aux_coefficients(cfg)))
         self.elapsed_before = 0.0   # wall seconds spent in earlier sessions of a resumed run
         self.received_signal: int | None = None  # written only by the signal handler
         self.stop_signal: int | None = None      # the signal every rank agreed to stop on
-        self.loss_names: tuple[str, ...] | None = None   # what the routers compute (set_loss_names)
 
     def _lr_factor(self, step: int) -> float:
         return lr_factor(self.cfg.lr_schedule, step, self.total_steps, self.cfg.warmup_fraction)
@@ -110,7 +111,8 @@ class Trainer(Checkpointing, Reporting):
 
     def run(self, resume: bool) -> int:
         self.started = time.perf_counter()
-        if resume and (refused := self.resume()) is not None:
+        if resume and (refused := self.checkpoints.resume(self.load_state, layers=bool(self.moe_blocks),
+                                                          kinds=bool(self.token_kinds))) is not None:
             return refused
         logs = RunLogs(self.run_dir, self.cluster.is_writer, layers=bool(self.moe_blocks),
                        kinds=bool(self.token_kinds))
@@ -126,9 +128,11 @@ class Trainer(Checkpointing, Reporting):
             self.finish()
         except Interrupted:
             self.save()
-            return self.stopped_by_signal()
+            self.write_summary("interrupted", extra={"signal": signal.Signals(self.stop_signal).name})
+            return self.report.stopped_by_signal(self.stop_signal, self.global_step)
         except FloatingPointError as error:
-            return self.diverged(error)
+            self.write_summary("diverged", extra={"error": str(error)})
+            return self.report.diverged(error)
         except RunFileError as error:      # best.pt, read back for the test
             print(f"error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -137,7 +141,8 @@ class Trainer(Checkpointing, Reporting):
         except RuntimeError as error:
             if not distributed.is_peer_failure(self.cluster, error):
                 raise
-            return self.peer_failed(error)
+            self.write_summary("failed", extra={"error": first_line(error)})
+            return self.report.peer_failed(error)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -156,14 +161,15 @@ class Trainer(Checkpointing, Reporting):
                    mininterval=1.0)
         tick = time.perf_counter()
         for x, y in bar:
-            if self.routes:
-                self._choose_losses(coefs)
+            # Every auxiliary loss on the steps that log them (every --log-every steps: they sample
+            # the aux_* means of metrics.csv), those of the objective on the others.
+            logs_aux = bool(cfg.log_every) and (self.global_step + 1) % cfg.log_every == 0
             batch_rows = y.numel()             # a language model's rows are its (B * T) predicted bytes
             x, y = distributed.shard(cluster, x, y)
             y = y.reshape(-1)
             try:
                 output, logits, ce = train_step(model, self.optimizer, x, y, coefs, cluster, batch_rows,
-                                                self.precision, cfg.label_smoothing, self.task)
+                                                self.precision, cfg.label_smoothing, self.task, logs_aux)
             except FloatingPointError as error:
                 raise FloatingPointError(f"{error} at epoch {self.epoch + 1}, step {self.global_step + 1}") from None
             if not self.dispatch_said:          # which expert dispatch this session's first step ran
@@ -178,13 +184,13 @@ class Trainer(Checkpointing, Reporting):
             self.scheduler.step()
             if cfg.bias_balance_rate:
                 balance_selection(self.model, output, cluster)
-            self._accumulate(output, logits, ce, y, batch_rows)
+            self._accumulate(output, logits, ce, y, batch_rows, logs_aux)
             self.step_in_epoch += 1
             self.global_step += 1
-            if self.is_moe and cfg.log_every and self.global_step % cfg.log_every == 0:
+            if self.mixture and cfg.log_every and self.global_step % cfg.log_every == 0:
                 self.logs.train_batch(self.epoch + 1, self.global_step, train_batch_expert_rows(
-                    output.mixture, y, cfg.experts, distributed.summer(cluster), selection_bias(self.model.moe.router),
-                    self.task))
+                    output.mixture, y, cfg.experts, distributed.summer(cluster),
+                    selection_bias(self.model.routers()[0]), self.task))
             if bar.disable is False and self.global_step % 20 == 0:
                 bar.set_postfix(self.accum.progress(self.routes), refresh=False)
             # Every rank stops after the same step, whichever of them the signal reached. The
@@ -196,28 +202,17 @@ class Trainer(Checkpointing, Reporting):
                 raise Interrupted
         self.accum.add_seconds(time.perf_counter() - tick)
         bar.close()
-        set_loss_names(model, None)
-        self.loss_names = None
 
-    def _choose_losses(self, coefs: dict[str, float]) -> None:
-        """The auxiliary losses of the coming step: those it trains on, and all of them on the
-        steps that log (every --log-every steps), which sample the aux_* means of metrics.csv."""
-        logs = self.cfg.log_every and (self.global_step + 1) % self.cfg.log_every == 0
-        names = None if logs else tuple(coefs)
-        if names != self.loss_names:
-            set_loss_names(self.model, names)
-            self.loss_names = names
-
-    def _accumulate(self, output, logits, ce, y, batch_rows: int) -> None:
-        self.accum.add(output, logits, ce, y, batch_rows, self.routes, self.task)
+    def _accumulate(self, output, logits, ce, y, batch_rows: int, logs_aux: bool) -> None:
+        self.accum.add(output, logits, ce, y, batch_rows, self.routes, self.task, logs_aux)
 
     def end_epoch(self) -> None:
         cfg, a = self.cfg, self.accum.totals()
         epoch = self.epoch + 1
         val = self._evaluate_split("val", epoch)
-        if self.is_moe and cfg.train_eval_size > 0:
+        if self.mixture and cfg.train_eval_size > 0:
             self._evaluate_split("train", epoch)
-        if self.is_moe:   # what each expert does on the test set as training goes (never used for selection)
+        if self.mixture:   # what each expert does on the test set as training goes (never used for selection)
             self._evaluate_split("test", epoch, log_as=TEST_EACH_EPOCH)
         row = metrics_row(epoch, self.global_step, self.scheduler.get_last_lr()[0], a, val,
                           self.accum.aux_means() if self.routes else None, drops=cfg.drop_policy != "dropless",
@@ -248,7 +243,9 @@ class Trainer(Checkpointing, Reporting):
         self.save_weights("model.pt")
         self.load_best()
         test = self._evaluate_split("test", self.best_epoch)
-        self.write_test_tables()
+        write_test_tables(self.model, self.dataset, self.task, self.cfg.arch, lambda: self._eval_batches("test"),
+                          self.eval_loaders["test"], self.logs, self.cluster, self.run_dir, mixture=self.mixture,
+                          token_layers=bool(self.moe_blocks), language=self.language)
         self.write_summary("completed", test=test, extra=self.time_step() if self.cfg.step_time_rounds else None)
         bits = f" ({test.loss / math.log(2):.4f} bits/byte)" if self.language else ""
         if self.task.name == "regression":
@@ -257,6 +254,56 @@ class Trainer(Checkpointing, Reporting):
             return
         self.say(f"test loss {test.loss:.4f}{bits} acc {test.acc:.4f} (weights of epoch {self.best_epoch}, "
                  f"best val acc {self.best_val_acc:.4f}); logs in {self.run_dir}")
+
+    # ---- checkpoints and summary
+
+    def state(self) -> dict:
+        """The whole training state, as checkpoint.pt keeps it (every rank takes part)."""
+        return {"model": distributed.model_state(self.model, self.cluster),
+                "optimizer": distributed.optimizer_state(self.optimizer, self.model, self.cluster),
+                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "global_step": self.global_step, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+                "best_val_r2": self.best_val_r2,
+                "accum": self.accum.state_dict(), "elapsed": self.elapsed(), "rng": rng_state.capture(),
+                "precision": self.precision.state_dict()}
+
+    def load_state(self, state: dict) -> tuple[int, int]:
+        """``state`` back into the trainer; returns the restored global step and best epoch."""
+        distributed.load_model_state(self.model, state["model"], self.cluster)
+        distributed.load_optimizer_state(self.optimizer, self.model, state["optimizer"], self.cluster)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step = state["global_step"]
+        self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
+        self.best_val_r2 = state.get("best_val_r2", float("nan"))     # checkpoints from before regression
+        self.accum.load_state_dict(state["accum"])
+        self.elapsed_before = state["elapsed"]
+        rng_state.restore(state["rng"])
+        self.precision.load_state_dict(state.get("precision", {}))
+        return self.global_step, self.best_epoch
+
+    def save(self) -> None:
+        self.checkpoints.save("checkpoint.pt", self.state())
+
+    def save_weights(self, name: str, extra: dict | None = None) -> None:
+        weights = distributed.model_state(self.model, self.cluster)
+        self.checkpoints.save(name, {"model": weights, **extra} if extra is not None else weights)
+
+    def load_best(self) -> None:
+        """The weights of the best validation epoch, back into the model (for the test)."""
+        distributed.load_model_state(self.model, self.checkpoints.read("best.pt")["model"], self.cluster)
+
+    def write_summary(self, status: str, test: SplitResult | None = None, extra: dict | None = None) -> None:
+        self.report.write_summary({
+            "status": status, "epochs_done": self.epoch, "steps": self.global_step,
+            "test_loss": test.loss if test else None,
+            "test_bpb": test.loss / math.log(2) if test and self.language else None,
+            "test_dropped": test.dropped if test and self.cfg.drop_policy != "dropless" else None,
+            **test_scores(self.task.name, test, self.best_epoch, self.best_val_acc, self.best_val_r2),
+            "best_epoch": self.best_epoch if self.best_epoch > 0 else None,
+            **self.cost["this"], "cost": self.cost, "total_time_s": self.elapsed(),
+            "processes": self.cluster.world_size, "precision": self.precision.describe(),
+            "compile_s": self.compile_seconds, **(extra or {})})
 
     def time_step(self) -> dict:
         """--step-time-rounds: this model's training step against the dense network of its active
