@@ -211,7 +211,7 @@ def test_the_flags_of_the_review_snippets(tmp_path):
     for argv, message in ((["--dataset", "rotten-tomatoes"], "tfidf:rotten-tomatoes"),
                           (["--dataset", f"csv-text:{tmp_path}", "--arch", "gpt", "--fold", "1"], "has one: drop it"),
                           (["--dataset", "tfidf:rotten-tomatoes", "--arch", "gpt"], "reads bytes"),
-                          (["--dataset", "rotten-tomatoes", "--arch", "gpt", "--target-bins", "3"], "not a table")):
+                          (["--dataset", "rotten-tomatoes", "--arch", "gpt", "--target-bins", "3"], "has none: drop it")):
         with pytest.raises(ConfigError, match=message) as error:
             validate(parse_args([*argv, *out]))
         assert one_line(error)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class GraphSplit:
     offsets: torch.Tensor       # (G + 1,) int64: graph g holds nodes offsets[g] .. offsets[g + 1] - 1
     edges: torch.Tensor         # (2, P) int64 directed edges (source, target) into nodes, graph by graph
     edge_offsets: torch.Tensor  # (G + 1,) int64: graph g holds edges edge_offsets[g] .. edge_offsets[g + 1] - 1
-    labels: torch.Tensor        # (G,) int64 classes
+    labels: torch.Tensor        # (G,) int64 classes, or float32 standardised targets of a regression
     node_kinds: torch.Tensor    # (M,) int64: what routing tables break nodes down by (node label, region...)
 
     def __post_init__(self):
@@ -294,6 +294,10 @@ class GraphDataset:
     folds: int
     fold: int
     augment: bool = False
+    task: str = "classification"     # or regression: labels are standardised real targets (float32)
+    target_mean: float = 0.0         # regression: y = target_mean + target_std * standardised y
+    target_std: float = 1.0
+    bin_edges: list[float] = field(default_factory=list)   # regression: inner bin edges, standardised units
     mean = std = None
 
     @property

@@ -452,7 +452,7 @@ def load_dataset(name: str, data_dir: pathlib.Path, val_fraction: float = 0.1, s
         return load_superpixel_dataset(name, data_dir, val_fraction, seed, download)
     if name == "solubility":
         from .molecules import load_molecule_dataset
-        return load_molecule_dataset(val_fraction, seed)
+        return load_molecule_dataset(val_fraction, seed, table.task, table.target_bins)
     if name.startswith("tfidf:"):
         from .text_features import load_text_features
         return load_text_features(name, table, val_fraction, seed)

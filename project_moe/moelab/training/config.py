@@ -70,7 +70,8 @@ class Config(RouterConfig):
                                "truncated or padded to it)")
     target: str | None = option(None, "csv:PATH: the column to predict", type=str)
     task: str = option(TableOptions.task, "tables: classification or regression (auto: classification for a "
-                                          "string target or integers with at most 20 values, regression otherwise)",
+                                          "string target or integers with at most 20 values, regression otherwise); "
+                                          "solubility: regression predicts each molecule's SOL value, not its class",
                        TASK_CHOICES)
     folds: int = option(TableOptions.folds, "tables: K of K-fold cross-validation (stratified for classification); "
                                             "fold --fold is the test split, the others train (with --val-fraction of "
@@ -208,6 +209,9 @@ class Config(RouterConfig):
             dataset += "" if self.task == "auto" else f"-{self.task[:3]}"
             dataset += "-imp" if self.impute != "none" else ""
             dataset += f"-b{self.target_bins}" if self.target_bins != TableOptions.target_bins else ""
+        elif self.dataset == "solubility" and self.task != "auto":   # the class, or the value
+            dataset += f"-{self.task[:3]}" + (f"-b{self.target_bins}" if self.target_bins != TableOptions.target_bins
+                                              else "")
         if has_folds(self.dataset):
             kind = f"{kind}-f{self.fold}of{self.folds}"
         return f"{dataset}-{body}-{kind}-s{self.seed}"
@@ -370,7 +374,10 @@ def validate(cfg: Config) -> None:
          "(--arch mixture --expert-type mlp --trunk none)")
     need(cfg.target is None or cfg.dataset.startswith("csv:"),
          "--target names the column to predict of --dataset csv:PATH; drop it for other datasets")
-    need(table or cfg.task == "auto", f"--task sets the task of a table; {cfg.dataset} is not one: drop --task")
+    # The molecules have a class and a real value: --task regression predicts the value.
+    target = table or cfg.dataset == "solubility"
+    need(target or cfg.task == "auto",
+         f"--task sets the task of a table or of --dataset solubility; {cfg.dataset} is neither: drop --task")
     need(table or cfg.impute == "none", "--impute fills missing values of a table; drop it for other datasets")
     need(cfg.folds >= 2, f"--folds must be >= 2 (got {cfg.folds}): one fold is the test split")
     need(0 <= cfg.fold < cfg.folds, f"--fold must be in 0..{cfg.folds - 1} for --folds {cfg.folds} (got {cfg.fold})")
@@ -380,8 +387,8 @@ def validate(cfg: Config) -> None:
         need(has_folds(cfg.dataset) or getattr(cfg, name) == defaults[name],
              f"--{name.replace('_', '-')} cuts a dataset that has no test split of its own (a table, "
              f"rotten-tomatoes); {cfg.dataset} has one: drop it")
-    need(table or cfg.target_bins == defaults["target_bins"],
-         f"--target-bins sets how a table's regression target is binned; {cfg.dataset} is not a table: drop it")
+    need(target or cfg.target_bins == defaults["target_bins"],
+         f"--target-bins sets how a regression target is binned; {cfg.dataset} has none: drop it")
     need(not cfg.expert_variance or table, "--expert-variance is for a regression on a table; drop it")
     need(not cfg.expert_variance or cfg.model == "dense" or cfg.combine == "probs",
          "--expert-variance trains each expert's variance through the mixture likelihood: add --combine probs "

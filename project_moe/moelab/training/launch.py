@@ -117,7 +117,10 @@ def check_table_task(cfg: Config, dataset) -> None:
 
 
 def table_facts(dataset) -> dict:
-    """What config.json records of a table: its task, features, folds and target scaling."""
+    """What config.json records of a table: its task, features, folds and target scaling (of a
+    graph regression: its task and target scaling)."""
+    if getattr(dataset, "task", None) == "regression" and not isinstance(dataset, data.TableDataset):
+        return {"task": "regression", "target_mean": dataset.target_mean, "target_std": dataset.target_std}
     if not isinstance(dataset, data.TableDataset):
         return {}
     return {"task": dataset.task, "target": dataset.target_name, "features": dataset.feature_names,
@@ -158,7 +161,7 @@ def run(cfg: Config, device: torch.device, cluster: Cluster) -> int:
                                                val_fraction=cfg.val_fraction, seed=cfg.seed,
                                                image_size=cfg.image_size, context=cfg.context,
                                                table=cfg.table_options()), BAD_INPUT)
-        if isinstance(dataset, data.TableDataset):
+        if isinstance(dataset, data.TableDataset) or cfg.dataset == "solubility":
             check_table_task(cfg, dataset)
         if cfg.arch == "vit":
             try:
