@@ -46,3 +46,6 @@ def test_routed_graphs_draw_every_node_at_its_centroid_in_its_experts_colour():
     assert np.allclose(drawn[0].get_offsets(), centroid[:3, ::-1])      # x = column, y = row
     assert drawn[1].get_array().tolist() == [(n + 3) % 4 for n in range(4)]   # the last block's experts
     assert "class 7, predicted 1" in [ax.get_title() for ax in fig.axes]
+    names = [f"digit {i}" for i in range(10)]                         # the dataset's names, when given
+    titles = [ax.get_title() for ax in graph_figures.routed_graphs(nodes, graphs, class_names=names).axes]
+    assert "class digit 7, predicted digit 1" in titles

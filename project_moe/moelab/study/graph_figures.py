@@ -26,10 +26,11 @@ def node_positions(graphs, graph: int) -> np.ndarray:
 
 
 def routed_graphs(nodes: pd.DataFrame, graphs, layer: int | None = None, count: int = 8,
-                  title: str = "") -> plt.Figure:
+                  title: str = "", class_names: list[str] | None = None) -> plt.Figure:
     """The first ``count`` test graphs of one run, each node coloured by its top-1 expert in MoE block
     ``layer`` (default: the last), edges in grey; superpixel graphs drawn at their centroids, as the
-    image they come from (row 0 at the top)."""
+    image they come from (row 0 at the top). ``class_names``: the dataset's (config.json), for the
+    titles' true and predicted class (their indices without them)."""
     if nodes.empty:
         return no_runs("the routed test graphs (test_nodes.csv)")
     layer = int(nodes.layer.max()) if layer is None else layer
@@ -51,7 +52,9 @@ def routed_graphs(nodes: pd.DataFrame, graphs, layer: int | None = None, count: 
         mine = nodes[nodes["index"] == graph].sort_values("node")
         ax.scatter(*position[mine.node.to_numpy()].T, c=mine.top1_expert.to_numpy(), cmap=colours, vmin=-0.5,
                    vmax=experts - 0.5, s=14, edgecolors="0.2", linewidths=0.3, zorder=2)
-        ax.set_title(f"class {mine['class'].iloc[0]}, predicted {mine.predicted.iloc[0]}", fontsize=7)
+        true, predicted = (int(mine[column].iloc[0]) for column in ("class", "predicted"))
+        name = (lambda index: class_names[index]) if class_names else str
+        ax.set_title(f"class {name(true)}, predicted {name(predicted)}", fontsize=7)
         ax.set_aspect("equal")
         ax.invert_yaxis()
     handles = [plt.Line2D([], [], marker="o", ls="", color=colours(e), markeredgecolor="0.2", label=f"expert {e}")
