@@ -65,6 +65,10 @@ TYPED_CLAIMS = [
     ("reviews", None, r"soft|top1|top2", r"dense-.*", {"tie"}),
     ("reviews", None, r"soft|top1|top2", "ref-logistic", {"tie", "worse"}),
     ("reviews", None, "ref-logistic", r"dense-.*", {"tie", "better"}),
+    # "On small tables, the TF-IDF features of real reviews, superpixel graphs and molecules the mixture ties
+    # at best" (Discussion): every MoE of the graph grids against both dense transformers
+    ("graphs", None, r"e\d+-(top1|top2|ec)", r"e\d+-dense-params|dense-active.*", {"tie", "worse"}),
+    ("molecules", None, r"e\d+-(top1|top2|ec)", r"e\d+-dense-params|dense-active.*", {"tie", "worse"}),
 ]
 
 
@@ -170,6 +174,30 @@ def test_the_readme_quotes_the_reviews_from_summary_csv():
                         ("reviews_bytes", "top2-e8")):
         row = summary[(summary.grid == grid) & (summary.label == label)].iloc[0]
         assert row.seeds == 3 and f"{100 * row.test_acc_mean:.2f} %" in readme, (grid, label)
+
+
+@committed_results
+def test_the_readme_quotes_the_graphs_and_molecules_from_summary_csv():
+    # README, Results, Graphs: "top-2 of 8 experts reaches A % (dense of its total size B %), on 1,282 molecules
+    # top-1 of 4 C %; every mixture ties with both dense models" (the ties: TYPED_CLAIMS)
+    summary = report.load_summary(RESULTS)
+    readme = (PROJECT_DIR.parent / "README.md").read_text()
+    for grid, label in (("graphs", "e8-top2"), ("graphs", "e8-dense-params"), ("molecules", "e4-top1")):
+        row = summary[(summary.grid == grid) & (summary.label == label)].iloc[0]
+        assert row.seeds == 3 and f"{100 * row.test_acc_mean:.2f} %" in readme, (grid, label)
+
+
+@committed_results
+def test_the_study_page_s_claim_on_how_superpixels_are_routed_holds_in_the_logs():
+    # docs/study.md, Graphs: "in block 2 of top-2 of 8, seed 0, 85 % of the bright superpixels and 67 % of the
+    # mid ones have one top-1 expert while the dark background spreads over all eight"
+    from moelab.study import graph_figures
+
+    kinds = pd.read_csv(RESULTS / "runs" / "graphs" / "superpixels-mnist-e8-top2-s0" / "kinds.csv")
+    shares = graph_figures.kind_shares(kinds)
+    block2 = shares[shares.layer == 1].groupby("kind").share.max()             # kinds: dark, mid, bright
+    assert round(100 * block2[2]) == 85 and round(100 * block2[1]) == 67 and block2[0] < 0.25
+    assert "85 % of the bright superpixels and 67 % of the mid ones" in (PROJECT_DIR.parent / "docs" / "study.md").read_text()
 
 
 @committed_results

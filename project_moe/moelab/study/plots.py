@@ -595,7 +595,7 @@ def where_moe_pays(comparisons: pd.DataFrame) -> plt.Figure:
     its active parameters (orange squares): the paired difference over seeds (and folds) with its
     95 % interval. Left: test accuracy in points (right of 0: the MoE is better); right: the
     language models' test bits per byte saved (right of 0: the MoE predicts better)."""
-    panels = [(WHERE_MOE_PAYS, 100.0, "test accuracy: MoE - dense (points)", "images, tables, reviews and molecules"),
+    panels = [(WHERE_MOE_PAYS, 100.0, "test accuracy: MoE - dense (points)", "images, tables, reviews and graphs"),
               (WHERE_MOE_PAYS_TEXT, -1.0, "test bits/byte: dense - MoE", "byte-level language model")]
     # The rows whose grid has run (a grid not yet in comparisons.csv leaves no empty line).
     panels = [([row for row in rows if _paired(comparisons, *row[1:5]) is not None
