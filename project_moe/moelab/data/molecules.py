@@ -197,14 +197,13 @@ def load_molecule_dataset(val_fraction: float, seed: int, task: str = "auto", ta
               f"{int(sizes.max())} at most; {val_fraction:g} of the training molecules validate (seed {seed})")
     if not regression:
         return GraphDataset(NAME, train, val, test, list(CLASSES), KIND_NAMES, FEATURE_NAMES, source, 0, 0)
+    from .tables import target_scaling      # as a table's regression target (pandas loads with the tables)
+
     raw = train.labels.double().numpy()
-    mean, std = float(raw.mean()), float(raw.std()) or 1.0
-    cuts = np.unique(np.quantile(raw, np.linspace(0, 1, target_bins + 1)[1:-1]))
-    values = np.concatenate([raw, val.labels.double().numpy(), test.labels.double().numpy()])
-    bounds = [values.min(), *cuts, values.max()]
+    every = np.concatenate([raw, val.labels.double().numpy(), test.labels.double().numpy()])
+    mean, std, edges, groups = target_scaling(raw, every, target_bins)
     standardised = [dataclasses.replace(split, labels=((split.labels.double() - mean) / std).float())
                     for split in (train, val, test)]
-    return GraphDataset(NAME, *standardised, [f"[{lo:.4g}, {hi:.4g})" for lo, hi in zip(bounds[:-1], bounds[1:])],
-                        KIND_NAMES, FEATURE_NAMES, f"{source}; target SOL (log10 mol/l), standardised", 0, 0,
-                        task="regression", target_mean=mean, target_std=std,
-                        bin_edges=((cuts - mean) / std).tolist())
+    return GraphDataset(NAME, *standardised, groups, KIND_NAMES, FEATURE_NAMES,
+                        f"{source}; target SOL (log10 mol/l), standardised", 0, 0, task="regression",
+                        target_mean=mean, target_std=std, bin_edges=edges)

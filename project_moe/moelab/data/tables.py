@@ -282,12 +282,8 @@ def load_table_dataset(name: str, options: TableOptions, val_fraction: float, se
         mean, std, edges, groups = 0.0, 1.0, [], classes
     else:
         raw = values.to_numpy(dtype=np.float64)
-        mean, std = float(raw[train_rows].mean()), float(raw[train_rows].std()) or 1.0
+        mean, std, edges, groups = target_scaling(raw[train_rows], raw, options.target_bins)
         y = torch.as_tensor((raw - mean) / std, dtype=torch.float32)
-        cuts = np.unique(np.quantile(raw[train_rows], np.linspace(0, 1, options.target_bins + 1)[1:-1]))
-        edges = ((cuts - mean) / std).tolist()
-        bounds = [raw.min(), *cuts, raw.max()]
-        groups = [f"[{lo:.4g}, {hi:.4g})" for lo, hi in zip(bounds[:-1], bounds[1:])]
 
     def split(rows: np.ndarray) -> TableSplit:
         index = torch.as_tensor(rows, dtype=torch.int64)
@@ -299,6 +295,18 @@ def load_table_dataset(name: str, options: TableOptions, val_fraction: float, se
                         fold=options.fold, target_name=target, target_mean=mean, target_std=std, bin_edges=edges,
                         pca_mean=pca_mean, pca_components=pca_components,
                         raw_targets=raw if task == "regression" else None)
+
+
+def target_scaling(train: np.ndarray, every: np.ndarray, bins: int) -> tuple[float, float, list[float], list[str]]:
+    """A regression target's standardisation and routing-table groups, from its training values
+    ``train`` (every value, ``every``, only bounds the first and last group): the mean and
+    deviation (1 when the values are constant), the inner edges of ``bins`` quantile bins of the
+    training values in standardised units, and each bin's name in the target's units."""
+    mean, std = float(train.mean()), float(train.std()) or 1.0
+    cuts = np.unique(np.quantile(train, np.linspace(0, 1, bins + 1)[1:-1]))
+    bounds = [every.min(), *cuts, every.max()]
+    groups = [f"[{lo:.4g}, {hi:.4g})" for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return mean, std, ((cuts - mean) / std).tolist(), groups
 
 
 def _numeric(values: pd.Series) -> bool:
